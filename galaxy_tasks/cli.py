@@ -1,0 +1,247 @@
+"""`galaxy-tasks`: run jobs embedded, submit and follow jobs, start workers, migrate."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from galaxy_tasks import config, context
+from galaxy_tasks.logs import redact
+from galaxy_tasks.routing import ConfigError
+from galaxy_tasks.spec import SpecError
+from galaxy_tasks.states import TERMINAL, JobState
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in ("worker", "beat", "flower"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.handler(args, extra)
+    except (SpecError, ConfigError, ValueError, LookupError) as exc:
+        print(f"galaxy-tasks: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="galaxy-tasks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the jobs of a YAML file in this process (embedded mode)")
+    run.add_argument("jobs_file", type=Path)
+    run.add_argument("--concurrency", type=int, default=4)
+    run.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    run.set_defaults(handler=_run)
+
+    submit = sub.add_parser("submit", help="submit one job and print its id")
+    submit.add_argument("--spec", type=Path, help="a JSON job spec file ('-' for standard input)")
+    submit.add_argument("--tool-id")
+    submit.add_argument("--tool-version")
+    submit.add_argument("--command", dest="job_command")
+    submit.add_argument("--user")
+    submit.add_argument("--cores", type=int)
+    submit.add_argument("--memory-mb", type=int)
+    submit.add_argument("--walltime-s", type=int)
+    submit.add_argument("--destination")
+    submit.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    submit.add_argument("--output", action="append", default=[], metavar="PATH")
+    submit.add_argument("--json", action="store_true")
+    submit.set_defaults(handler=_submit)
+
+    status = sub.add_parser("status", help="show one job")
+    status.add_argument("job_id")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_status)
+
+    listing = sub.add_parser("list", help="list jobs, newest first")
+    listing.add_argument("--state", choices=[s.value for s in JobState])
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_list)
+
+    cancel = sub.add_parser("cancel", help="cancel a job")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(handler=_cancel)
+
+    wait = sub.add_parser("wait", help="wait for jobs to end; exit 0 only if all ended ok")
+    wait.add_argument("job_ids", nargs="+")
+    wait.add_argument("--timeout", type=float)
+    wait.add_argument("--json", action="store_true")
+    wait.set_defaults(handler=_wait)
+
+    worker = sub.add_parser("worker", help="start a Celery worker (other options go to Celery)")
+    worker.add_argument("--queues", "-Q", help="comma-separated queues (default: every configured queue)")
+    worker.set_defaults(handler=_worker)
+
+    beat = sub.add_parser("beat", help="start Celery beat, which schedules reconciliation")
+    beat.set_defaults(handler=_beat)
+
+    db = sub.add_parser("db", help="database schema")
+    db.add_argument("action", choices=["upgrade", "current"])
+    db.set_defaults(handler=_db)
+
+    bench = sub.add_parser("bench", help="measure throughput and latency against a bare Celery chain")
+    bench.add_argument("--jobs", type=int, default=200)
+    bench.add_argument("--latency-jobs", type=int, default=50)
+    bench.add_argument("--workers", type=int, default=2, help="worker processes the benchmark starts")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(handler=_bench)
+
+    show = sub.add_parser("config", help="show the settings in force (passwords hidden)")
+    show.set_defaults(handler=_config)
+    return parser
+
+
+def _client():
+    from galaxy_tasks.client import Client
+
+    return Client()
+
+
+def _run(args: argparse.Namespace, _extra: list[str]) -> int:
+    from galaxy_tasks.run import run_file
+
+    return run_file(args.jobs_file, concurrency=args.concurrency, timeout=args.timeout)
+
+
+def _submit(args: argparse.Namespace, _extra: list[str]) -> int:
+    from galaxy_tasks.spec import parse_json
+
+    if args.spec is not None:
+        text = sys.stdin.read() if str(args.spec) == "-" else args.spec.read_text()
+        spec = parse_json(text)
+    else:
+        data: dict = {"tool_id": args.tool_id, "command": args.job_command}
+        for key in ("tool_version", "user", "cores", "memory_mb", "walltime_s", "destination"):
+            if getattr(args, key) is not None:
+                data[key] = getattr(args, key)
+        if args.env:
+            data["environment"] = dict(_pair(item) for item in args.env)
+        if args.output:
+            data["outputs"] = args.output
+        from galaxy_tasks.spec import parse
+
+        spec = parse(data)
+    job = _client().submit(spec)
+    print(json.dumps({"id": job.id, "state": job.state, "destination": job.destination}) if args.json else job.id)
+    return 0
+
+
+def _pair(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep:
+        raise SpecError(f"environment.{name}", "must be given as NAME=VALUE")
+    return name, value
+
+
+def _status(args: argparse.Namespace, _extra: list[str]) -> int:
+    client = _client()
+    job = client.get(args.job_id)
+    if args.json:
+        data = job.to_json()
+        data["history"] = [{"from": h.from_state, "to": h.to_state, "at": h.at.isoformat(), "reason": h.reason}
+                           for h in client.history(job.id)]
+        print(json.dumps(data, indent=2))
+        return 0
+    data = job.to_json()
+    for key in ("id", "state", "tool_id", "user", "destination", "external_id", "exit_code", "reason",
+                "wall_time_s", "max_rss_kb", "created_at", "running_at", "finished_at", "job_dir"):
+        if data.get(key) is not None:
+            print(f"{key:12} {data[key]}")
+    for stream in ("stdout", "stderr"):
+        if data.get(stream):
+            print(f"--- {stream} (tail)\n{data[stream].rstrip()}")
+    return 0
+
+
+def _list(args: argparse.Namespace, _extra: list[str]) -> int:
+    jobs = _client().list(args.state, args.limit)
+    if args.json:
+        print(json.dumps([job.to_json() for job in jobs], indent=2))
+        return 0
+    print(table(["id", "state", "exit", "tool", "destination", "created"],
+                [[j.id, j.state, _blank(j.exit_code), j.tool_id, j.destination,
+                  j.created_at.strftime("%Y-%m-%d %H:%M:%S")] for j in jobs]))
+    return 0
+
+
+def _cancel(args: argparse.Namespace, _extra: list[str]) -> int:
+    client = _client()
+    job = client.get(args.job_id)
+    before = client.cancel(job.id)
+    if before in TERMINAL:
+        print(f"{job.id} had already ended ({before})")
+    else:
+        print(f"{job.id} cancelled (was {before})")
+    return 0
+
+
+def _wait(args: argparse.Namespace, _extra: list[str]) -> int:
+    jobs = _client().wait(args.job_ids, timeout=args.timeout)
+    if args.json:
+        print(json.dumps([job.to_json() for job in jobs.values()], indent=2))
+    else:
+        for job in jobs.values():
+            print(f"{job.id} {job.state} exit={_blank(job.exit_code)}")
+    return 0 if all(job.state == JobState.OK.value for job in jobs.values()) else 1
+
+
+def _worker(args: argparse.Namespace, extra: list[str]) -> int:
+    ctx = context.current()
+    queues = args.queues or ",".join([ctx.settings.steps_queue] + ctx.routing.queues)
+    from galaxy_tasks.celery import app
+
+    app.worker_main(["worker", "-Q", queues, *extra])
+    return 0
+
+
+def _beat(args: argparse.Namespace, extra: list[str]) -> int:
+    from galaxy_tasks.celery import app
+
+    app.start(["beat", *extra])
+    return 0
+
+
+def _db(args: argparse.Namespace, _extra: list[str]) -> int:
+    from galaxy_tasks import schema
+
+    url = config.load().database_url
+    if args.action == "upgrade":
+        schema.upgrade(url)
+    print(f"schema at revision {schema.current(url)} ({redact(url)})")
+    return 0
+
+
+def _bench(args: argparse.Namespace, _extra: list[str]) -> int:
+    from galaxy_tasks.bench import main as bench_main
+
+    return bench_main(jobs=args.jobs, latency_jobs=args.latency_jobs, workers=args.workers, as_json=args.json)
+
+
+def _config(args: argparse.Namespace, _extra: list[str]) -> int:
+    for name, (default, meaning) in config.VARIABLES.items():
+        import os
+
+        value = os.environ.get(config.PREFIX + name)
+        shown = redact(value) if value is not None else f"{default} (default)"
+        print(f"{config.PREFIX}{name:20} {shown}\n    {meaning}")
+    return 0
+
+
+def table(header: list[str], rows: list[list[object]]) -> str:
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _blank(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

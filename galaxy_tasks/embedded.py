@@ -1,0 +1,53 @@
+"""Embedded mode: one process, an in-memory broker, SQLite and the local runner.
+
+`galaxy-tasks run jobs.yml` works on a fresh machine with no server: a Celery worker runs
+in a thread of this process and serves every queue. Because the database is the truth, a
+run that was interrupted resumes its unfinished jobs when the next one starts.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+from galaxy_tasks import context, schema
+
+
+@contextmanager
+def embedded_worker(concurrency: int = 4, reconcile: bool = True) -> Iterator[object]:
+    """Run a worker for every queue in this process for the duration of the block."""
+    from galaxy_tasks.celery import app
+    from galaxy_tasks import tasks
+
+    ctx = context.current()
+    ctx.settings.home.mkdir(parents=True, exist_ok=True)
+    ctx.settings.jobs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    schema.upgrade(ctx.settings.database_url)
+    queues = [ctx.settings.steps_queue] + ctx.routing.queues
+    app.amqp.queues.select(queues)
+    ready = threading.Event()
+    worker = app.WorkController(
+        app=app,
+        hostname=f"embedded-{os.getpid()}@{socket.gethostname()}",
+        pool_cls="threads",
+        concurrency=concurrency,
+        queues=queues,
+        beat=reconcile,
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+        loglevel="WARNING",
+        ready_callback=lambda _consumer: ready.set(),
+    )
+    thread = threading.Thread(target=worker.start, name="galaxy-tasks-embedded-worker", daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise RuntimeError("the embedded worker did not start within 30 s")
+    try:
+        yield worker
+    finally:
+        worker.stop(in_sighandler=False)
+        thread.join(timeout=10)
+        tasks.close_runners()

@@ -1,0 +1,11 @@
+"""The steps of a job's life as plain Python: no Celery here, so each can be called from a
+task, the embedded runner or a test alike."""
+from galaxy_tasks.lifecycle.accept import accept
+from galaxy_tasks.lifecycle.cancel import UnknownJob, cancel
+from galaxy_tasks.lifecycle.finish import finish
+from galaxy_tasks.lifecycle.launch import launch
+from galaxy_tasks.lifecycle.prepare import launch_for, prepare
+from galaxy_tasks.lifecycle.reconcile import Plan, acquire_lease, held_by, overdue, startup
+
+__all__ = ["Plan", "UnknownJob", "accept", "acquire_lease", "cancel", "finish", "held_by", "launch",
+           "launch_for", "overdue", "prepare", "startup"]

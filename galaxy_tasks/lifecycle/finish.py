@@ -1,0 +1,71 @@
+"""Finish a job from its completion event: exit code, output tails, outputs, metrics."""
+from __future__ import annotations
+
+import logging
+import signal as signals
+from datetime import datetime, timezone
+from pathlib import Path
+
+from galaxy_tasks.context import Context
+from galaxy_tasks.jobdir import JobDir
+from galaxy_tasks.logs import event
+from galaxy_tasks.model import Job
+from galaxy_tasks.runners.base import Completion
+from galaxy_tasks.states import JobState
+
+log = logging.getLogger(__name__)
+
+_LAUNCHED = frozenset({JobState.SUBMITTING, JobState.RUNNING})
+COMMAND_NOT_FOUND = 127
+
+
+def finish(ctx: Context, completion: Completion) -> JobState | None:
+    """Record the job's end; None if it had already ended (a duplicate or late event)."""
+    job = ctx.store.get(completion.job_id)
+    if job is None or JobState(job.state) not in _LAUNCHED:
+        return None
+    job_dir = JobDir(Path(job.job_dir or ctx.settings.jobs_dir / job.id))
+    recorded = job_dir.recorded_exit_code()
+    exit_code = recorded if recorded is not None else completion.exit_code
+    stdout, stderr = job_dir.tail("stdout"), job_dir.tail("stderr")
+    state, reason = _verdict(job, job_dir, completion, exit_code, stderr)
+    ended_at = datetime.fromtimestamp(completion.ended_at, timezone.utc)
+    values = dict(
+        exit_code=exit_code,
+        signal=completion.signal,
+        stdout_tail=stdout,
+        stderr_tail=stderr,
+        wall_time_s=completion.wall_time_s,
+        max_rss_kb=completion.max_rss_kb,
+        ended_at=ended_at,
+    )
+    if job.external_id is None and completion.external_id:
+        values["external_id"] = completion.external_id
+    if job.running_at is None:
+        values["running_at"] = job.updated_at  # it ended before its launch was recorded
+    with ctx.store.session() as session:
+        moved = ctx.store.transition(session, job.id, state, reason=reason, sources=_LAUNCHED,
+                                     **values)
+    if moved is None:
+        return None
+    event(log, "state_change", job_id=job.id, to=state, exit_code=exit_code, reason=reason,
+          tool_id=job.tool_id, destination=job.destination)
+    return state
+
+
+def _verdict(job: Job, job_dir: JobDir, completion: Completion, exit_code: int | None,
+             stderr: str) -> tuple[JobState, str | None]:
+    if completion.signal is not None:
+        name = signals.Signals(completion.signal).name if completion.signal in signals.valid_signals() else completion.signal
+        return JobState.ERROR, completion.reason or f"killed by signal {name}"
+    if exit_code is None:
+        return JobState.ERROR, completion.reason or "the job ended without an exit code"
+    if exit_code == COMMAND_NOT_FOUND and "not found" in stderr:
+        line = next((l for l in stderr.splitlines() if "not found" in l), "")
+        return JobState.ERROR, f"command not found: {line.strip()}"
+    if exit_code != 0:
+        return JobState.ERROR, completion.reason or f"exit code {exit_code}"
+    missing = [path for path in job.outputs or [] if not (job_dir.working / path).exists()]
+    if missing:
+        return JobState.ERROR, f"declared output not produced: {', '.join(missing)}"
+    return JobState.OK, None

@@ -1,0 +1,65 @@
+"""Launch a queued job through its runner, exactly once.
+
+QUEUED -> SUBMITTING is the claim: only one worker wins it. A SUBMITTING job whose worker
+died (the window between "the runner accepted it" and "we recorded its id") is taken over
+after `LAUNCH_LEASE_S`, and the runner's own look-up by job name keeps that takeover from
+starting a second copy.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from galaxy_tasks.context import Context
+from galaxy_tasks.lifecycle.prepare import launch_for
+from galaxy_tasks.logs import event
+from galaxy_tasks.model import utcnow
+from galaxy_tasks.runners.base import Runner, RunnerError, Tracked
+from galaxy_tasks.states import JobState
+
+log = logging.getLogger(__name__)
+
+LAUNCH_LEASE_S = 60.0
+_SUBMITTING = frozenset({JobState.SUBMITTING})
+
+
+def launch(ctx: Context, job_id: str, runner: Runner, lease_s: float = LAUNCH_LEASE_S) -> bool:
+    """Hand the job to `runner`; False if it was not this call's to launch."""
+    if not _claim(ctx, job_id, lease_s):
+        return False
+    job = ctx.store.get(job_id)
+    assert job is not None
+    try:
+        external_id = runner.submit(launch_for(ctx, job))
+    except RunnerError as exc:
+        with ctx.store.session() as session:
+            ctx.store.transition(session, job_id, JobState.ERROR, reason=str(exc), sources=_SUBMITTING)
+        event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
+        return False
+    with ctx.store.session() as session:
+        moved = ctx.store.transition(session, job_id, JobState.RUNNING, sources=_SUBMITTING,
+                                     external_id=external_id)
+    if moved:
+        event(log, "state_change", job_id=job_id, to=JobState.RUNNING, external_id=external_id)
+        return True
+    after = ctx.store.get(job_id)
+    if after is not None and after.state == JobState.DELETED.value:
+        # cancelled while we were launching: stop what we started
+        runner.cancel(Tracked(job_id, external_id, launch_for(ctx, after).job_dir))
+    return False
+
+
+def _claim(ctx: Context, job_id: str, lease_s: float) -> bool:
+    with ctx.store.session() as session:
+        if ctx.store.transition(session, job_id, JobState.SUBMITTING, sources=frozenset({JobState.QUEUED})):
+            return True
+    job = ctx.store.get(job_id)
+    if job is None or job.state != JobState.SUBMITTING.value:
+        return False
+    if utcnow() - job.updated_at < timedelta(seconds=lease_s):
+        return False  # another worker is launching it right now
+    with ctx.store.session() as session:
+        taken = ctx.store.claim_stale(session, job_id, JobState.SUBMITTING, job.updated_at)
+    if taken:
+        event(log, "launch_takeover", job_id=job_id, level=logging.WARNING)
+    return taken

@@ -1,0 +1,68 @@
+"""Prepare a job: its private working directory and job script, then QUEUED."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from galaxy_tasks import jobdir
+from galaxy_tasks.context import Context
+from galaxy_tasks.logs import event
+from galaxy_tasks.model import Job
+from galaxy_tasks.routing import Destination
+from galaxy_tasks.runners.base import Launch
+from galaxy_tasks.states import JobState
+
+log = logging.getLogger(__name__)
+
+
+def prepare(ctx: Context, job_id: str) -> bool:
+    """Write the job directory and move NEW -> QUEUED; False if the job is past this step."""
+    job = ctx.store.get(job_id)
+    if job is None or job.state != JobState.NEW.value:
+        return False
+    destination = ctx.routing.destinations.get(job.destination)
+    root = ctx.settings.jobs_dir / job.id
+    try:
+        if destination is None:
+            raise LookupError(f"destination {job.destination!r} is no longer configured")
+        jobdir.create(root, job.command, environment(ctx, job, destination, jobdir.JobDir(root)),
+                      job.environment_setup_file)
+    except (OSError, LookupError) as exc:
+        with ctx.store.session() as session:
+            ctx.store.transition(session, job_id, JobState.ERROR, reason=f"prepare failed: {exc}",
+                                 sources=frozenset({JobState.NEW}))
+        event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
+        return False
+    with ctx.store.session() as session:
+        moved = ctx.store.transition(session, job_id, JobState.QUEUED, job_dir=str(root))
+    if moved:
+        event(log, "state_change", job_id=job_id, to=JobState.QUEUED, queue=job.queue)
+    return moved is not None
+
+
+def environment(ctx: Context, job: Job, destination: Destination, job_dir: jobdir.JobDir) -> dict[str, str]:
+    return jobdir.job_environment(
+        job_dir,
+        cores=job.cores,
+        memory_mb=job.memory_mb,
+        spec_env=job.environment or {},
+        destination_env=destination.env,
+        mesos_url=ctx.settings.mesos_url,
+        job_id=job.id,
+    )
+
+
+def launch_for(ctx: Context, job: Job) -> Launch:
+    """What the runner is handed for a prepared job."""
+    destination = ctx.routing.destinations[job.destination]
+    job_dir = jobdir.JobDir(Path(job.job_dir or ctx.settings.jobs_dir / job.id))
+    return Launch(
+        job_id=job.id,
+        job_dir=job_dir.root,
+        script=job_dir.script,
+        env=environment(ctx, job, destination, job_dir),
+        cores=job.cores,
+        memory_mb=job.memory_mb,
+        walltime_s=job.walltime_s,
+        params=destination.params,
+    )

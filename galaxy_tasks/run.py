@@ -1,0 +1,78 @@
+"""`galaxy-tasks run jobs.yml`: submit a file of jobs, show progress, end with a table."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+import yaml
+
+from galaxy_tasks import context
+from galaxy_tasks.spec import SpecError, parse
+from galaxy_tasks.states import TERMINAL, JobState
+
+
+def load_jobs(path: Path) -> list[dict]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}") from None
+    jobs = data.get("jobs") if isinstance(data, dict) else None
+    if not isinstance(jobs, list):
+        raise ValueError(f"{path}: expected a mapping with a 'jobs' list")
+    return jobs
+
+
+def run_file(path: Path, *, concurrency: int = 4, timeout: float | None = None, out: TextIO = sys.stdout) -> int:
+    """Run every job of the file to its end in this process. Returns 0 once every accepted
+    job has ended (whatever its state), 1 if the timeout passed first."""
+    from galaxy_tasks.cli import table
+    from galaxy_tasks.client import Client
+    from galaxy_tasks.embedded import embedded_worker
+
+    entries = load_jobs(path)
+    with embedded_worker(concurrency=concurrency):
+        client = Client(context.current())
+        rows: list[tuple[str, dict, str | None]] = []  # (job id or "-", entry, refusal)
+        for index, entry in enumerate(entries):
+            try:
+                job = client.submit(parse(entry))
+                rows.append((job.id, entry, None))
+                print(f"submitted  {job.id[:8]}  {job.tool_id} -> {job.destination}", file=out)
+            except SpecError as exc:
+                rows.append(("-", entry, str(exc)))
+                print(f"refused    jobs[{index}] {entry.get('tool_id', '?')}: {exc}", file=out)
+        ids = [job_id for job_id, _, refusal in rows if refusal is None]
+        finished = _follow(client, ids, timeout, out)
+        jobs = client.wait(ids, timeout=0) if ids else {}
+    body = []
+    for job_id, entry, refusal in rows:
+        if refusal is not None:
+            body.append(["-", str(entry.get("tool_id", "?")), "refused", "", "", refusal])
+            continue
+        job = jobs[job_id]
+        run_time = f"{job.wall_time_s:.2f}s" if job.wall_time_s is not None else ""
+        body.append([job.id[:8], job.tool_id, job.state, "" if job.exit_code is None else job.exit_code,
+                     run_time, job.reason or ""])
+    print("\n" + table(["job", "tool", "state", "exit", "run time", "reason"], body), file=out)
+    return 0 if finished else 1
+
+
+def _follow(client, ids: list[str], timeout: float | None, out: TextIO) -> bool:
+    """Print each state change as it happens, until all jobs have ended."""
+    seen: dict[str, str] = {}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        jobs = client.wait(ids, timeout=0)
+        for job_id, job in jobs.items():
+            if seen.get(job_id) != job.state:
+                seen[job_id] = job.state
+                print(f"{job.state:10} {job_id[:8]}  {job.tool_id}", file=out)
+        if all(JobState(job.state) in TERMINAL for job in jobs.values()):
+            return True
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)

@@ -1,0 +1,118 @@
+"""The one runner interface: every way of running a job (local, DRMAA, Mesos) implements it.
+
+Runners know nothing of Celery or the database. They are handed a prepared job (`Launch`)
+and report the end of a job through the `report` callback they were built with, so that a
+runner can be tested without a broker and a new runner is a new module, not a new branch.
+"""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything a runner needs to start one prepared job."""
+
+    job_id: str
+    job_dir: Path
+    script: Path
+    env: Mapping[str, str]
+    cores: int = 1
+    memory_mb: int | None = None
+    walltime_s: int | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def external_name(self) -> str:
+        """The name the external system knows the job by: derived from our id, so a
+        resubmission can look for an existing copy before starting a second one."""
+        return external_name(self.job_id)
+
+
+def external_name(job_id: str) -> str:
+    return "gt-" + job_id
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The completion event: how a job ended, as far as its runner knows."""
+
+    job_id: str
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    wall_time_s: float | None = None
+    max_rss_kb: int | None = None
+    ended_at: float = field(default_factory=time.time)
+    external_id: str | None = None
+    source: str = "runner"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Completion":
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """A job a runner is asked about: our id and the external id it was given."""
+
+    job_id: str
+    external_id: str
+    job_dir: Path
+
+
+Report = Callable[[Completion], None]
+
+
+class RunnerError(Exception):
+    """A runner refused or failed a job (after any retries of its own); the message is
+    kept as the job's reason."""
+
+
+class Runner(ABC):
+    """Submit, cancel, ask the status of many jobs at once, recover after a restart."""
+
+    #: the name used in job_conf (`runner: local`) and runner URLs (`local:///`)
+    name: str = ""
+    #: True if `report` must have recorded the end in the database before it returns (a
+    #: runner that acknowledges events to its source, like Mesos, sets this)
+    durable_report: bool = False
+
+    def __init__(self, params: Mapping[str, Any], report: Report) -> None:
+        self.params = dict(params)
+        self.report = report
+
+    @abstractmethod
+    def submit(self, launch: Launch) -> str:
+        """Start the job and return its external id.
+
+        Must be idempotent: if a job named after `launch.job_id` already exists (a previous
+        attempt got as far as the external system), return that job's id instead of
+        starting a second copy. The end of the job is reported later through `report`.
+        """
+
+    @abstractmethod
+    def cancel(self, tracked: Tracked) -> None:
+        """Stop the job (and everything it started); quietly accept a job already gone."""
+
+    @abstractmethod
+    def status(self, jobs: Sequence[Tracked]) -> dict[str, Completion | None]:
+        """Ask about many jobs in one call: a Completion for each job that has ended,
+        None for each job that is still queued or running."""
+
+    def recover(self, jobs: Sequence[Tracked]) -> None:
+        """Follow jobs started by an earlier process again, reporting those that ended."""
+        for job_id, completion in self.status(jobs).items():
+            if completion is not None:
+                self.report(completion)
+
+    def close(self) -> None:
+        """Release what the runner holds (threads, sessions); running jobs keep running."""

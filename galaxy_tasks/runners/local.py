@@ -1,0 +1,190 @@
+"""The local runner: jobs as detached process groups on this host.
+
+The job script runs in a session of its own (so cancel kills everything it started and a
+worker restart does not kill the job), and its end is learnt from the process exit through
+one `ExitWatcher` thread, never from a loop over running jobs.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from galaxy_tasks.jobdir import CLAIMED_EXIT_CODE, JobDir
+from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, RunnerError, Tracked
+from galaxy_tasks.runners.exitwatch import Exit, ExitWatcher
+
+_DEVNULL_ACTIONS = [
+    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+    (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+]
+
+
+class LocalRunner(Runner):
+    name = "local"
+
+    def __init__(self, params: Mapping[str, Any], report: Report) -> None:
+        super().__init__(params, report)
+        self.host = socket.gethostname()
+        self.kill_grace_s = float(self.params.get("kill_grace_s", 5))
+        self._lock = threading.Lock()
+        self._watcher: ExitWatcher | None = None
+        self._watcher_pid = 0
+
+    def submit(self, launch: Launch) -> str:
+        job_dir = JobDir(launch.job_dir)
+        claimed = job_dir.claimed_pid()
+        if claimed is not None:
+            self._follow(launch.job_id, job_dir, claimed)
+            return self._external_id(claimed)
+        try:
+            pid = os.posix_spawn(
+                "/bin/sh", ["/bin/sh", str(launch.script)], dict(launch.env),
+                setsid=True, file_actions=_DEVNULL_ACTIONS,
+            )
+        except OSError as exc:
+            raise RunnerError(f"cannot start the job script: {exc}") from exc
+        self._watch(pid, (launch.job_id, job_dir, time.time()), child=True)
+        return self._external_id(pid)
+
+    def cancel(self, tracked: Tracked) -> None:
+        host, pid = self._parse(tracked.external_id)
+        if host != self.host:
+            raise RunnerError(f"job {tracked.job_id} runs on {host}, not on {self.host}")
+        job_dir = JobDir(tracked.job_dir)
+        if job_dir.claimed_pid() != pid or not _alive(pid):
+            return
+        _killpg(pid, signal.SIGTERM)
+        timer = threading.Timer(self.kill_grace_s, self._kill_hard, (pid, job_dir))
+        timer.daemon = True
+        timer.start()
+
+    def status(self, jobs: Sequence[Tracked]) -> dict[str, Completion | None]:
+        return {job.job_id: self._status(job) for job in jobs}
+
+    def recover(self, jobs: Sequence[Tracked]) -> None:
+        for job in jobs:
+            host, pid = self._parse(job.external_id)
+            if host != self.host:
+                continue
+            job_dir = JobDir(job.job_dir)
+            completion = self._status(job)
+            if completion is not None:
+                self.report(completion)
+            else:
+                self._follow(job.job_id, job_dir, job_dir.claimed_pid() or pid)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._watcher is not None and self._watcher_pid == os.getpid():
+                self._watcher.close()
+            self._watcher = None
+
+    # -- internals --------------------------------------------------------------------
+
+    def _status(self, job: Tracked) -> Completion | None:
+        job_dir = JobDir(job.job_dir)
+        code = job_dir.recorded_exit_code()
+        if code is not None:
+            return Completion(job.job_id, exit_code=code, external_id=job.external_id, source="job_dir")
+        host, pid = self._parse(job.external_id)
+        if host != self.host:
+            return None
+        claimed = job_dir.claimed_pid()
+        if claimed is not None and _alive(claimed):
+            return None
+        if claimed is None and _alive(pid):
+            return None
+        return Completion(
+            job.job_id,
+            reason="the job process ended without recording an exit code (killed, or the host restarted)",
+            external_id=job.external_id,
+            source="reconcile",
+        )
+
+    def _follow(self, job_id: str, job_dir: JobDir, pid: int) -> None:
+        started = _mtime(job_dir.claim_pid_file) or time.time()
+        if not self._watch(pid, (job_id, job_dir, started), child=False):
+            self._on_exit(Exit(pid, None, None, time.time()), (job_id, job_dir, started))
+
+    def _watch(self, pid: int, tag: tuple, *, child: bool) -> bool:
+        with self._lock:
+            # a watcher thread does not survive fork: a forked pool process makes its own
+            if self._watcher is None or self._watcher_pid != os.getpid():
+                self._watcher = ExitWatcher(self._on_exit)
+                self._watcher_pid = os.getpid()
+            watcher = self._watcher
+        return watcher.watch(pid, tag, child=child)
+
+    def _on_exit(self, exit: Exit, tag: object) -> None:
+        job_id, job_dir, started = tag  # type: ignore[misc]
+        claimed = job_dir.claimed_pid()
+        if exit.exit_code == CLAIMED_EXIT_CODE and claimed not in (None, exit.pid):
+            self._follow(job_id, job_dir, claimed)  # a duplicate copy stood down
+            return
+        recorded = job_dir.recorded_exit_code()
+        reason = None
+        if exit.signal is not None:
+            reason = f"killed by signal {signal.Signals(exit.signal).name}"
+        elif recorded is None and exit.exit_code is None:
+            reason = "the job process ended without recording an exit code"
+        self.report(
+            Completion(
+                job_id,
+                exit_code=recorded if recorded is not None else exit.exit_code,
+                signal=exit.signal,
+                reason=reason,
+                wall_time_s=round(exit.ended_at - started, 3),
+                max_rss_kb=exit.max_rss_kb,
+                ended_at=exit.ended_at,
+                external_id=self._external_id(exit.pid),
+            )
+        )
+
+    def _kill_hard(self, pid: int, job_dir: JobDir) -> None:
+        if job_dir.claimed_pid() == pid and _alive(pid):
+            _killpg(pid, signal.SIGKILL)
+
+    def _external_id(self, pid: int) -> str:
+        return f"{self.host}:{pid}"
+
+    @staticmethod
+    def _parse(external_id: str) -> tuple[str, int]:
+        host, _, pid = external_id.rpartition(":")
+        try:
+            return host, int(pid)
+        except ValueError:
+            raise RunnerError(f"not a local runner job id: {external_id!r}") from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,33 @@
+"""Create or migrate the schema with Alembic (`galaxy-tasks db upgrade`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import inspect
+
+from galaxy_tasks.store import _engine
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def _config(connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(url: str) -> None:
+    """Bring the database to the newest schema; safe to run again and from many processes
+    one after another."""
+    with _engine(url).begin() as connection:
+        command.upgrade(_config(connection), "head")
+
+
+def current(url: str) -> str | None:
+    with _engine(url).connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()

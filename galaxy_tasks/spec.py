@@ -1,0 +1,164 @@
+"""The job spec: the public JSON a client submits, validated before anything is written.
+
+A spec is either accepted whole, as a valid `JobSpec`, or refused with a `SpecError` that
+names the offending field; nothing is recorded for a refused spec.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,35}$")
+MAX_COMMAND_BYTES = 256 * 1024
+MAX_TEXT = 255
+
+
+class SpecError(ValueError):
+    """A refused spec; `field` names what is wrong so a client can fix it."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.message = message
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    tool_id: str
+    command: str
+    tool_version: str | None = None
+    user: str | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    cores: int = 1
+    memory_mb: int | None = None
+    walltime_s: int | None = None
+    destination: str | None = None
+    environment_setup_file: str | None = None
+    id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FIELDS = frozenset(JobSpec.__dataclass_fields__)
+
+
+def parse_json(text: str | bytes) -> JobSpec:
+    """Parse a spec from JSON text; invalid JSON is refused like any other bad field."""
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SpecError("spec", f"invalid JSON: {exc}") from None
+    return parse(data)
+
+
+def parse(data: Any) -> JobSpec:
+    if not isinstance(data, Mapping):
+        raise SpecError("spec", f"must be a JSON object, not {type(data).__name__}")
+    unknown = sorted(str(key) for key in data if key not in FIELDS)
+    if unknown:
+        raise SpecError(unknown[0], f"unknown field (known fields: {', '.join(sorted(FIELDS))})")
+    return JobSpec(
+        tool_id=_text(data, "tool_id", required=True),
+        command=_command(data),
+        tool_version=_text(data, "tool_version"),
+        user=_text(data, "user"),
+        environment=_environment(data.get("environment")),
+        inputs=_paths(data.get("inputs"), "inputs", relative=False),
+        outputs=_paths(data.get("outputs"), "outputs", relative=True),
+        cores=_positive(data, "cores", default=1),
+        memory_mb=_positive(data, "memory_mb"),
+        walltime_s=_positive(data, "walltime_s"),
+        destination=_text(data, "destination"),
+        environment_setup_file=_text(data, "environment_setup_file", limit=4096),
+        id=_job_id(data.get("id")),
+    )
+
+
+def _text(data: Mapping, name: str, *, required: bool = False, limit: int = MAX_TEXT) -> str | None:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise SpecError(name, "is required")
+        return None
+    if not isinstance(value, str):
+        raise SpecError(name, f"must be a string, not {type(value).__name__}")
+    if required and not value.strip():
+        raise SpecError(name, "must not be empty")
+    if len(value) > limit:
+        raise SpecError(name, f"is longer than {limit} characters")
+    if "\x00" in value:
+        raise SpecError(name, "must not contain NUL characters")
+    return value
+
+
+def _command(data: Mapping) -> str:
+    command = _text(data, "command", required=True, limit=MAX_COMMAND_BYTES)
+    assert command is not None
+    return command
+
+
+def _positive(data: Mapping, name: str, default: int | None = None) -> int | None:
+    value = data.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(name, f"must be a whole number, not {value!r}")
+    if value < 1:
+        raise SpecError(name, f"must be at least 1, not {value}")
+    if value > 2**31 - 1:
+        raise SpecError(name, f"is too large: {value}")
+    return value
+
+
+def _environment(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError("environment", f"must be an object of names to strings, not {type(value).__name__}")
+    environment: dict[str, str] = {}
+    for name, text in value.items():
+        where = f"environment.{name}"
+        if not isinstance(name, str) or not ENV_NAME.match(name):
+            raise SpecError(where, "is not a valid environment variable name")
+        if not isinstance(text, str):
+            raise SpecError(where, f"must be a string, not {type(text).__name__}")
+        if "\x00" in text:
+            raise SpecError(where, "must not contain NUL characters")
+        environment[name] = text
+    return environment
+
+
+def _paths(value: Any, name: str, *, relative: bool) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SpecError(name, f"must be a list of paths, not {type(value).__name__}")
+    paths = []
+    for index, path in enumerate(value):
+        where = f"{name}[{index}]"
+        if not isinstance(path, str) or not path.strip():
+            raise SpecError(where, "must be a non-empty string")
+        if "\x00" in path:
+            raise SpecError(where, "must not contain NUL characters")
+        if relative:
+            normal = posixpath.normpath(path)
+            if posixpath.isabs(path) or normal == ".." or normal.startswith("../"):
+                raise SpecError(where, f"{path!r} escapes the job directory")
+            path = normal
+        paths.append(path)
+    return paths
+
+
+def _job_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not JOB_ID.match(value):
+        raise SpecError("id", "must be 1-36 letters, digits, '-' or '_', starting with a letter or digit")
+    return value

@@ -1,0 +1,117 @@
+"""The database: engines, sessions, and the compare-and-set every step moves a job with."""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any, Iterator
+
+from sqlalchemy import create_engine, event, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from galaxy_tasks.model import Job, JobStateChange, utcnow
+from galaxy_tasks.states import TERMINAL, JobState, sources_of
+
+_STAMPS = {JobState.QUEUED: "queued_at", JobState.RUNNING: "running_at"}
+
+
+class Store:
+    """One engine per database URL per process; short transactions, committed per step."""
+
+    def __init__(self, url: str, check_after: float = 300.0) -> None:
+        self.url = url
+        self.check_after = check_after
+        self.engine = _engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as session:
+            with session.begin():
+                yield session
+
+    def get(self, job_id: str) -> Job | None:
+        with self._sessions() as session:
+            return session.get(Job, job_id)
+
+    def transition(
+        self,
+        session: Session,
+        job_id: str,
+        target: JobState,
+        *,
+        reason: str | None = None,
+        sources: frozenset[JobState] | None = None,
+        **values: Any,
+    ) -> JobState | None:
+        """Move the job to `target` if it is in one of `sources` (by default every state
+        the state machine allows `target` from). Returns the state it left, or None when
+        the job was already past this step: the caller then does nothing."""
+        allowed = sources_of(target) if sources is None else sources
+        now = utcnow()
+        stamps: dict[str, Any] = {"updated_at": now}
+        if reason is not None:
+            stamps["reason"] = reason
+        if target in _STAMPS:
+            stamps[_STAMPS[target]] = now
+        if target in TERMINAL:
+            stamps.update(finished_at=now, check_at=None)
+        else:
+            stamps.update(check_at=now + timedelta(seconds=self.check_after), checks=0)
+        current = session.scalar(select(Job.state).where(Job.id == job_id))
+        while current is not None and JobState(current) in allowed:
+            moved = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == current)
+                .values(state=target.value, **stamps, **values)
+            ).rowcount
+            if moved == 1:
+                session.add(
+                    JobStateChange(
+                        job_id=job_id, from_state=current, to_state=target.value, at=now, reason=reason
+                    )
+                )
+                return JobState(current)
+            current = session.scalar(select(Job.state).where(Job.id == job_id))
+        return None
+
+    def claim_stale(self, session: Session, job_id: str, state: JobState, seen: datetime) -> bool:
+        """Take over a job whose step's owner vanished: succeeds for one caller only, the
+        one that saw the row as it still is (same state, same last update)."""
+        moved = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == state.value, Job.updated_at == seen)
+            .values(updated_at=utcnow())
+        ).rowcount
+        return moved == 1
+
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def _engine(url: str) -> Engine:
+    with _lock:
+        if url not in _engines:
+            if url.startswith("sqlite"):
+                engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+                event.listen(engine, "connect", _sqlite_pragmas)
+            else:
+                engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+            _engines[url] = engine
+        return _engines[url]
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def dispose_after_fork() -> None:
+    """A forked worker process must not share its parent's database connections."""
+    for engine in _engines.values():
+        engine.dispose(close=False)

@@ -1,0 +1,209 @@
+"""The Celery tasks: thin wrappers that call the lifecycle and send the next message.
+
+Task names and their JSON arguments are the public contract (see README, "Task contract"):
+a client that does not import this package submits with
+`send_task("galaxy_tasks.submit_job", kwargs=<job spec>)`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Iterable
+
+from celery import chain, signals
+
+from galaxy_tasks import context, lifecycle, store
+from galaxy_tasks.celery import app
+from galaxy_tasks.logs import event
+from galaxy_tasks.model import Job
+from galaxy_tasks.runners import Completion, Runner, Tracked, runner_class
+from galaxy_tasks.spec import SpecError, parse
+
+log = logging.getLogger(__name__)
+
+
+# -- sending ---------------------------------------------------------------------------
+
+def start(job: Job) -> None:
+    """Send a new job's chain: prepare on the steps queue, then launch on its destination's."""
+    steps = context.current().settings.steps_queue
+    chain(
+        prepare_job.si(job.id, tool_id=job.tool_id).set(queue=steps),
+        launch_job.si(job.id, tool_id=job.tool_id).set(queue=job.queue),
+    ).apply_async()
+
+
+def dispatch(plan: lifecycle.Plan) -> None:
+    ctx = context.current()
+    for job_id, _queue in plan.prepare:
+        job = ctx.store.get(job_id)
+        if job is not None:
+            start(job)
+    for job_id, queue in plan.launch:
+        launch_job.apply_async((job_id,), queue=queue)
+    for destination, jobs in plan.check.items():
+        queue = ctx.routing.destinations[destination].queue if destination in ctx.routing.destinations else None
+        if queue is None:
+            continue
+        for batch in _chunks(jobs, 200):
+            check_jobs.apply_async(kwargs={"destination": destination, "jobs": [_tracked_json(t) for t in batch]},
+                                   queue=queue)
+
+
+def _report(completion: Completion) -> None:
+    finish_job.apply_async(
+        (completion.job_id,), {"completion": completion.to_json()},
+        queue=context.current().settings.steps_queue,
+    )
+
+
+def _report_durably(completion: Completion) -> None:
+    lifecycle.finish(context.current(), completion)
+
+
+# -- the runners of this process --------------------------------------------------------
+
+_runners: dict[str, Runner] = {}
+_runners_lock = threading.Lock()
+
+
+def runner_for(destination: str) -> Runner:
+    """This process's runner for a destination, built on first use."""
+    with _runners_lock:
+        if destination not in _runners:
+            spec = context.current().routing.destinations[destination]
+            cls = runner_class(spec.runner)
+            _runners[destination] = cls(spec.params, _report_durably if cls.durable_report else _report)
+        return _runners[destination]
+
+
+def close_runners() -> None:
+    with _runners_lock:
+        for runner in _runners.values():
+            runner.close()
+        _runners.clear()
+
+
+# -- the tasks --------------------------------------------------------------------------
+
+@app.task(name="galaxy_tasks.submit_job")
+def submit_job(**spec: Any) -> str | None:
+    """Accept a job spec from a client that does not import this package."""
+    try:
+        job, created = lifecycle.accept(context.current(), parse(spec))
+    except SpecError as exc:
+        event(log, "submit_refused", level=logging.ERROR, field=exc.field, error=exc.message,
+              tool_id=spec.get("tool_id") if isinstance(spec.get("tool_id"), str) else None)
+        return None
+    if created:
+        start(job)
+    return job.id
+
+
+@app.task(name="galaxy_tasks.prepare_job")
+def prepare_job(job_id: str, tool_id: str | None = None) -> bool:
+    return lifecycle.prepare(context.current(), job_id)
+
+
+@app.task(name="galaxy_tasks.launch_job")
+def launch_job(job_id: str, tool_id: str | None = None) -> bool:
+    job = context.current().store.get(job_id)
+    if job is None:
+        return False
+    return lifecycle.launch(context.current(), job_id, runner_for(job.destination))
+
+
+@app.task(name="galaxy_tasks.finish_job")
+def finish_job(job_id: str, completion: dict, tool_id: str | None = None) -> str | None:
+    state = lifecycle.finish(context.current(), Completion.from_json({**completion, "job_id": job_id}))
+    return state.value if state else None
+
+
+@app.task(name="galaxy_tasks.cancel_job")
+def cancel_job(job_id: str) -> str:
+    ctx = context.current()
+    before, tracked = lifecycle.cancel(ctx, job_id)
+    if tracked is not None:
+        job = ctx.store.get(job_id)
+        assert job is not None
+        kill_job.apply_async(kwargs={"destination": job.destination, "job": _tracked_json(tracked)},
+                             queue=job.queue)
+    return before.value
+
+
+@app.task(name="galaxy_tasks.kill_job")
+def kill_job(destination: str, job: dict) -> None:
+    runner_for(destination).cancel(_tracked_from(job))
+
+
+@app.task(name="galaxy_tasks.check_jobs")
+def check_jobs(destination: str, jobs: list[dict]) -> int:
+    """Ask a runner about overdue jobs in one call; report those that ended."""
+    runner = runner_for(destination)
+    ended = [c for c in runner.status([_tracked_from(j) for j in jobs]).values() if c is not None]
+    for completion in ended:
+        runner.report(completion)
+    event(log, "reconcile_check", destination=destination, asked=len(jobs), ended=len(ended))
+    return len(ended)
+
+
+@app.task(name="galaxy_tasks.reconcile")
+def reconcile() -> int:
+    ctx = context.current()
+    if not lifecycle.acquire_lease(ctx, "reconcile", ctx.settings.reconcile_interval * 0.8):
+        return 0
+    plan = lifecycle.overdue(ctx)
+    dispatch(plan)
+    return plan.size
+
+
+# -- worker start-up: the database, not the broker, says what is unfinished ---------------
+
+@signals.worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    store.dispose_after_fork()
+
+
+@signals.worker_ready.connect
+def _recover(sender: Any = None, **_: Any) -> None:
+    recover(consumed_queues())
+
+
+@signals.worker_shutdown.connect
+def _shutdown(**_: Any) -> None:
+    close_runners()
+
+
+def consumed_queues() -> set[str]:
+    queues = app.amqp.queues
+    return set(queues.consume_from or queues)
+
+
+def recover(queues: Iterable[str]) -> None:
+    """Re-drive what this worker serves: unfinished steps, and the runners' launched jobs."""
+    ctx = context.current()
+    queues = set(queues)
+    if ctx.settings.steps_queue in queues:
+        plan = lifecycle.startup(ctx)
+        dispatch(plan)
+        event(log, "recovered_steps", prepare=len(plan.prepare), launch=len(plan.launch))
+    for name, destination in ctx.routing.destinations.items():
+        if destination.queue in queues:
+            jobs = lifecycle.held_by(ctx, [name])
+            if jobs:
+                runner_for(name).recover(jobs)
+                event(log, "recovered_jobs", destination=name, jobs=len(jobs))
+
+
+def _tracked_json(tracked: Tracked) -> dict:
+    return {"job_id": tracked.job_id, "external_id": tracked.external_id, "job_dir": str(tracked.job_dir)}
+
+
+def _tracked_from(data: dict) -> Tracked:
+    return Tracked(data["job_id"], data["external_id"], Path(data["job_dir"]))
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start_at in range(0, len(items), size):
+        yield items[start_at:start_at + size]
