@@ -11,8 +11,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,35}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,35}\Z")
 MAX_COMMAND_BYTES = 256 * 1024
 MAX_TEXT = 255
 
@@ -53,7 +53,7 @@ def parse_json(text: str | bytes) -> JobSpec:
     """Parse a spec from JSON text; invalid JSON is refused like any other bad field."""
     try:
         data = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise SpecError("spec", f"invalid JSON: {exc}") from None
     return parse(data)
 

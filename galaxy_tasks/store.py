@@ -91,7 +91,17 @@ _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
 
+def normalize_url(url: str) -> str:
+    """PostgreSQL through psycopg2 (the driver this project depends on), whichever
+    spelling the URL uses; SQLAlchemy 2.1 would otherwise look for psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
 def _engine(url: str) -> Engine:
+    url = normalize_url(url)
     with _lock:
         if url not in _engines:
             if url.startswith("sqlite"):

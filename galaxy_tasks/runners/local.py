@@ -7,6 +7,7 @@ one `ExitWatcher` thread, never from a loop over running jobs.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import threading
@@ -49,7 +50,10 @@ class LocalRunner(Runner):
             )
         except OSError as exc:
             raise RunnerError(f"cannot start the job script: {exc}") from exc
-        self._watch(pid, (launch.job_id, job_dir, time.time()), child=True)
+        # A spawned process inherits our peak RSS as its own starting peak (Linux keeps
+        # the larger of the two across exec), so a peak not above ours says nothing.
+        floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self._watch(pid, (launch.job_id, job_dir, time.time(), floor), child=True)
         return self._external_id(pid)
 
     def cancel(self, tracked: Tracked) -> None:
@@ -108,9 +112,9 @@ class LocalRunner(Runner):
         )
 
     def _follow(self, job_id: str, job_dir: JobDir, pid: int) -> None:
-        started = _mtime(job_dir.claim_pid_file) or time.time()
-        if not self._watch(pid, (job_id, job_dir, started), child=False):
-            self._on_exit(Exit(pid, None, None, time.time()), (job_id, job_dir, started))
+        tag = (job_id, job_dir, _mtime(job_dir.claim_pid_file) or time.time(), 0)
+        if not self._watch(pid, tag, child=False):
+            self._on_exit(Exit(pid, None, None, time.time()), tag)
 
     def _watch(self, pid: int, tag: tuple, *, child: bool) -> bool:
         with self._lock:
@@ -122,7 +126,7 @@ class LocalRunner(Runner):
         return watcher.watch(pid, tag, child=child)
 
     def _on_exit(self, exit: Exit, tag: object) -> None:
-        job_id, job_dir, started = tag  # type: ignore[misc]
+        job_id, job_dir, started, rss_floor = tag  # type: ignore[misc]
         claimed = job_dir.claimed_pid()
         if exit.exit_code == CLAIMED_EXIT_CODE and claimed not in (None, exit.pid):
             self._follow(job_id, job_dir, claimed)  # a duplicate copy stood down
@@ -140,7 +144,7 @@ class LocalRunner(Runner):
                 signal=exit.signal,
                 reason=reason,
                 wall_time_s=round(exit.ended_at - started, 3),
-                max_rss_kb=exit.max_rss_kb,
+                max_rss_kb=exit.max_rss_kb if (exit.max_rss_kb or 0) > rss_floor else None,
                 ended_at=exit.ended_at,
                 external_id=self._external_id(exit.pid),
             )

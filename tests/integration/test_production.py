@@ -1,0 +1,195 @@
+"""Jobs through real worker processes on the real Redis and PostgreSQL, driven by the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from galaxy_tasks.states import JobState, is_legal_path
+
+pytestmark = pytest.mark.integration
+
+
+def test_jobs_run_end_to_end_through_workers(deployment):
+    deployment.worker()
+    ok = deployment.submit("printf 'hello\\n'; printf 'x\\n' > out.txt", "writer", "--output", "out.txt")
+    fails = deployment.submit("echo broken >&2; exit 3", "failer")
+    missing = deployment.submit("no-such-tool --help", "missing")
+    no_output = deployment.submit("true", "forgetful", "--output", "never.txt")
+
+    result = deployment.cli("wait", ok, fails, missing, no_output, "--timeout", "60")
+    assert result.returncode == 1, "wait exits non-zero when a job did not end ok"
+
+    status = json.loads(deployment.cli("status", ok, "--json").stdout)
+    assert status["state"] == "ok" and status["exit_code"] == 0 and status["tool_id"] == "writer"
+    assert status["stdout"] == "hello\n"
+    assert status["wall_time_s"] is not None and status["wall_time_s"] >= 0
+    assert [h["to"] for h in status["history"]] == ["new", "queued", "submitting", "running", "ok"]
+
+    assert deployment.job(fails).state == "error" and deployment.job(fails).exit_code == 3
+    assert "broken" in deployment.job(fails).stderr_tail
+    assert deployment.job(missing).state == "error"
+    assert "command not found" in deployment.job(missing).reason
+    assert deployment.job(no_output).state == "error"
+    assert "never.txt" in deployment.job(no_output).reason
+
+    listed = json.loads(deployment.cli("list", "--json").stdout)
+    assert {j["id"] for j in listed} == {ok, fails, missing, no_output}
+    assert all({"id", "state", "exit_code", "tool_id"} <= set(j) for j in listed)
+    errors = json.loads(deployment.cli("list", "--state", "error", "--json").stdout)
+    assert {j["id"] for j in errors} == {fails, missing, no_output}
+    for job_id in (ok, fails, missing, no_output):
+        assert is_legal_path(deployment.history(job_id))
+
+
+def test_wait_exits_zero_when_all_ok_and_job_dir_is_private(deployment):
+    deployment.worker()
+    ids = [deployment.submit(f"echo {i} > n.txt", "counter", "--output", "n.txt") for i in range(3)]
+    result = deployment.cli("wait", *ids, "--timeout", "60")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for job_id in ids:
+        job_dir = Path(deployment.job(job_id).job_dir)
+        assert (os.stat(job_dir).st_mode & 0o777) == 0o700
+        assert os.stat(job_dir).st_uid == os.getuid()
+
+
+def test_steps_and_local_queues_served_by_separate_workers(deployment):
+    deployment.worker("galaxy_tasks", "steps@%h")
+    deployment.worker("local", "local@%h")
+    job_id = deployment.submit("echo split", "split")
+    [job] = deployment.wait_terminal([job_id])
+    assert job.state == "ok"
+    logs = [w.log.read_text() for w in deployment.workers]
+    assert "to=queued" in logs[0] and "to=running" not in logs[0]
+    assert "to=running" in logs[1]
+
+
+def test_job_environment_is_set_and_worker_secrets_do_not_leak(deployment):
+    deployment.worker()
+    job_id = deployment.submit("env | sort > env.txt", "env_dump", "--cores", "2", "--memory-mb", "512",
+                               "--env", "GREETING=hello world")
+    [job] = deployment.wait_terminal([job_id])
+    assert job.state == "ok", job.reason
+    env = dict(line.split("=", 1) for line in (Path(job.job_dir) / "working" / "env.txt").read_text().splitlines()
+               if "=" in line)
+    assert env["GALAXY_SLOTS"] == "2" and env["GALAXY_MEMORY_MB"] == "512"
+    assert env["GREETING"] == "hello world"
+    assert env["TMPDIR"].startswith(job.job_dir) and env["TEMP"] == env["TMPDIR"]
+    assert "MESOS_URL" in env
+    assert not any(name.startswith("GALAXY_TASKS_") and name != "GALAXY_TASKS_JOB_ID" for name in env)
+    assert deployment.database_url not in (Path(job.job_dir) / "working" / "env.txt").read_text()
+
+
+def test_cancel_kills_the_running_job(deployment):
+    deployment.worker()
+    job_id = deployment.submit("sleep 300 & sleep 300; wait", "sleeper")
+    deployment.wait_until(lambda: deployment.job(job_id).state == "running", what="running")
+    pgid = int(deployment.job(job_id).external_id.rsplit(":", 1)[1])
+    result = deployment.cli("cancel", job_id)
+    assert result.returncode == 0 and "cancelled" in result.stdout
+    assert deployment.job(job_id).state == "deleted"
+
+    def group_gone() -> bool:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    deployment.wait_until(group_gone, timeout=20, what="job process group killed")
+    time.sleep(1)  # the completion event of the killed process must not change the state
+    assert deployment.job(job_id).state == "deleted"
+    assert deployment.history(job_id)[-1] is JobState.DELETED
+
+
+def test_client_without_this_package_submits_with_send_task(deployment):
+    deployment.worker()
+    script = textwrap.dedent(
+        """
+        import sys
+        from celery import Celery
+        app = Celery(broker=sys.argv[1])
+        app.conf.task_serializer = "json"
+        spec = {"id": "client-chosen-0001", "tool_id": "remote", "command": "echo from afar",
+                "cores": 1, "environment": {"A": "b"}}
+        app.send_task("galaxy_tasks.submit_job", kwargs=spec, queue="galaxy_tasks")
+        app.send_task("galaxy_tasks.submit_job", kwargs=spec, queue="galaxy_tasks")  # duplicated
+        app.send_task("galaxy_tasks.submit_job", kwargs={"tool_id": "bad", "cores": -2, "command": "x"},
+                      queue="galaxy_tasks")
+        """
+    )
+    env = {k: v for k, v in deployment.env.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-I", "-c", script, deployment.env["GALAXY_TASKS_BROKER_URL"]],
+                   env=env, check=True, timeout=60, cwd="/")
+    [job] = deployment.wait_terminal(["client-chosen-0001"])
+    assert job.state == "ok" and job.stdout_tail == "from afar\n"
+    deployment.wait_until(lambda: "event=submit_refused" in deployment.logs(), what="refusal logged")
+    assert "field=cores" in deployment.logs()
+    assert [j.id for j in deployment.jobs()] == ["client-chosen-0001"]
+
+
+BAD_INPUT = [
+    (["--tool-id", "t"], "command"),
+    (["--tool-id", "t", "--command", "true", "--destination", "nowhere"], "destination"),
+    (["--tool-id", "t", "--command", "true", "--cores", "-1"], "cores"),
+    (["--tool-id", "t", "--command", "true", "--cores", "4096"], "cores"),
+    (["--tool-id", "t", "--command", "true", "--output", "../../etc/passwd"], "outputs[0]"),
+    (["--tool-id", "t", "--command", "true", "--env", "1BAD=x"], "environment.1BAD"),
+]
+
+
+@pytest.mark.parametrize(("args", "field"), BAD_INPUT)
+def test_bad_input_is_refused_naming_the_field_and_nothing_is_written(deployment, args, field):
+    result = deployment.cli("submit", *args)
+    assert result.returncode == 2
+    assert field in result.stderr
+    assert "Traceback" not in result.stderr
+    assert deployment.jobs() == []
+    assert not (deployment.tmp / "jobs").exists() or not any((deployment.tmp / "jobs").iterdir())
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("{not json", "spec: invalid JSON"),
+    ('{"tool_id": "t", "command": "true", "environment": {"N": 3}}', "environment.N"),
+    ('{"tool_id": "t", "command": "true", "colour": "red"}', "colour"),
+])
+def test_bad_spec_files_are_refused(deployment, text, field):
+    spec = deployment.tmp / "spec.json"
+    spec.write_text(text)
+    result = deployment.cli("submit", "--spec", str(spec))
+    assert result.returncode == 2 and field in result.stderr
+    assert deployment.jobs() == []
+
+
+def test_submit_json_and_spec_file(deployment):
+    deployment.worker()
+    spec = deployment.tmp / "spec.json"
+    spec.write_text(json.dumps({"tool_id": "from_file", "command": "echo spec", "user": "alice"}))
+    out = json.loads(deployment.cli("submit", "--spec", str(spec), "--json").stdout)
+    assert out["state"] == "new" and out["destination"] == "local"
+    [job] = deployment.wait_terminal([out["id"]])
+    assert job.state == "ok" and job.user == "alice"
+
+
+def test_unfinished_jobs_are_recovered_from_the_database_when_a_worker_starts(deployment):
+    import redis
+
+    ids = [deployment.submit(f"echo {i}", "recovered") for i in range(5)]
+    assert {j.state for j in deployment.jobs()} == {"new"}
+    # the broker loses every message (Redis here keeps nothing on disk)
+    redis.Redis.from_url(deployment.env["GALAXY_TASKS_BROKER_URL"]).flushdb()
+    deployment.worker()
+    jobs = deployment.wait_terminal(ids)
+    assert {j.state for j in jobs} == {"ok"}
+
+
+def test_db_upgrade_is_idempotent(deployment):
+    result = deployment.cli("db", "upgrade")
+    assert result.returncode == 0 and "revision 0001" in result.stdout
+    assert "postgres@" in result.stdout

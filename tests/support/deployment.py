@@ -1,0 +1,131 @@
+"""A production-shaped deployment for tests: its own PostgreSQL database, a Redis database,
+job directories, real `galaxy-tasks worker` processes and the real CLI."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+
+from galaxy_tasks.model import Job, JobStateChange
+from galaxy_tasks.states import TERMINAL, JobState
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Worker:
+    """One real `galaxy-tasks worker` process (and its pool), in a process group of its own
+    so a test can kill all of it."""
+
+    def __init__(self, env: dict[str, str], log: Path, queues: str | None, name: str, args: list[str]) -> None:
+        self.log = log
+        cmd = [sys.executable, "-m", "galaxy_tasks.cli", "worker", "-n", name, "--loglevel", "INFO", *args]
+        if queues:
+            cmd[4:4] = ["--queues", queues]
+        self.handle = open(log, "ab")
+        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=self.handle, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, timeout: float = 30) -> "Worker":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if b" ready." in self.log.read_bytes():
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        raise TimeoutError(f"worker not ready after {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the worker's whole process group (main process and pool), not its jobs,
+        which run in sessions of their own."""
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+        self.handle.close()
+
+
+class Deployment:
+    def __init__(self, tmp: Path, database_url: str, broker_url: str, extra_env: dict[str, str] | None = None) -> None:
+        self.tmp = tmp
+        self.database_url = database_url
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GALAXY_TASKS_")}
+        self.env.update(
+            GALAXY_TASKS_HOME=str(tmp / "home"),
+            GALAXY_TASKS_BROKER_URL=broker_url,
+            GALAXY_TASKS_DATABASE_URL=database_url,
+            GALAXY_TASKS_JOBS_DIR=str(tmp / "jobs"),
+            PYTHONPATH=str(ROOT),
+        )
+        self.env.update(extra_env or {})
+        self.workers: list[Worker] = []
+        self.engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg2://"))
+        result = self.cli("db", "upgrade")
+        assert result.returncode == 0, result.stderr
+
+    def cli(self, *args: str, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "galaxy_tasks.cli", *args], env=self.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout, input=input)
+
+    def worker(self, queues: str | None = None, name: str | None = None, *args: str) -> Worker:
+        name = name or f"w{len(self.workers) + 1}@%h"
+        log = self.tmp / f"worker-{len(self.workers) + 1}.log"
+        worker = Worker(self.env, log, queues, name, list(args) or ["--concurrency", "2"])
+        self.workers.append(worker)
+        return worker.wait_ready()
+
+    def submit(self, command: str, tool_id: str = "test_tool", *args: str) -> str:
+        result = self.cli("submit", "--tool-id", tool_id, "--command", command, *args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    def jobs(self) -> list[Job]:
+        with Session(self.engine) as session:
+            return list(session.scalars(select(Job)).all())
+
+    def job(self, job_id: str) -> Job:
+        with Session(self.engine) as session:
+            job = session.get(Job, job_id)
+            assert job is not None, job_id
+            return job
+
+    def history(self, job_id: str) -> list[JobState]:
+        with Session(self.engine) as session:
+            rows = session.scalars(select(JobStateChange).where(JobStateChange.job_id == job_id)
+                                   .order_by(JobStateChange.id)).all()
+            return [JobState(r.to_state) for r in rows]
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{what} not reached in {timeout} s; worker logs:\n{self.logs()[-4000:]}")
+
+    def wait_terminal(self, job_ids: list[str], timeout: float = 60) -> list[Job]:
+        def done() -> bool:
+            return all(JobState(self.job(j).state) in TERMINAL for j in job_ids)
+
+        self.wait_until(done, timeout, f"terminal state of {len(job_ids)} jobs")
+        return [self.job(j) for j in job_ids]
+
+    def logs(self) -> str:
+        return "\n".join(w.log.read_text(errors="replace") for w in self.workers if w.log.exists())
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.engine.dispose()
