@@ -1,0 +1,292 @@
+"""The store on a real SQLite file: accept records a job, every move is a compare-and-set."""
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from galaxy_tasks import config, routing, schema
+from galaxy_tasks.context import Context
+from galaxy_tasks.lifecycle import accept
+from galaxy_tasks.model import Job, JobStateChange
+from galaxy_tasks.spec import SpecError, parse
+from galaxy_tasks.states import JobState
+from galaxy_tasks.store import Store
+
+S = JobState
+
+
+@pytest.fixture
+def ctx(tmp_path) -> Context:
+    settings = config.load({"GALAXY_TASKS_HOME": str(tmp_path)})
+    assert settings.database_url == f"sqlite:///{tmp_path}/galaxy-tasks.sqlite"
+    schema.upgrade(settings.database_url)
+    store = Store(settings.database_url, settings.check_after)
+    return Context(settings, store, routing.default_routing())
+
+
+def new_job(ctx: Context, **fields) -> str:
+    data = {"tool_id": "cat1", "command": "echo hi"}
+    data.update(fields)
+    job, created = accept(ctx, parse(data))
+    assert created
+    return job.id
+
+
+def move(ctx: Context, job_id: str, target: JobState, **kwargs):
+    with ctx.store.session() as session:
+        return ctx.store.transition(session, job_id, target, **kwargs)
+
+
+def history(ctx: Context, job_id: str) -> list[tuple[str | None, str]]:
+    with ctx.store.session() as session:
+        rows = session.scalars(
+            select(JobStateChange).where(JobStateChange.job_id == job_id).order_by(JobStateChange.id)
+        ).all()
+        return [(row.from_state, row.to_state) for row in rows]
+
+
+def running_job(ctx: Context) -> str:
+    job_id = new_job(ctx)
+    for target in (S.QUEUED, S.SUBMITTING, S.RUNNING):
+        assert move(ctx, job_id, target) is not None
+    return job_id
+
+
+# -- accept ------------------------------------------------------------------------------
+
+
+def test_accept_records_a_new_job(ctx):
+    spec = parse({"tool_id": "bwa", "command": "bwa mem", "user": "alice", "cores": 2,
+                  "environment": {"A": "1"}, "outputs": ["out/x"]})
+    job, created = accept(ctx, spec)
+    assert created
+    stored = ctx.store.get(job.id)
+    assert stored.state == "new"
+    assert (stored.tool_id, stored.command, stored.user, stored.cores) == ("bwa", "bwa mem", "alice", 2)
+    assert stored.environment == {"A": "1"} and stored.outputs == ["out/x"]
+    assert stored.destination == "local" and stored.queue == "local"
+    assert stored.check_at is not None and stored.check_at > stored.created_at
+    assert history(ctx, job.id) == [(None, "new")]
+
+
+def test_accept_generates_distinct_ids(ctx):
+    assert len({new_job(ctx) for _ in range(5)}) == 5
+
+
+def test_accept_same_client_id_twice_returns_the_first_job(ctx):
+    spec = parse({"id": "fixed-1", "tool_id": "t", "command": "echo 1"})
+    first, created = accept(ctx, spec)
+    again, created_again = accept(ctx, spec)
+    assert created and not created_again
+    assert again.id == first.id == "fixed-1"
+    assert history(ctx, "fixed-1") == [(None, "new")]
+
+
+def test_accept_id_reused_for_another_job_is_refused(ctx):
+    accept(ctx, parse({"id": "fixed-2", "tool_id": "t", "command": "echo 1"}))
+    with pytest.raises(SpecError) as info:
+        accept(ctx, parse({"id": "fixed-2", "tool_id": "t", "command": "echo 2"}))
+    assert info.value.field == "id"
+    assert ctx.store.get("fixed-2").command == "echo 1"
+
+
+def test_accept_refused_spec_records_nothing(ctx):
+    with pytest.raises(SpecError) as info:
+        accept(ctx, parse({"id": "huge", "tool_id": "t", "command": "true", "cores": 100_000}))
+    assert info.value.field == "cores"
+    assert ctx.store.get("huge") is None
+    assert history(ctx, "huge") == []
+
+
+# -- transition: compare-and-set ---------------------------------------------------------
+
+
+def test_transition_returns_the_state_it_left(ctx):
+    job_id = new_job(ctx)
+    assert move(ctx, job_id, S.QUEUED, job_dir="/jobs/x") is S.NEW
+    job = ctx.store.get(job_id)
+    assert job.state == "queued" and job.job_dir == "/jobs/x"
+    assert job.queued_at is not None
+
+
+def test_second_identical_transition_does_nothing(ctx):
+    job_id = new_job(ctx)
+    assert move(ctx, job_id, S.QUEUED) is S.NEW
+    before = ctx.store.get(job_id)
+    assert move(ctx, job_id, S.QUEUED, job_dir="/elsewhere") is None
+    after = ctx.store.get(job_id)
+    assert after.state == "queued"
+    assert after.job_dir == before.job_dir
+    assert after.updated_at == before.updated_at
+    assert history(ctx, job_id) == [(None, "new"), ("new", "queued")]
+
+
+@pytest.mark.parametrize(
+    "setup, target",
+    [
+        ([], S.RUNNING),
+        ([], S.OK),
+        ([], S.SUBMITTING),
+        ([S.QUEUED], S.RUNNING),
+        ([S.QUEUED, S.SUBMITTING, S.RUNNING], S.QUEUED),
+        ([S.QUEUED, S.SUBMITTING, S.RUNNING, S.OK], S.RUNNING),
+        ([S.QUEUED, S.SUBMITTING, S.RUNNING, S.OK], S.ERROR),
+        ([S.DELETED], S.QUEUED),
+        ([S.ERROR], S.DELETED),
+    ],
+)
+def test_illegal_transition_changes_nothing(ctx, setup, target):
+    job_id = new_job(ctx)
+    for state in setup:
+        assert move(ctx, job_id, state) is not None
+    before = ctx.store.get(job_id)
+    rows = history(ctx, job_id)
+    assert move(ctx, job_id, target, reason="should not stick", exit_code=9) is None
+    after = ctx.store.get(job_id)
+    assert after.state == before.state
+    assert after.updated_at == before.updated_at
+    assert after.reason == before.reason and after.exit_code == before.exit_code
+    assert history(ctx, job_id) == rows
+
+
+def test_transition_of_an_unknown_job_is_none(ctx):
+    assert move(ctx, "no-such-job", S.QUEUED) is None
+
+
+def test_explicit_sources_restrict_the_move(ctx):
+    job_id = running_job(ctx)
+    assert move(ctx, job_id, S.ERROR, sources=frozenset({S.NEW})) is None
+    assert ctx.store.get(job_id).state == "running"
+    assert move(ctx, job_id, S.ERROR, sources=frozenset({S.RUNNING})) is S.RUNNING
+
+
+def test_history_records_every_move(ctx):
+    job_id = running_job(ctx)
+    assert move(ctx, job_id, S.OK, reason="done", exit_code=0) is S.RUNNING
+    assert history(ctx, job_id) == [
+        (None, "new"), ("new", "queued"), ("queued", "submitting"), ("submitting", "running"), ("running", "ok"),
+    ]
+    with ctx.store.session() as session:
+        last = session.scalars(select(JobStateChange).where(JobStateChange.job_id == job_id)
+                               .order_by(JobStateChange.id.desc())).first()
+        assert last.reason == "done"
+
+
+def test_terminal_move_stamps_finish_and_stops_checks(ctx):
+    job_id = running_job(ctx)
+    running = ctx.store.get(job_id)
+    assert running.running_at is not None and running.check_at is not None and running.finished_at is None
+    move(ctx, job_id, S.OK, exit_code=0, wall_time_s=1.5)
+    done = ctx.store.get(job_id)
+    assert done.state == "ok" and done.exit_code == 0 and done.wall_time_s == 1.5
+    assert done.finished_at is not None and done.check_at is None
+
+
+def test_active_move_schedules_the_next_check(ctx):
+    job_id = new_job(ctx)
+    move(ctx, job_id, S.QUEUED)
+    job = ctx.store.get(job_id)
+    expected = job.updated_at + timedelta(seconds=ctx.settings.check_after)
+    assert abs((job.check_at - expected).total_seconds()) < 1
+
+
+def run_threads(count: int, work) -> list:
+    barrier = threading.Barrier(count)
+    results: list = [None] * count
+    errors: list = []
+
+    def body(index: int) -> None:
+        try:
+            barrier.wait()
+            results[index] = work(index)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    return results
+
+
+def test_concurrent_completion_has_exactly_one_winner(ctx):
+    job_id = running_job(ctx)
+    results = run_threads(8, lambda i: move(ctx, job_id, S.OK, exit_code=i))
+    winners = [i for i, result in enumerate(results) if result is not None]
+    assert len(winners) == 1
+    assert results[winners[0]] is S.RUNNING
+    job = ctx.store.get(job_id)
+    assert job.state == "ok" and job.exit_code == winners[0]
+    assert history(ctx, job_id).count(("running", "ok")) == 1
+
+
+def test_concurrent_conflicting_ends_have_one_terminal_state(ctx):
+    job_id = running_job(ctx)
+    targets = [S.OK, S.ERROR, S.DELETED, S.OK, S.ERROR, S.DELETED, S.OK, S.ERROR]
+    results = run_threads(8, lambda i: move(ctx, job_id, targets[i], reason=f"thread {i}"))
+    winners = [i for i, result in enumerate(results) if result is not None]
+    assert len(winners) == 1
+    job = ctx.store.get(job_id)
+    assert job.state == targets[winners[0]].value and job.reason == f"thread {winners[0]}"
+    assert [row for row in history(ctx, job_id) if row[0] == "running"] == [("running", job.state)]
+
+
+# -- claim_stale ------------------------------------------------------------------------
+
+
+def submitting_job(ctx: Context) -> str:
+    job_id = new_job(ctx)
+    move(ctx, job_id, S.QUEUED)
+    move(ctx, job_id, S.SUBMITTING)
+    return job_id
+
+
+def claim(ctx, job_id, state, seen) -> bool:
+    with ctx.store.session() as session:
+        return ctx.store.claim_stale(session, job_id, state, seen)
+
+
+def test_claim_stale_only_for_the_caller_that_saw_the_current_row(ctx):
+    job_id = submitting_job(ctx)
+    seen = ctx.store.get(job_id).updated_at
+    assert claim(ctx, job_id, S.SUBMITTING, seen) is True
+    assert ctx.store.get(job_id).updated_at > seen
+    # a second caller that saw the same (now old) row loses
+    assert claim(ctx, job_id, S.SUBMITTING, seen) is False
+    # one that looks again may take it over
+    fresh = ctx.store.get(job_id).updated_at
+    assert claim(ctx, job_id, S.SUBMITTING, fresh) is True
+
+
+def test_claim_stale_refuses_a_wrong_state(ctx):
+    job_id = submitting_job(ctx)
+    seen = ctx.store.get(job_id).updated_at
+    assert claim(ctx, job_id, S.RUNNING, seen) is False
+    assert claim(ctx, job_id, S.QUEUED, seen) is False
+    assert ctx.store.get(job_id).updated_at == seen
+
+
+def test_claim_stale_refuses_after_the_job_moved(ctx):
+    job_id = submitting_job(ctx)
+    seen = ctx.store.get(job_id).updated_at
+    move(ctx, job_id, S.RUNNING)
+    assert claim(ctx, job_id, S.SUBMITTING, seen) is False
+    assert ctx.store.get(job_id).state == "running"
+
+
+def test_claim_stale_concurrently_has_one_winner(ctx):
+    job_id = submitting_job(ctx)
+    seen = ctx.store.get(job_id).updated_at
+    results = run_threads(8, lambda i: claim(ctx, job_id, S.SUBMITTING, seen))
+    assert results.count(True) == 1 and results.count(False) == 7
+
+
+def test_schema_upgrade_is_idempotent(ctx):
+    schema.upgrade(ctx.settings.database_url)
+    assert schema.current(ctx.settings.database_url) is not None
+    assert isinstance(ctx.store.get(new_job(ctx)), Job)
