@@ -137,7 +137,7 @@ def parse_url(url: str, name: str | None = None) -> Destination:
     if not sep or runner not in RUNNERS:
         raise ConfigError(f"runner URL {url!r} must start with one of {', '.join(r + '://' for r in RUNNERS)}")
     native = rest[:-1] if rest.endswith("/") else rest
-    if runner == "drmaa" and native.startswith("native/"):
+    if runner == "drmaa" and (native + "/").startswith("native/"):
         native = native[len("native/"):]
     params = {"native_specification": native.strip()} if native.strip() else {}
     return Destination(name or url, runner, runner, params)

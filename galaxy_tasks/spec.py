@@ -63,7 +63,7 @@ def parse(data: Any) -> JobSpec:
         raise SpecError("spec", f"must be a JSON object, not {type(data).__name__}")
     unknown = sorted(str(key) for key in data if key not in FIELDS)
     if unknown:
-        raise SpecError(unknown[0], f"unknown field (known fields: {', '.join(sorted(FIELDS))})")
+        raise SpecError(unknown[0] or "\"\"", f"unknown field (known fields: {', '.join(sorted(FIELDS))})")
     return JobSpec(
         tool_id=_text(data, "tool_id", required=True),
         command=_command(data),
