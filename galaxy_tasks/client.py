@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import Iterable, Mapping
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from galaxy_tasks import context, lifecycle
 from galaxy_tasks.context import Context
@@ -47,10 +47,29 @@ class Client:
         with self.ctx.store.session() as session:
             return list(session.scalars(query).all())
 
+    def unfinished(self) -> list[Job]:
+        with self.ctx.store.session() as session:
+            return list(session.scalars(
+                select(Job).where(Job.state.not_in([s.value for s in TERMINAL])).order_by(Job.created_at)
+            ).all())
+
     def history(self, job_id: str) -> list[JobStateChange]:
         with self.ctx.store.session() as session:
             return list(session.scalars(
                 select(JobStateChange).where(JobStateChange.job_id == job_id).order_by(JobStateChange.id)
+            ).all())
+
+    def last_change_id(self) -> int:
+        with self.ctx.store.session() as session:
+            return session.scalar(select(func.max(JobStateChange.id))) or 0
+
+    def changes_since(self, after_id: int, job_ids: Iterable[str]) -> list[JobStateChange]:
+        """State changes of these jobs recorded after the change `after_id`, oldest first."""
+        with self.ctx.store.session() as session:
+            return list(session.scalars(
+                select(JobStateChange)
+                .where(JobStateChange.id > after_id, JobStateChange.job_id.in_(list(job_ids)))
+                .order_by(JobStateChange.id)
             ).all())
 
     def cancel(self, job_id: str) -> JobState:

@@ -45,6 +45,7 @@ def embedded_worker(concurrency: int = 4, reconcile: bool = True) -> Iterator[ob
     thread.start()
     if not ready.wait(30):
         raise RuntimeError("the embedded worker did not start within 30 s")
+    tasks.recover(queues)  # Celery sends worker_ready only from its command-line worker
     try:
         yield worker
     finally:

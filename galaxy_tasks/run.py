@@ -27,8 +27,9 @@ def load_jobs(path: Path) -> list[dict]:
 
 
 def run_file(path: Path, *, concurrency: int = 4, timeout: float | None = None, out: TextIO = sys.stdout) -> int:
-    """Run every job of the file to its end in this process. Returns 0 once every accepted
-    job has ended (whatever its state), 1 if the timeout passed first."""
+    """Run every job of the file to its end in this process, and every job an earlier,
+    interrupted run left unfinished. Returns 0 once all have ended (whatever their state),
+    1 if the timeout passed first."""
     from galaxy_tasks.cli import table
     from galaxy_tasks.client import Client
     from galaxy_tasks.embedded import embedded_worker
@@ -37,6 +38,10 @@ def run_file(path: Path, *, concurrency: int = 4, timeout: float | None = None, 
     with embedded_worker(concurrency=concurrency):
         client = Client(context.current())
         rows: list[tuple[str, dict, str | None]] = []  # (job id or "-", entry, refusal)
+        first_change = client.last_change_id()
+        for job in client.unfinished():
+            rows.append((job.id, {"tool_id": job.tool_id}, None))
+            print(f"resumed    {job.id[:8]}  {job.tool_id} ({job.state})", file=out)
         for index, entry in enumerate(entries):
             try:
                 job = client.submit(parse(entry))
@@ -46,7 +51,7 @@ def run_file(path: Path, *, concurrency: int = 4, timeout: float | None = None, 
                 rows.append(("-", entry, str(exc)))
                 print(f"refused    jobs[{index}] {entry.get('tool_id', '?')}: {exc}", file=out)
         ids = [job_id for job_id, _, refusal in rows if refusal is None]
-        finished = _follow(client, ids, timeout, out)
+        finished = _follow(client, ids, first_change, timeout, out)
         jobs = client.wait(ids, timeout=0) if ids else {}
     body = []
     for job_id, entry, refusal in rows:
@@ -61,18 +66,18 @@ def run_file(path: Path, *, concurrency: int = 4, timeout: float | None = None, 
     return 0 if finished else 1
 
 
-def _follow(client, ids: list[str], timeout: float | None, out: TextIO) -> bool:
-    """Print each state change as it happens, until all jobs have ended."""
-    seen: dict[str, str] = {}
+def _follow(client, ids: list[str], last_change: int, timeout: float | None, out: TextIO) -> bool:
+    """Print every state change after `last_change`, in order, until all jobs have ended."""
+    pending = set(ids)
+    tools = {job_id: job.tool_id for job_id, job in client.wait(ids, timeout=0).items()}
     deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        jobs = client.wait(ids, timeout=0)
-        for job_id, job in jobs.items():
-            if seen.get(job_id) != job.state:
-                seen[job_id] = job.state
-                print(f"{job.state:10} {job_id[:8]}  {job.tool_id}", file=out)
-        if all(JobState(job.state) in TERMINAL for job in jobs.values()):
-            return True
+    while pending:
+        for change in client.changes_since(last_change, ids):
+            last_change = change.id
+            print(f"{change.to_state:10} {change.job_id[:8]}  {tools.get(change.job_id, '')}", file=out)
+            if JobState(change.to_state) in TERMINAL:
+                pending.discard(change.job_id)
         if deadline is not None and time.monotonic() > deadline:
             return False
         time.sleep(0.1)
+    return True

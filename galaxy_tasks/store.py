@@ -59,7 +59,10 @@ class Store:
             stamps.update(finished_at=now, check_at=None)
         else:
             stamps.update(check_at=now + timedelta(seconds=self.check_after), checks=0)
-        current = session.scalar(select(Job.state).where(Job.id == job_id))
+        # The usual source is tried first without reading the row: one round trip per step.
+        current: str | None = _likely_source(target, allowed)
+        if current is None:
+            current = session.scalar(select(Job.state).where(Job.id == job_id))
         while current is not None and JobState(current) in allowed:
             moved = session.execute(
                 update(Job)
@@ -87,6 +90,14 @@ class Store:
         return moved == 1
 
 
+def _likely_source(target: JobState, allowed: frozenset[JobState]) -> str | None:
+    if len(allowed) == 1:
+        return next(iter(allowed)).value
+    if target in TERMINAL and JobState.RUNNING in allowed:
+        return JobState.RUNNING.value
+    return None
+
+
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
@@ -108,7 +119,9 @@ def _engine(url: str) -> Engine:
                 engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:
-                engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+                # No ping per checkout (a round trip on every step): a connection found dead
+                # invalidates the pool, and the step is retried (see tasks.DB_RETRY).
+                engine = create_engine(url, pool_size=5, max_overflow=10, pool_recycle=3600)
             _engines[url] = engine
         return _engines[url]
 

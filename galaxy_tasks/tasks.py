@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from celery import chain, signals
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from galaxy_tasks import context, lifecycle, store
 from galaxy_tasks.celery import app
@@ -21,6 +22,11 @@ from galaxy_tasks.runners import Completion, Runner, Tracked, runner_class
 from galaxy_tasks.spec import SpecError, parse
 
 log = logging.getLogger(__name__)
+
+#: a step that meets a database that went away (restart, failover, killed connection) is
+#: retried on fresh connections instead of being dropped; its state change is idempotent
+DB_RETRY = dict(autoretry_for=(OperationalError, InterfaceError), retry_backoff=0.5, retry_backoff_max=30,
+                retry_jitter=True, max_retries=20)
 
 
 # -- sending ---------------------------------------------------------------------------
@@ -87,7 +93,7 @@ def close_runners() -> None:
 
 # -- the tasks --------------------------------------------------------------------------
 
-@app.task(name="galaxy_tasks.submit_job")
+@app.task(name="galaxy_tasks.submit_job", **DB_RETRY)
 def submit_job(**spec: Any) -> str | None:
     """Accept a job spec from a client that does not import this package."""
     try:
@@ -101,26 +107,26 @@ def submit_job(**spec: Any) -> str | None:
     return job.id
 
 
-@app.task(name="galaxy_tasks.prepare_job")
+@app.task(name="galaxy_tasks.prepare_job", **DB_RETRY)
 def prepare_job(job_id: str, tool_id: str | None = None) -> bool:
     return lifecycle.prepare(context.current(), job_id)
 
 
-@app.task(name="galaxy_tasks.launch_job")
+@app.task(name="galaxy_tasks.launch_job", **DB_RETRY)
 def launch_job(job_id: str, tool_id: str | None = None) -> bool:
     job = context.current().store.get(job_id)
     if job is None:
         return False
-    return lifecycle.launch(context.current(), job_id, runner_for(job.destination))
+    return lifecycle.launch(context.current(), job, runner_for(job.destination))
 
 
-@app.task(name="galaxy_tasks.finish_job")
+@app.task(name="galaxy_tasks.finish_job", **DB_RETRY)
 def finish_job(job_id: str, completion: dict, tool_id: str | None = None) -> str | None:
     state = lifecycle.finish(context.current(), Completion.from_json({**completion, "job_id": job_id}))
     return state.value if state else None
 
 
-@app.task(name="galaxy_tasks.cancel_job")
+@app.task(name="galaxy_tasks.cancel_job", **DB_RETRY)
 def cancel_job(job_id: str) -> str:
     ctx = context.current()
     before, tracked = lifecycle.cancel(ctx, job_id)
@@ -137,7 +143,7 @@ def kill_job(destination: str, job: dict) -> None:
     runner_for(destination).cancel(_tracked_from(job))
 
 
-@app.task(name="galaxy_tasks.check_jobs")
+@app.task(name="galaxy_tasks.check_jobs", **DB_RETRY)
 def check_jobs(destination: str, jobs: list[dict]) -> int:
     """Ask a runner about overdue jobs in one call; report those that ended."""
     runner = runner_for(destination)
@@ -148,7 +154,7 @@ def check_jobs(destination: str, jobs: list[dict]) -> int:
     return len(ended)
 
 
-@app.task(name="galaxy_tasks.reconcile")
+@app.task(name="galaxy_tasks.reconcile", **DB_RETRY)
 def reconcile() -> int:
     ctx = context.current()
     if not lifecycle.acquire_lease(ctx, "reconcile", ctx.settings.reconcile_interval * 0.8):
@@ -156,6 +162,20 @@ def reconcile() -> int:
     plan = lifecycle.overdue(ctx)
     dispatch(plan)
     return plan.size
+
+
+@app.task(name="galaxy_tasks.noop")
+def noop(token: str | None = None) -> None:
+    """Does nothing: the bare-chain baseline of `galaxy-tasks bench` (the last task of a
+    chain announces its end on a queue of its own)."""
+    if token is not None:
+        from kombu.simple import SimpleQueue
+
+        from galaxy_tasks.bench import DONE_QUEUE
+
+        with app.connection_for_write() as connection:
+            with SimpleQueue(connection, DONE_QUEUE) as done:
+                done.put({"token": token})
 
 
 # -- worker start-up: the database, not the broker, says what is unfinished ---------------

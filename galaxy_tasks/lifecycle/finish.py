@@ -61,8 +61,10 @@ def _verdict(job: Job, job_dir: JobDir, completion: Completion, exit_code: int |
     if exit_code is None:
         return JobState.ERROR, completion.reason or "the job ended without an exit code"
     if exit_code == COMMAND_NOT_FOUND and "not found" in stderr:
-        line = next((l for l in stderr.splitlines() if "not found" in l), "")
-        return JobState.ERROR, f"command not found: {line.strip()}"
+        line = next(line for line in stderr.splitlines() if "not found" in line)
+        # sh says "<script>: <line>: <name>: not found"
+        name = line.rsplit(": not found", 1)[0].rsplit(": ", 1)[-1]
+        return JobState.ERROR, f"command not found: {name.strip()}"
     if exit_code != 0:
         return JobState.ERROR, completion.reason or f"exit code {exit_code}"
     missing = [path for path in job.outputs or [] if not (job_dir.working / path).exists()]

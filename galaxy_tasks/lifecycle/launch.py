@@ -13,7 +13,7 @@ from datetime import timedelta
 from galaxy_tasks.context import Context
 from galaxy_tasks.lifecycle.prepare import launch_for
 from galaxy_tasks.logs import event
-from galaxy_tasks.model import utcnow
+from galaxy_tasks.model import Job, utcnow
 from galaxy_tasks.runners.base import Runner, RunnerError, Tracked
 from galaxy_tasks.states import JobState
 
@@ -23,12 +23,12 @@ LAUNCH_LEASE_S = 60.0
 _SUBMITTING = frozenset({JobState.SUBMITTING})
 
 
-def launch(ctx: Context, job_id: str, runner: Runner, lease_s: float = LAUNCH_LEASE_S) -> bool:
-    """Hand the job to `runner`; False if it was not this call's to launch."""
-    if not _claim(ctx, job_id, lease_s):
+def launch(ctx: Context, job: Job, runner: Runner, lease_s: float = LAUNCH_LEASE_S) -> bool:
+    """Hand the job to `runner`; False if it was not this call's to launch. `job` is the
+    row as read by the caller: only its immutable spec is used after the claim."""
+    job_id = job.id
+    if not _claim(ctx, job, lease_s):
         return False
-    job = ctx.store.get(job_id)
-    assert job is not None
     try:
         external_id = runner.submit(launch_for(ctx, job))
     except RunnerError as exc:
@@ -49,11 +49,13 @@ def launch(ctx: Context, job_id: str, runner: Runner, lease_s: float = LAUNCH_LE
     return False
 
 
-def _claim(ctx: Context, job_id: str, lease_s: float) -> bool:
-    with ctx.store.session() as session:
-        if ctx.store.transition(session, job_id, JobState.SUBMITTING, sources=frozenset({JobState.QUEUED})):
-            return True
-    job = ctx.store.get(job_id)
+def _claim(ctx: Context, job: Job, lease_s: float) -> bool:
+    job_id = job.id
+    if job.state == JobState.QUEUED.value:
+        with ctx.store.session() as session:
+            if ctx.store.transition(session, job_id, JobState.SUBMITTING, sources=frozenset({JobState.QUEUED})):
+                return True
+        job = ctx.store.get(job_id)
     if job is None or job.state != JobState.SUBMITTING.value:
         return False
     if utcnow() - job.updated_at < timedelta(seconds=lease_s):

@@ -1,0 +1,175 @@
+"""`galaxy-tasks bench`: the job chain measured against a bare Celery chain, in one run.
+
+Both run on the same broker and the same worker processes, which the benchmark starts
+itself: N trivial jobs (`true`) from submit to terminal state, against N chains of four
+no-op tasks. It also measures latency one job at a time (submit -> running, the exit of
+the job process -> terminal state) and the workers' memory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from galaxy_tasks import context, schema
+from galaxy_tasks.states import TERMINAL
+
+DONE_QUEUE = "galaxy_tasks.bench.done"
+
+
+def main(jobs: int, latency_jobs: int, workers: int, as_json: bool) -> int:
+    ctx = context.current()
+    if ctx.settings.embedded or ctx.settings.database_url.startswith("sqlite"):
+        raise ValueError("bench measures a production set-up: set GALAXY_TASKS_BROKER_URL (Redis or RabbitMQ) "
+                         "and GALAXY_TASKS_DATABASE_URL (PostgreSQL)")
+    schema.upgrade(ctx.settings.database_url)
+    queues = ",".join([ctx.settings.steps_queue] + ctx.routing.queues)
+    logs = Path(tempfile.mkdtemp(prefix="galaxy-tasks-bench-"))
+    procs = [_start_worker(i, queues, logs) for i in range(workers)]
+    try:
+        _wait_ready(procs, logs)
+        _bare_chains(10), _jobs(10)  # warm-up: imports, connections, pool processes
+        rss_start = _rss(procs)
+        chain_s = _bare_chains(jobs)
+        job_s, submit_s = _jobs(jobs)
+        latency = _latency(latency_jobs)
+        rss_end = _rss(procs)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+    result = {
+        "jobs": jobs,
+        "workers": workers,
+        "baseline_chains_per_s": round(jobs / chain_s, 1),
+        "jobs_per_s": round(jobs / job_s, 1),
+        "ratio_to_baseline": round(chain_s / job_s, 3),
+        "submit_seconds": round(submit_s, 3),
+        "submit_to_running_ms": latency["submit_to_running"],
+        "exit_to_terminal_ms": latency["exit_to_terminal"],
+        "worker_rss_kb_start": rss_start,
+        "worker_rss_kb_end": rss_end,
+        "targets": {
+            "ratio_at_least_0.5": chain_s / job_s >= 0.5,
+            "submit_to_running_median_under_25ms": latency["submit_to_running"]["p50"] < 25,
+        },
+    }
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print(result)
+    return 0
+
+
+def _start_worker(index: int, queues: str, logs: Path) -> subprocess.Popen:
+    pool = os.environ.get("GT_BENCH_POOL", "solo").split(":")
+    cmd = [sys.executable, "-m", "galaxy_tasks.cli", "worker", "--queues", queues, "--pool", pool[0],
+           "--concurrency", pool[1] if len(pool) > 1 else "1",
+           "-n", f"bench{index}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO", "--without-mingle",
+           "--without-gossip"]
+    return subprocess.Popen(cmd, stdout=open(logs / f"worker{index}.log", "wb"), stderr=subprocess.STDOUT)
+
+
+def _wait_ready(procs: list[subprocess.Popen], logs: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    for index, proc in enumerate(procs):
+        log = logs / f"worker{index}.log"
+        while b" ready." not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"bench worker {index} did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+
+def _bare_chains(count: int) -> float:
+    from celery import chain
+    from kombu.simple import SimpleQueue
+
+    from galaxy_tasks.celery import app
+    from galaxy_tasks.tasks import noop
+
+    queue = context.current().settings.steps_queue
+    token = uuid.uuid4().hex
+    with app.connection_for_read() as connection:
+        done = SimpleQueue(connection, DONE_QUEUE)
+        done.clear()
+        started = time.perf_counter()
+        for _ in range(count):
+            chain(noop.si(), noop.si(), noop.si(), noop.si(token).set(queue=queue)).apply_async(queue=queue)
+        for _ in range(count):
+            done.get(block=True, timeout=120).ack()
+        elapsed = time.perf_counter() - started
+        done.close()
+    return elapsed
+
+
+def _jobs(count: int) -> tuple[float, float]:
+    from galaxy_tasks.client import Client
+
+    client = Client()
+    started = time.perf_counter()
+    ids = [client.submit({"tool_id": "bench_true", "command": "true"}).id for _ in range(count)]
+    submitted = time.perf_counter() - started
+    store = context.current().store
+    from galaxy_tasks.model import Job
+
+    while True:
+        with store.session() as session:
+            ended = session.scalar(select(func.count()).select_from(Job)
+                                   .where(Job.id.in_(ids), Job.state.in_([s.value for s in TERMINAL])))
+        if ended == count:
+            return time.perf_counter() - started, submitted
+        time.sleep(0.02)
+
+
+def _latency(count: int) -> dict[str, dict[str, float]]:
+    from galaxy_tasks.client import Client
+
+    client = Client()
+    to_running, to_terminal = [], []
+    for _ in range(count):
+        job = client.submit({"tool_id": "bench_latency", "command": "true"})
+        job = client.wait([job.id], timeout=60, interval=0.005)[job.id]
+        to_running.append((job.running_at - job.created_at).total_seconds() * 1000)
+        to_terminal.append((job.finished_at - job.ended_at).total_seconds() * 1000)
+    return {"submit_to_running": _percentiles(to_running), "exit_to_terminal": _percentiles(to_terminal)}
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p50": round(statistics.median(ordered), 1), "p90": round(pick(0.9), 1),
+            "p99": round(pick(0.99), 1), "max": round(ordered[-1], 1)}
+
+
+def _rss(procs: list[subprocess.Popen]) -> int:
+    total = 0
+    for proc in procs:
+        try:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def _print(result: dict) -> None:
+    print(f"{result['jobs']} jobs, {result['workers']} worker processes")
+    print(f"  bare Celery chain of 4 no-op tasks: {result['baseline_chains_per_s']:8.1f} chains/s")
+    print(f"  galaxy-tasks jobs (`true`):         {result['jobs_per_s']:8.1f} jobs/s "
+          f"(ratio {result['ratio_to_baseline']:.2f}, target >= 0.5)")
+    for name in ("submit_to_running_ms", "exit_to_terminal_ms"):
+        p = result[name]
+        print(f"  {name:22} p50 {p['p50']:7.1f}  p90 {p['p90']:7.1f}  p99 {p['p99']:7.1f}  max {p['max']:7.1f}")
+    print(f"  worker RSS: {result['worker_rss_kb_start']} kB at start, {result['worker_rss_kb_end']} kB at end")
+    for target, met in result["targets"].items():
+        print(f"  target {target}: {'met' if met else 'NOT met'}")

@@ -1,0 +1,79 @@
+"""Embedded mode: `galaxy-tasks run` on a machine with no server, and resuming after a kill."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+
+from galaxy_tasks.model import Job
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GALAXY_TASKS_")}
+    env.update(GALAXY_TASKS_HOME=str(home), PYTHONPATH=str(ROOT))
+    return env
+
+
+def _run(home: Path, jobs_file: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "galaxy_tasks.cli", "run", str(jobs_file)], env=_env(home),
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def _rows(home: Path) -> dict[str, Job]:
+    engine = create_engine(f"sqlite:///{home}/galaxy-tasks.sqlite")
+    with Session(engine) as session:
+        jobs = {job.tool_id: job for job in session.scalars(select(Job)).all()}
+    engine.dispose()
+    return jobs
+
+
+def test_example_jobs_run_embedded_with_progress_and_a_final_table(tmp_path):
+    result = _run(tmp_path / "home", ROOT / "examples" / "jobs.yml")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "running" in out  # progress while they run
+    table = out[out.index("job "):]
+    lines = {line.split()[1]: line for line in table.splitlines()[2:] if line.strip()}
+    assert lines["hello"].split()[2:4] == ["ok", "0"]
+    assert lines["write_output"].split()[2:4] == ["ok", "0"]
+    assert lines["fails"].split()[2:4] == ["error", "3"]
+    assert "refused" in lines["too_big"] and "cores" in lines["too_big"]
+    assert "command not found" in lines["missing_tool"]
+    jobs = _rows(tmp_path / "home")
+    assert set(jobs) == {"hello", "write_output", "fails", "missing_tool"}, "a refused job leaves no row"
+    assert (Path(jobs["write_output"].job_dir) / "working" / "regions.bed").read_text() == "chr1\t100\t200\n"
+
+
+def test_an_interrupted_embedded_run_resumes_its_jobs(tmp_path):
+    home = tmp_path / "home"
+    jobs_file = tmp_path / "jobs.yml"
+    jobs_file.write_text("jobs:\n  - tool_id: slow\n    command: sleep 3; echo done > out.txt\n    outputs: [out.txt]\n")
+    proc = subprocess.Popen([sys.executable, "-m", "galaxy_tasks.cli", "run", str(jobs_file)], env=_env(home),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 30
+    seen = ""
+    while "running" not in seen and time.monotonic() < deadline:
+        seen += proc.stdout.readline()
+    assert "running" in seen, seen
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _rows(home)["slow"].state == "running"
+
+    empty = tmp_path / "nothing.yml"
+    empty.write_text("jobs: []\n")
+    deadline = time.monotonic() + 30
+    while _rows(home)["slow"].state == "running" and time.monotonic() < deadline:  # one run suffices
+        result = _run(home, empty)
+        assert result.returncode == 0, result.stderr
+        time.sleep(0.5)
+    job = _rows(home)["slow"]
+    assert job.state == "ok", job.reason
+    assert (Path(job.job_dir) / "working" / "out.txt").read_text() == "done\n"
