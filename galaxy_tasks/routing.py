@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from galaxy_tasks.spec import JobSpec, SpecError
+from galaxy_tasks.spec import ENV_NAME, JobSpec, SpecError
 
 RUNNERS = ("local", "drmaa", "mesos")
 
@@ -145,6 +145,15 @@ def parse_url(url: str, name: str | None = None) -> Destination:
 
 def _destination(name: str, value: Any, where: str) -> Destination:
     here = f"{where}: destinations.{name}"
+    try:
+        return _destination_fields(name, value, here)
+    except ConfigError as exc:
+        if here in str(exc):
+            raise
+        raise ConfigError(f"{here}: {exc}") from None
+
+
+def _destination_fields(name: str, value: Any, here: str) -> Destination:
     if isinstance(value, str):
         return parse_url(value, name)
     if not isinstance(value, Mapping):
@@ -163,8 +172,11 @@ def _destination(name: str, value: Any, where: str) -> Destination:
     if "native_specification" in value:
         params["native_specification"] = str(value["native_specification"])
     env = _mapping(value.get("env"), f"{here}.env")
-    if any(not isinstance(v, str) for v in env.values()):
-        raise ConfigError(f"{here}.env: values must be strings")
+    for key, text in env.items():
+        if not isinstance(key, str) or not ENV_NAME.match(key):
+            raise ConfigError(f"{here}.env: {key!r} is not a valid environment variable name")
+        if not isinstance(text, str):
+            raise ConfigError(f"{here}.env.{key}: must be a string")
     default_queue = runner if name == runner else f"{runner}.{name}"
     return Destination(
         name=name,

@@ -67,7 +67,7 @@ def parse(data: Any) -> JobSpec:
     return JobSpec(
         tool_id=_text(data, "tool_id", required=True),
         command=_command(data),
-        tool_version=_text(data, "tool_version"),
+        tool_version=_text(data, "tool_version", limit=64),
         user=_text(data, "user"),
         environment=_environment(data.get("environment")),
         inputs=_paths(data.get("inputs"), "inputs", relative=False),
@@ -93,9 +93,18 @@ def _text(data: Mapping, name: str, *, required: bool = False, limit: int = MAX_
         raise SpecError(name, "must not be empty")
     if len(value) > limit:
         raise SpecError(name, f"is longer than {limit} characters")
+    _check_chars(name, value)
+    return value
+
+
+def _check_chars(name: str, value: str) -> None:
+    """Refuse what no job script or database column can carry."""
     if "\x00" in value:
         raise SpecError(name, "must not contain NUL characters")
-    return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SpecError(name, "is not valid Unicode text (unpaired surrogate)") from None
 
 
 def _command(data: Mapping) -> str:
@@ -129,8 +138,7 @@ def _environment(value: Any) -> dict[str, str]:
             raise SpecError(where, "is not a valid environment variable name")
         if not isinstance(text, str):
             raise SpecError(where, f"must be a string, not {type(text).__name__}")
-        if "\x00" in text:
-            raise SpecError(where, "must not contain NUL characters")
+        _check_chars(where, text)
         environment[name] = text
     return environment
 
@@ -145,12 +153,13 @@ def _paths(value: Any, name: str, *, relative: bool) -> list[str]:
         where = f"{name}[{index}]"
         if not isinstance(path, str) or not path.strip():
             raise SpecError(where, "must be a non-empty string")
-        if "\x00" in path:
-            raise SpecError(where, "must not contain NUL characters")
+        _check_chars(where, path)
         if relative:
             normal = posixpath.normpath(path)
             if posixpath.isabs(path) or normal == ".." or normal.startswith("../"):
                 raise SpecError(where, f"{path!r} escapes the job directory")
+            if normal == "." or not normal.strip():
+                raise SpecError(where, f"{path!r} does not name a file in the job directory")
             path = normal
         paths.append(path)
     return paths

@@ -36,6 +36,7 @@ class LocalRunner(Runner):
         self._lock = threading.Lock()
         self._watcher: ExitWatcher | None = None
         self._watcher_pid = 0
+        self._watching: set[int] = set()  # pids whose end this process will report
 
     def submit(self, launch: Launch) -> str:
         job_dir = JobDir(launch.job_dir)
@@ -61,7 +62,7 @@ class LocalRunner(Runner):
         if host != self.host:
             raise RunnerError(f"job {tracked.job_id} runs on {host}, not on {self.host}")
         job_dir = JobDir(tracked.job_dir)
-        if job_dir.claimed_pid() != pid or not _alive(pid):
+        if job_dir.claimed_pid() != pid or not _group_alive(pid):
             return
         _killpg(pid, signal.SIGTERM)
         timer = threading.Timer(self.kill_grace_s, self._kill_hard, (pid, job_dir))
@@ -117,7 +118,12 @@ class LocalRunner(Runner):
             self._on_exit(Exit(pid, None, None, time.time()), tag)
 
     def _watch(self, pid: int, tag: tuple, *, child: bool) -> bool:
+        """Watch `pid`; a process already watched here is not watched twice (its end would
+        be reported twice). True also in that case: its end will be reported."""
         with self._lock:
+            if pid in self._watching:
+                return True
+            self._watching.add(pid)
             # a watcher thread does not survive fork: a forked pool process makes its own
             if self._watcher is None or self._watcher_pid != os.getpid():
                 self._watcher = ExitWatcher(self._on_exit)
@@ -127,10 +133,13 @@ class LocalRunner(Runner):
 
     def _on_exit(self, exit: Exit, tag: object) -> None:
         job_id, job_dir, started, rss_floor = tag  # type: ignore[misc]
-        claimed = job_dir.claimed_pid()
-        if exit.exit_code == CLAIMED_EXIT_CODE and claimed not in (None, exit.pid):
-            self._follow(job_id, job_dir, claimed)  # a duplicate copy stood down
-            return
+        with self._lock:
+            self._watching.discard(exit.pid)
+        if exit.exit_code == CLAIMED_EXIT_CODE and job_dir.recorded_exit_code() is None:
+            claimed = _wait_for_claim(job_dir)
+            if claimed not in (None, exit.pid):
+                self._follow(job_id, job_dir, claimed)  # a duplicate copy stood down
+                return
         recorded = job_dir.recorded_exit_code()
         reason = None
         if exit.signal is not None:
@@ -151,7 +160,8 @@ class LocalRunner(Runner):
         )
 
     def _kill_hard(self, pid: int, job_dir: JobDir) -> None:
-        if job_dir.claimed_pid() == pid and _alive(pid):
+        # the script may be gone while children that ignored SIGTERM live on in its group
+        if job_dir.claimed_pid() == pid and _group_alive(pid):
             _killpg(pid, signal.SIGKILL)
 
     def _external_id(self, pid: int) -> str:
@@ -180,11 +190,31 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _killpg(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
+
+
+def _wait_for_claim(job_dir: JobDir, timeout: float = 2.0) -> int | None:
+    """The claiming copy's pid; it may not have written it yet when a duplicate exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid = job_dir.claimed_pid()
+        if pid is not None or not job_dir.claim_pid_file.parent.exists() or time.monotonic() > deadline:
+            return pid
+        time.sleep(0.01)
 
 
 def _mtime(path: Path) -> float | None:

@@ -273,8 +273,6 @@ def test_cancel_kills_the_whole_process_group(tmp_path, runner, reports, subreap
     assert JobDir(launch.job_dir).recorded_exit_code() is None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: LocalRunner._kill_hard only sends SIGKILL while the group leader "
-                   "(job.sh) is alive; job.sh dies on SIGTERM, so children that ignore SIGTERM survive a cancel")
 def test_cancel_kills_processes_that_ignore_sigterm(tmp_path, runner, reports, subreaper):
     launch = prepared(tmp_path, "trap '' TERM; sleep 100 & sleep 100; wait")
     external_id = runner.submit(launch)
@@ -333,8 +331,6 @@ def test_immediate_double_submit_runs_once_and_reports_the_real_exit(tmp_path, r
     assert all(c.exit_code == 6 for c in reports.of("job1"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a resubmission of a job this runner already follows watches "
-                   "the same pid a second time (_follow), so its end is reported twice")
 def test_submit_twice_reports_once(tmp_path, runner, reports):
     launch = prepared(tmp_path, "sleep 0.5")
     runner.submit(launch)

@@ -349,14 +349,10 @@ def test_bad_config_names_the_key(text, named):
         "destinations: {a: {url: 'pbs:///'}}\n",
     ],
 )
-@pytest.mark.xfail(strict=True, reason="BUG: a bad runner URL in destinations.<name> raises a ConfigError "
-                   "that does not say which destination holds it")
 def test_bad_runner_url_in_config_names_the_destination(text):
     assert "destinations.a" in bad(text)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: destination env names are not validated; a bad name breaks "
-                   "(or injects into) the generated job script")
 def test_bad_destination_env_name_is_refused():
     assert "destinations.a.env" in bad("destinations: {a: {runner: local, env: {'BAD NAME': x}}}\n")
 

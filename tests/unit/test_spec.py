@@ -247,8 +247,6 @@ def test_good_id(job_id):
     assert parse(with_(id=job_id)).id == job_id
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: spec accepts lone surrogates (JSON \\ud800); accept() then "
-                   "crashes with UnicodeEncodeError instead of refusing the spec")
 def test_text_that_is_not_encodable_is_refused():
     with pytest.raises(SpecError) as info:
         parse_json('{"tool_id": "t", "command": "echo \\ud800"}')
