@@ -72,6 +72,15 @@ def _report_durably(completion: Completion) -> None:
 
 _runners: dict[str, Runner] = {}
 _runners_lock = threading.Lock()
+_process_params: dict[str, dict[str, Any]] = {}
+
+
+def add_runner_params(runner: str, **params: Any) -> None:
+    """Params of this process (set by a worker entry point in `workers/`, e.g. where a DRMAA
+    worker keeps its session's contact), given over the destination's to every runner of
+    this kind built from now on."""
+    with _runners_lock:
+        _process_params.setdefault(runner, {}).update(params)
 
 
 def runner_for(destination: str) -> Runner:
@@ -80,7 +89,8 @@ def runner_for(destination: str) -> Runner:
         if destination not in _runners:
             spec = context.current().routing.destinations[destination]
             cls = runner_class(spec.runner)
-            _runners[destination] = cls(spec.params, _report_durably if cls.durable_report else _report)
+            params = {**spec.params, **_process_params.get(spec.runner, {})}
+            _runners[destination] = cls(params, _report_durably if cls.durable_report else _report)
         return _runners[destination]
 
 
