@@ -92,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("config", help="show the settings in force (passwords hidden)")
     show.set_defaults(handler=_config)
+
+    from galaxy_tasks.operations import add_commands
+
+    add_commands(sub)  # flower, metrics, stats, health
     return parser
 
 
@@ -227,6 +231,8 @@ def _config(args: argparse.Namespace, _extra: list[str]) -> int:
 
         value = os.environ.get(config.PREFIX + name)
         shown = redact(value) if value is not None else f"{default} (default)"
+        if value and name in config.SECRET_VARIABLES:
+            shown = "(set, hidden)"
         print(f"{config.PREFIX}{name:20} {shown}\n    {meaning}")
     return 0
 

@@ -29,7 +29,13 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SIGNING_CERT": ("", "certificate (PEM) matching the signing key"),
     "SIGNING_CERT_STORE": ("", "directory of certificates whose signatures are trusted"),
     "LOG_LEVEL": ("INFO", "log level of galaxy_tasks' structured logs"),
+    "FLOWER_BASIC_AUTH": ("", "Flower's basic auth, user:password (several: comma-separated); never shown"),
+    "FLOWER_BASIC_AUTH_FILE": ("", "file of user:password lines for Flower (instead of FLOWER_BASIC_AUTH)"),
+    "FLOWER_MAX_TASKS": ("10000", "most finished tasks Flower keeps in memory"),
 }
+
+#: variables whose values are secrets: `galaxy-tasks config` says only whether they are set
+SECRET_VARIABLES = frozenset({"FLOWER_BASIC_AUTH"})
 
 
 def _raw(name: str, environ: Mapping[str, str]) -> str:

@@ -35,8 +35,8 @@ def start(job: Job) -> None:
     """Send a new job's chain: prepare on the steps queue, then launch on its destination's."""
     steps = context.current().settings.steps_queue
     chain(
-        prepare_job.si(job.id, tool_id=job.tool_id).set(queue=steps),
-        launch_job.si(job.id, tool_id=job.tool_id).set(queue=job.queue),
+        prepare_job.si(job_id=job.id, tool_id=job.tool_id).set(queue=steps),
+        launch_job.si(job_id=job.id, tool_id=job.tool_id).set(queue=job.queue),
     ).apply_async()
 
 
@@ -47,7 +47,7 @@ def dispatch(plan: lifecycle.Plan) -> None:
         if job is not None:
             start(job)
     for job_id, queue in plan.launch:
-        launch_job.apply_async((job_id,), queue=queue)
+        launch_job.apply_async(kwargs={"job_id": job_id}, queue=queue)
     for destination, jobs in plan.check.items():
         queue = ctx.routing.destinations[destination].queue if destination in ctx.routing.destinations else None
         if queue is None:
@@ -59,7 +59,7 @@ def dispatch(plan: lifecycle.Plan) -> None:
 
 def _report(completion: Completion) -> None:
     finish_job.apply_async(
-        (completion.job_id,), {"completion": completion.to_json()},
+        kwargs={"job_id": completion.job_id, "completion": completion.to_json()},
         queue=context.current().settings.steps_queue,
     )
 

@@ -1,0 +1,114 @@
+"""`galaxy-tasks flower`: Flower for this project's Celery app, never open by accident.
+
+Basic auth comes from configuration (`GALAXY_TASKS_FLOWER_BASIC_AUTH`, or a file named by
+`GALAXY_TASKS_FLOWER_BASIC_AUTH_FILE`, or Flower's own `FLOWER_BASIC_AUTH`) and reaches
+Flower through its environment, so no password is on a command line `ps` shows. Without
+credentials Flower is not started, unless `--unauthenticated` asks for exactly that.
+
+Flower 2.x serves `/metrics` without authentication; with basic auth on, this wrapper puts
+`/metrics` behind the same credentials (Prometheus scrapes it with `basic_auth`), and only
+`/healthcheck` (which says "OK" and nothing else) stays open for container health checks.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from galaxy_tasks import config
+
+#: what the tasks page shows: the task name and the job id and tool id it carries
+TASKS_COLUMNS = "name,state,args,kwargs,worker,received,runtime"
+
+
+class AuthError(ValueError):
+    """Flower would start without credentials; the message says how to give them."""
+
+
+def credentials(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The `user:password` pairs Flower accepts, from the first place that has any."""
+    env = os.environ if environ is None else environ
+    inline = env.get(config.PREFIX + "FLOWER_BASIC_AUTH", "").strip()
+    path = env.get(config.PREFIX + "FLOWER_BASIC_AUTH_FILE", "").strip()
+    if inline:
+        pairs, origin = inline.split(","), config.PREFIX + "FLOWER_BASIC_AUTH"
+    elif path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise AuthError(f"{config.PREFIX}FLOWER_BASIC_AUTH_FILE: cannot read {path}: {exc.strerror}") from None
+        pairs = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        origin = path
+    elif env.get("FLOWER_BASIC_AUTH", "").strip():
+        pairs, origin = env["FLOWER_BASIC_AUTH"].split(","), "FLOWER_BASIC_AUTH"
+    else:
+        return []
+    pairs = [pair.strip() for pair in pairs]
+    for number, pair in enumerate(pairs, 1):
+        user, sep, password = pair.partition(":")
+        if not sep or not user or not password:
+            raise AuthError(f"{origin}: entry {number} must be user:password with both parts set")
+        if "," in pair:
+            raise AuthError(f"{origin}: entry {number}: Flower cannot take a ',' in a user or password")
+    if not pairs:
+        raise AuthError(f"{origin}: no user:password entry")
+    return pairs
+
+
+def _given(extra: Sequence[str], name: str) -> bool:
+    names = {f"--{name}", f"--{name.replace('_', '-')}"}
+    return any(arg.partition("=")[0] in names for arg in extra)
+
+
+def flower_argv(extra: Sequence[str], *, port: int, address: str, max_tasks: int | None) -> list[str]:
+    """Flower's options: this project's defaults first, the operator's own after (later wins)."""
+    settings_max = int(os.environ.get(config.PREFIX + "FLOWER_MAX_TASKS") or config.VARIABLES["FLOWER_MAX_TASKS"][0])
+    argv = [
+        f"--port={port}",
+        f"--max_tasks={max_tasks if max_tasks is not None else settings_max}",
+        f"--tasks_columns={TASKS_COLUMNS}",
+        "--purge_offline_workers=3600",
+    ]
+    if address:
+        argv.append(f"--address={address}")
+    return argv + list(extra)
+
+
+def run(extra: Sequence[str], *, port: int, address: str, max_tasks: int | None, unauthenticated: bool) -> int:
+    """Start Flower in this process (it serves until SIGTERM)."""
+    oauth = _given(extra, "auth")
+    if _given(extra, "basic_auth"):
+        raise AuthError("give Flower's credentials through GALAXY_TASKS_FLOWER_BASIC_AUTH or "
+                        "GALAXY_TASKS_FLOWER_BASIC_AUTH_FILE, not on the command line (ps shows it)")
+    pairs = credentials()
+    if not pairs and not oauth and not unauthenticated:
+        raise AuthError("Flower needs credentials: set GALAXY_TASKS_FLOWER_BASIC_AUTH=user:password or "
+                        "GALAXY_TASKS_FLOWER_BASIC_AUTH_FILE=<file of user:password lines>, "
+                        "or pass --unauthenticated to open it to anyone who can reach the port")
+    if unauthenticated and (pairs or oauth):
+        raise AuthError("--unauthenticated given while credentials are configured: choose one")
+    os.environ.pop("FLOWER_BASIC_AUTH", None)
+    if pairs:
+        os.environ["FLOWER_BASIC_AUTH"] = ",".join(pairs)
+    if pairs or oauth:
+        protect_metrics()
+    from galaxy_tasks.celery import app
+
+    app.start(["flower", *flower_argv(extra, port=port, address=address, max_tasks=max_tasks)])
+    return 0
+
+
+def protect_metrics() -> None:
+    """Serve Flower's `/metrics` only to authenticated clients."""
+    import tornado.web
+    from flower import urls
+    from flower.views import monitor
+
+    class AuthenticatedMetrics(monitor.Metrics):
+        @tornado.web.authenticated
+        async def get(self) -> None:
+            await super().get()
+
+    for index, handler in enumerate(urls.handlers):
+        if isinstance(handler, tuple) and handler[0] == r"/metrics":
+            urls.handlers[index] = (r"/metrics", AuthenticatedMetrics)

@@ -1,0 +1,61 @@
+"""`galaxy-tasks health --node NAME`: is this one worker alive and consuming? For a
+container health check or a systemd watchdog-style probe.
+
+It sends one `ping` control message addressed to that node only and returns as soon as
+its reply arrives (kombu stops collecting at the number of destinations), so a healthy
+worker answers in milliseconds and only a dead one costs the timeout. `celery inspect ping`
+without a destination waits out its whole timeout for whoever else might answer. The
+worker's main process answers even when every pool process is busy with a long step.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Health:
+    node: str
+    ok: bool
+    seconds: float
+    detail: str
+
+
+def node_name(pattern: str) -> str:
+    """Expand `%h`, `%n`, `%d` the way `celery worker -n` does (`steps@%h` -> `steps@host`)."""
+    from celery.utils.nodenames import host_format
+
+    name = host_format(pattern, host=socket.gethostname())
+    return name if "@" in name else f"{name}@{socket.gethostname()}"
+
+
+def ping(node: str, timeout: float = 5.0) -> Health:
+    """Ping one worker; a broker that cannot be reached also fails within about `timeout`."""
+    started = time.perf_counter()
+    outcome: dict[str, object] = {}
+
+    def send() -> None:
+        try:
+            from galaxy_tasks.celery import app
+
+            outcome["replies"] = app.control.ping(destination=[node], timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - any failure is "not healthy", named
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    thread.join(timeout + 5.0)
+    seconds = time.perf_counter() - started
+    if thread.is_alive():
+        return Health(node, False, seconds, "broker not reachable")
+    if "error" in outcome:
+        from galaxy_tasks.logs import redact
+
+        return Health(node, False, seconds, redact(str(outcome["error"])))
+    replies = outcome.get("replies") or []
+    for reply in replies:  # type: ignore[union-attr]
+        if reply.get(node, {}).get("ok") == "pong":
+            return Health(node, True, seconds, "pong")
+    return Health(node, False, seconds, f"no reply within {timeout:g} s")
