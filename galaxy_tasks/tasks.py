@@ -19,14 +19,17 @@ from galaxy_tasks.celery import app
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job
 from galaxy_tasks.runners import Completion, Runner, Tracked, runner_class
+from galaxy_tasks.runners.base import RunnerUnavailable
 from galaxy_tasks.spec import SpecError, parse
 
 log = logging.getLogger(__name__)
 
 #: a step that meets a database that went away (restart, failover, killed connection) is
-#: retried on fresh connections instead of being dropped; its state change is idempotent
-DB_RETRY = dict(autoretry_for=(OperationalError, InterfaceError), retry_backoff=0.5, retry_backoff_max=30,
-                retry_jitter=True, max_retries=20)
+#: retried on fresh connections instead of being dropped; its state change is idempotent.
+#: So is a step whose runner is unavailable for a while (RunnerUnavailable: e.g. the Mesos
+#: framework is not connected): that is not the job's fault, and must not fail it.
+DB_RETRY = dict(autoretry_for=(OperationalError, InterfaceError, RunnerUnavailable), retry_backoff=0.5,
+                retry_backoff_max=30, retry_jitter=True, max_retries=20)
 
 
 # -- sending ---------------------------------------------------------------------------
@@ -148,7 +151,7 @@ def cancel_job(job_id: str) -> str:
     return before.value
 
 
-@app.task(name="galaxy_tasks.kill_job")
+@app.task(name="galaxy_tasks.kill_job", **DB_RETRY)
 def kill_job(destination: str, job: dict) -> None:
     runner_for(destination).cancel(_tracked_from(job))
 

@@ -77,6 +77,11 @@ class RunnerError(Exception):
     kept as the job's reason."""
 
 
+class RunnerUnavailable(RuntimeError):
+    """The runner cannot act right now (e.g. not connected to its master), through no fault
+    of the job: the step is retried, and the job is not failed."""
+
+
 class Runner(ABC):
     """Submit, cancel, ask the status of many jobs at once, recover after a restart."""
 

@@ -46,6 +46,7 @@ from galaxy_tasks.runners.base import (
     Report,
     Runner,
     RunnerError,
+    RunnerUnavailable,
     Tracked,
     external_name,
 )
@@ -62,7 +63,7 @@ DONE_MEMORY = 10000  # completions kept to answer status() after the event was r
 _EXIT_STATUS = re.compile(r"exited with status (\d+)")
 
 
-class MesosUnavailable(RuntimeError):
+class MesosUnavailable(RunnerUnavailable):
     """Transient, not the job's fault (not connected, or fenced by another scheduler with our
     framework id): retry the step, preferably elsewhere; unlike RunnerError it must not fail
     the job."""
@@ -143,8 +144,10 @@ class MesosRunner(Runner):
             implicit_acknowledgements=False,
             principal=p.get("principal"), secret=p.get("secret"),
             timeout=float(p.get("connect_timeout_s", 86400)),
+            failover=True,  # however the driver stops (even its thread dying), never TEARDOWN
         )
         self._driver.start()
+        self._driver_thread = self._driver._io_thread  # pymesos has no public handle on it
 
     # ---- Runner interface ------------------------------------------------------------
     def submit(self, launch: Launch) -> str:
@@ -213,6 +216,20 @@ class MesosRunner(Runner):
     # ---- helpers for workers and tests ---------------------------------------------------
     def wait_registered(self, timeout: float | None = None) -> bool:
         return self._registered.wait(timeout)
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Block until the driver's thread has ended: `close()`, fencing, or pymesos giving
+        up on the master (`connect_timeout_s`); True if it has."""
+        thread = self._driver_thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    @property
+    def fenced(self) -> str | None:
+        """Why this runner stopped for good (another scheduler took its framework over)."""
+        return self._fenced
 
     def pending_ids(self) -> list[str]:
         with self._lock:
