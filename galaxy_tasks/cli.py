@@ -195,6 +195,7 @@ def _wait(args: argparse.Namespace, _extra: list[str]) -> int:
 
 def _worker(args: argparse.Namespace, extra: list[str]) -> int:
     ctx = context.current()
+    ctx.settings.home.mkdir(parents=True, exist_ok=True)
     queues = args.queues or ",".join([ctx.settings.steps_queue] + ctx.routing.queues)
     from galaxy_tasks.celery import app
 
@@ -205,6 +206,7 @@ def _worker(args: argparse.Namespace, extra: list[str]) -> int:
 def _beat(args: argparse.Namespace, extra: list[str]) -> int:
     from galaxy_tasks.celery import app
 
+    config.load().home.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule there
     app.start(["beat", *extra])
     return 0
 

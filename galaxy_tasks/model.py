@@ -57,6 +57,9 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(16), default=JobState.NEW.value)
     job_dir: Mapped[str | None] = mapped_column(Text)
     external_id: Mapped[str | None] = mapped_column(String(255))
+    # the message (task id) that holds the SUBMITTING claim: its own redelivery after a
+    # crash may take the launch over at once, any other message must wait out the lease
+    owner: Mapped[str | None] = mapped_column(String(255))
     exit_code: Mapped[int | None] = mapped_column(Integer)
     signal: Mapped[int | None] = mapped_column(Integer)
     reason: Mapped[str | None] = mapped_column(Text)

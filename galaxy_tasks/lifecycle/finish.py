@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from galaxy_tasks.context import Context
+from galaxy_tasks.faults import crash_point
 from galaxy_tasks.jobdir import JobDir
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job
@@ -46,6 +47,7 @@ def finish(ctx: Context, completion: Completion) -> JobState | None:
     with ctx.store.session() as session:
         moved = ctx.store.transition(session, job.id, state, reason=reason, sources=_LAUNCHED,
                                      **values)
+        crash_point("finish", job.id)  # written but not committed
     if moved is None:
         return None
     event(log, "state_change", job_id=job.id, to=state, exit_code=exit_code, reason=reason,

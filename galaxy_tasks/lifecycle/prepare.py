@@ -6,6 +6,7 @@ from pathlib import Path
 
 from galaxy_tasks import jobdir
 from galaxy_tasks.context import Context
+from galaxy_tasks.faults import crash_point
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job
 from galaxy_tasks.routing import Destination
@@ -33,6 +34,7 @@ def prepare(ctx: Context, job_id: str) -> bool:
                                  sources=frozenset({JobState.NEW}))
         event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
         return False
+    crash_point("prepare", job_id)
     with ctx.store.session() as session:
         moved = ctx.store.transition(session, job_id, JobState.QUEUED, job_dir=str(root))
     if moved:

@@ -71,6 +71,7 @@ class Deployment:
         )
         self.env.update(extra_env or {})
         self.workers: list[Worker] = []
+        self._beats: list[subprocess.Popen] = []
         self.engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg2://"))
         result = self.cli("db", "upgrade")
         assert result.returncode == 0, result.stderr
@@ -122,10 +123,23 @@ class Deployment:
         self.wait_until(done, timeout, f"terminal state of {len(job_ids)} jobs")
         return [self.job(j) for j in job_ids]
 
+    def beat(self) -> subprocess.Popen:
+        """Celery beat, which sends reconciliation every GALAXY_TASKS_RECONCILE_INTERVAL."""
+        log = open(self.tmp / "beat.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "galaxy_tasks.cli", "beat", "--loglevel", "INFO"],
+                                env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self._beats.append(proc)
+        return proc
+
     def logs(self) -> str:
         return "\n".join(w.log.read_text(errors="replace") for w in self.workers if w.log.exists())
 
     def close(self) -> None:
         for worker in self.workers:
             worker.stop()
+        for beat in self._beats:
+            if beat.poll() is None:
+                os.killpg(beat.pid, signal.SIGTERM)
+                beat.wait(timeout=30)
         self.engine.dispose()

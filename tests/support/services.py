@@ -1,4 +1,4 @@
-"""Reaching the machine's real services, and failing (not skipping) under CI without them."""
+"""Reaching the machine's real PostgreSQL, and failing (not skipping) under CI without it."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,6 @@ import uuid
 import pytest
 
 PG_ADMIN_URL = os.environ.get("GT_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("GT_TEST_REDIS", "redis://127.0.0.1:6379")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -42,21 +41,6 @@ def drop_database(url: str) -> None:
     with engine.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
-
-
-REDIS_DB = int(os.environ.get("GT_TEST_REDIS_DB", "9"))
-
-
-def redis_database() -> str:
-    """The tests' own Redis database index, emptied; returns its URL."""
-    import redis
-
-    url = f"{REDIS_URL}/{REDIS_DB}"
-    try:
-        redis.Redis.from_url(url, socket_timeout=3).flushdb()
-    except Exception as exc:  # noqa: BLE001
-        require("Redis", exc)
-    return url
 
 
 def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:

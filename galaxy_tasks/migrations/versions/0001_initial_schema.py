@@ -33,6 +33,7 @@ def upgrade() -> None:
     sa.Column('state', sa.String(length=16), nullable=False),
     sa.Column('job_dir', sa.Text(), nullable=True),
     sa.Column('external_id', sa.String(length=255), nullable=True),
+    sa.Column('owner', sa.String(length=255), nullable=True),
     sa.Column('exit_code', sa.Integer(), nullable=True),
     sa.Column('signal', sa.Integer(), nullable=True),
     sa.Column('reason', sa.Text(), nullable=True),

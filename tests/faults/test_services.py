@@ -1,0 +1,88 @@
+"""The broker and the database go away under load; duplicated and late messages."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.faults.checks import assert_exactly_once, ledger_command
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.faults
+
+RECONCILE_FAST = dict(GALAXY_TASKS_RECONCILE_INTERVAL="1", GALAXY_TASKS_CHECK_AFTER="3",
+                      GALAXY_TASKS_CHECK_AFTER_MAX="6", GALAXY_TASKS_LAUNCH_LEASE="5")
+
+
+def test_broker_restarted_while_jobs_are_queued_and_running(make_deployment, tmp_path):
+    """Redis dies and comes back empty (it keeps nothing on disk): every message in flight is
+    lost. Workers reconnect; reconciliation re-sends lost steps and finds the completion
+    events that could not be sent."""
+    redis = RedisServer(tmp_path).start()
+    deployment = make_deployment(broker=redis.url, **RECONCILE_FAST)
+    ledger = tmp_path / "ledger"
+    deployment.worker()
+    deployment.beat()
+    ids = [deployment.submit(ledger_command(ledger, "sleep 1"), "through_outage") for _ in range(12)]
+    deployment.wait_until(lambda: any(deployment.job(i).state == "running" for i in ids), what="running")
+    redis.kill()
+    time.sleep(3)
+    port = redis.port
+    redis = RedisServer(tmp_path)
+    redis.port = port
+    redis.start()
+    try:
+        deployment.wait_terminal(ids, timeout=180)
+        states = [deployment.job(i).state for i in ids]
+        assert_exactly_once(deployment, ids, ledger, "Redis restarted", extra=f"ok={states.count('ok')}")
+    finally:
+        redis.kill()
+
+
+def test_database_connections_killed_while_jobs_finish(make_deployment, tmp_path):
+    deployment = make_deployment(**RECONCILE_FAST)
+    ledger = tmp_path / "ledger"
+    deployment.worker()
+    deployment.beat()
+    ids = [deployment.submit(ledger_command(ledger, f"sleep {0.2 * (i % 5):.1f}"), "db_outage") for i in range(15)]
+    name = deployment.database_url.rsplit("/", 1)[1]
+    admin = create_engine(deployment.database_url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    killed = 0
+    deadline = time.monotonic() + 4
+    with admin.connect() as connection:
+        while time.monotonic() < deadline:
+            killed += connection.execute(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": name}).scalar()
+            time.sleep(0.3)
+    admin.dispose()
+    deployment.wait_terminal(ids, timeout=120)
+    assert killed > 0
+    assert_exactly_once(deployment, ids, ledger, "PostgreSQL connections killed", extra=f"connections_killed={killed}")
+
+
+def test_duplicated_and_late_messages_change_nothing(deployment, tmp_path):
+    from celery import Celery
+
+    ledger = tmp_path / "ledger"
+    deployment.worker()
+    client = Celery(broker=deployment.env["GALAXY_TASKS_BROKER_URL"])
+    spec = {"id": "dup-0001", "tool_id": "dup", "command": ledger_command(ledger, "sleep 1")}
+    for _ in range(3):  # the same submit message delivered three times
+        client.send_task("galaxy_tasks.submit_job", kwargs=spec, queue="galaxy_tasks")
+    deployment.wait_until(lambda: any(j.id == "dup-0001" for j in deployment.jobs()), what="accepted")
+    for _ in range(2):  # duplicated steps while it runs
+        client.send_task("galaxy_tasks.prepare_job", args=["dup-0001"], queue="galaxy_tasks")
+        client.send_task("galaxy_tasks.launch_job", args=["dup-0001"], queue="local")
+    [job] = deployment.wait_terminal(["dup-0001"])
+    assert job.state == "ok"
+    # a completion event delivered twice, late, and saying something else
+    late = {"exit_code": 1, "reason": "a stale event", "ended_at": time.time()}
+    for _ in range(2):
+        client.send_task("galaxy_tasks.finish_job", args=["dup-0001"], kwargs={"completion": late},
+                         queue="galaxy_tasks")
+        client.send_task("galaxy_tasks.launch_job", args=["dup-0001"], queue="local")
+    time.sleep(3)
+    assert deployment.job("dup-0001").state == "ok" and deployment.job("dup-0001").exit_code == 0
+    assert_exactly_once(deployment, ["dup-0001"], ledger, "duplicated and late messages")

@@ -1,0 +1,91 @@
+"""SIGKILL of worker processes at the worst moments of a job's life."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.faults.checks import FIGURES, assert_exactly_once, ledger_command
+
+pytestmark = pytest.mark.faults
+
+
+def _crashing(make_deployment, tmp_path, point: str):
+    return make_deployment(GALAXY_TASKS_CRASH_POINTS=point, GALAXY_TASKS_CRASH_DIR=str(tmp_path),
+                           GALAXY_TASKS_RECONCILE_INTERVAL="1", GALAXY_TASKS_CHECK_AFTER="3",
+                           GALAXY_TASKS_CHECK_AFTER_MAX="5")
+
+
+@pytest.mark.parametrize("point", ["prepare", "launch", "finish"])
+def test_sigkill_of_the_pool_process_mid_step(make_deployment, tmp_path, point):
+    """The pool process dies: during prepare (job dir written, state not), right after the
+    runner launched the command but before the launch was recorded, and during finish
+    (state written, not committed). The step's message is redelivered (late ack, reject on
+    worker loss) and the job completes, its command run once."""
+    deployment = _crashing(make_deployment, tmp_path, point)
+    ledger = tmp_path / "ledger"
+    deployment.worker()
+    deployment.beat()
+    ids = [deployment.submit(ledger_command(ledger, "sleep 0.2"), f"crash_{point}") for _ in range(4)]
+    deployment.wait_terminal(ids, timeout=120)
+    crashes = len(list(tmp_path.glob(f"crashed-{point}-*")))
+    assert crashes == len(ids), "every job passed the crash point once"
+    assert "WorkerLostError" in deployment.logs() or "SIGKILL" in deployment.logs()
+    assert_exactly_once(deployment, ids, ledger, f"SIGKILL during {point}", extra=f"crashes={crashes}")
+
+
+def test_sigkill_of_the_whole_worker_during_the_run(deployment, tmp_path):
+    """The worker (main process and pool) dies while jobs run; the jobs, in sessions of
+    their own, go on, and a new worker follows them again from the database."""
+    ledger = tmp_path / "ledger"
+    worker = deployment.worker()
+    ids = [deployment.submit(ledger_command(ledger, "sleep 3"), "long") for _ in range(3)]
+    deployment.wait_until(lambda: all(deployment.job(i).state == "running" for i in ids), what="running")
+    worker.kill(signal.SIGKILL)
+    deployment.worker(None, "w-restarted@%h")
+    deployment.wait_terminal(ids, timeout=60)
+    assert "event=recovered_jobs" in deployment.logs()
+    assert_exactly_once(deployment, ids, ledger, "SIGKILL of worker during run")
+
+
+def test_lost_completion_event_is_found_by_reconciliation(make_deployment, tmp_path):
+    """The process holding a job's exit watcher dies while the worker lives on: nobody will
+    ever send the completion event. Reconciliation finds the overdue job and finishes it."""
+    deployment = make_deployment(GALAXY_TASKS_RECONCILE_INTERVAL="1", GALAXY_TASKS_CHECK_AFTER="2",
+                                 GALAXY_TASKS_CHECK_AFTER_MAX="4")
+    ledger = tmp_path / "ledger"
+    deployment.worker()
+    deployment.beat()
+    job_id = deployment.submit(ledger_command(ledger, "sleep 2"), "orphaned")
+    deployment.wait_until(lambda: deployment.job(job_id).state == "running", what="running")
+    pid = int(deployment.job(job_id).external_id.rsplit(":", 1)[1])
+    with open(f"/proc/{pid}/stat") as handle:
+        spawner = int(handle.read().rsplit(")", 1)[1].split()[1])
+    os.kill(spawner, signal.SIGKILL)  # the pool process that launched the job and watches it
+    exit_file = deployment.tmp / "jobs" / job_id / "exit_code"
+    deployment.wait_until(exit_file.exists, timeout=30, what="job end")
+    ended = exit_file.stat().st_mtime
+    [job] = deployment.wait_terminal([job_id], timeout=60)
+    found_after = job.finished_at.timestamp() - ended
+    assert "event=reconcile_check" in deployment.logs()
+    assert found_after < 15, f"reconciliation took {found_after:.1f} s"
+    assert_exactly_once(deployment, [job_id], ledger, "lost completion event",
+                        extra=f"found_after_s={found_after:.1f} (interval 1 s, check_after 2 s)")
+
+
+def test_cancel_racing_with_completion(deployment, tmp_path):
+    ledger = tmp_path / "ledger"
+    deployment.worker()
+    # jobs end 0.4 s apart while the cancels (one CLI call each) sweep across them
+    ids = [deployment.submit(ledger_command(ledger, f"sleep {0.4 * i:.1f}"), "racer") for i in range(12)]
+    deployment.wait_until(lambda: deployment.job(ids[-1]).state == "running", what="running")
+    for job_id in ids:
+        deployment.cli("cancel", job_id)
+    deployment.wait_terminal(ids)
+    time.sleep(2)  # late completion events must not change a cancelled job
+    states = [deployment.job(i).state for i in ids]
+    assert_exactly_once(deployment, ids, ledger, "cancel racing completion",
+                        expect=frozenset({"ok", "deleted"}),
+                        extra=f"ok={states.count('ok')} deleted={states.count('deleted')}")
