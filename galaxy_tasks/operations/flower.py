@@ -17,8 +17,11 @@ from typing import Mapping, Sequence
 
 from galaxy_tasks import config
 
-#: what the tasks page shows: the task name and the job id and tool id it carries
-TASKS_COLUMNS = "name,state,args,kwargs,worker,received,runtime"
+#: what the tasks page shows: the task name and (in kwargs, see `format_task`) the tool id
+#: and job id it carries; every step task takes keyword arguments only
+TASKS_COLUMNS = "name,state,kwargs,worker,received,runtime"
+#: the order in which `format_task` shows the arguments that identify a job
+_LEADING = ("tool_id", "job_id", "destination")
 
 
 class AuthError(ValueError):
@@ -92,6 +95,9 @@ def run(extra: Sequence[str], *, port: int, address: str, max_tasks: int | None,
         os.environ["FLOWER_BASIC_AUTH"] = ",".join(pairs)
     if pairs or oauth:
         protect_metrics()
+    from flower.options import options
+
+    options.format_task = format_task
     from galaxy_tasks.celery import app
 
     app.start(["flower", *flower_argv(extra, port=port, address=address, max_tasks=max_tasks)])
@@ -112,3 +118,32 @@ def protect_metrics() -> None:
     for index, handler in enumerate(urls.handlers):
         if isinstance(handler, tuple) and handler[0] == r"/metrics":
             urls.handlers[index] = (r"/metrics", AuthenticatedMetrics)
+
+
+def format_task(task):  # noqa: ANN001, ANN201 - Flower's task object, returned changed
+    """Show a step's arguments as `tool_id=bwa_mem job_id=8b0c...` on Flower's pages: the
+    tool first (the job id is long), a finish step's exit code and reason instead of the
+    whole completion record, and a check's number of jobs instead of their list."""
+    import ast
+
+    try:
+        kwargs = ast.literal_eval(task.kwargs) if isinstance(task.kwargs, str) else dict(task.kwargs or {})
+    except (ValueError, SyntaxError, TypeError):
+        return task
+    if not isinstance(kwargs, dict):
+        return task
+    shown: dict[str, object] = {k: kwargs[k] for k in _LEADING if k in kwargs}
+    completion = kwargs.get("completion")
+    if isinstance(completion, dict):
+        shown.update({k: completion[k] for k in ("exit_code", "signal", "reason", "source")
+                      if completion.get(k) is not None})
+    job = kwargs.get("job")
+    if isinstance(job, dict) and "job_id" in job:
+        shown["job_id"] = job["job_id"]
+    if isinstance(kwargs.get("jobs"), list):
+        shown["jobs"] = len(kwargs["jobs"])
+    for key, value in kwargs.items():
+        if key not in shown and key not in ("completion", "job", "jobs"):
+            shown[key] = value
+    task.kwargs = " ".join(f"{key}={value}" for key, value in shown.items())
+    return task
