@@ -1,17 +1,21 @@
-"""Optional signed messages with Celery's `auth` serializer.
+"""Messages are JSON, and optionally signed with Celery's `auth` serializer.
 
-With GALAXY_TASKS_SIGNING_KEY, _CERT and _CERT_STORE set, every message is signed and a
-worker accepts only messages signed by a certificate in the store; unsigned JSON, pickle
-and wrongly signed messages are refused.
+Every process disables the decoders of untrusted formats (pickle, YAML, msgpack) in kombu
+itself, not only in Celery's `accept_content`: a pickled message is refused before anything
+is unpickled. With GALAXY_TASKS_SIGNING_KEY, _CERT and _CERT_STORE (a directory of trusted
+certificates) set, every message is signed and only messages signed by a trusted
+certificate are accepted; unsigned JSON is then refused too.
 """
 from __future__ import annotations
 
 from celery import Celery
+from kombu.serialization import disable_insecure_serializers
 
 from galaxy_tasks.config import Settings
 
 
 def apply(app: Celery, settings: Settings) -> None:
+    disable_insecure_serializers(["json"])
     parts = (settings.signing_key, settings.signing_cert, settings.signing_cert_store)
     if not any(parts):
         return
@@ -26,4 +30,4 @@ def apply(app: Celery, settings: Settings) -> None:
         event_serializer="auth",
         accept_content=["auth"],
     )
-    app.setup_security()
+    app.setup_security(allowed_serializers=["json"], digest="sha256")

@@ -36,8 +36,9 @@ def assert_exactly_once(deployment: Deployment, ids: list[str], ledger: Path, sc
     assert not stuck, f"jobs left unfinished: {stuck}"
     assert not duplicated, f"commands run twice: {duplicated}"
     assert not lost, f"jobs ok without their command having run: {lost}"
+    histories = deployment.histories(ids)
     for job_id in ids:
-        history = deployment.history(job_id)
+        history = histories[job_id]
         terminal = [state for state in history if state in TERMINAL]
         assert len(terminal) == 1, f"{job_id}: {history}"
         assert is_legal_path(history), f"{job_id}: illegal history {history}"

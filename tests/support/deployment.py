@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 from galaxy_tasks.model import Job, JobStateChange
@@ -107,6 +107,21 @@ class Deployment:
             rows = session.scalars(select(JobStateChange).where(JobStateChange.job_id == job_id)
                                    .order_by(JobStateChange.id)).all()
             return [JobState(r.to_state) for r in rows]
+
+    def histories(self, job_ids: list[str]) -> dict[str, list[JobState]]:
+        """Every job's state history, read in one query."""
+        wanted = set(job_ids)
+        result: dict[str, list[JobState]] = {job_id: [] for job_id in job_ids}
+        with Session(self.engine) as session:
+            for row in session.scalars(select(JobStateChange).order_by(JobStateChange.id)):
+                if row.job_id in wanted:
+                    result[row.job_id].append(JobState(row.to_state))
+        return result
+
+    def count_terminal(self) -> int:
+        with Session(self.engine) as session:
+            return session.scalar(select(func.count()).select_from(Job)
+                                  .where(Job.state.in_([s.value for s in TERMINAL])))
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
