@@ -126,6 +126,7 @@ class MesosRunner(Runner):
         self._done: OrderedDict[str, Completion] = OrderedDict()
         self._suppressed = False
         self._registered = threading.Event()
+        self._closed = False
         self._fenced: str | None = None  # why this runner stopped for good
         self.framework_id: str | None = self._read_framework_id()
         framework: dict[str, Any] = {
@@ -210,6 +211,7 @@ class MesosRunner(Runner):
     def close(self) -> None:
         """Stop the driver with failover: Mesos keeps the framework and its tasks for
         `failover_timeout`, so the next process re-subscribes and finds them."""
+        self._closed = True
         self._driver.stop(failover=True)
         self._driver.join()
 
@@ -225,6 +227,10 @@ class MesosRunner(Runner):
             thread.join(timeout)
             return not thread.is_alive()
         return True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def fenced(self) -> str | None:
