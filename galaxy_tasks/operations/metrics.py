@@ -204,7 +204,7 @@ def _histograms(lines: list[str], name: str, help_text: str, series: dict[tuple[
     for (tool_id, destination), histogram in sorted(series.items()):
         labels = {"tool_id": tool_id, "destination": destination}
         for bound, count in zip(histogram.bounds, histogram.counts):
-            _sample(lines, f"{name}_bucket", {**labels, "le": _number(float(bound))}, count)
+            _sample(lines, f"{name}_bucket", {**labels, "le": repr(float(bound))}, count)
         _sample(lines, f"{name}_bucket", {**labels, "le": "+Inf"}, histogram.count)
         _sample(lines, f"{name}_sum", labels, round(histogram.sum, 6))
         _sample(lines, f"{name}_count", labels, histogram.count)

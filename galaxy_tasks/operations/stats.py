@@ -39,8 +39,8 @@ def parse_by(text: str) -> list[str]:
     keys = [k.strip() for k in text.split(",") if k.strip()]
     unknown = [k for k in keys if k not in GROUPS]
     if not keys or unknown:
-        raise ValueError(f"--by: {', '.join(unknown) or text!r} is not one of {', '.join(GROUPS)} "
-                         "(or several, comma-separated)")
+        named = ", ".join(unknown) if unknown else repr(text)
+        raise ValueError(f"--by: {named} is not one of {', '.join(GROUPS)} (or several, comma-separated)")
     return list(dict.fromkeys(keys))
 
 

@@ -1,0 +1,129 @@
+"""The job metrics exporter, scraped over HTTP while real workers run jobs on Redis and
+PostgreSQL: jobs by state and destination, wait and run time histograms per tool and
+destination, and reconciliation findings."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.browser import free_port
+from tests.support.deployment import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):  # also proves the format parses
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_job_metrics_scraped_while_jobs_run(deployment, tmp_path):
+    deployment.env["GALAXY_TASKS_CHECK_AFTER"] = "1"  # a running job is overdue after 1 s
+    port = free_port()
+    log = open(tmp_path / "metrics.log", "wb")
+    exporter = subprocess.Popen([sys.executable, "-m", "galaxy_tasks.cli", "metrics", "--port", str(port)],
+                                env=deployment.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        deployment.wait_until(lambda: _answers(url), 30, "the exporter to answer")
+        assert value(scrape(url), "galaxy_tasks_reconcile_lease_until_seconds") == 0
+        deployment.worker()
+        ok = deployment.submit("echo hi", "cat1")
+        failed = deployment.submit("exit 4", "failer")
+        slow = deployment.submit("sleep 4", "sleeper")
+        deployment.wait_until(lambda: deployment.job(slow).state == "running", what="sleeper running")
+        time.sleep(1.5)
+        samples = scrape(url)
+        assert value(samples, "galaxy_tasks_jobs", state="running", destination="local") == 1
+        assert value(samples, "galaxy_tasks_jobs_overdue", state="running", destination="local") == 1
+
+        send = ("from galaxy_tasks.celery import app; "
+                "app.send_task('galaxy_tasks.reconcile', queue='galaxy_tasks')")
+        subprocess.run([sys.executable, "-c", send], env=deployment.env, cwd=ROOT, check=True, timeout=60)
+        deployment.wait_until(lambda: deployment.job(slow).checks >= 1, 30, "reconciliation to look at the sleeper")
+        samples = scrape(url)
+        assert value(samples, "galaxy_tasks_jobs_reconciling", destination="local") == 1
+        assert value(samples, "galaxy_tasks_reconcile_lease_until_seconds") > time.time()
+
+        deployment.wait_terminal([ok, failed, slow], timeout=60)
+        samples = scrape(url)
+        assert value(samples, "galaxy_tasks_jobs", state="running", destination="local") == 0
+        assert value(samples, "galaxy_tasks_jobs_ended_total", state="ok", destination="local") == 2
+        assert value(samples, "galaxy_tasks_jobs_ended_total", state="error", destination="local") == 1
+        assert value(samples, "galaxy_tasks_jobs_ended_after_reconcile_total", destination="local") == 1
+        for tool in ("cat1", "failer", "sleeper"):
+            labels = {"tool_id": tool, "destination": "local"}
+            assert value(samples, "galaxy_tasks_job_queue_wait_seconds_count", **labels) == 1
+            assert value(samples, "galaxy_tasks_job_run_seconds_count", **labels) == 1
+            assert value(samples, "galaxy_tasks_job_queue_wait_seconds_bucket", le="+Inf", **labels) == 1
+        sleeper = {"tool_id": "sleeper", "destination": "local"}
+        assert 4 <= value(samples, "galaxy_tasks_job_run_seconds_sum", **sleeper) < 10
+        assert value(samples, "galaxy_tasks_job_run_seconds_bucket", le="1.0", **sleeper) == 0
+        assert value(samples, "galaxy_tasks_job_run_seconds_bucket", le="10.0", **sleeper) == 1
+        assert value(samples, "galaxy_tasks_job_queue_wait_seconds_bucket", le="60.0", tool_id="cat1",
+                     destination="local") == 1
+        # counters only grow: a second scrape counts nothing twice
+        again = scrape(url)
+        assert value(again, "galaxy_tasks_jobs_ended_total", state="ok", destination="local") == 2
+        assert value(again, "galaxy_tasks_job_run_seconds_count", **sleeper) == 1
+    finally:
+        exporter.terminate()
+        exporter.wait(timeout=20)
+        log.close()
+    assert "postgres" not in (tmp_path / "metrics.log").read_text()
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2).read()
+        return True
+    except OSError:
+        return False
+
+
+def test_a_change_committed_late_below_the_watermark_is_still_counted(tmp_path):
+    """PostgreSQL hands out ids before commit: a change with a lower id may become visible
+    after one with a higher id was read. The exporter looks for such holes again."""
+    from datetime import timedelta
+
+    from galaxy_tasks import schema
+    from galaxy_tasks.model import Job, JobStateChange, utcnow
+    from galaxy_tasks.operations.metrics import JobMetrics
+    from galaxy_tasks.store import Store
+
+    url = f"sqlite:///{tmp_path}/m.sqlite"
+    schema.upgrade(url)
+    store = Store(url)
+    now = utcnow()
+    with store.session() as session:
+        for n in (1, 2):
+            session.add(Job(id=f"j{n}", tool_id="t", command="true", environment={}, inputs=[], outputs=[],
+                            cores=1, destination="local", queue="local", state="ok", created_at=now,
+                            updated_at=now, running_at=now, finished_at=now + timedelta(seconds=3),
+                            checks=0))
+    metrics = JobMetrics(store, ["local"])
+    with store.session() as session:
+        session.add(JobStateChange(id=2, job_id="j2", from_state="running", to_state="ok", at=now))
+    first = metrics.collect()
+    assert 'galaxy_tasks_jobs_ended_total{state="ok",destination="local"} 1' in first
+    with store.session() as session:  # id 1 becomes visible only now
+        session.add(JobStateChange(id=1, job_id="j1", from_state="running", to_state="ok", at=now))
+    second = metrics.collect()
+    assert 'galaxy_tasks_jobs_ended_total{state="ok",destination="local"} 2' in second
+    assert 'galaxy_tasks_job_run_seconds_count{tool_id="t",destination="local"} 2' in second
+    assert 'galaxy_tasks_jobs_ended_total{state="ok",destination="local"} 2' in metrics.collect()
