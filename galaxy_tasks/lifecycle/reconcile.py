@@ -52,11 +52,14 @@ def overdue(ctx: Context, now: datetime | None = None) -> Plan:
             .order_by(Job.check_at)
             .limit(settings.reconcile_batch)
         ).all()
+        by_checks: dict[int, list[str]] = defaultdict(list)
         for job in jobs:
-            delay = min(settings.check_after * 2 ** min(job.checks, 20), settings.check_after_max)
+            by_checks[job.checks].append(job.id)
+        for checks, ids in by_checks.items():  # one statement per distinct delay
+            delay = min(settings.check_after * 2 ** min(checks, 20), settings.check_after_max)
             session.execute(
-                update(Job).where(Job.id == job.id, Job.check_at == job.check_at)
-                .values(check_at=now + timedelta(seconds=delay), checks=job.checks + 1)
+                update(Job).where(Job.id.in_(ids), Job.check_at <= now)
+                .values(check_at=now + timedelta(seconds=delay), checks=checks + 1)
             )
     plan = _plan(ctx, jobs, now)
     if plan.size:
