@@ -104,12 +104,20 @@ def load(path: Path | None) -> Routing:
     if path is None:
         return default_routing()
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"job_conf {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"job_conf {path} is not valid YAML: {exc}") from None
+        data = read_yaml(path)
+    except ValueError as exc:
+        raise ConfigError(f"job_conf {exc}") from None
     return parse(data, str(path))
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data, or a ValueError that names the file and what is wrong."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}") from None
 
 
 def parse(data: Any, where: str = "job_conf") -> Routing:

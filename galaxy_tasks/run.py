@@ -6,20 +6,14 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-import yaml
-
 from galaxy_tasks import context
+from galaxy_tasks.routing import read_yaml
 from galaxy_tasks.spec import SpecError, parse
 from galaxy_tasks.states import TERMINAL, JobState
 
 
 def load_jobs(path: Path) -> list[dict]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML: {exc}") from None
+    data = read_yaml(path)
     jobs = data.get("jobs") if isinstance(data, dict) else None
     if not isinstance(jobs, list):
         raise ValueError(f"{path}: expected a mapping with a 'jobs' list")

@@ -46,6 +46,9 @@ def test_jobs_run_end_to_end_through_workers(deployment):
     assert {j["id"] for j in errors} == {fails, missing, no_output}
     for job_id in (ok, fails, missing, no_output):
         assert is_legal_path(deployment.history(job_id))
+    # the end of a job is reported by the worker's exit watcher, not by a per-job interpreter
+    script = (Path(deployment.job(ok).job_dir) / "job.sh").read_text()
+    assert "python" not in script.lower()
 
 
 def test_wait_exits_zero_when_all_ok_and_job_dir_is_private(deployment):
