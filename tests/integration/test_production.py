@@ -64,7 +64,7 @@ def test_wait_exits_zero_when_all_ok_and_job_dir_is_private(deployment):
 
 def test_steps_and_local_queues_served_by_separate_workers(deployment):
     deployment.worker("galaxy_tasks", "steps@%h")
-    deployment.worker("local", "local@%h")
+    deployment.worker("local", "local@%h", celery_app="galaxy_tasks")  # plain `celery -A galaxy_tasks worker`
     job_id = deployment.submit("echo split", "split")
     [job] = deployment.wait_terminal([job_id])
     assert job.state == "ok"

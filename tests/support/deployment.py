@@ -23,11 +23,16 @@ class Worker:
     """One real `galaxy-tasks worker` process (and its pool), in a process group of its own
     so a test can kill all of it."""
 
-    def __init__(self, env: dict[str, str], log: Path, queues: str | None, name: str, args: list[str]) -> None:
+    def __init__(self, env: dict[str, str], log: Path, queues: str | None, name: str, args: list[str],
+                 celery_app: str | None = None) -> None:
         self.log = log
-        cmd = [sys.executable, "-m", "galaxy_tasks.cli", "worker", "-n", name, "--loglevel", "INFO", *args]
-        if queues:
-            cmd[4:4] = ["--queues", queues]
+        if celery_app:  # plain `celery -A <app> worker -Q <queues>`
+            cmd = [sys.executable, "-m", "celery", "-A", celery_app, "worker", "-Q", queues or "galaxy_tasks,local",
+                   "-n", name, "--loglevel", "INFO", *args]
+        else:
+            cmd = [sys.executable, "-m", "galaxy_tasks.cli", "worker", "-n", name, "--loglevel", "INFO", *args]
+            if queues:
+                cmd[4:4] = ["--queues", queues]
         self.handle = open(log, "ab")
         self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=self.handle, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -80,10 +85,11 @@ class Deployment:
         return subprocess.run([sys.executable, "-m", "galaxy_tasks.cli", *args], env=self.env, cwd=ROOT,
                               capture_output=True, text=True, timeout=timeout, input=input)
 
-    def worker(self, queues: str | None = None, name: str | None = None, *args: str) -> Worker:
+    def worker(self, queues: str | None = None, name: str | None = None, *args: str,
+               celery_app: str | None = None) -> Worker:
         name = name or f"w{len(self.workers) + 1}@%h"
         log = self.tmp / f"worker-{len(self.workers) + 1}.log"
-        worker = Worker(self.env, log, queues, name, list(args) or ["--concurrency", "2"])
+        worker = Worker(self.env, log, queues, name, list(args) or ["--concurrency", "2"], celery_app)
         self.workers.append(worker)
         return worker.wait_ready()
 
