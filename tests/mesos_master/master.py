@@ -16,7 +16,9 @@ state survives `restart()` (as if the agents re-registered with a recovered mast
 
 Faults are injected with Python methods (`fail_task`, `lose_task`, `lose_agent`,
 `pause_agent`, `rescind_offers`, `rescind_next_accept`, `drop_streams`, `restart`), or with
-`POST /control/<method>` (JSON keyword arguments) when `control=True`.
+`POST /control/<method>` (JSON keyword arguments) when `control=True`. Agents can also
+join through `add_agent` (the stand-in mesos-agent in tests/mesos/standins does), and
+`GET /master/state` lists them under "slaves", as a real master does.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ TERMINAL = {
     "TASK_DROPPED", "TASK_GONE", "TASK_GONE_BY_OPERATOR", "TASK_UNKNOWN",
 }
 CONTROL = {
-    "fail_task", "lose_task", "lose_agent", "restore_agent", "pause_agent",
+    "add_agent", "fail_task", "lose_task", "lose_agent", "restore_agent", "pause_agent",
     "rescind_offers", "rescind_next_accept", "drop_streams", "restart",
 }
 
@@ -247,6 +249,15 @@ class FakeMesosMaster:
             except OSError:
                 pass
 
+    # ---- agents joining (the stand-in mesos-agent of tests/mesos/standins) ------------------
+    def add_agent(self, hostname: str, cpus: float = 2.0, mem: float = 1024.0) -> str:
+        """A simulated agent registers (its tasks still run as local processes of this
+        double); returns its id. Removed again with `lose_agent`."""
+        with self._lock:
+            agent = Agent(f"{self.master_id}-S{len(self.agents)}", hostname, float(cpus), float(mem))
+            self.agents[agent.id] = agent
+            return agent.id
+
     # ---- fault injection ----------------------------------------------------------------
     def fail_task(self, task_id: str, message: str = "injected TASK_FAILED") -> None:
         with self._lock:
@@ -351,6 +362,12 @@ class FakeMesosMaster:
                 "removed_frameworks": sorted(self.removed),
                 "agents": [
                     {"id": a.id, "alive": a.alive, "paused": a.paused, "free": a.free()}
+                    for a in self.agents.values()
+                ],
+                # as a real master's /master/state names them
+                "slaves": [
+                    {"id": a.id, "hostname": a.hostname, "active": a.alive,
+                     "resources": {"cpus": a.cpus, "mem": a.mem}}
                     for a in self.agents.values()
                 ],
                 "tasks": [{"id": t.id, "state": t.state, "agent_id": t.agent_id}
