@@ -63,6 +63,10 @@ log = logging.getLogger(__name__)
 #: the DRM's id), so a later submit knows whether it must look for an earlier copy
 SUBMIT_MARKER = "drm_submit"
 
+#: tests only: set to 1, the process exits (code 137, like SIGKILL) right after runJob,
+#: before the marker or the database knows the DRM's id (tests/drmaa/test_drmaa_worker.py)
+CRASH_AFTER_SUBMIT = "GALAXY_TASKS_TEST_CRASH_AFTER_SUBMIT"
+
 # DRMAA 1.0 error codes (drmaa.h)
 _NO_ACTIVE_SESSION = 5
 _INVALID_JOB = 18
@@ -163,6 +167,8 @@ class DrmaaRunner(Runner):
                 return existing
         _write_synced(marker, "submitting\n")
         external_id = self._run_job(launch, native_specification(launch, params), params)
+        if os.environ.get(CRASH_AFTER_SUBMIT) == "1":
+            os._exit(137)  # test hook: die as if SIGKILLed after runJob, before any record of its id
         _write_synced(marker, external_id + "\n", sync=False)  # if lost, the lookup finds it
         self._session.follow(Tracked(launch.job_id, external_id, launch.job_dir), self)
         return external_id
@@ -202,16 +208,15 @@ class DrmaaRunner(Runner):
         for jobs of another session)."""
         if not jobs:
             return
-        for job in jobs:
-            if self.reattached:
-                self._session.follow(job, self)
-            else:
-                self._session.unfollow(job, self)
-        ended = self.status(jobs)
+        ended = self.status(jobs)  # one qstat (and accounting read) for the whole batch
         for job in jobs:
             completion = ended[job.job_id]
-            if completion is not None and self._session.take(job.external_id):
+            if completion is not None:
                 self._emit(completion)
+            elif self.reattached:
+                self._session.follow(job, self)  # one that ends from now on: the session keeps it
+            else:
+                self._session.unfollow(job, self)
 
     def close(self) -> None:
         if not self._closed:

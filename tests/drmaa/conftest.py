@@ -5,14 +5,15 @@ starts, so the test command must export it (ops/sge-up.sh's env.sh does):
 
     GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096 pytest tests/drmaa
 
-The session fixture starts the cell with ops/sge-up.sh when qstat does not answer, and
-loads its env file. A missing prerequisite skips these tests on a developer machine and
-fails them in CI (CI=true): CI must never pass by skipping them.
+The session fixture starts the cell with ops/sge-up.sh when qstat does not answer or no
+execd runs, and loads its env file. A missing prerequisite skips these tests on a developer
+machine and fails them in CI (CI=true): CI must never pass by skipping them.
 """
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -59,7 +60,9 @@ def sge() -> dict[str, str]:
         _unavailable("export GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096 before pytest starts "
                      "(libdrmaa cannot be loaded otherwise)")
     env = _env_file_vars()
-    if not env or not _qstat_works(env):
+    # qmaster answers qstat even when the execd is gone, and then jobs never start
+    execd = subprocess.run(["pgrep", "-x", "sge_execd"], capture_output=True).returncode == 0
+    if not env or not execd or not _qstat_works(env):
         proc = subprocess.run([str(REPO / "ops" / "sge-up.sh")], capture_output=True, text=True, timeout=1500)
         if proc.returncode != 0:
             _unavailable(f"ops/sge-up.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -135,3 +138,130 @@ def runner(sge: dict[str, str], events: Events) -> Iterator[Any]:
     instance = DrmaaRunner({"accounting_flush_s": 2, "wait_timeout_s": 1}, events)
     yield instance
     instance.close()
+
+
+# -- real workers: a DRMAA worker (celery -A workers.drmaa), steps worker, beat --------------
+
+TEST_JOB_CONF = """\
+destinations:
+  local:
+    runner: local
+  sge:
+    runner: drmaa
+    queue: drmaa
+    params: {parallel_environment: smp, accounting_flush_s: 2, wait_timeout_s: 1}
+  sge_rejecting: "drmaa://-l no_such_resource=1/"
+rules:
+  - tool: "drm_*"
+    destination: sge
+  - tool: "rejected_*"
+    destination: sge_rejecting
+default: local
+"""
+
+
+class DrmaaDeployment:
+    """The `deployment` fixture (Redis, PostgreSQL, job dirs, CLI) with the Grid Engine
+    environment and a job_conf, plus DRMAA workers started the documented way."""
+
+    def __init__(self, deployment: Any, sge: dict[str, str], job_conf: Path) -> None:
+        self.d = deployment
+        deployment.env.update(sge)
+        deployment.env["GLIBC_TUNABLES"] = os.environ["GLIBC_TUNABLES"]
+        deployment.env["GALAXY_TASKS_JOB_CONF"] = str(job_conf)
+        self.beats: list[subprocess.Popen] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.d, name)
+
+    def steps_worker(self) -> Any:
+        return self.d.worker("galaxy_tasks,local", f"steps{len(self.d.workers)}@%h")
+
+    def drmaa_worker(self, name: str = "drmaa1", *args: str, env: dict[str, str] | None = None,
+                     ready: bool = True) -> Any:
+        from tests.support.deployment import Worker
+
+        class DrmaaWorker(Worker):
+            def __init__(self, env: dict[str, str], log: Path, name: str, args: list[str]) -> None:
+                self.log = log
+                cmd = [sys.executable, "-m", "celery", "-A", "workers.drmaa", "worker", "-n", f"{name}@%h",
+                       "--loglevel", "INFO", "--without-mingle", "--without-gossip", *args]
+                self.handle = open(log, "ab")
+                self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=self.handle,
+                                             stderr=subprocess.STDOUT, start_new_session=True)
+
+        log = self.d.tmp / f"worker-{len(self.d.workers) + 1}-{name}.log"
+        worker = DrmaaWorker({**self.d.env, **(env or {})}, log, name, list(args))
+        self.d.workers.append(worker)
+        return worker.wait_ready() if ready else worker
+
+    def beat(self) -> subprocess.Popen:
+        log = open(self.d.tmp / "beat.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "galaxy_tasks.cli", "beat", "--loglevel", "INFO",
+                                 "-s", str(self.d.tmp / "beat-schedule")], env=self.d.env, cwd=REPO,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.beats.append(proc)
+        return proc
+
+    def drm_calls(self, name: str = "drmaa1") -> dict[str, int]:
+        """The worker's DRM calls by kind, asked through Celery's remote control."""
+        import socket
+
+        from celery import Celery
+
+        app = Celery(broker=self.d.env["GALAXY_TASKS_BROKER_URL"])
+        app.conf.update(accept_content=["json"], task_serializer="json")
+        node = f"{name}@{socket.gethostname()}"
+        try:
+            for _ in range(3):
+                replies = app.control.broadcast("drmaa_calls", reply=True, destination=[node], timeout=5)
+                for reply in replies:
+                    if node in reply:
+                        return {"runJob": 0, "wait": 0, "control": 0, "qstat": 0, "accounting": 0, **reply[node]}
+        finally:
+            app.close()
+        raise AssertionError(f"{node} did not answer drmaa_calls")
+
+    def wait_state(self, job_id: str, state: str, timeout: float = 60) -> None:
+        self.d.wait_until(lambda: self.d.job(job_id).state == state, timeout, f"{job_id} {state}")
+
+    def drm_jobs(self) -> dict[str, str]:
+        """Grid Engine's jobs of this deployment: DRM id by our job id."""
+        names = {f"gt-{job.id}": job.id for job in self.d.jobs()}
+        out = subprocess.run(["qstat", "-xml"], capture_output=True, text=True, timeout=60).stdout
+        import xml.etree.ElementTree as ET
+
+        found = {}
+        for job in ET.fromstring(out).iter("job_list"):
+            name, number = job.findtext("JB_name"), job.findtext("JB_job_number")
+            if name in names and number:
+                found[names[name]] = number
+        return found
+
+    def close(self) -> None:
+        for proc in self.beats:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 15)
+                proc.wait(timeout=30)
+        leftovers = list(self.drm_jobs().values())
+        if leftovers:
+            subprocess.run(["qdel", *leftovers], capture_output=True, timeout=60)
+
+
+def in_qstat(external_id: str) -> bool:
+    return subprocess.run(["qstat", "-j", external_id], capture_output=True, timeout=60).returncode == 0
+
+
+def in_accounting(external_id: str) -> bool:
+    return subprocess.run(["qacct", "-j", external_id], capture_output=True, timeout=60).returncode == 0
+
+
+@pytest.fixture
+def drmaa_deployment(sge: dict[str, str], deployment: Any, tmp_path: Path) -> Iterator[DrmaaDeployment]:
+    job_conf = tmp_path / "job_conf.yml"
+    job_conf.write_text(TEST_JOB_CONF)
+    made = DrmaaDeployment(deployment, sge, job_conf)
+    try:
+        yield made
+    finally:
+        made.close()

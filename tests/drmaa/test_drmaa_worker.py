@@ -1,0 +1,259 @@
+"""Jobs on the real Grid Engine cell through the whole system: real Redis and PostgreSQL, a
+steps worker, DRMAA workers started the documented way (`celery -A workers.drmaa worker`),
+the CLI; workers are killed and restarted for real."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from galaxy_tasks.jobdir import JobDir
+from galaxy_tasks.model import Job
+from galaxy_tasks.runners.drmaa import CRASH_AFTER_SUBMIT
+from tests.drmaa.conftest import REPO, in_accounting, in_qstat
+
+pytestmark = [pytest.mark.drmaa, pytest.mark.integration]
+
+
+def ledger_command(ledger: Path, before: str) -> str:
+    return f'{before}; echo "$GALAXY_TASKS_JOB_ID" >> {ledger}'
+
+
+def ledger_lines(ledger: Path) -> list[str]:
+    return ledger.read_text().splitlines() if ledger.exists() else []
+
+
+def started(deployment, job_id: str) -> bool:
+    job = deployment.job(job_id)
+    return job.job_dir is not None and JobDir(Path(job.job_dir)).claimed_pid() is not None
+
+
+def test_tools_routed_by_the_example_job_conf_run_on_grid_engine(sge, deployment, tmp_path):
+    """examples/job_conf.yml as shipped: bwa* to sge_big (cores -> -pe smp, memory -> h_vmem,
+    walltime -> h_rt), fastqc to the URL destination `drmaa://-l h_rt=1:00:00/`, the rest local."""
+    from tests.drmaa.conftest import DrmaaDeployment
+
+    grid = DrmaaDeployment(deployment, sge, REPO / "examples" / "job_conf.yml")
+    try:
+        grid.steps_worker()
+        drmaa = grid.drmaa_worker()  # no -Q: every drmaa destination's queue
+        assert "event=drmaa_session" in drmaa.log.read_text() and "reattached=False" in drmaa.log.read_text()
+        bwa = grid.submit('echo "slots=$NSLOTS"; ulimit -v > vmem.txt; echo mapped > out.sam', "bwa_mem",
+                          "--cores", "2", "--memory-mb", "1000", "--walltime-s", "600", "--output", "out.sam")
+        fastqc = grid.submit("echo report", "fastqc")
+        failing = grid.submit("echo broken >&2; exit 3", "bwa_aln")
+        local = grid.submit("echo here", "cat1")
+        result = grid.cli("wait", bwa, fastqc, failing, local, "--timeout", "120")
+        assert result.returncode == 1, result.stdout + result.stderr  # one job fails
+
+        status = json.loads(grid.cli("status", bwa, "--json").stdout)
+        assert (status["state"], status["exit_code"], status["destination"]) == ("ok", 0, "sge_big")
+        assert status["external_id"].isdigit() and status["stdout"] == "slots=2\n"
+        assert status["wall_time_s"] is not None and status["max_rss_kb"] > 0
+        assert [h["to"] for h in status["history"]] == ["new", "queued", "submitting", "running", "ok"]
+        # h_vmem is per slot: 1000 MB / 2 cores = 500M a slot, 1000 MB for the job
+        assert (Path(status["job_dir"]) / "working" / "vmem.txt").read_text().strip() == str(1000 * 1024)
+
+        job = grid.job(fastqc)
+        assert (job.state, job.destination, job.stdout_tail) == ("ok", "sge_short", "report\n")
+        assert job.external_id.isdigit()
+        job = grid.job(failing)
+        assert (job.state, job.exit_code, job.destination) == ("error", 3, "sge_big")
+        assert job.stderr_tail == "broken\n" and job.reason == "exit code 3"
+        job = grid.job(local)
+        assert (job.state, job.destination) == ("ok", "local") and ":" in job.external_id
+        calls = grid.drm_calls()
+        assert calls["runJob"] == 3 and calls["qstat"] == 0 and calls["accounting"] == 0
+    finally:
+        grid.close()
+
+
+def test_walltime_kill_and_an_abort_from_outside(drmaa_deployment):
+    grid = drmaa_deployment
+    grid.steps_worker()
+    grid.drmaa_worker()
+    overrun = grid.submit("sleep 60", "drm_overrun", "--walltime-s", "2")
+    aborted = grid.submit("sleep 120", "drm_aborted")
+    grid.wait_until(lambda: started(grid, aborted), 60, "the job started on Grid Engine")
+    subprocess.run(["qdel", grid.job(aborted).external_id], check=True, capture_output=True, timeout=60)
+    jobs = {job.id: job for job in grid.wait_terminal([overrun, aborted], timeout=90)}
+    assert (jobs[overrun].state, jobs[overrun].signal, jobs[overrun].exit_code) == ("error", 9, None)
+    assert jobs[overrun].reason == "killed by signal SIGKILL"
+    assert jobs[aborted].state == "error" and jobs[aborted].reason.startswith("aborted")
+    assert jobs[aborted].exit_code is None
+
+
+def test_cancel_ends_deleted_and_terminates_the_grid_engine_job(drmaa_deployment):
+    grid = drmaa_deployment
+    grid.steps_worker()
+    grid.drmaa_worker()
+    job_id = grid.submit("sleep 300", "drm_sleeper")
+    grid.wait_until(lambda: started(grid, job_id), 60, "the job started on Grid Engine")
+    external_id = grid.job(job_id).external_id
+    assert in_qstat(external_id)
+    result = grid.cli("cancel", job_id)
+    assert result.returncode == 0 and "cancelled (was running)" in result.stdout
+    assert grid.job(job_id).state == "deleted"
+    grid.wait_until(lambda: not in_qstat(external_id), 30, "qstat no longer to show the job")
+    grid.wait_until(lambda: in_accounting(external_id), 30, "the job's accounting record")
+    time.sleep(2)  # the wait-any event of the terminated job must not change the state
+    assert grid.job(job_id).state == "deleted" and grid.history(job_id)[-1].value == "deleted"
+    assert grid.drm_calls()["control"] == 1
+
+
+def test_rejected_native_specification_fails_that_job_and_the_worker_serves_on(drmaa_deployment):
+    grid = drmaa_deployment
+    grid.steps_worker()
+    worker = grid.drmaa_worker()
+    rejected = grid.submit("true", "rejected_tool")
+    [job] = grid.wait_terminal([rejected])
+    assert job.state == "error" and job.external_id is None
+    assert 'unknown resource "no_such_resource"' in job.reason and "Grid Engine refused" in job.reason
+    following = grid.submit("echo next", "drm_next")
+    [job] = grid.wait_terminal([following])
+    assert (job.state, job.stdout_tail) == ("ok", "next\n")
+    assert worker.proc.poll() is None
+    assert grid.drm_calls()["runJob"] == 2  # a refusal that no retry cures is not retried
+
+
+def test_worker_killed_between_runjob_and_the_database_write_runs_the_job_once(drmaa_deployment, tmp_path):
+    """The DRMAA worker dies right after Grid Engine accepted the job, before the job's id
+    is written anywhere (GALAXY_TASKS_TEST_CRASH_AFTER_SUBMIT). The job stays SUBMITTING;
+    once the launch lease has passed, reconciliation launches it again on the restarted
+    worker, which finds the job Grid Engine already has by its name and adopts it."""
+    grid = drmaa_deployment
+    grid.env.update(GALAXY_TASKS_RECONCILE_INTERVAL="1", GALAXY_TASKS_CHECK_AFTER="1",
+                    GALAXY_TASKS_CHECK_AFTER_MAX="2")
+    ledger = tmp_path / "ledger"
+    grid.steps_worker()
+    crashing = grid.drmaa_worker(env={CRASH_AFTER_SUBMIT: "1"})
+    job_id = grid.submit(ledger_command(ledger, "sleep 4"), "drm_once")
+    assert crashing.proc.wait(timeout=60) == 137
+    job = grid.job(job_id)
+    assert (job.state, job.external_id) == ("submitting", None)
+    assert (Path(job.job_dir) / "drm_submit").read_text() == "submitting\n"
+    [external_id] = grid.drm_jobs().values()  # Grid Engine has it all the same
+    grid.drmaa_worker()  # the same node name: re-attaches to the crashed worker's session
+    # the launch lease (GALAXY_TASKS_LAUNCH_LEASE, 60 s) passes at once: move the claim back
+    with Session(grid.engine) as session, session.begin():
+        session.execute(update(Job).where(Job.id == job_id).values(
+            updated_at=job.updated_at - timedelta(seconds=120)))
+    grid.beat()
+    [job] = grid.wait_terminal([job_id], timeout=120)
+    assert (job.state, job.exit_code, job.external_id) == ("ok", 0, external_id)
+    assert ledger_lines(ledger) == [job_id]
+    assert grid.drm_calls()["runJob"] == 0  # adopted, not submitted again
+    assert "launch_takeover" in grid.logs()
+    time.sleep(2)
+    assert ledger_lines(ledger) == [job_id] and not grid.drm_jobs()
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_restarted_worker_reattaches_and_follows_the_running_job(drmaa_deployment, tmp_path, how):
+    grid = drmaa_deployment
+    ledger = tmp_path / "ledger"
+    grid.steps_worker()
+    first = grid.drmaa_worker()
+    job_id = grid.submit(ledger_command(ledger, "sleep 6"), "drm_long")
+    grid.wait_until(lambda: started(grid, job_id), 60, "the job started on Grid Engine")
+    grid.wait_state(job_id, "running")
+    contact = (grid.tmp / "home" / "drmaa").glob("drmaa1@*.contact").__next__().read_text().strip()
+    first.kill(how)
+    assert grid.job(job_id).state == "running" and JobDir(Path(grid.job(job_id).job_dir)).recorded_exit_code() is None
+    second = grid.drmaa_worker()
+    log = second.log.read_text()
+    assert f'contact="{contact}"' in log and "reattached=True" in log
+    assert "event=recovered_jobs destination=sge jobs=1" in log
+    [job] = grid.wait_terminal([job_id], timeout=60)
+    assert (job.state, job.exit_code) == ("ok", 0) and job.wall_time_s is not None
+    assert ledger_lines(ledger) == [job_id]
+    calls = grid.drm_calls()
+    assert calls["runJob"] == 0 and calls["qstat"] == 1 and calls["accounting"] == 0  # still running: wait-any
+
+
+def test_jobs_that_ended_while_no_worker_ran_are_finished_from_accounting(drmaa_deployment, tmp_path):
+    grid = drmaa_deployment
+    ledger = tmp_path / "ledger"
+    grid.steps_worker()
+    first = grid.drmaa_worker()
+    exits = grid.submit(ledger_command(ledger, "sleep 3") + "; exit 4", "drm_exits")
+    killed = grid.submit("sleep 3; kill -KILL $PPID", "drm_killed")  # no exit_code file: only the DRM knows
+    for job_id in (exits, killed):
+        grid.wait_until(lambda: started(grid, job_id), 60, "the jobs started on Grid Engine")
+        grid.wait_state(job_id, "running")
+    ids = {job_id: grid.job(job_id).external_id for job_id in (exits, killed)}
+    first.kill(signal.SIGKILL)
+    for external_id in ids.values():
+        grid.wait_until(lambda: not in_qstat(external_id) and in_accounting(external_id), 60,
+                        "the job's end in the accounting file")
+    assert {grid.job(job_id).state for job_id in ids} == {"running"}
+    grid.drmaa_worker()
+    jobs = {job.id: job for job in grid.wait_terminal(list(ids), timeout=30)}
+    assert (jobs[exits].state, jobs[exits].exit_code, jobs[exits].reason) == ("error", 4, "exit code 4")
+    assert jobs[exits].wall_time_s >= 3 and jobs[exits].max_rss_kb > 0
+    assert (jobs[killed].state, jobs[killed].signal, jobs[killed].exit_code) == ("error", 9, None)
+    assert "killed by signal SIGKILL" in jobs[killed].reason
+    assert ledger_lines(ledger) == [exits]
+    calls = grid.drm_calls()
+    assert calls["runJob"] == 0 and calls["qstat"] == 1 and calls["accounting"] <= 2  # one batch
+
+
+def test_reconciliation_asks_grid_engine_about_overdue_jobs_in_one_batch(drmaa_deployment):
+    """Completion events are lost (no steps worker while they are sent, then the broker's
+    queue is emptied); reconciliation asks Grid Engine about all overdue drmaa jobs with one
+    qstat and one read of the accounting file per batch, and finishes the ended ones."""
+    import redis
+
+    grid = drmaa_deployment
+    grid.env.update(GALAXY_TASKS_RECONCILE_INTERVAL="1", GALAXY_TASKS_CHECK_AFTER="2",
+                    GALAXY_TASKS_CHECK_AFTER_MAX="4")
+    steps = grid.steps_worker()
+    grid.drmaa_worker()
+    quick = [grid.submit(f"sleep 4; echo {i}", "drm_quick") for i in range(3)]
+    slow = [grid.submit("sleep 300", "drm_slow") for _ in range(2)]
+    for job_id in quick + slow:
+        grid.wait_state(job_id, "running")
+    steps.stop()
+    broker = redis.Redis.from_url(grid.env["GALAXY_TASKS_BROKER_URL"])
+    grid.wait_until(lambda: broker.llen("galaxy_tasks") >= 3, 60, "three completion events on the queue")
+    broker.delete("galaxy_tasks")  # lost
+    assert {grid.job(job_id).state for job_id in quick} == {"running"}
+    before = grid.drm_calls()
+    grid.steps_worker()
+    beat = grid.beat()
+    jobs = grid.wait_terminal(quick, timeout=60)
+    assert [(job.state, job.exit_code, job.stdout_tail) for job in jobs] == [("ok", 0, f"{i}\n") for i in range(3)]
+    assert all(job.wall_time_s is not None and job.max_rss_kb > 0 for job in jobs)
+    beat.terminate()
+    beat.wait(timeout=30)
+    time.sleep(2)  # checks already sent are done
+    checks = [line for line in grid.logs().splitlines() if "event=reconcile_check destination=sge" in line]
+    assert checks and "asked=5 ended=3" in checks[0], checks
+    after = grid.drm_calls()
+    batches = len(checks)
+    assert after["qstat"] - before["qstat"] == batches  # one qstat per batch, whatever its size
+    assert after["accounting"] - before["accounting"] <= 2 * batches
+    assert after["runJob"] == before["runJob"] == 5
+    assert {grid.job(job_id).state for job_id in slow} == {"running"}
+
+
+def test_the_drmaa_worker_never_forks(drmaa_deployment):
+    """A DRMAA session does not survive fork(): `--pool prefork` is served by threads (the
+    pool workers.drmaa configures), and a forking or green pool set otherwise is refused."""
+    from types import SimpleNamespace
+
+    import workers.drmaa
+
+    grid = drmaa_deployment
+    worker = grid.drmaa_worker("forkless", "--pool", "prefork", "--concurrency", "3")
+    assert "concurrency: 3 (thread)" in worker.log.read_text()
+    for pool in ("prefork", "processes", "eventlet", "gevent"):
+        with pytest.raises(SystemExit, match=f"the {pool if pool != 'processes' else 'prefork'} pool is refused"):
+            workers.drmaa.open_session(SimpleNamespace(pool_cls=pool))

@@ -1,0 +1,120 @@
+"""The DRMAA worker: a Celery worker whose process holds one DRMAA session.
+
+    celery -A workers.drmaa worker -n drmaa1@%h [-Q drmaa,drmaa.sge_big] [--concurrency 4]
+
+- Pool: threads (the default here) or solo. A DRMAA session does not survive fork(), so
+  prefork, and the green pools that a blocking C call would stall, are refused.
+- Queues: without `-Q`, the queues of every drmaa destination of the job_conf.
+- The session is opened when the worker starts (`worker_init`, before any message is
+  taken) and its contact is kept in `$GALAXY_TASKS_HOME/drmaa/<node name>.contact`. A
+  worker restarted under the same node name (`-n`) re-attaches to that session and follows
+  its running jobs by wait-any again; jobs that ended while no worker was attached are
+  finished from Grid Engine's accounting (`recover` at `worker_ready`, in tasks.py).
+- The session is closed on shutdown (tasks.py's `worker_shutdown`); jobs keep running.
+- `celery -A workers.drmaa inspect drmaa_calls` shows the process's DRM calls by kind.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from celery import concurrency, signals
+from celery.worker.control import inspect_command
+
+from galaxy_tasks import context, tasks
+from galaxy_tasks.celery import app
+from galaxy_tasks.logs import event
+from galaxy_tasks.runners.drmaa import DrmaaRunner
+
+__all__ = ["app"]
+
+log = logging.getLogger("galaxy_tasks.workers.drmaa")
+
+#: pools whose tasks run in the process that opened the session
+POOLS = {"threads": "celery.concurrency.thread", "solo": "celery.concurrency.solo"}
+
+app.conf.worker_pool = "threads"
+
+_runners: dict[str, DrmaaRunner] = {}
+
+
+def drmaa_queues() -> dict[str, list[str]]:
+    """The drmaa destinations of the job_conf, by queue."""
+    found: dict[str, list[str]] = {}
+    for name, destination in context.current().routing.destinations.items():
+        if destination.runner == "drmaa":
+            found.setdefault(destination.queue, []).append(name)
+    return found
+
+
+def contact_file(home: Path, nodename: str) -> Path:
+    return home / "drmaa" / (re.sub(r"[^A-Za-z0-9@._-]", "_", nodename) + ".contact")
+
+
+@signals.celeryd_init.connect
+def default_queues(options: dict | None = None, instance: Any = None, **_: Any) -> None:
+    """Without -Q, serve the queue of every drmaa destination (not Celery's default queue)."""
+    if not (options or {}).get("queues"):
+        known = drmaa_queues()
+        if not known:
+            raise SystemExit("workers.drmaa: the job_conf (GALAXY_TASKS_JOB_CONF) has no drmaa destination")
+        instance.app.amqp.queues.select(sorted(known))
+
+
+@signals.worker_init.connect
+def open_session(sender: Any = None, **_: Any) -> None:
+    """Check the pool and the queues, then open the session (or re-attach to it)."""
+    pool = sender.pool_cls
+    module = (concurrency.ALIASES.get(pool) or pool).split(":")[0] if isinstance(pool, str) else pool.__module__
+    if module not in POOLS.values():
+        name = next((alias for alias, path in concurrency.ALIASES.items()
+                     if (path or "").startswith(module + ":")), module)
+        raise SystemExit(f"workers.drmaa: the {name} pool is refused: a DRMAA session does not survive fork() "
+                         f"and blocks green threads; use --pool threads (the default) or --pool solo")
+    known = drmaa_queues()
+    queues = sender.app.amqp.queues
+    served = [name for queue in sorted(queues.consume_from) for name in known.get(queue, [])]
+    if not served:
+        raise SystemExit(f"workers.drmaa: -Q {','.join(sorted(queues.consume_from))} names no drmaa destination's "
+                         f"queue (known: {', '.join(sorted(known)) or 'none'})")
+    path = contact_file(context.current().settings.home, sender.hostname)
+    tasks.add_runner_params("drmaa", contact_file=str(path))
+    try:
+        for name in served:
+            runner = tasks.runner_for(name)
+            assert isinstance(runner, DrmaaRunner)
+            _runners[name] = runner
+    except Exception as exc:  # a signal handler's Exception would only be logged: stop here
+        raise SystemExit(f"workers.drmaa: cannot open the DRMAA session: {exc}") from exc
+
+
+@signals.worker_ready.connect
+def log_session(**_: Any) -> None:
+    """(Logging is set up after worker_init.)"""
+    for runner in _runners.values():
+        event(log, "drmaa_session", contact=runner.contact, reattached=runner.reattached,
+              contact_file=runner.params.get("contact_file"), destinations=",".join(_runners))
+        return
+
+
+@signals.worker_shutdown.connect
+def log_calls(**_: Any) -> None:
+    """tasks.py closes the runners, and with the last of them the session; say what it cost."""
+    if _runners:
+        event(log, "drmaa_session_closed", **calls())
+        _runners.clear()
+
+
+def calls() -> dict[str, int]:
+    """DRM calls of this process by kind (one session: every runner shares the counter)."""
+    for runner in _runners.values():
+        return dict(runner.calls)
+    return {}
+
+
+@inspect_command()
+def drmaa_calls(state: Any, **_: Any) -> dict[str, int]:
+    """DRM calls of this worker process by kind: runJob, wait, control, qstat, accounting."""
+    return calls()
