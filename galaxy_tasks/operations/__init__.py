@@ -36,10 +36,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(handler=_stats)
 
-    health = sub.add_parser("health", help="ping one worker; exit 0 if it answers (for health checks)")
-    health.add_argument("--node", "-n", required=True, help="the worker's node name, as given to -n (steps@%%h)")
-    health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply")
-    health.add_argument("--quiet", "-q", action="store_true")
+    from galaxy_tasks.operations.health import parser as health_parser
+
+    health = sub.add_parser("health", parents=[health_parser()], add_help=False,
+                            help="ping one worker; exit 0 if it answers (for health checks)")
     health.set_defaults(handler=_health)
 
 
@@ -79,10 +79,6 @@ def _stats(args: argparse.Namespace, _extra: list[str]) -> int:
 
 
 def _health(args: argparse.Namespace, _extra: list[str]) -> int:
-    from galaxy_tasks.operations.health import node_name, ping
+    from galaxy_tasks.operations.health import main
 
-    result = ping(node_name(args.node), args.timeout)
-    if not args.quiet or not result.ok:
-        print(f"{result.node}: {result.detail} ({result.seconds * 1000:.0f} ms)",
-              file=sys.stdout if result.ok else sys.stderr)
-    return 0 if result.ok else 1
+    return main(["--node", args.node, "--timeout", str(args.timeout), *(["--quiet"] if args.quiet else [])])

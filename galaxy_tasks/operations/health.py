@@ -61,17 +61,23 @@ def ping(node: str, timeout: float = 5.0) -> Health:
     return Health(node, False, seconds, f"no reply within {timeout:g} s")
 
 
+def parser():  # noqa: ANN201 - argparse.ArgumentParser, imported here to keep start-up light
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m galaxy_tasks.operations.health",
+                                     description="ping one worker; exit 0 if it answers")
+    parser.add_argument("--node", "-n", required=True, help="the worker's node name, as given to -n (steps@%%h)")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply")
+    parser.add_argument("--quiet", "-q", action="store_true")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m galaxy_tasks.operations.health --node NAME`: the same check as
     `galaxy-tasks health`, without loading the rest of the command line (half the CPU)."""
-    import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m galaxy_tasks.operations.health", description=__doc__)
-    parser.add_argument("--node", "-n", required=True)
-    parser.add_argument("--timeout", type=float, default=5.0)
-    parser.add_argument("--quiet", "-q", action="store_true")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     result = ping(node_name(args.node), args.timeout)
     if not args.quiet or not result.ok:
         print(f"{result.node}: {result.detail} ({result.seconds * 1000:.0f} ms)",
