@@ -10,8 +10,9 @@ tells pymesos the API level. N simulated agents run command tasks as local proce
 acknowledged; unacknowledged ones are resent, one update in flight per task, like the
 agent's status update manager.
 
-What it simplifies: one offer per agent holding all of its free cpus/mem; decline filters
-are per (framework, agent); frameworks are never partition-aware unless they say so;
+What it simplifies: one offer per agent holding all of its free cpus/mem; a filter (from
+DECLINE, or ACCEPT for what it left unused) is per (framework, agent) and, as in Mesos,
+holds back only offers no larger than the resources it refused; frameworks are never partition-aware unless they say so;
 state survives `restart()` (as if the agents re-registered with a recovered master).
 
 Faults are injected with Python methods (`fail_task`, `lose_task`, `lose_agent`,
@@ -79,7 +80,8 @@ class Framework:
     info: dict[str, Any]
     stream: Stream | None = None
     suppressed: bool = False
-    filters: dict[str, float] = field(default_factory=dict)  # agent id -> refused until
+    # agent id -> (refused until, cpus, mem): offers within those resources are held back
+    filters: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     disconnected_at: float | None = None
 
     @property
@@ -458,7 +460,7 @@ class FakeMesosMaster:
                 cpus -= _resource(info, "cpus")
                 mem -= _resource(info, "mem")
         if valid and agent_id:
-            self._refuse(fw, agent_id, accept.get("filters"))
+            self._refuse(fw, agent_id, accept.get("filters"), max(cpus, 0.0), max(mem, 0.0))
 
     def _launch(self, fw: Framework, info: dict[str, Any], agent_id: str | None,
                 cpus: float, mem: float) -> None:
@@ -491,11 +493,17 @@ class FakeMesosMaster:
         for oid in decline.get("offer_ids", []):
             offer = self.offers.pop(oid["value"], None)
             if offer is not None and offer.framework_id == fw.id:
-                self._refuse(fw, offer.agent_id, decline.get("filters"))
+                self._refuse(fw, offer.agent_id, decline.get("filters"), offer.cpus, offer.mem)
 
-    def _refuse(self, fw: Framework, agent_id: str, filters: dict[str, Any] | None) -> None:
+    def _refuse(self, fw: Framework, agent_id: str, filters: dict[str, Any] | None,
+                cpus: float, mem: float) -> None:
         seconds = (filters or {}).get("refuse_seconds", self.default_refuse_s)
-        fw.filters[agent_id] = time.time() + float(seconds)
+        fw.filters[agent_id] = (time.time() + float(seconds), cpus, mem)
+
+    @staticmethod
+    def _filtered(fw: Framework, agent_id: str, cpus: float, mem: float, now: float) -> bool:
+        until, f_cpus, f_mem = fw.filters.get(agent_id, (0.0, 0.0, 0.0))
+        return until > now and cpus <= f_cpus + 1e-9 and mem <= f_mem + 1e-9
 
     def _call_suppress(self, fw: Framework, _: dict[str, Any]) -> None:
         fw.suppressed = True
@@ -714,7 +722,7 @@ class FakeMesosMaster:
             for agent in self.agents.values():
                 cpus, mem = agent.free()
                 if (not agent.alive or agent.id in offered or cpus < 0.01 or mem < 1
-                        or fw.filters.get(agent.id, 0.0) > now):
+                        or self._filtered(fw, agent.id, cpus, mem, now)):
                     continue
                 offer = Offer(str(uuid.uuid4()), fw.id, agent.id, cpus, mem)
                 self.offers[offer.id] = offer
