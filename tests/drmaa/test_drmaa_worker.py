@@ -30,6 +30,11 @@ def ledger_lines(ledger: Path) -> list[str]:
     return ledger.read_text().splitlines() if ledger.exists() else []
 
 
+def gated(gate: Path, then: str = "true") -> str:
+    """A command that runs until the test opens the gate (creates the file), then `then`."""
+    return f"until [ -e {gate} ]; do sleep 0.2; done; {then}"
+
+
 def started(deployment, job_id: str) -> bool:
     job = deployment.job(job_id)
     return job.job_dir is not None and JobDir(Path(job.job_dir)).claimed_pid() is not None
@@ -161,16 +166,20 @@ def test_restarted_worker_reattaches_and_follows_the_running_job(drmaa_deploymen
     ledger = tmp_path / "ledger"
     grid.steps_worker()
     first = grid.drmaa_worker()
-    job_id = grid.submit(ledger_command(ledger, "sleep 6"), "drm_long")
+    gate = tmp_path / "gate"
+    job_id = grid.submit(ledger_command(ledger, gated(gate)), "drm_long")
     grid.wait_until(lambda: started(grid, job_id), 60, "the job started on Grid Engine")
     grid.wait_state(job_id, "running")
     contact = (grid.tmp / "home" / "drmaa").glob("drmaa1@*.contact").__next__().read_text().strip()
     first.kill(how)
+    if how == signal.SIGTERM:  # a warm shutdown closes the session; the contact stays valid
+        assert "event=drmaa_session_closed" in first.log.read_text()
     assert grid.job(job_id).state == "running" and JobDir(Path(grid.job(job_id).job_dir)).recorded_exit_code() is None
     second = grid.drmaa_worker()
     log = second.log.read_text()
     assert f'contact="{contact}"' in log and "reattached=True" in log
     assert "event=recovered_jobs destination=sge jobs=1" in log
+    gate.touch()  # the job ends now, followed by the new worker's wait-any
     [job] = grid.wait_terminal([job_id], timeout=60)
     assert (job.state, job.exit_code) == ("ok", 0) and job.wall_time_s is not None
     assert ledger_lines(ledger) == [job_id]
@@ -183,13 +192,15 @@ def test_jobs_that_ended_while_no_worker_ran_are_finished_from_accounting(drmaa_
     ledger = tmp_path / "ledger"
     grid.steps_worker()
     first = grid.drmaa_worker()
-    exits = grid.submit(ledger_command(ledger, "sleep 3") + "; exit 4", "drm_exits")
-    killed = grid.submit("sleep 3; kill -KILL $PPID", "drm_killed")  # no exit_code file: only the DRM knows
+    gate = tmp_path / "gate"
+    exits = grid.submit(ledger_command(ledger, gated(gate, "sleep 3")) + "; exit 4", "drm_exits")
+    killed = grid.submit(gated(gate, "kill -KILL $PPID"), "drm_killed")  # no exit_code file: only the DRM knows
     for job_id in (exits, killed):
         grid.wait_until(lambda: started(grid, job_id), 60, "the jobs started on Grid Engine")
         grid.wait_state(job_id, "running")
     ids = {job_id: grid.job(job_id).external_id for job_id in (exits, killed)}
     first.kill(signal.SIGKILL)
+    gate.touch()
     for external_id in ids.values():
         grid.wait_until(lambda: not in_qstat(external_id) and in_accounting(external_id), 60,
                         "the job's end in the accounting file")
@@ -205,7 +216,7 @@ def test_jobs_that_ended_while_no_worker_ran_are_finished_from_accounting(drmaa_
     assert calls["runJob"] == 0 and calls["qstat"] == 1 and calls["accounting"] <= 2  # one batch
 
 
-def test_reconciliation_asks_grid_engine_about_overdue_jobs_in_one_batch(drmaa_deployment):
+def test_reconciliation_asks_grid_engine_about_overdue_jobs_in_one_batch(drmaa_deployment, tmp_path):
     """Completion events are lost (no steps worker while they are sent, then the broker's
     queue is emptied); reconciliation asks Grid Engine about all overdue drmaa jobs with one
     qstat and one read of the accounting file per batch, and finishes the ended ones."""
@@ -216,11 +227,13 @@ def test_reconciliation_asks_grid_engine_about_overdue_jobs_in_one_batch(drmaa_d
                     GALAXY_TASKS_CHECK_AFTER_MAX="4")
     steps = grid.steps_worker()
     grid.drmaa_worker()
-    quick = [grid.submit(f"sleep 4; echo {i}", "drm_quick") for i in range(3)]
+    gate = tmp_path / "gate"
+    quick = [grid.submit(gated(gate, f"echo {i}"), "drm_quick") for i in range(3)]
     slow = [grid.submit("sleep 300", "drm_slow") for _ in range(2)]
     for job_id in quick + slow:
         grid.wait_state(job_id, "running")
     steps.stop()
+    gate.touch()  # the quick jobs end while no steps worker takes their completion events
     broker = redis.Redis.from_url(grid.env["GALAXY_TASKS_BROKER_URL"])
     grid.wait_until(lambda: broker.llen("galaxy_tasks") >= 3, 60, "three completion events on the queue")
     broker.delete("galaxy_tasks")  # lost
@@ -246,14 +259,10 @@ def test_reconciliation_asks_grid_engine_about_overdue_jobs_in_one_batch(drmaa_d
 
 def test_the_drmaa_worker_never_forks(drmaa_deployment):
     """A DRMAA session does not survive fork(): `--pool prefork` is served by threads (the
-    pool workers.drmaa configures), and a forking or green pool set otherwise is refused."""
-    from types import SimpleNamespace
-
-    import workers.drmaa
-
+    pool workers.drmaa configures), and a forking pool asked for otherwise is refused."""
     grid = drmaa_deployment
     worker = grid.drmaa_worker("forkless", "--pool", "prefork", "--concurrency", "3")
     assert "concurrency: 3 (thread)" in worker.log.read_text()
-    for pool in ("prefork", "processes", "eventlet", "gevent"):
-        with pytest.raises(SystemExit, match=f"the {pool if pool != 'processes' else 'prefork'} pool is refused"):
-            workers.drmaa.open_session(SimpleNamespace(pool_cls=pool))
+    refused = grid.drmaa_worker("forking", "--pool", "processes", ready=False)
+    assert refused.proc.wait(timeout=60) != 0
+    assert "the prefork pool is refused" in refused.log.read_text()
