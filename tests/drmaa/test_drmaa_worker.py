@@ -139,7 +139,8 @@ def test_worker_killed_between_runjob_and_the_database_write_runs_the_job_once(d
     ledger = tmp_path / "ledger"
     grid.steps_worker()
     crashing = grid.drmaa_worker(env={CRASH_AFTER_SUBMIT: "1"})
-    job_id = grid.submit(ledger_command(ledger, "sleep 4"), "drm_once")
+    gate = tmp_path / "gate"
+    job_id = grid.submit(ledger_command(ledger, gated(gate)), "drm_once")
     assert crashing.proc.wait(timeout=60) == 137
     job = grid.job(job_id)
     assert (job.state, job.external_id) == ("submitting", None)
@@ -151,7 +152,10 @@ def test_worker_killed_between_runjob_and_the_database_write_runs_the_job_once(d
         session.execute(update(Job).where(Job.id == job_id).values(
             updated_at=job.updated_at - timedelta(seconds=120)))
     grid.beat()
-    [job] = grid.wait_terminal([job_id], timeout=120)
+    grid.wait_until(lambda: grid.job(job_id).state == "running", 120, "the launch taken over")
+    assert grid.job(job_id).external_id == external_id  # found by its name in qstat
+    gate.touch()
+    [job] = grid.wait_terminal([job_id], timeout=60)
     assert (job.state, job.exit_code, job.external_id) == ("ok", 0, external_id)
     assert ledger_lines(ledger) == [job_id]
     assert grid.drm_calls()["runJob"] == 0  # adopted, not submitted again
