@@ -3,13 +3,12 @@ the real Redis and PostgreSQL, driven by the CLI, its pymesos framework talking 
 Mesos master TEST DOUBLE (in this process, 127.0.0.1, 2 simulated agents)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -298,3 +297,20 @@ def test_worker_refuses_a_forking_pool_and_queues_without_mesos(mesos, args, mes
     assert worker.proc.wait(timeout=60) != 0
     assert message in worker.log.read_text()
     assert mesos.master.subscriptions == []
+
+
+def test_worker_exits_1_when_the_master_stays_unreachable(mesos):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    conf = mesos.d.tmp / "unreachable.yml"
+    conf.write_text(textwrap.dedent(f"""
+        destinations:
+          mesos:
+            runner: mesos
+            params: {{master: "127.0.0.1:{port}", connect_timeout_s: 2, register_timeout_s: 1}}
+        """))
+    mesos.d.env["GALAXY_TASKS_JOB_CONF"] = str(conf)
+    worker = mesos.mesos_worker(wait=False)
+    assert worker.proc.wait(timeout=60) == 1  # for its supervisor to restart it
+    assert "event=mesos_driver_died" in worker.log.read_text()
