@@ -22,9 +22,10 @@ directory there (job.sh, as every galaxy-tasks job), whose command runs this scr
 - an agent member waits for `<dir>/master.address`, then replaces itself with `--agent-cmd`.
 
 `up` waits for the address and for the agents to show as active in the master's
-`/master/state`, and prints the address. A second `up` on a running cluster prints it
-again; after `down` (or when every member has ended) it starts a new cluster in the same
-directory. DRM jobs are named `gt-<name>-master`, `gt-<name>-agent<i>` (`--name`, default
+`/master/state`, and prints the address; if they do not come up within `--timeout`, it
+cancels what it submitted and exits non-zero. A second `up` on a running cluster prints the
+address again; after `down` (or when every member has ended) it starts a new cluster in the
+same directory. DRM jobs are named `gt-<name>-master`, `gt-<name>-agent<i>` (`--name`, default
 `mesos-<basename of dir>`).
 
 Placeholders in the commands: {ip} {host} {port} (the member's own; for an agent a free
@@ -130,12 +131,14 @@ def up(args: argparse.Namespace) -> int:
             lock.notify_all()
 
     runner = drm_runner(report)
+    fresh = False
     try:
         cluster = load(directory)
         states = active_members(runner, cluster)
         if cluster and any(state is None for state in states.values()):
             log(f"cluster {cluster['name']} is already up ({len(states)} members); not submitting again")
         else:
+            fresh = True
             cluster = new_cluster(args, directory)
             env = {"PATH": os.environ.get("PATH", jobdir.DEFAULT_PATH), **dict(args.env)}
             for member in cluster["members"]:
@@ -157,6 +160,11 @@ def up(args: argparse.Namespace) -> int:
         address = wait_for_master(directory, cluster, ended, lock, args.timeout)
         wait_for_agents(address, len([m for m in cluster["members"] if m["role"] == "agent"]),
                         cluster, ended, lock, args.timeout)
+    except BaseException:
+        if fresh:  # leave no half-made cluster behind (the job directories stay, for their logs)
+            log("cancelling what this run submitted")
+            cancel_all(runner, cluster, args.timeout)
+        raise
     finally:
         runner.close()  # the DRMAA session ends; the cluster's jobs do not
     print(address, flush=True)
@@ -260,20 +268,25 @@ def down(args: argparse.Namespace) -> int:
         return 0
     runner = drm_runner()
     try:
-        members = [m for m in reversed(cluster["members"]) if m.get("external_id")]  # agents first
-        for member in members:
-            runner.cancel(tracked(member))
-            log(f"cancelled {member['role']} {member['index']} (DRM job {member['external_id']})")
-        deadline = time.monotonic() + args.timeout
-        while any(state is None for state in active_members(runner, cluster).values()):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"mesos-on-drm: members still listed by the DRM after {args.timeout:.0f} s")
-            time.sleep(1)
+        cancel_all(runner, cluster, args.timeout)
     finally:
         runner.close()
-    (directory / ADDRESS).unlink(missing_ok=True)
     log(f"cluster {cluster['name']} is down")
     return 0
+
+
+def cancel_all(runner: Any, cluster: dict[str, Any], timeout: float) -> None:
+    """Cancel every submitted member, agents first, and wait until the DRM lists none."""
+    for member in [m for m in reversed(cluster["members"]) if m.get("external_id")]:
+        runner.cancel(tracked(member))
+        log(f"cancelled {member['role']} {member['index']} (DRM job {member['external_id']})")
+    deadline = time.monotonic() + timeout
+    while any(state is None for state in active_members(runner, cluster).values()):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"mesos-on-drm: members still listed by the DRM after {timeout:.0f} s")
+        time.sleep(1)  # a bounded wait for the DRM to finish killing them
+    directory = Path(cluster["members"][0]["job_dir"]).parent
+    (directory / ADDRESS).unlink(missing_ok=True)
 
 
 # -- on the execution host ----------------------------------------------------------------

@@ -171,6 +171,5 @@ def test_a_master_that_fails_to_start_is_reported_with_its_stderr(launcher):
     assert result.returncode != 0
     assert "no mesos-master here" in result.stderr and "exit code 4" in result.stderr
     assert result.stdout == ""
-    down = launcher.run("down")  # the agent, still waiting for an address, is cancelled
-    assert down.returncode == 0, down.stderr
-    assert launcher.drm_jobs() == {}
+    assert launcher.drm_jobs() == {}  # the agent, still waiting for an address, was cancelled
+    assert "cancelled agent 0" in result.stderr
