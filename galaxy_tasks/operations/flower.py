@@ -122,8 +122,8 @@ def protect_metrics() -> None:
 
 def format_task(task):  # noqa: ANN001, ANN201 - Flower's task object, returned changed
     """Show a step's arguments as `tool_id=bwa_mem job_id=8b0c...` on Flower's pages: the
-    tool first (the job id is long), a finish step's exit code and reason instead of the
-    whole completion record, and a check's number of jobs instead of their list."""
+    tool first (the job id is long), a finish step's exit code (and reason) before its job
+    id instead of the whole completion record, and a check's number of jobs, not the list."""
     import ast
 
     try:
@@ -132,11 +132,13 @@ def format_task(task):  # noqa: ANN001, ANN201 - Flower's task object, returned 
         return task
     if not isinstance(kwargs, dict):
         return task
-    shown: dict[str, object] = {k: kwargs[k] for k in _LEADING if k in kwargs}
+    shown: dict[str, object] = {"tool_id": kwargs["tool_id"]} if "tool_id" in kwargs else {}
     completion = kwargs.get("completion")
     if isinstance(completion, dict):
-        shown.update({k: completion[k] for k in ("exit_code", "signal", "reason", "source")
-                      if completion.get(k) is not None})
+        shown.update({k: completion[k] for k in ("exit_code", "signal", "reason") if completion.get(k) is not None})
+        if completion.get("source") not in (None, "runner"):  # found by reconciliation, say so
+            shown["source"] = completion["source"]
+    shown.update({k: kwargs[k] for k in _LEADING if k in kwargs and k not in shown})
     job = kwargs.get("job")
     if isinstance(job, dict) and "job_id" in job:
         shown["job_id"] = job["job_id"]

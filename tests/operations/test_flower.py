@@ -116,6 +116,9 @@ def test_flower_login_and_job_tasks_in_a_real_browser(deployment, tmp_path):
         assert 'flower_events_total{task="galaxy_tasks.launch_job",type="task-succeeded"' in metrics
         assert "flower_task_runtime_seconds_bucket" in metrics and "flower_worker_online" in metrics
 
+        queues = {q["name"] for q in flower.api("/api/queues/length")["active_queues"]}
+        assert {"galaxy_tasks", "local"} <= queues, queues
+
         browser = Browser()
         browser.get(flower.url + "/tasks")
         assert browser.responses()[flower.url + "/tasks"] == 401
@@ -124,6 +127,9 @@ def test_flower_login_and_job_tasks_in_a_real_browser(deployment, tmp_path):
         browser.get(flower.url + "/")
         browser.wait_for("return document.body.innerText.includes('local@') && "
                          "document.body.innerText.includes('steps@')", what="both workers")
+        browser.get(flower.url + "/broker")
+        browser.wait_for("return document.body.innerText.includes('galaxy_tasks') && "
+                         "document.body.innerText.includes('local')", what="both queues on the broker page")
         browser.get(flower.url + "/tasks")
         rows = browser.wait_for(
             "const rows = [...document.querySelectorAll('#tasks-table tbody tr')].map(r => r.innerText);"
@@ -135,6 +141,7 @@ def test_flower_login_and_job_tasks_in_a_real_browser(deployment, tmp_path):
                 assert any(name in row for row in mine), (name, job_id, rows)
             for name in STEP_TASKS[:2]:  # prepare and launch carry the tool id; shown first
                 assert any(name in row and f"tool_id={tool_id} job_id={job_id}" in row for row in mine), rows
+            assert any(STEP_TASKS[2] in row and f"exit_code=0 job_id={job_id}" in row for row in mine), rows
         assert browser.run("return document.querySelector('#tasks-table th[data-column=kwargs]') !== null")
         browser.screenshot(SCREENSHOT)
         assert SCREENSHOT.stat().st_size > 10_000
