@@ -81,6 +81,25 @@ def test_flower_refuses_to_start_without_credentials(tmp_path):
     argv = subprocess.run([sys.executable, "-m", "galaxy_tasks.cli", "flower", "--basic-auth=a:b"],
                           capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
     assert argv.returncode == 2 and "not on the command line" in argv.stderr
+    shown = subprocess.run([sys.executable, "-m", "galaxy_tasks.cli", "config"], capture_output=True, text=True,
+                           env={**env, "GALAXY_TASKS_FLOWER_BASIC_AUTH": "admin:zz9-secret"}, timeout=60, cwd=ROOT)
+    assert shown.returncode == 0 and "zz9-secret" not in shown.stdout
+    assert "GALAXY_TASKS_FLOWER_BASIC_AUTH    (set, hidden)" in shown.stdout
+
+
+def test_credentials_come_from_the_variable_or_the_file(tmp_path):
+    from galaxy_tasks.operations.flower import AuthError, credentials
+
+    assert credentials({}) == []
+    assert credentials({"GALAXY_TASKS_FLOWER_BASIC_AUTH": "a:1, b:2"}) == ["a:1", "b:2"]
+    users = tmp_path / "users"
+    users.write_text("# comment\nops:pw one\n\n")
+    assert credentials({"GALAXY_TASKS_FLOWER_BASIC_AUTH_FILE": str(users)}) == ["ops:pw one"]
+    assert credentials({"FLOWER_BASIC_AUTH": "f:3"}) == ["f:3"]
+    for bad in ({"GALAXY_TASKS_FLOWER_BASIC_AUTH": "a:"}, {"GALAXY_TASKS_FLOWER_BASIC_AUTH": ":x"},
+                {"GALAXY_TASKS_FLOWER_BASIC_AUTH_FILE": str(tmp_path / "missing")}):
+        with pytest.raises(AuthError):
+            credentials(bad)
 
 
 def test_flower_login_and_job_tasks_in_a_real_browser(deployment, tmp_path):
