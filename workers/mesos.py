@@ -89,15 +89,17 @@ def start_frameworks(sender: Any = None, **_: Any) -> None:
         raise SystemExit(f"workers.mesos: -Q {','.join(sorted(queues.consume_from))} names no mesos destination's "
                          f"queue (known: {', '.join(sorted(known)) or 'none'})")
     try:
-        for name in served:
-            _runners[name] = _start(name)
+        for name in served:  # every framework subscribes at once ...
+            _runners[name] = _build(name)
+        for name in served:  # ... then each is waited for, and its jobs followed again
+            _ready(name, _runners[name])
     except SystemExit:
         raise
     except Exception as exc:  # a signal handler's Exception would only be logged: stop here
         raise SystemExit(f"workers.mesos: cannot start the Mesos framework: {exc}") from exc
 
 
-def _start(name: str) -> MesosRunner:
+def _build(name: str) -> MesosRunner:
     ctx = context.current()
     destination = ctx.routing.destinations[name]
     id_file = destination.params.get("framework_id_file") or framework_id_file(ctx.settings.home, name)
@@ -105,14 +107,17 @@ def _start(name: str) -> MesosRunner:
     tasks.add_runner_params("mesos", framework_id_file=str(id_file))
     runner = tasks.runner_for(name)
     assert isinstance(runner, MesosRunner)
-    timeout = float(destination.params.get("register_timeout_s", REGISTER_TIMEOUT_S))
-    registered = runner.wait_registered(timeout)
+    return runner
+
+
+def _ready(name: str, runner: MesosRunner) -> None:
+    params = context.current().routing.destinations[name].params
+    registered = runner.wait_registered(float(params.get("register_timeout_s", REGISTER_TIMEOUT_S)))
     followed, queued = recover(name, runner)
     threading.Thread(target=_watch, args=(name, runner), name=f"mesos-watch-{name}", daemon=True).start()
     _started.append(dict(destination=name, master=runner.master, framework_id=runner.framework_id,
-                         framework_id_file=str(id_file), registered=registered, followed=followed,
-                         queued=queued))
-    return runner
+                         framework_id_file=str(runner.framework_id_file), registered=registered,
+                         followed=followed, queued=queued))
 
 
 def recover(name: str, runner: MesosRunner) -> tuple[int, int]:
