@@ -196,11 +196,28 @@ def _wait(args: argparse.Namespace, _extra: list[str]) -> int:
 def _worker(args: argparse.Namespace, extra: list[str]) -> int:
     ctx = context.current()
     ctx.settings.home.mkdir(parents=True, exist_ok=True)
-    queues = args.queues or ",".join([ctx.settings.steps_queue] + ctx.routing.queues)
+    queues = args.queues or ",".join(_generic_queues(ctx))
     from galaxy_tasks.celery import app
 
     app.worker_main(["worker", "-Q", queues, *extra])
     return 0
+
+
+HOLDER_WORKERS = {"drmaa": "celery -A workers.drmaa worker", "mesos": "celery -A workers.mesos worker"}
+
+
+def _generic_queues(ctx: context.Context) -> list[str]:
+    """Every configured queue a plain worker can serve: the steps and the local runner's.
+    DRMAA and Mesos queues need a worker that holds their session or framework in one
+    process (a forking pool would open one per child); those are named on stderr."""
+    generic = {ctx.settings.steps_queue}
+    for destination in ctx.routing.destinations.values():
+        if destination.runner in HOLDER_WORKERS:
+            print(f"galaxy-tasks: queue {destination.queue!r} ({destination.runner}) is served by "
+                  f"`{HOLDER_WORKERS[destination.runner]}`", file=sys.stderr)
+        else:
+            generic.add(destination.queue)
+    return sorted(generic)
 
 
 def _beat(args: argparse.Namespace, extra: list[str]) -> int:
