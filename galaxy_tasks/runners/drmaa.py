@@ -54,6 +54,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO, Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
+from galaxy_tasks.faults import crash_point
 from galaxy_tasks.jobdir import CLAIMED_EXIT_CODE, JobDir
 from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, RunnerError, Tracked
 
@@ -62,10 +63,6 @@ log = logging.getLogger(__name__)
 #: written in the job directory before the DRM is asked to run the job (then replaced by
 #: the DRM's id), so a later submit knows whether it must look for an earlier copy
 SUBMIT_MARKER = "drm_submit"
-
-#: tests only: set to 1, the process exits (code 137, like SIGKILL) right after runJob,
-#: before the marker or the database knows the DRM's id (tests/drmaa/test_drmaa_worker.py)
-CRASH_AFTER_SUBMIT = "GALAXY_TASKS_TEST_CRASH_AFTER_SUBMIT"
 
 # DRMAA 1.0 error codes (drmaa.h)
 _NO_ACTIVE_SESSION = 5
@@ -167,8 +164,7 @@ class DrmaaRunner(Runner):
                 return existing
         _write_synced(marker, "submitting\n")
         external_id = self._run_job(launch, native_specification(launch, params), params)
-        if os.environ.get(CRASH_AFTER_SUBMIT) == "1":
-            os._exit(137)  # test hook: die as if SIGKILLed after runJob, before any record of its id
+        crash_point("drmaa_submitted", launch.job_id)  # before anything records the DRM's id
         _write_synced(marker, external_id + "\n", sync=False)  # if lost, the lookup finds it
         self._session.follow(Tracked(launch.job_id, external_id, launch.job_dir), self)
         return external_id

@@ -11,23 +11,11 @@ from pathlib import Path
 
 import pytest
 from galaxy_tasks.jobdir import JobDir
-from galaxy_tasks.runners.drmaa import CRASH_AFTER_SUBMIT
 from tests.drmaa.conftest import REPO, in_accounting, in_qstat
 
+from tests.support.ledger import gated, ledger_command, ledger_lines
+
 pytestmark = [pytest.mark.drmaa, pytest.mark.integration]
-
-
-def ledger_command(ledger: Path, before: str) -> str:
-    return f'{before}; echo "$GALAXY_TASKS_JOB_ID" >> {ledger}'
-
-
-def ledger_lines(ledger: Path) -> list[str]:
-    return ledger.read_text().splitlines() if ledger.exists() else []
-
-
-def gated(gate: Path, then: str = "true") -> str:
-    """A command that runs until the test opens the gate (creates the file), then `then`."""
-    return f"until [ -e {gate} ]; do sleep 0.2; done; {then}"
 
 
 def started(deployment, job_id: str) -> bool:
@@ -125,7 +113,7 @@ def test_rejected_native_specification_fails_that_job_and_the_worker_serves_on(d
 
 def test_worker_killed_between_runjob_and_the_database_write_runs_the_job_once(drmaa_deployment, tmp_path):
     """The DRMAA worker dies right after Grid Engine accepted the job, before the job's id
-    is written anywhere (GALAXY_TASKS_TEST_CRASH_AFTER_SUBMIT). The job stays SUBMITTING;
+    is written anywhere (the crash point `drmaa_submitted`). The job stays SUBMITTING;
     once the launch lease has passed, reconciliation launches it again on the restarted
     worker, which finds the job Grid Engine already has by its name and adopts it."""
     grid = drmaa_deployment
@@ -133,10 +121,11 @@ def test_worker_killed_between_runjob_and_the_database_write_runs_the_job_once(d
                     GALAXY_TASKS_CHECK_AFTER_MAX="2", GALAXY_TASKS_LAUNCH_LEASE="3")
     ledger = tmp_path / "ledger"
     grid.steps_worker()
-    crashing = grid.drmaa_worker(env={CRASH_AFTER_SUBMIT: "1"})
+    crashing = grid.drmaa_worker(env={"GALAXY_TASKS_CRASH_POINTS": "drmaa_submitted",
+                                      "GALAXY_TASKS_CRASH_DIR": str(tmp_path)})
     gate = tmp_path / "gate"
     job_id = grid.submit(ledger_command(ledger, gated(gate)), "drm_once")
-    assert crashing.proc.wait(timeout=60) == 137
+    assert crashing.proc.wait(timeout=60) == -signal.SIGKILL
     job = grid.job(job_id)
     assert (job.state, job.external_id) == ("submitting", None)
     assert (Path(job.job_dir) / "drm_submit").read_text() == "submitting\n"

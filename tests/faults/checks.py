@@ -3,25 +3,13 @@ run exactly once (each command appends its job id to a ledger), nothing left unf
 and a history that is a legal path through the state machine."""
 from __future__ import annotations
 
-import collections
 from pathlib import Path
 
 from galaxy_tasks.states import TERMINAL, JobState, is_legal_path
 from tests.support.deployment import Deployment
+from tests.support.ledger import gated, ledger_command, ledger_counts  # noqa: F401 (used by the scenarios)
 
 FIGURES: list[str] = []
-
-
-def ledger_command(ledger: Path, before: str = "") -> str:
-    """A command that records its own run in the ledger."""
-    prefix = f"{before}; " if before else ""
-    return f'{prefix}echo "$GALAXY_TASKS_JOB_ID" >> {ledger}'
-
-
-def ledger_counts(ledger: Path) -> collections.Counter:
-    if not ledger.exists():
-        return collections.Counter()
-    return collections.Counter(line for line in ledger.read_text().splitlines() if line)
 
 
 def assert_exactly_once(deployment: Deployment, ids: list[str], ledger: Path, scenario: str,

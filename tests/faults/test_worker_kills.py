@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.faults.checks import FIGURES, assert_exactly_once, ledger_command
+from tests.faults.checks import assert_exactly_once, gated, ledger_command
 
 pytestmark = pytest.mark.faults
 
@@ -39,12 +39,13 @@ def test_sigkill_of_the_pool_process_mid_step(make_deployment, tmp_path, point):
 def test_sigkill_of_the_whole_worker_during_the_run(deployment, tmp_path):
     """The worker (main process and pool) dies while jobs run; the jobs, in sessions of
     their own, go on, and a new worker follows them again from the database."""
-    ledger = tmp_path / "ledger"
+    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
     worker = deployment.worker()
-    ids = [deployment.submit(ledger_command(ledger, "sleep 3"), "long") for _ in range(3)]
+    ids = [deployment.submit(ledger_command(ledger, gated(gate)), "long") for _ in range(3)]
     deployment.wait_until(lambda: all(deployment.job(i).state == "running" for i in ids), what="running")
     worker.kill(signal.SIGKILL)
     deployment.worker(None, "w-restarted@%h")
+    gate.touch()
     deployment.wait_terminal(ids, timeout=60)
     assert "event=recovered_jobs" in deployment.logs()
     assert_exactly_once(deployment, ids, ledger, "SIGKILL of worker during run")
@@ -76,13 +77,22 @@ def test_lost_completion_event_is_found_by_reconciliation(make_deployment, tmp_p
 
 
 def test_cancel_racing_with_completion(deployment, tmp_path):
-    ledger = tmp_path / "ledger"
+    """Jobs end one after another while cancels sweep across them from the other end: some
+    cancels come first, some too late, some race the completion event. Each job ends either
+    ok or deleted, exactly once, whichever step won the compare-and-set."""
+    from celery import Celery
+
+    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
     deployment.worker()
-    # jobs end 0.4 s apart while the cancels (one CLI call each) sweep across them
-    ids = [deployment.submit(ledger_command(ledger, f"sleep {0.4 * i:.1f}"), "racer") for i in range(12)]
-    deployment.wait_until(lambda: deployment.job(ids[-1]).state == "running", what="running")
-    for job_id in ids:
-        deployment.cli("cancel", job_id)
+    # after the gate, job i ends ~0.1 s apart from the next; cancels sweep the other way
+    ids = [deployment.submit(ledger_command(ledger, gated(gate, f"sleep {0.1 * i:.1f}")), "racer")
+           for i in range(12)]
+    deployment.wait_until(lambda: all(deployment.job(i).state == "running" for i in ids), what="running")
+    client = Celery(broker=deployment.env["GALAXY_TASKS_BROKER_URL"])
+    gate.touch()  # the jobs notice within 0.2 s
+    for job_id in reversed(ids):
+        client.send_task("galaxy_tasks.cancel_job", args=[job_id], queue="galaxy_tasks")
+        time.sleep(0.1)
     deployment.wait_terminal(ids)
     time.sleep(2)  # late completion events must not change a cancelled job
     states = [deployment.job(i).state for i in ids]
