@@ -1,7 +1,7 @@
 """A job's working directory and the job script every runner executes.
 
 The same `job.sh` runs under every runner (a local process, a Grid Engine job, a Mesos
-task). It claims the job before running anything (`mkdir claim` is atomic), so a second
+task). It claims the job before running anything (an exclusive create of `claim`), so a second
 copy started by a duplicated submission exits with CLAIMED_EXIT_CODE without running the
 command; and it records the command's exit code atomically (write, then rename) so a
 reader never sees a half-written one.
@@ -54,13 +54,17 @@ class JobDir:
         return self.root / "exit_code"
 
     @property
-    def claim_pid_file(self) -> Path:
-        return self.root / "claim" / "pid"
+    def claim_file(self) -> Path:
+        """Created exclusively by the copy of the job script that runs the job; holds its pid."""
+        return self.root / "claim"
+
+    def claimed(self) -> bool:
+        return self.claim_file.exists()
 
     def claimed_pid(self) -> int | None:
         """The pid of the job script that claimed the job, if one did."""
         try:
-            return int(self.claim_pid_file.read_text().strip())
+            return int(self.claim_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
 
@@ -127,8 +131,10 @@ def render_script(job_dir: JobDir, env: Mapping[str, str], setup_file: str | Non
     root = str(job_dir.root)
     lines = [
         "#!/bin/sh",
-        f"mkdir {q(root + '/claim')} 2>/dev/null || exit {CLAIMED_EXIT_CODE}",
-        f"echo $$ > {q(str(job_dir.claim_pid_file))}",
+        # noclobber makes the redirection an exclusive create: a shell builtin, no process
+        "set -C",
+        f"{{ echo $$ > {q(str(job_dir.claim_file))}; }} 2>/dev/null || exit {CLAIMED_EXIT_CODE}",
+        "set +C",
         "umask 077",
     ]
     for name in sorted(env):

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Iterator
 
-from sqlalchemy import create_engine, event, select, update
+from sqlalchemy import create_engine, event, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -14,6 +14,8 @@ from galaxy_tasks.model import Job, JobStateChange, utcnow
 from galaxy_tasks.states import TERMINAL, JobState, sources_of
 
 _STAMPS = {JobState.QUEUED: "queued_at", JobState.RUNNING: "running_at"}
+_JOBS = Job.__table__
+_CHANGES = JobStateChange.__table__
 
 
 class Store:
@@ -63,17 +65,18 @@ class Store:
         current: str | None = _likely_source(target, allowed)
         if current is None:
             current = session.scalar(select(Job.state).where(Job.id == job_id))
+        # Core statements on the tables: the ORM's bulk-update and unit-of-work machinery
+        # would cost more than the round trips themselves on every step.
         while current is not None and JobState(current) in allowed:
             moved = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state == current)
+                update(_JOBS)
+                .where(_JOBS.c.id == job_id, _JOBS.c.state == current)
                 .values(state=target.value, **stamps, **values)
             ).rowcount
             if moved == 1:
-                session.add(
-                    JobStateChange(
-                        job_id=job_id, from_state=current, to_state=target.value, at=now, reason=reason
-                    )
+                session.execute(
+                    insert(_CHANGES).values(job_id=job_id, from_state=current, to_state=target.value, at=now,
+                                            reason=reason)
                 )
                 return JobState(current)
             current = session.scalar(select(Job.state).where(Job.id == job_id))

@@ -113,7 +113,7 @@ class LocalRunner(Runner):
         )
 
     def _follow(self, job_id: str, job_dir: JobDir, pid: int) -> None:
-        tag = (job_id, job_dir, _mtime(job_dir.claim_pid_file) or time.time(), 0)
+        tag = (job_id, job_dir, _mtime(job_dir.claim_file) or time.time(), 0)
         if not self._watch(pid, tag, child=False):
             self._on_exit(Exit(pid, None, None, time.time()), tag)
 
@@ -212,7 +212,7 @@ def _wait_for_claim(job_dir: JobDir, timeout: float = 2.0) -> int | None:
     deadline = time.monotonic() + timeout
     while True:
         pid = job_dir.claimed_pid()
-        if pid is not None or not job_dir.claim_pid_file.parent.exists() or time.monotonic() > deadline:
+        if pid is not None or not job_dir.claimed() or time.monotonic() > deadline:
             return pid
         time.sleep(0.01)
 

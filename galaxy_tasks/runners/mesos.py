@@ -14,7 +14,7 @@ driver's own IO thread and are handled there; nothing polls. Reliability rests o
   keep running meanwhile, and `recover(jobs)`/`status(jobs)` reconcile them.
 - `close()` stops the driver with failover: the framework is never torn down by us.
 
-A task lost before it started (no `claim` directory in its job dir: `job.sh` claims the job
+A task lost before it started (no `claim` file in its job dir: `job.sh` claims the job
 before running anything) can safely run again. So a task lost with its agent, or launched on
 a rescinded offer (TASK_LOST/DROPPED with REASON_INVALID_OFFERS), goes back to the pending
 queue (agent loss: only if `on_agent_lost` is `requeue`); a task lost after it started is
@@ -98,7 +98,7 @@ class _Job:
 
     @property
     def claimed(self) -> bool:
-        return self.job_dir is not None and JobDir(self.job_dir).claim_pid_file.parent.exists()
+        return self.job_dir is not None and JobDir(self.job_dir).claimed()
 
 
 class MesosRunner(Runner):
