@@ -128,7 +128,6 @@ def render_script(job_dir: JobDir, env: Mapping[str, str], setup_file: str | Non
     """The job script. It exports its whole environment itself, so a runner that cannot
     pass an environment (a DRM, a Mesos agent) still gives the job exactly this one."""
     q = shlex.quote
-    root = str(job_dir.root)
     lines = [
         "#!/bin/sh",
         # noclobber makes the redirection an exclusive create: a shell builtin, no process

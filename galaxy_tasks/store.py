@@ -6,8 +6,8 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Iterator
 
-from sqlalchemy import create_engine, event, insert, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine, event, insert, literal, select, update
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.orm import Session, sessionmaker
 
 from galaxy_tasks.model import Job, JobStateChange, utcnow
@@ -37,9 +37,21 @@ class Store:
         with self._sessions() as session:
             return session.get(Job, job_id)
 
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A plain connection in a transaction, for the steps' hot path: the compare-and-set
+        needs no ORM session around it."""
+        with self.engine.begin() as connection:
+            yield connection
+
+    def row(self, job_id: str) -> Row | None:
+        """A job's row (attributes named like `Job`'s), read without the ORM."""
+        with self.engine.connect() as connection:
+            return connection.execute(select(_JOBS).where(_JOBS.c.id == job_id)).first()
+
     def transition(
         self,
-        session: Session,
+        session: Session | Connection,
         job_id: str,
         target: JobState,
         *,
@@ -64,30 +76,36 @@ class Store:
         # The usual source is tried first without reading the row: one round trip per step.
         current: str | None = _likely_source(target, allowed)
         if current is None:
-            current = session.scalar(select(Job.state).where(Job.id == job_id))
+            current = session.scalar(select(_JOBS.c.state).where(_JOBS.c.id == job_id))
         # Core statements on the tables: the ORM's bulk-update and unit-of-work machinery
         # would cost more than the round trips themselves on every step.
+        pg = self.engine.dialect.name == "postgresql"
         while current is not None and JobState(current) in allowed:
-            moved = session.execute(
-                update(_JOBS)
-                .where(_JOBS.c.id == job_id, _JOBS.c.state == current)
-                .values(state=target.value, **stamps, **values)
-            ).rowcount
+            move = (update(_JOBS).where(_JOBS.c.id == job_id, _JOBS.c.state == current)
+                    .values(state=target.value, **stamps, **values))
+            change = dict(job_id=job_id, from_state=current, to_state=target.value, at=now, reason=reason)
+            if pg:  # one statement: WITH moved AS (UPDATE ... RETURNING) INSERT ... SELECT
+                moved_row = move.returning(_JOBS.c.id).cte("moved")
+                columns = [literal(value, _CHANGES.c[name].type).label(name) for name, value in change.items()
+                           if name != "job_id"]
+                moved = session.execute(
+                    insert(_CHANGES).from_select(list(change), select(moved_row.c.id, *columns))
+                ).rowcount
+            else:
+                moved = session.execute(move).rowcount
+                if moved == 1:
+                    session.execute(insert(_CHANGES).values(**change))
             if moved == 1:
-                session.execute(
-                    insert(_CHANGES).values(job_id=job_id, from_state=current, to_state=target.value, at=now,
-                                            reason=reason)
-                )
                 return JobState(current)
-            current = session.scalar(select(Job.state).where(Job.id == job_id))
+            current = session.scalar(select(_JOBS.c.state).where(_JOBS.c.id == job_id))
         return None
 
-    def claim_stale(self, session: Session, job_id: str, state: JobState, seen: datetime) -> bool:
+    def claim_stale(self, session: Session | Connection, job_id: str, state: JobState, seen: datetime) -> bool:
         """Take over a job whose step's owner vanished: succeeds for one caller only, the
         one that saw the row as it still is (same state, same last update)."""
         moved = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == state.value, Job.updated_at == seen)
+            update(_JOBS)
+            .where(_JOBS.c.id == job_id, _JOBS.c.state == state.value, _JOBS.c.updated_at == seen)
             .values(updated_at=utcnow())
         ).rowcount
         return moved == 1

@@ -127,7 +127,7 @@ def prepare_job(job_id: str, tool_id: str | None = None) -> bool:
 
 @app.task(name="galaxy_tasks.launch_job", bind=True, **DB_RETRY)
 def launch_job(self, job_id: str, tool_id: str | None = None) -> bool:
-    job = context.current().store.get(job_id)
+    job = context.current().store.row(job_id)
     if job is None:
         return False
     return lifecycle.launch(context.current(), job, runner_for(job.destination), owner=self.request.id)

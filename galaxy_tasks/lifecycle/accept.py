@@ -5,6 +5,7 @@ import logging
 import uuid
 from datetime import timedelta
 
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
 from galaxy_tasks.context import Context
@@ -22,7 +23,7 @@ def accept(ctx: Context, spec: JobSpec) -> tuple[Job, bool]:
     destination = ctx.routing.route(spec)
     job_id = spec.id or str(uuid.uuid4())
     now = utcnow()
-    job = Job(
+    values = dict(
         id=job_id,
         tool_id=spec.tool_id,
         tool_version=spec.tool_version,
@@ -45,10 +46,10 @@ def accept(ctx: Context, spec: JobSpec) -> tuple[Job, bool]:
         environment_setup_file=spec.environment_setup_file,
     )
     try:
-        with ctx.store.session() as session:
-            session.add(job)
-            session.flush()
-            session.add(JobStateChange(job_id=job_id, from_state=None, to_state=JobState.NEW.value, at=now))
+        with ctx.store.transaction() as connection:
+            connection.execute(insert(Job.__table__).values(values))
+            connection.execute(insert(JobStateChange.__table__).values(
+                job_id=job_id, from_state=None, to_state=JobState.NEW.value, at=now))
     except IntegrityError:
         existing = ctx.store.get(job_id)
         if existing is None or existing.command != spec.command:
@@ -56,4 +57,4 @@ def accept(ctx: Context, spec: JobSpec) -> tuple[Job, bool]:
         return existing, False
     event(log, "state_change", job_id=job_id, to=JobState.NEW, tool_id=spec.tool_id,
           destination=destination.name)
-    return job, True
+    return Job(**values), True

@@ -22,7 +22,7 @@ COMMAND_NOT_FOUND = 127
 
 def finish(ctx: Context, completion: Completion) -> JobState | None:
     """Record the job's end; None if it had already ended (a duplicate or late event)."""
-    job = ctx.store.get(completion.job_id)
+    job = ctx.store.row(completion.job_id)
     if job is None or JobState(job.state) not in _LAUNCHED:
         return None
     job_dir = JobDir(Path(job.job_dir or ctx.settings.jobs_dir / job.id))
@@ -44,7 +44,7 @@ def finish(ctx: Context, completion: Completion) -> JobState | None:
         values["external_id"] = completion.external_id
     if job.running_at is None:
         values["running_at"] = job.updated_at  # it ended before its launch was recorded
-    with ctx.store.session() as session:
+    with ctx.store.transaction() as session:
         moved = ctx.store.transition(session, job.id, state, reason=reason, sources=_LAUNCHED,
                                      **values)
         crash_point("finish", job.id)  # written but not committed

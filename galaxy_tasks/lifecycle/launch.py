@@ -12,6 +12,8 @@ import logging
 import os
 from datetime import timedelta
 
+from sqlalchemy.engine import Row
+
 from galaxy_tasks.context import Context
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.lifecycle.prepare import launch_for
@@ -26,7 +28,7 @@ LAUNCH_LEASE_S = float(os.environ.get("GALAXY_TASKS_LAUNCH_LEASE", "60"))
 _SUBMITTING = frozenset({JobState.SUBMITTING})
 
 
-def launch(ctx: Context, job: Job, runner: Runner, owner: str | None = None,
+def launch(ctx: Context, job: Job | Row, runner: Runner, owner: str | None = None,
            lease_s: float = LAUNCH_LEASE_S) -> bool:
     """Hand the job to `runner`; False if it was not this call's to launch. `job` is the
     row as read by the caller: only its immutable spec is used after the claim. `owner`
@@ -38,37 +40,37 @@ def launch(ctx: Context, job: Job, runner: Runner, owner: str | None = None,
         external_id = runner.submit(launch_for(ctx, job))
         crash_point("launch", job_id)
     except RunnerError as exc:
-        with ctx.store.session() as session:
+        with ctx.store.transaction() as session:
             ctx.store.transition(session, job_id, JobState.ERROR, reason=str(exc), sources=_SUBMITTING)
         event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
         return False
-    with ctx.store.session() as session:
+    with ctx.store.transaction() as session:
         moved = ctx.store.transition(session, job_id, JobState.RUNNING, sources=_SUBMITTING,
                                      external_id=external_id)
     if moved:
         event(log, "state_change", job_id=job_id, to=JobState.RUNNING, external_id=external_id)
         return True
-    after = ctx.store.get(job_id)
+    after = ctx.store.row(job_id)
     if after is not None and after.state == JobState.DELETED.value:
         # cancelled while we were launching: stop what we started
         runner.cancel(Tracked(job_id, external_id, launch_for(ctx, after).job_dir))
     return False
 
 
-def _claim(ctx: Context, job: Job, owner: str | None, lease_s: float) -> bool:
+def _claim(ctx: Context, job: Job | Row, owner: str | None, lease_s: float) -> bool:
     job_id = job.id
     if job.state == JobState.QUEUED.value:
-        with ctx.store.session() as session:
+        with ctx.store.transaction() as session:
             if ctx.store.transition(session, job_id, JobState.SUBMITTING, sources=frozenset({JobState.QUEUED}),
                                     owner=owner):
                 return True
-        job = ctx.store.get(job_id)
+        job = ctx.store.row(job_id)
     if job is None or job.state != JobState.SUBMITTING.value:
         return False
     redelivered = owner is not None and job.owner == owner
     if not redelivered and utcnow() - job.updated_at < timedelta(seconds=lease_s):
         return False  # another message is launching it right now
-    with ctx.store.session() as session:
+    with ctx.store.transaction() as session:
         taken = ctx.store.claim_stale(session, job_id, JobState.SUBMITTING, job.updated_at)
     if taken:
         event(log, "launch_takeover", job_id=job_id, level=logging.WARNING)

@@ -5,6 +5,8 @@ import logging
 from pathlib import Path
 
 from galaxy_tasks import jobdir
+from sqlalchemy.engine import Row
+
 from galaxy_tasks.context import Context
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.logs import event
@@ -18,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def prepare(ctx: Context, job_id: str) -> bool:
     """Write the job directory and move NEW -> QUEUED; False if the job is past this step."""
-    job = ctx.store.get(job_id)
+    job = ctx.store.row(job_id)
     if job is None or job.state != JobState.NEW.value:
         return False
     destination = ctx.routing.destinations.get(job.destination)
@@ -29,20 +31,20 @@ def prepare(ctx: Context, job_id: str) -> bool:
         jobdir.create(root, job.command, environment(ctx, job, destination, jobdir.JobDir(root)),
                       job.environment_setup_file)
     except (OSError, LookupError) as exc:
-        with ctx.store.session() as session:
+        with ctx.store.transaction() as session:
             ctx.store.transition(session, job_id, JobState.ERROR, reason=f"prepare failed: {exc}",
                                  sources=frozenset({JobState.NEW}))
         event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
         return False
     crash_point("prepare", job_id)
-    with ctx.store.session() as session:
+    with ctx.store.transaction() as session:
         moved = ctx.store.transition(session, job_id, JobState.QUEUED, job_dir=str(root))
     if moved:
         event(log, "state_change", job_id=job_id, to=JobState.QUEUED, queue=job.queue)
     return moved is not None
 
 
-def environment(ctx: Context, job: Job, destination: Destination, job_dir: jobdir.JobDir) -> dict[str, str]:
+def environment(ctx: Context, job: Job | Row, destination: Destination, job_dir: jobdir.JobDir) -> dict[str, str]:
     return jobdir.job_environment(
         job_dir,
         cores=job.cores,
@@ -54,7 +56,7 @@ def environment(ctx: Context, job: Job, destination: Destination, job_dir: jobdi
     )
 
 
-def launch_for(ctx: Context, job: Job) -> Launch:
+def launch_for(ctx: Context, job: Job | Row) -> Launch:
     """What the runner is handed for a prepared job."""
     destination = ctx.routing.destinations[job.destination]
     job_dir = jobdir.JobDir(Path(job.job_dir or ctx.settings.jobs_dir / job.id))
