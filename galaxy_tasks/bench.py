@@ -31,7 +31,8 @@ def main(jobs: int, latency_jobs: int, workers: int, as_json: bool) -> int:
         raise ValueError("bench measures a production set-up: set GALAXY_TASKS_BROKER_URL (Redis or RabbitMQ) "
                          "and GALAXY_TASKS_DATABASE_URL (PostgreSQL)")
     schema.upgrade(ctx.settings.database_url)
-    queues = ",".join([ctx.settings.steps_queue] + ctx.routing.queues)
+    local = sorted({d.queue for d in ctx.routing.destinations.values() if d.runner == "local"})
+    queues = ",".join([ctx.settings.steps_queue] + local)
     logs = Path(tempfile.mkdtemp(prefix="galaxy-tasks-bench-"))
     procs = [_start_worker(i, queues, logs) for i in range(workers)]
     try:
