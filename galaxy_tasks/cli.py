@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--jobs", type=int, default=200)
     bench.add_argument("--latency-jobs", type=int, default=50)
     bench.add_argument("--workers", type=int, default=2, help="worker processes the benchmark starts")
+    bench.add_argument("--rounds", type=int, default=3, help="alternating rounds of baseline and jobs")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)
 
@@ -241,7 +242,8 @@ def _db(args: argparse.Namespace, _extra: list[str]) -> int:
 def _bench(args: argparse.Namespace, _extra: list[str]) -> int:
     from galaxy_tasks.bench import main as bench_main
 
-    return bench_main(jobs=args.jobs, latency_jobs=args.latency_jobs, workers=args.workers, as_json=args.json)
+    return bench_main(jobs=args.jobs, latency_jobs=args.latency_jobs, workers=args.workers, as_json=args.json,
+                      rounds=args.rounds)
 
 
 def _config(args: argparse.Namespace, _extra: list[str]) -> int:
