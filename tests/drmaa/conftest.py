@@ -24,54 +24,22 @@ import pytest
 
 from galaxy_tasks import jobdir
 from galaxy_tasks.runners.base import Completion, Launch
+from tests.support.grid_engine import cell_env
+from tests.support.services import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
-RUN_DIR = Path(os.environ.get("GT_SGE_RUN_DIR", "/tmp/galaxy-tasks-sge"))
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-ENV_KEYS = ("SGE_ROOT", "SGE_CELL", "DRMAA_LIBRARY_PATH", "PATH")
-
-
-def _unavailable(message: str) -> None:
-    if IN_CI:
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
-def _env_file_vars() -> dict[str, str]:
-    env_file = RUN_DIR / "env.sh"
-    if not env_file.exists():
-        return {}
-    out = subprocess.run(["bash", "-c", f'. "{env_file}" && env -0'], capture_output=True, text=True, check=True).stdout
-    pairs = (item.split("=", 1) for item in out.split("\0") if "=" in item)
-    return {k: v for k, v in pairs if k in ENV_KEYS}
-
-
-def _qstat_works(env: dict[str, str]) -> bool:
-    try:
-        return subprocess.run(["qstat"], env={**os.environ, **env}, capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 @pytest.fixture(scope="session")
 def sge() -> dict[str, str]:
     """The cell's environment; the cell is up and `import drmaa` works."""
     if "optional_static_tls" not in os.environ.get("GLIBC_TUNABLES", ""):
-        _unavailable("export GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096 before pytest starts "
-                     "(libdrmaa cannot be loaded otherwise)")
-    env = _env_file_vars()
-    # qmaster answers qstat even when the execd is gone, and then jobs never start
-    execd = subprocess.run(["pgrep", "-x", "sge_execd"], capture_output=True).returncode == 0
-    if not env or not execd or not _qstat_works(env):
-        proc = subprocess.run([str(REPO / "ops" / "sge-up.sh")], capture_output=True, text=True, timeout=1500)
-        if proc.returncode != 0:
-            _unavailable(f"ops/sge-up.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-        env = _env_file_vars()
+        unavailable("export GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096 before pytest starts "
+                    "(libdrmaa cannot be loaded otherwise)")
+    env = cell_env()
     os.environ.update(env)
     try:
         import drmaa  # noqa: F401
     except Exception as exc:  # OSError, RuntimeError: whatever the library loader says
-        _unavailable(f"import drmaa failed: {exc}")
+        unavailable(f"import drmaa failed: {exc}")
     return env
 
 

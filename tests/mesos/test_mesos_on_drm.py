@@ -16,13 +16,11 @@ from typing import Iterator
 
 import pytest
 
+from tests.support.grid_engine import cell_env
+from tests.support.services import require_module
+
 pytestmark = [pytest.mark.mesos, pytest.mark.drmaa]
-try:
-    import pymesos  # noqa: F401
-except ImportError:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        raise  # CI must never pass by skipping these
-    pytest.skip("pymesos not installed: run ops/install-mesos-extra.sh", allow_module_level=True)
+require_module("pymesos", "run ops/install-mesos-extra.sh")  # first imported in the main thread
 
 from galaxy_tasks import jobdir  # noqa: E402
 from galaxy_tasks.runners.base import Launch  # noqa: E402
@@ -31,46 +29,14 @@ from galaxy_tasks.runners.mesos import MesosRunner  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHER = REPO / "ops" / "mesos-on-drm.py"
 STANDINS = Path(__file__).resolve().parent / "standins"
-RUN_DIR = Path(os.environ.get("GT_SGE_RUN_DIR", "/tmp/galaxy-tasks-sge"))
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 MASTER_CMD = f"{{python}} {STANDINS / 'mesos_master_standin.py'} --host {{ip}} --port {{port}} --heartbeat 2"
 AGENT_CMD = f"{{python}} {STANDINS / 'mesos_agent_standin.py'} --master {{master}} --cpus 2 --hostname {{host}}-{{index}}"
-
-
-def _unavailable(message: str) -> None:
-    if IN_CI:
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
-def _cell_env() -> dict[str, str]:
-    env_file = RUN_DIR / "env.sh"
-    if not env_file.exists():
-        return {}
-    out = subprocess.run(["bash", "-c", f'. "{env_file}" && env -0'], capture_output=True, text=True,
-                         check=True).stdout
-    pairs = (item.split("=", 1) for item in out.split("\0") if "=" in item)
-    return {k: v for k, v in pairs if k in ("SGE_ROOT", "SGE_CELL", "DRMAA_LIBRARY_PATH", "PATH")}
-
-
-def _qstat(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["qstat", "-u", "*"], env=env, capture_output=True, text=True, timeout=30)
 
 
 @pytest.fixture(scope="module")
 def cell() -> dict[str, str]:
     """The environment of a running Grid Engine cell (started with ops/sge-up.sh if needed)."""
-    env = {**os.environ, **_cell_env()}
-    try:
-        ok = bool(_cell_env()) and _qstat(env).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        ok = False
-    if not ok:
-        proc = subprocess.run([str(REPO / "ops" / "sge-up.sh")], capture_output=True, text=True, timeout=1500)
-        if proc.returncode != 0:
-            _unavailable(f"ops/sge-up.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-        env = {**os.environ, **_cell_env()}
-    return env
+    return {**os.environ, **cell_env()}
 
 
 class Launcher:

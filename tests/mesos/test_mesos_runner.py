@@ -1,18 +1,14 @@
 """MesosRunner with the real pymesos driver against the Mesos master TEST DOUBLE over HTTP."""
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
+from tests.support.services import require_module
+
 pytestmark = pytest.mark.mesos
-try:
-    import pymesos  # noqa: F401  (first import in the main thread, as the runner requires)
-except ImportError:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        raise  # CI must never pass by skipping these
-    pytest.skip("pymesos not installed: run ops/install-mesos-extra.sh", allow_module_level=True)
+require_module("pymesos", "run ops/install-mesos-extra.sh")  # first imported in the main thread
 
 from galaxy_tasks.jobdir import JobDir
 from galaxy_tasks.runners.base import Launch, Tracked

@@ -3,7 +3,6 @@ the real Redis and PostgreSQL, driven by the CLI, its pymesos framework talking 
 Mesos master TEST DOUBLE (in this process, 127.0.0.1, 2 simulated agents)."""
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -13,16 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.services import require_module
+
 from galaxy_tasks.states import JobState, is_legal_path
 from tests.support.deployment import ROOT, Deployment, Worker
 
 pytestmark = [pytest.mark.mesos, pytest.mark.integration]
-try:
-    import pymesos  # noqa: F401
-except ImportError:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        raise  # CI must never pass by skipping these
-    pytest.skip("pymesos not installed: run ops/install-mesos-extra.sh", allow_module_level=True)
+require_module("pymesos", "run ops/install-mesos-extra.sh")  # first imported in the main thread
 
 
 class MesosWorker(Worker):

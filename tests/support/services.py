@@ -11,11 +11,23 @@ PG_ADMIN_URL = os.environ.get("GT_TEST_PG", "postgresql+psycopg2://postgres@127.
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def require(service: str, error: Exception) -> None:
-    message = f"{service} is not reachable: {error}"
+def unavailable(message: str) -> None:
+    """Skip on a developer's machine; fail under CI, which must never pass by skipping."""
     if IN_CI:
-        pytest.fail(message + " (required under CI)")
-    pytest.skip(message)
+        pytest.fail(message + " (required under CI)", pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
+def require(service: str, error: Exception) -> None:
+    unavailable(f"{service} is not reachable: {error}")
+
+
+def require_module(name: str, hint: str) -> None:
+    """At a test module's top: its tests need `name` (an optional extra)."""
+    try:
+        __import__(name)
+    except ImportError as exc:
+        unavailable(f"{name} is not installed ({exc}): {hint}")
 
 
 def create_database() -> str:
