@@ -16,70 +16,34 @@
 from __future__ import annotations
 
 import logging
-import re
-from pathlib import Path
 from typing import Any
 
-from celery import concurrency, signals
+from celery import signals
 from celery.worker.control import inspect_command
 
 from galaxy_tasks import context, tasks
 from galaxy_tasks.celery import app
 from galaxy_tasks.logs import event
 from galaxy_tasks.runners.drmaa import DrmaaRunner
+from workers.holding import serve_own_queues_by_default, served_destinations, state_file
 
 __all__ = ["app"]
 
 log = logging.getLogger("galaxy_tasks.workers.drmaa")
 
-#: pools whose tasks run in the process that opened the session
-POOLS = {"threads": "celery.concurrency.thread", "solo": "celery.concurrency.solo"}
-
 app.conf.worker_pool = "threads"
 
 _runners: dict[str, DrmaaRunner] = {}
 
-
-def drmaa_queues() -> dict[str, list[str]]:
-    """The drmaa destinations of the job_conf, by queue."""
-    found: dict[str, list[str]] = {}
-    for name, destination in context.current().routing.destinations.items():
-        if destination.runner == "drmaa":
-            found.setdefault(destination.queue, []).append(name)
-    return found
-
-
-def contact_file(home: Path, nodename: str) -> Path:
-    return home / "drmaa" / (re.sub(r"[^A-Za-z0-9@._-]", "_", nodename) + ".contact")
-
-
-@signals.celeryd_init.connect
-def default_queues(options: dict | None = None, instance: Any = None, **_: Any) -> None:
-    """Without -Q, serve the queue of every drmaa destination (not Celery's default queue)."""
-    if not (options or {}).get("queues"):
-        known = drmaa_queues()
-        if not known:
-            raise SystemExit("workers.drmaa: the job_conf (GALAXY_TASKS_JOB_CONF) has no drmaa destination")
-        instance.app.amqp.queues.select(sorted(known))
+serve_own_queues_by_default("drmaa")
 
 
 @signals.worker_init.connect
 def open_session(sender: Any = None, **_: Any) -> None:
     """Check the pool and the queues, then open the session (or re-attach to it)."""
-    pool = sender.pool_cls
-    module = (concurrency.ALIASES.get(pool) or pool).split(":")[0] if isinstance(pool, str) else pool.__module__
-    if module not in POOLS.values():
-        name = next((alias for alias, path in concurrency.ALIASES.items()
-                     if (path or "").startswith(module + ":")), module)
-        raise SystemExit(f"workers.drmaa: the {name} pool is refused: a DRMAA session does not survive fork() "
-                         f"and blocks green threads; use --pool threads (the default) or --pool solo")
-    known = drmaa_queues()
-    queues = sender.app.amqp.queues
-    served = [name for queue in sorted(queues.consume_from) for name in known.get(queue, [])]
-    if not served:
-        raise SystemExit(f"workers.drmaa: -Q {','.join(sorted(queues.consume_from))} names no drmaa destination's "
-                         f"queue (known: {', '.join(sorted(known)) or 'none'})")
-    path = contact_file(context.current().settings.home, sender.hostname)
+    served = served_destinations(sender, "drmaa", "a DRMAA session does not survive fork() and blocks "
+                                                  "green threads")
+    path = state_file(context.current().settings.home, "drmaa", sender.hostname, ".contact")
     tasks.add_runner_params("drmaa", contact_file=str(path))
     try:
         for name in served:

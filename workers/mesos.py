@@ -25,12 +25,10 @@ destination it serves.
 from __future__ import annotations
 
 import logging
-import re
 import threading
-from pathlib import Path
 from typing import Any
 
-from celery import concurrency, signals
+from celery import signals
 from celery.platforms import EX_FAILURE, EX_OK
 from celery.worker import state as worker_state
 
@@ -38,6 +36,7 @@ from galaxy_tasks import context, lifecycle, tasks
 from galaxy_tasks.celery import app
 from galaxy_tasks.logs import event
 from galaxy_tasks.runners.mesos import MesosRunner, import_pymesos
+from workers.holding import serve_own_queues_by_default, served_destinations, state_file
 
 __all__ = ["app"]
 
@@ -45,8 +44,6 @@ import_pymesos()  # now, in the main thread: pymesos installs a SIGINT handler o
 
 log = logging.getLogger("galaxy_tasks.workers.mesos")
 
-#: pools whose tasks run in the process that holds the framework
-POOLS = {"threads": "celery.concurrency.thread", "solo": "celery.concurrency.solo"}
 REGISTER_TIMEOUT_S = 30.0
 
 app.conf.worker_pool = "threads"
@@ -55,39 +52,13 @@ _runners: dict[str, MesosRunner] = {}
 _started: list[dict[str, Any]] = []  # what happened at worker_init, logged once logging is up
 
 
-def mesos_queues() -> dict[str, str]:
-    """The mesos destinations of the job_conf, by queue."""
-    return {d.queue: name for name, d in context.current().routing.destinations.items() if d.runner == "mesos"}
-
-
-def framework_id_file(home: Path, destination: str) -> Path:
-    return home / "mesos" / (re.sub(r"[^A-Za-z0-9@._-]", "_", destination) + ".framework_id")
-
-
-@signals.celeryd_init.connect
-def default_queues(options: dict | None = None, instance: Any = None, **_: Any) -> None:
-    """Without -Q, serve the queue of every mesos destination (not Celery's default queue)."""
-    if not (options or {}).get("queues"):
-        known = mesos_queues()
-        if not known:
-            raise SystemExit("workers.mesos: the job_conf (GALAXY_TASKS_JOB_CONF) has no mesos destination")
-        instance.app.amqp.queues.select(sorted(known))
+serve_own_queues_by_default("mesos")
 
 
 @signals.worker_init.connect
 def start_frameworks(sender: Any = None, **_: Any) -> None:
     """Check the pool and the queues, then start, register and recover each framework."""
-    pool = concurrency.get_implementation(sender.pool_cls)
-    if pool.__module__ not in POOLS.values():
-        raise SystemExit(f"workers.mesos: the {pool.__module__.rsplit('.', 1)[-1]} pool is refused: the Mesos "
-                         f"framework's driver thread does not survive fork(); use --pool threads (the default) "
-                         f"or --pool solo")
-    known = mesos_queues()
-    queues = sender.app.amqp.queues
-    served = [known[q] for q in sorted(queues.consume_from) if q in known]
-    if not served:
-        raise SystemExit(f"workers.mesos: -Q {','.join(sorted(queues.consume_from))} names no mesos destination's "
-                         f"queue (known: {', '.join(sorted(known)) or 'none'})")
+    served = served_destinations(sender, "mesos", "the Mesos framework's driver thread does not survive fork()")
     try:
         for name in served:  # every framework subscribes at once ...
             _runners[name] = _build(name)
@@ -102,7 +73,8 @@ def start_frameworks(sender: Any = None, **_: Any) -> None:
 def _build(name: str) -> MesosRunner:
     ctx = context.current()
     destination = ctx.routing.destinations[name]
-    id_file = destination.params.get("framework_id_file") or framework_id_file(ctx.settings.home, name)
+    id_file = (destination.params.get("framework_id_file")
+               or state_file(ctx.settings.home, "mesos", name, ".framework_id"))
     # process params apply to the runners built from now on: this destination's, next
     tasks.add_runner_params("mesos", framework_id_file=str(id_file))
     runner = tasks.runner_for(name)
