@@ -45,10 +45,8 @@ def start(job: Job) -> None:
 
 def dispatch(plan: lifecycle.Plan) -> None:
     ctx = context.current()
-    for job_id, _queue in plan.prepare:
-        job = ctx.store.get(job_id)
-        if job is not None:
-            start(job)
+    for job in plan.prepare:
+        start(job)
     for job_id, queue in plan.launch:
         launch_job.apply_async(kwargs={"job_id": job_id}, queue=queue)
     for destination, jobs in plan.check.items():

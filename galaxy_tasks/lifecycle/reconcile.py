@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 class Plan:
     """What the tasks layer must send: whole chains, launches, and batched checks."""
 
-    prepare: list[tuple[str, str]] = field(default_factory=list)  # (job id, destination queue)
-    launch: list[tuple[str, str]] = field(default_factory=list)
+    prepare: list[Job] = field(default_factory=list)  # new jobs whose whole chain is sent again
+    launch: list[tuple[str, str]] = field(default_factory=list)  # (job id, destination queue)
     check: dict[str, list[Tracked]] = field(default_factory=lambda: defaultdict(list))
 
     @property
@@ -120,7 +120,7 @@ def _plan(ctx: Context, jobs: Iterable[Job], now: datetime) -> Plan:
     for job in jobs:
         state = JobState(job.state)
         if state is JobState.NEW:
-            plan.prepare.append((job.id, job.queue))
+            plan.prepare.append(job)
         elif state is JobState.QUEUED or (state is JobState.SUBMITTING and job.updated_at < stale
                                           and not job.external_id):
             plan.launch.append((job.id, job.queue))

@@ -71,7 +71,7 @@ def test_new_and_queued_jobs_whose_messages_were_lost_are_sent_again(ctx):
         session.execute(insert(Job), _rows(2, "new", now, "new") + _rows(2, "queued", now, "queued"))
         session.execute(insert(Job), _rows(2, "submitting", now, "owned"))
     plan = lifecycle.overdue(ctx, now)
-    assert sorted(j for j, _ in plan.prepare) == ["new-000000", "new-000001"]
+    assert sorted(job.id for job in plan.prepare) == ["new-000000", "new-000001"]
     assert sorted(j for j, _ in plan.launch) == ["queued-000000", "queued-000001"]
     # a launch in progress (fresh SUBMITTING with an external id) is checked, not relaunched
     assert sorted(t.job_id for t in plan.check["local"]) == ["owned-000000", "owned-000001"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 
 import pytest
@@ -53,7 +52,3 @@ def drop_database(url: str) -> None:
     with engine.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
-
-
-def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=kwargs.pop("timeout", 120), **kwargs)
