@@ -1,6 +1,6 @@
 """The job lifecycle, written down once: every state and every allowed transition.
 
-Every step moves a job with a compare-and-set on its row (see `store.transition`), so a step
+Every step moves a job with a compare-and-set on its row (see `store.Store.move`), so a step
 that finds its job already past it does nothing, and a duplicated or late message is
 harmless.
 """

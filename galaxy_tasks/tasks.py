@@ -125,10 +125,7 @@ def prepare_job(job_id: str, tool_id: str | None = None) -> bool:
 
 @app.task(name="galaxy_tasks.launch_job", bind=True, **DB_RETRY)
 def launch_job(self, job_id: str, tool_id: str | None = None) -> bool:
-    job = context.current().store.row(job_id)
-    if job is None:
-        return False
-    return lifecycle.launch(context.current(), job, runner_for(job.destination), owner=self.request.id)
+    return lifecycle.launch(context.current(), job_id, runner_for, owner=self.request.id)
 
 
 @app.task(name="galaxy_tasks.finish_job", **DB_RETRY)
@@ -139,13 +136,10 @@ def finish_job(job_id: str, completion: dict, tool_id: str | None = None) -> str
 
 @app.task(name="galaxy_tasks.cancel_job", **DB_RETRY)
 def cancel_job(job_id: str) -> str:
-    ctx = context.current()
-    before, tracked = lifecycle.cancel(ctx, job_id)
-    if tracked is not None:
-        job = ctx.store.get(job_id)
-        assert job is not None
-        kill_job.apply_async(kwargs={"destination": job.destination, "job": _tracked_json(tracked)},
-                             queue=job.queue)
+    before, stop = lifecycle.cancel(context.current(), job_id)
+    if stop is not None:
+        kill_job.apply_async(kwargs={"destination": stop.destination, "job": _tracked_json(stop.tracked)},
+                             queue=stop.queue)
     return before.value
 
 

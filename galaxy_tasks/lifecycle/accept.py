@@ -5,12 +5,11 @@ import logging
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
 from galaxy_tasks.context import Context
 from galaxy_tasks.logs import event
-from galaxy_tasks.model import Job, JobStateChange, utcnow
+from galaxy_tasks.model import Job, utcnow
 from galaxy_tasks.spec import JobSpec, SpecError
 from galaxy_tasks.states import JobState
 
@@ -46,10 +45,7 @@ def accept(ctx: Context, spec: JobSpec) -> tuple[Job, bool]:
         environment_setup_file=spec.environment_setup_file,
     )
     try:
-        with ctx.store.transaction() as connection:
-            connection.execute(insert(Job.__table__).values(values))
-            connection.execute(insert(JobStateChange.__table__).values(
-                job_id=job_id, from_state=None, to_state=JobState.NEW.value, at=now))
+        ctx.store.create(values)
     except IntegrityError:
         existing = ctx.store.get(job_id)
         if existing is None or existing.command != spec.command:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 from galaxy_tasks.context import Context
 from galaxy_tasks.logs import event
@@ -11,25 +12,34 @@ from galaxy_tasks.states import JobState
 
 log = logging.getLogger(__name__)
 
+_HELD = frozenset({JobState.SUBMITTING, JobState.RUNNING})
+
 
 class UnknownJob(LookupError):
     pass
 
 
-def cancel(ctx: Context, job_id: str) -> tuple[JobState, Tracked | None]:
+class ToStop(NamedTuple):
+    """A cancelled job its runner still holds: what to stop, and where that runner listens."""
+
+    tracked: Tracked
+    destination: str
+    queue: str
+
+
+def cancel(ctx: Context, job_id: str) -> tuple[JobState, ToStop | None]:
     """Returns the job's state before the cancel and, for a job its runner holds, what the
-    runner must stop. A job that had already ended is left as it is."""
-    job = ctx.store.get(job_id)
-    if job is None:
-        raise UnknownJob(f"no job {job_id!r}")
-    with ctx.store.session() as session:
-        before = ctx.store.transition(session, job_id, JobState.DELETED, reason="cancelled")
-    if before is None:
-        current = ctx.store.get(job_id)
-        return JobState(current.state if current else job.state), None
+    runner must stop. A job that had already ended is left
+    as it is."""
+    moved = ctx.store.move(job_id, JobState.DELETED, reason="cancelled")
+    if moved is None:
+        current = ctx.store.row(job_id)
+        if current is None:
+            raise UnknownJob(f"no job {job_id!r}")
+        return JobState(current.state), None
     event(log, "state_change", job_id=job_id, to=JobState.DELETED, reason="cancelled")
-    job = ctx.store.get(job_id)
-    if job is not None and job.external_id and before in (JobState.SUBMITTING, JobState.RUNNING):
+    job = moved.job
+    if job.external_id and moved.before in _HELD:
         job_dir = Path(job.job_dir or ctx.settings.jobs_dir / job.id)
-        return before, Tracked(job.id, job.external_id, job_dir)
-    return before, None
+        return moved.before, ToStop(Tracked(job.id, job.external_id, job_dir), job.destination, job.queue)
+    return moved.before, None

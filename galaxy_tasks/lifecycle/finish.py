@@ -44,12 +44,10 @@ def finish(ctx: Context, completion: Completion) -> JobState | None:
         values["external_id"] = completion.external_id
     if job.running_at is None:
         values["running_at"] = job.updated_at  # it ended before its launch was recorded
-    with ctx.store.transaction() as session:
-        moved = ctx.store.transition(session, job.id, state, reason=reason, sources=_LAUNCHED,
-                                     **values)
-        crash_point("finish", job.id)  # written but not committed
+    moved = ctx.store.move(job.id, state, reason=reason, sources=_LAUNCHED, **values)
     if moved is None:
         return None
+    crash_point("finish", job.id)  # recorded, but the message not yet acknowledged
     event(log, "state_change", job_id=job.id, to=state, exit_code=exit_code, reason=reason,
           tool_id=job.tool_id, destination=job.destination)
     return state

@@ -17,6 +17,8 @@ from galaxy_tasks.states import JobState
 
 log = logging.getLogger(__name__)
 
+_NEW = frozenset({JobState.NEW})
+
 
 def prepare(ctx: Context, job_id: str) -> bool:
     """Write the job directory and move NEW -> QUEUED; False if the job is past this step."""
@@ -31,14 +33,11 @@ def prepare(ctx: Context, job_id: str) -> bool:
         jobdir.create(root, job.command, environment(ctx, job, destination, jobdir.JobDir(root)),
                       job.environment_setup_file)
     except (OSError, LookupError) as exc:
-        with ctx.store.transaction() as session:
-            ctx.store.transition(session, job_id, JobState.ERROR, reason=f"prepare failed: {exc}",
-                                 sources=frozenset({JobState.NEW}))
+        ctx.store.move(job_id, JobState.ERROR, reason=f"prepare failed: {exc}", sources=_NEW)
         event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
         return False
     crash_point("prepare", job_id)
-    with ctx.store.transaction() as session:
-        moved = ctx.store.transition(session, job_id, JobState.QUEUED, job_dir=str(root))
+    moved = ctx.store.move(job_id, JobState.QUEUED, sources=_NEW, job_dir=str(root))
     if moved:
         event(log, "state_change", job_id=job_id, to=JobState.QUEUED, queue=job.queue)
     return moved is not None

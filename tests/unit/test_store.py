@@ -1,8 +1,11 @@
-"""The store on a real SQLite file: accept records a job, every move is a compare-and-set."""
+"""The store on a real SQLite file and on the real PostgreSQL (where every move is one
+statement on an autocommit connection): accept records a job, every move is a
+compare-and-set."""
 from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from typing import Iterator
 
 import pytest
 from sqlalchemy import select
@@ -14,17 +17,23 @@ from galaxy_tasks.model import Job, JobStateChange
 from galaxy_tasks.spec import SpecError, parse
 from galaxy_tasks.states import JobState
 from galaxy_tasks.store import Store
+from tests.support.services import create_database, drop_database
 
 S = JobState
 
 
-@pytest.fixture
-def ctx(tmp_path) -> Context:
-    settings = config.load({"GALAXY_TASKS_HOME": str(tmp_path)})
-    assert settings.database_url == f"sqlite:///{tmp_path}/galaxy-tasks.sqlite"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ctx(request, tmp_path) -> Iterator[Context]:
+    env = {"GALAXY_TASKS_HOME": str(tmp_path)}
+    if request.param == "postgresql":
+        env["GALAXY_TASKS_DATABASE_URL"] = create_database()
+    settings = config.load(env)
     schema.upgrade(settings.database_url)
     store = Store(settings.database_url, settings.check_after)
-    return Context(settings, store, routing.default_routing())
+    yield Context(settings, store, routing.default_routing())
+    if request.param == "postgresql":
+        store.engine.dispose()
+        drop_database(settings.database_url)
 
 
 def new_job(ctx: Context, **fields) -> str:
@@ -35,9 +44,10 @@ def new_job(ctx: Context, **fields) -> str:
     return job.id
 
 
-def move(ctx: Context, job_id: str, target: JobState, **kwargs):
-    with ctx.store.session() as session:
-        return ctx.store.transition(session, job_id, target, **kwargs)
+def move(ctx: Context, job_id: str, target: JobState, **kwargs) -> JobState | None:
+    """The state the job left, or None if the move did not happen."""
+    moved = ctx.store.move(job_id, target, **kwargs)
+    return moved.before if moved else None
 
 
 def history(ctx: Context, job_id: str) -> list[tuple[str | None, str]]:
@@ -101,10 +111,10 @@ def test_accept_refused_spec_records_nothing(ctx):
     assert history(ctx, "huge") == []
 
 
-# -- transition: compare-and-set ---------------------------------------------------------
+# -- move: compare-and-set ---------------------------------------------------------
 
 
-def test_transition_returns_the_state_it_left(ctx):
+def test_move_returns_the_state_it_left(ctx):
     job_id = new_job(ctx)
     assert move(ctx, job_id, S.QUEUED, job_dir="/jobs/x") is S.NEW
     job = ctx.store.get(job_id)
@@ -112,7 +122,18 @@ def test_transition_returns_the_state_it_left(ctx):
     assert job.queued_at is not None
 
 
-def test_second_identical_transition_does_nothing(ctx):
+def test_move_returns_the_row_as_it_left_it(ctx):
+    job_id = new_job(ctx, environment={"A": "1"}, outputs=["out/x"])
+    moved = ctx.store.move(job_id, S.QUEUED, job_dir="/jobs/y")
+    assert moved.before is S.NEW
+    job = moved.job
+    assert (job.id, job.state, job.job_dir, job.command) == (job_id, "queued", "/jobs/y", "echo hi")
+    assert job.environment == {"A": "1"} and job.outputs == ["out/x"]
+    assert job.queued_at == job.updated_at and job.queued_at.tzinfo is not None
+    assert ctx.store.row(job_id) == job
+
+
+def test_second_identical_move_does_nothing(ctx):
     job_id = new_job(ctx)
     assert move(ctx, job_id, S.QUEUED) is S.NEW
     before = ctx.store.get(job_id)
@@ -138,7 +159,7 @@ def test_second_identical_transition_does_nothing(ctx):
         ([S.ERROR], S.DELETED),
     ],
 )
-def test_illegal_transition_changes_nothing(ctx, setup, target):
+def test_illegal_move_changes_nothing(ctx, setup, target):
     job_id = new_job(ctx)
     for state in setup:
         assert move(ctx, job_id, state) is not None
@@ -152,7 +173,7 @@ def test_illegal_transition_changes_nothing(ctx, setup, target):
     assert history(ctx, job_id) == rows
 
 
-def test_transition_of_an_unknown_job_is_none(ctx):
+def test_move_of_an_unknown_job_is_none(ctx):
     assert move(ctx, "no-such-job", S.QUEUED) is None
 
 
@@ -247,8 +268,7 @@ def submitting_job(ctx: Context) -> str:
 
 
 def claim(ctx, job_id, state, seen) -> bool:
-    with ctx.store.session() as session:
-        return ctx.store.claim_stale(session, job_id, state, seen)
+    return ctx.store.claim_stale(job_id, state, seen)
 
 
 def test_claim_stale_only_for_the_caller_that_saw_the_current_row(ctx):
