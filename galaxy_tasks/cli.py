@@ -197,28 +197,58 @@ def _wait(args: argparse.Namespace, _extra: list[str]) -> int:
 def _worker(args: argparse.Namespace, extra: list[str]) -> int:
     ctx = context.current()
     ctx.settings.home.mkdir(parents=True, exist_ok=True)
-    queues = args.queues or ",".join(_generic_queues(ctx))
     from galaxy_tasks.celery import app
 
-    app.worker_main(["worker", "-Q", queues, *extra])
+    if args.queues:
+        app.worker_main(["worker", "-Q", args.queues, *extra])
+        return 0
+    # Every queue the configuration knows: the steps and local ones here, each holding
+    # runner's in a supervised worker process of its own (see galaxy_tasks/holders.py).
+    from galaxy_tasks import holders
+
+    queues, held = _queues_by_worker(ctx)
+    node, loglevel = _option(extra, "-n", "--hostname"), _option(extra, "-l", "--loglevel")
+    supervisor = holders.Supervisor({
+        runner: holders.command(runner, held_queues, holders.node_name(node, runner), loglevel)
+        for runner, held_queues in held.items()
+    })
+    for runner, held_queues in held.items():
+        print(f"galaxy-tasks: queues {', '.join(held_queues)} ({runner}) are served by a child process "
+              f"`celery -A {holders.APPS[runner]} worker`", file=sys.stderr)
+    from celery import signals
+
+    signals.celeryd_after_setup.connect(lambda **_: supervisor.start(), weak=False)  # logging is set up
+    try:
+        app.worker_main(["worker", "-Q", ",".join(queues), *extra])
+    finally:
+        supervisor.stop()
     return 0
 
 
-HOLDER_WORKERS = {"drmaa": "celery -A workers.drmaa worker", "mesos": "celery -A workers.mesos worker"}
+def _queues_by_worker(ctx: context.Context) -> tuple[list[str], dict[str, list[str]]]:
+    """The queues a plain worker serves (the steps and the local runner's), and those of
+    each runner that must be held in one process (DRMAA sessions, Mesos frameworks)."""
+    from galaxy_tasks.holders import APPS
 
-
-def _generic_queues(ctx: context.Context) -> list[str]:
-    """Every configured queue a plain worker can serve: the steps and the local runner's.
-    DRMAA and Mesos queues need a worker that holds their session or framework in one
-    process (a forking pool would open one per child); those are named on stderr."""
-    generic = {ctx.settings.steps_queue}
+    plain = {ctx.settings.steps_queue}
+    held: dict[str, set[str]] = {}
     for destination in ctx.routing.destinations.values():
-        if destination.runner in HOLDER_WORKERS:
-            print(f"galaxy-tasks: queue {destination.queue!r} ({destination.runner}) is served by "
-                  f"`{HOLDER_WORKERS[destination.runner]}`", file=sys.stderr)
+        if destination.runner in APPS:
+            held.setdefault(destination.runner, set()).add(destination.queue)
         else:
-            generic.add(destination.queue)
-    return sorted(generic)
+            plain.add(destination.queue)
+    return sorted(plain), {runner: sorted(queues) for runner, queues in sorted(held.items())}
+
+
+def _option(extra: list[str], *names: str) -> str | None:
+    """The value of a Celery option among the passed-through arguments (`-n X`, `--hostname=X`)."""
+    for index, item in enumerate(extra):
+        for name in names:
+            if item == name and index + 1 < len(extra):
+                return extra[index + 1]
+            if item.startswith(name + "=") or (len(name) == 2 and item.startswith(name) and len(item) > 2):
+                return item.split("=", 1)[1] if "=" in item else item[2:]
+    return None
 
 
 def _beat(args: argparse.Namespace, extra: list[str]) -> int:

@@ -10,6 +10,7 @@ from typing import Any, Callable
 from celery import concurrency, signals
 
 from galaxy_tasks import context
+from galaxy_tasks.holders import stop_with_supervisor
 
 #: pools whose tasks run in the process that holds the session or framework
 POOLS = {"threads": "celery.concurrency.thread", "solo": "celery.concurrency.solo"}
@@ -40,6 +41,8 @@ def serve_own_queues_by_default(runner: str) -> Callable[..., None]:
             instance.app.amqp.queues.select(sorted(known))
 
     signals.celeryd_init.connect(default_queues, weak=False)
+    # started by a plain `galaxy-tasks worker` (galaxy_tasks/holders.py): end with it
+    signals.celeryd_init.connect(lambda **_: stop_with_supervisor(), weak=False)
     return default_queues
 
 

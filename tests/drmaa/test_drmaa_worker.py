@@ -4,6 +4,7 @@ the CLI; workers are killed and restarted for real."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -250,3 +251,57 @@ def test_the_drmaa_worker_never_forks(drmaa_deployment):
     refused = grid.drmaa_worker("forking", "--pool", "processes", ready=False)
     assert refused.proc.wait(timeout=60) != 0
     assert "the prefork pool is refused" in refused.log.read_text()
+
+
+def _holders_started(log: Path) -> list[int]:
+    return [int(line.split(" pid=")[1].split()[0]) for line in log.read_text().splitlines()
+            if "event=holder_started" in line and "runner=drmaa" in line]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_worker_without_queues_serves_every_queue_and_keeps_its_drmaa_worker_alive(drmaa_deployment):
+    """`galaxy-tasks worker` with no --queues: the steps and local queues in its own process,
+    the drmaa queue through a supervised `celery -A workers.drmaa worker` child, which is
+    restarted when it dies and stopped when the parent stops."""
+    grid = drmaa_deployment
+    main = grid.d.worker(None, "all@%h", "--concurrency", "2")
+    grid.wait_until(lambda: "all-drmaa@" in main.log.read_text() and
+                    main.log.read_text().count(" ready.") >= 2, 60, "both workers ready")
+    assert "queues drmaa (drmaa) are served by a child process" in main.log.read_text()
+    on_grid, here = grid.submit("echo grid", "drm_first"), grid.submit("echo here", "cat1")
+    jobs = {job.id: job for job in grid.wait_terminal([on_grid, here], timeout=90)}
+    assert (jobs[on_grid].state, jobs[on_grid].destination, jobs[on_grid].stdout_tail) == ("ok", "sge", "grid\n")
+    assert jobs[on_grid].external_id.isdigit()
+    assert (jobs[here].state, jobs[here].destination) == ("ok", "local")
+
+    [first] = _holders_started(main.log)
+    os.kill(first, signal.SIGKILL)  # as a crash of the DRM library would
+    grid.wait_until(lambda: len(_holders_started(main.log)) == 2, 30, "the drmaa worker restarted")
+    assert "event=holder_exited" in main.log.read_text() and "exit_code=-9" in main.log.read_text()
+    grid.wait_until(lambda: main.log.read_text().count(" ready.") >= 3, 60, "the new drmaa worker ready")
+    after = grid.submit("echo again", "drm_second")
+    [job] = grid.wait_terminal([after], timeout=90)
+    assert (job.state, job.stdout_tail) == ("ok", "again\n")
+
+    second = _holders_started(main.log)[1]
+    main.proc.send_signal(signal.SIGTERM)  # the parent only: it stops its child itself
+    main.proc.wait(timeout=90)
+    assert not _alive(second)
+    assert len(_holders_started(main.log)) == 2  # stopping is not a crash: no restart
+
+
+def test_the_drmaa_worker_ends_when_its_supervising_worker_is_killed(drmaa_deployment):
+    grid = drmaa_deployment
+    main = grid.d.worker(None, "gone@%h", "--concurrency", "1")
+    grid.wait_until(lambda: main.log.read_text().count(" ready.") >= 2, 60, "both workers ready")
+    [child] = _holders_started(main.log)
+    main.proc.kill()  # SIGKILL to the parent alone: no chance to stop anything
+    main.proc.wait(timeout=30)
+    grid.wait_until(lambda: not _alive(child), 60, "the orphaned drmaa worker ended")
