@@ -27,7 +27,8 @@ result_backend = None
 
 task_acks_late = True
 task_reject_on_worker_lost = True
-task_acks_on_failure_or_timeout = True
+task_acks_on_failure = True  # a step that raised is re-driven from its row by reconciliation
+task_acks_on_timeout = True
 worker_prefetch_multiplier = 1
 task_default_queue = _settings.steps_queue
 task_create_missing_queues = True
