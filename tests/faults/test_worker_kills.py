@@ -21,8 +21,9 @@ def _crashing(make_deployment, tmp_path, point: str):
 @pytest.mark.parametrize("point", ["prepare", "launch", "finish"])
 def test_sigkill_of_the_pool_process_mid_step(make_deployment, tmp_path, point):
     """The pool process dies: during prepare (job dir written, state not), right after the
-    runner launched the command but before the launch was recorded, and during finish
-    (state written, not committed). The step's message is redelivered (late ack, reject on
+    runner launched the command but before the launch was recorded, and right after finish
+    recorded the end (one atomic statement) but before its message was acknowledged. The
+    step's message is redelivered (late ack, reject on
     worker loss) and the job completes, its command run once."""
     deployment = _crashing(make_deployment, tmp_path, point)
     ledger = tmp_path / "ledger"
