@@ -96,7 +96,7 @@ class Store:
         the job was already past this step: the caller then does nothing."""
         allowed = sources_of(target) if sources is None else sources
         now = utcnow()
-        assignments: dict[str, Any] = {"state": target.value, "updated_at": now, **values}
+        assignments: dict[str, Any] = {"state": target.value, "updated_at": now}
         if reason is not None:
             assignments["reason"] = reason
         if target in _STAMPS:
@@ -105,6 +105,7 @@ class Store:
             assignments.update(finished_at=now, check_at=None)
         else:
             assignments.update(check_at=now + timedelta(seconds=self.check_after), checks=0)
+        assignments.update(values)  # given values win (a cancel keeps a check on what it stops)
         columns = tuple(assignments)
         params = {f"v_{name}": value for name, value in assignments.items()}
         params.update(job_id=job_id, c_reason=reason)

@@ -19,7 +19,7 @@ from galaxy_tasks.celery import app
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job
 from galaxy_tasks.runners import Completion, Runner, Tracked, runner_class
-from galaxy_tasks.runners.base import RunnerUnavailable
+from galaxy_tasks.runners.base import RunnerError, RunnerUnavailable
 from galaxy_tasks.spec import SpecError, parse
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,12 @@ def dispatch(plan: lifecycle.Plan) -> None:
         for batch in _chunks(jobs, 200):
             check_jobs.apply_async(kwargs={"destination": destination, "jobs": [_tracked_json(t) for t in batch]},
                                    queue=queue)
+    for destination, jobs in plan.stop.items():
+        if destination not in ctx.routing.destinations:
+            continue
+        for batch in _chunks(jobs, 200):
+            stop_jobs.apply_async(kwargs={"destination": destination, "jobs": [_tracked_json(t) for t in batch]},
+                                  queue=ctx.routing.destinations[destination].queue)
 
 
 def _report(completion: Completion) -> None:
@@ -157,6 +163,24 @@ def check_jobs(destination: str, jobs: list[dict]) -> int:
         runner.report(completion)
     event(log, "reconcile_check", destination=destination, asked=len(jobs), ended=len(ended))
     return len(ended)
+
+
+@app.task(name="galaxy_tasks.stop_jobs", **DB_RETRY)
+def stop_jobs(destination: str, jobs: list[dict]) -> int:
+    """Cancelled jobs looked at again: stop those still running (their kill message may
+    have been lost), and stop looking at those that have ended."""
+    runner = runner_for(destination)
+    tracked = [_tracked_from(j) for j in jobs]
+    statuses = runner.status(tracked)
+    alive = [t for t in tracked if statuses.get(t.job_id) is None]
+    for job in alive:
+        try:
+            runner.cancel(job)
+        except RunnerError as exc:
+            event(log, "stop_failed", level=logging.WARNING, job_id=job.job_id, error=str(exc))
+    lifecycle.stopped(context.current(), [t.job_id for t in tracked if statuses.get(t.job_id) is not None])
+    event(log, "reconcile_stop", destination=destination, asked=len(tracked), still_running=len(alive))
+    return len(alive)
 
 
 @app.task(name="galaxy_tasks.reconcile", **DB_RETRY)

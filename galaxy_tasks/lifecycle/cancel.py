@@ -1,12 +1,15 @@
-"""Cancel a job: DELETED at once in the database; a launched job is also stopped."""
+"""Cancel a job: DELETED at once in the database; a launched job is also stopped, and
+looked at once more by reconciliation in case the message that stops it is lost."""
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from pathlib import Path
 from typing import NamedTuple
 
 from galaxy_tasks.context import Context
 from galaxy_tasks.logs import event
+from galaxy_tasks.model import utcnow
 from galaxy_tasks.runners.base import Tracked
 from galaxy_tasks.states import JobState
 
@@ -31,7 +34,10 @@ def cancel(ctx: Context, job_id: str) -> tuple[JobState, ToStop | None]:
     """Returns the job's state before the cancel and, for a job its runner holds, what the
     runner must stop. A job that had already ended is left
     as it is."""
-    moved = ctx.store.move(job_id, JobState.DELETED, reason="cancelled")
+    # The row stays due for one more look: if the kill message is lost, reconciliation
+    # finds the job's process still there and stops it (see reconcile.overdue).
+    check_at = utcnow() + timedelta(seconds=ctx.settings.check_after)
+    moved = ctx.store.move(job_id, JobState.DELETED, reason="cancelled", check_at=check_at, checks=0)
     if moved is None:
         current = ctx.store.row(job_id)
         if current is None:

@@ -27,6 +27,10 @@ from galaxy_tasks.states import ACTIVE, JobState
 
 log = logging.getLogger(__name__)
 
+#: states whose rows reconciliation looks at when their check is due: the active ones, and
+#: cancelled ones whose runner may not have stopped them yet
+_DUE = ACTIVE | {JobState.DELETED}
+
 
 @dataclass
 class Plan:
@@ -35,10 +39,13 @@ class Plan:
     prepare: list[Job] = field(default_factory=list)  # new jobs whose whole chain is sent again
     launch: list[tuple[str, str]] = field(default_factory=list)  # (job id, destination queue)
     check: dict[str, list[Tracked]] = field(default_factory=lambda: defaultdict(list))
+    stop: dict[str, list[Tracked]] = field(default_factory=lambda: defaultdict(list))  # cancelled, maybe alive
+    settled: list[str] = field(default_factory=list)  # cancelled before a runner had them: nothing to stop
 
     @property
     def size(self) -> int:
-        return len(self.prepare) + len(self.launch) + sum(len(v) for v in self.check.values())
+        return (len(self.prepare) + len(self.launch) + sum(len(v) for v in self.check.values())
+                + sum(len(v) for v in self.stop.values()))
 
 
 def overdue(ctx: Context, now: datetime | None = None) -> Plan:
@@ -48,24 +55,38 @@ def overdue(ctx: Context, now: datetime | None = None) -> Plan:
     with ctx.store.session() as session:
         jobs = session.scalars(
             select(Job)
-            .where(Job.state.in_([s.value for s in ACTIVE]), Job.check_at <= now)
+            .where(Job.state.in_([s.value for s in _DUE]), Job.check_at <= now)
             .order_by(Job.check_at)
             .limit(settings.reconcile_batch)
         ).all()
+        plan = _plan(ctx, jobs, now)
+        if plan.settled:
+            session.execute(_settle(plan.settled))
         by_checks: dict[int, list[str]] = defaultdict(list)
         for job in jobs:
-            by_checks[job.checks].append(job.id)
+            if job.id not in plan.settled:
+                by_checks[job.checks].append(job.id)
         for checks, ids in by_checks.items():  # one statement per distinct delay
             delay = min(settings.check_after * 2 ** min(checks, 20), settings.check_after_max)
             session.execute(
                 update(Job).where(Job.id.in_(ids), Job.check_at <= now)
                 .values(check_at=now + timedelta(seconds=delay), checks=checks + 1)
             )
-    plan = _plan(ctx, jobs, now)
     if plan.size:
         event(log, "reconcile", overdue=len(jobs), prepare=len(plan.prepare), launch=len(plan.launch),
-              check=sum(len(v) for v in plan.check.values()))
+              check=sum(len(v) for v in plan.check.values()), stop=sum(len(v) for v in plan.stop.values()))
     return plan
+
+
+def stopped(ctx: Context, job_ids: list[str]) -> None:
+    """Cancelled jobs known to have nothing left running: no more looks at them."""
+    if job_ids:
+        with ctx.store.session() as session:
+            session.execute(_settle(job_ids))
+
+
+def _settle(job_ids: list[str]):
+    return update(Job).where(Job.id.in_(job_ids), Job.state == JobState.DELETED.value).values(check_at=None)
 
 
 def startup(ctx: Context) -> Plan:
@@ -119,7 +140,12 @@ def _plan(ctx: Context, jobs: Iterable[Job], now: datetime) -> Plan:
     stale = now - timedelta(seconds=LAUNCH_LEASE_S)
     for job in jobs:
         state = JobState(job.state)
-        if state is JobState.NEW:
+        if state is JobState.DELETED:
+            if job.external_id:
+                plan.stop[job.destination].append(_tracked(ctx, job))
+            else:
+                plan.settled.append(job.id)
+        elif state is JobState.NEW:
             plan.prepare.append(job)
         elif state is JobState.QUEUED or (state is JobState.SUBMITTING and job.updated_at < stale
                                           and not job.external_id):

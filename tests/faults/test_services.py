@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import create_engine, text
 
 from tests.faults.checks import assert_exactly_once, ledger_command
+from tests.support.ledger import gated, ledger_lines
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.faults
@@ -86,3 +89,46 @@ def test_duplicated_and_late_messages_change_nothing(deployment, tmp_path):
     time.sleep(3)
     assert deployment.job("dup-0001").state == "ok" and deployment.job("dup-0001").exit_code == 0
     assert_exactly_once(deployment, ["dup-0001"], ledger, "duplicated and late messages")
+
+
+def test_a_lost_kill_message_is_made_good_by_reconciliation(make_deployment, tmp_path):
+    """A job is cancelled while no worker serves its queue, and the broker loses the kill
+    message. The row says deleted at once; the process would run on. Reconciliation looks
+    at the cancelled job once more, finds its process alive, and stops it."""
+    deployment = make_deployment(**RECONCILE_FAST)
+    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
+    first = deployment.worker()
+    job_id = deployment.submit(ledger_command(ledger, gated(gate)), "cancel_lost")
+    try:
+        deployment.wait_until(lambda: deployment.job(job_id).state == "running", what="running")
+        job = deployment.job(job_id)
+        pid = int(Path(job.job_dir, "claim").read_text())
+        first.stop()  # jobs run on without their worker
+        assert deployment.cli("cancel", job_id).returncode == 0
+        broker = redis.Redis.from_url(deployment.env["GALAXY_TASKS_BROKER_URL"])
+        assert broker.llen(job.queue) == 1, "the kill message waits on the job's queue"
+        broker.delete(job.queue)  # ... and is lost
+        broker.close()
+        time.sleep(1)
+        assert alive(pid), "nothing else stops the job"
+        deployment.worker()
+        deployment.beat()
+        deployment.wait_until(lambda: not alive(pid), timeout=60, what="the job's process stopped")
+        deployment.wait_until(lambda: deployment.job(job_id).check_at is None, timeout=60, what="no more looks")
+        cancelled = deployment.job(job_id)
+        assert (cancelled.state, cancelled.reason) == ("deleted", "cancelled")
+        assert deployment.history(job_id)[-1].value == "deleted"
+        assert "event=reconcile_stop" in deployment.logs() and "still_running=1" in deployment.logs()
+        gate.touch()
+        time.sleep(1.5)  # a command still alive would now pass its gate and write the ledger
+        assert ledger_lines(ledger) == [], "the cancelled command did not run on"
+    finally:
+        gate.touch()  # a failed run leaves no job waiting behind
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

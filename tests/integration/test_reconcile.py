@@ -9,6 +9,7 @@ from sqlalchemy import insert
 from galaxy_tasks import config, lifecycle, routing, schema
 from galaxy_tasks.context import Context
 from galaxy_tasks.model import Job, utcnow
+from galaxy_tasks.spec import parse
 from galaxy_tasks.store import Store
 from tests.support.services import create_database, drop_database
 
@@ -75,6 +76,32 @@ def test_new_and_queued_jobs_whose_messages_were_lost_are_sent_again(ctx):
     assert sorted(j for j, _ in plan.launch) == ["queued-000000", "queued-000001"]
     # a launch in progress (fresh SUBMITTING with an external id) is checked, not relaunched
     assert sorted(t.job_id for t in plan.check["local"]) == ["owned-000000", "owned-000001"]
+
+
+def test_cancelled_jobs_are_looked_at_once_more_for_a_process_left_running(ctx):
+    now = utcnow()
+    with ctx.store.session() as session:
+        session.execute(insert(Job), _rows(2, "deleted", now - timedelta(seconds=1), "held"))
+        never = _rows(1, "deleted", now - timedelta(seconds=1), "never")
+        never[0]["external_id"] = None
+        session.execute(insert(Job), never + _rows(1, "deleted", now + timedelta(seconds=60), "later"))
+    plan = lifecycle.overdue(ctx, now)
+    assert sorted(t.job_id for t in plan.stop["local"]) == ["held-000000", "held-000001"]
+    assert plan.settled == ["never-000000"] and not plan.check and not plan.launch
+    assert ctx.store.get("never-000000").check_at is None, "nothing to stop: no more looks"
+    assert ctx.store.get("held-000000").check_at > now, "looked at again later until known stopped"
+    lifecycle.stopped(ctx, ["held-000000"])
+    assert ctx.store.get("held-000000").check_at is None
+    assert ctx.store.get("held-000001").check_at is not None
+
+
+def test_a_cancel_keeps_one_more_check_on_the_job(ctx):
+    job, _ = lifecycle.accept(ctx, parse({"tool_id": "t", "command": "sleep 100"}))
+    before, stop = lifecycle.cancel(ctx, job.id)
+    assert before.value == "new" and stop is None
+    cancelled = ctx.store.get(job.id)
+    assert cancelled.state == "deleted" and cancelled.finished_at is not None
+    assert abs((cancelled.check_at - cancelled.finished_at).total_seconds() - ctx.settings.check_after) < 1
 
 
 def test_only_one_reconciler_holds_the_lease(ctx):
