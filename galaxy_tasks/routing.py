@@ -8,6 +8,7 @@ URLs (`local:///`, `drmaa://-l h_rt=1:00/`) are accepted wherever a destination 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,12 @@ class Routing:
     def queues(self) -> list[str]:
         return sorted({d.queue for d in self.destinations.values()})
 
+    @functools.cached_property
+    def limited(self) -> frozenset[str]:
+        """Destinations with job slots (`params.max_jobs`): the end of one of their jobs
+        wakes the next waiting one."""
+        return frozenset(name for name, d in self.destinations.items() if d.params.get("max_jobs"))
+
 
 def default_routing() -> Routing:
     local = Destination("local", "local", "local", max_cores=os.cpu_count() or 1)
@@ -179,6 +186,13 @@ def _destination_fields(name: str, value: Any, here: str) -> Destination:
     params.update(_mapping(value.get("params"), f"{here}.params"))
     if "native_specification" in value:
         params["native_specification"] = str(value["native_specification"])
+    if "max_jobs" in params:
+        jobs = params["max_jobs"]
+        if runner != "local":
+            raise ConfigError(f"{here}.params.max_jobs: only the local runner has job slots "
+                              f"(a {runner} destination's scheduler queues its jobs)")
+        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+            raise ConfigError(f"{here}.params.max_jobs: must be a whole number of at least 1, not {jobs!r}")
     env = _mapping(value.get("env"), f"{here}.env")
     for key, text in env.items():
         if not isinstance(key, str) or not ENV_NAME.match(key):

@@ -28,9 +28,10 @@ ACTIVE = frozenset(JobState) - TERMINAL
 ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.NEW: frozenset({JobState.QUEUED, JobState.ERROR, JobState.DELETED}),
     JobState.QUEUED: frozenset({JobState.SUBMITTING, JobState.ERROR, JobState.DELETED}),
-    # SUBMITTING -> SUBMITTING is a takeover of a launch whose worker died mid-step.
+    # SUBMITTING -> SUBMITTING is a takeover of a launch whose worker died mid-step;
+    # SUBMITTING -> QUEUED is a launch the runner had no room for (a full local host).
     JobState.SUBMITTING: frozenset(
-        {JobState.SUBMITTING, JobState.RUNNING, JobState.OK, JobState.ERROR, JobState.DELETED}
+        {JobState.QUEUED, JobState.SUBMITTING, JobState.RUNNING, JobState.OK, JobState.ERROR, JobState.DELETED}
     ),
     JobState.RUNNING: frozenset({JobState.OK, JobState.ERROR, JobState.DELETED}),
     JobState.OK: frozenset(),

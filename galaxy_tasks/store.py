@@ -27,6 +27,9 @@ _CHANGE_COLUMNS = ["job_id", "from_state", "to_state", "at", "reason"]
 
 _ROW = select(_JOBS).where(_JOBS.c.id == bindparam("job_id"))
 _STATE = select(_JOBS.c.state).where(_JOBS.c.id == bindparam("job_id"))
+_OLDEST = (select(_JOBS.c.id).where(_JOBS.c.destination == bindparam("destination"),
+                                    _JOBS.c.state == bindparam("state"))
+           .order_by(_JOBS.c.created_at).limit(1))
 _CLAIM_STALE = (update(_JOBS)
                 .where(_JOBS.c.id == bindparam("job_id"), _JOBS.c.state == bindparam("in_state"),
                        _JOBS.c.updated_at == bindparam("seen", type_=_JOBS.c.updated_at.type))
@@ -119,6 +122,11 @@ class Store:
                     return Moved(JobState(current), job)
                 current = connection.scalar(_STATE, {"job_id": job_id})
         return None
+
+    def oldest(self, destination: str, state: JobState) -> str | None:
+        """The id of the destination's oldest job in `state`."""
+        with self._single.connect() as connection:
+            return connection.scalar(_OLDEST, {"destination": destination, "state": state.value})
 
     def claim_stale(self, job_id: str, state: JobState, seen: datetime) -> bool:
         """Take over a job whose step's owner vanished: succeeds for one caller only, the

@@ -96,7 +96,7 @@ def runner_for(destination: str) -> Runner:
         if destination not in _runners:
             spec = context.current().routing.destinations[destination]
             cls = runner_class(spec.runner)
-            params = {**spec.params, **_process_params.get(spec.runner, {})}
+            params = {**spec.params, **_process_params.get(spec.runner, {}), "destination": destination}
             _runners[destination] = cls(params, _report_durably if cls.durable_report else _report)
         return _runners[destination]
 
@@ -136,8 +136,33 @@ def launch_job(self, job_id: str, tool_id: str | None = None) -> bool:
 
 @app.task(name="galaxy_tasks.finish_job", **DB_RETRY)
 def finish_job(job_id: str, completion: dict, tool_id: str | None = None) -> str | None:
-    state = lifecycle.finish(context.current(), Completion.from_json({**completion, "job_id": job_id}))
-    return state.value if state else None
+    ctx = context.current()
+    moved = lifecycle.finish(ctx, Completion.from_json({**completion, "job_id": job_id}))
+    if ctx.routing.limited:
+        # a process of a destination with job slots ended (a cancelled job's too, whose
+        # finish is a no-op): its slot is free, so the oldest waiting job may start
+        job = moved.job if moved is not None else ctx.store.row(job_id)
+        if job is not None and job.destination in ctx.routing.limited:
+            launch_next.apply_async(kwargs={"destination": job.destination},
+                                    queue=ctx.routing.destinations[job.destination].queue)
+    return moved.job.state if moved is not None else None
+
+
+@app.task(name="galaxy_tasks.launch_next", bind=True, **DB_RETRY)
+def launch_next(self, destination: str) -> str | None:
+    """Launch the destination's oldest queued job if this host has room for it (a few
+    tries: another wake-up may have taken the same job a moment before)."""
+    ctx = context.current()
+    runner = runner_for(destination)
+    for _ in range(3):
+        if not runner.has_room():
+            return None
+        job_id = lifecycle.next_queued(ctx, destination)
+        if job_id is None:
+            return None
+        if lifecycle.launch(ctx, job_id, runner_for, owner=self.request.id):
+            return job_id
+    return None
 
 
 @app.task(name="galaxy_tasks.cancel_job", **DB_RETRY)

@@ -3,9 +3,9 @@ task, the embedded runner or a test alike."""
 from galaxy_tasks.lifecycle.accept import accept
 from galaxy_tasks.lifecycle.cancel import UnknownJob, cancel
 from galaxy_tasks.lifecycle.finish import finish
-from galaxy_tasks.lifecycle.launch import launch
+from galaxy_tasks.lifecycle.launch import launch, next_queued
 from galaxy_tasks.lifecycle.prepare import launch_for, prepare
 from galaxy_tasks.lifecycle.reconcile import Plan, acquire_lease, held_by, overdue, startup, stopped
 
 __all__ = ["Plan", "UnknownJob", "accept", "acquire_lease", "cancel", "finish", "held_by", "launch",
-           "launch_for", "overdue", "prepare", "startup", "stopped"]
+           "launch_for", "next_queued", "overdue", "prepare", "startup", "stopped"]

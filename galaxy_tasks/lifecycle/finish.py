@@ -13,6 +13,7 @@ from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job
 from galaxy_tasks.runners.base import Completion
 from galaxy_tasks.states import JobState
+from galaxy_tasks.store import Moved
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +21,9 @@ _LAUNCHED = frozenset({JobState.SUBMITTING, JobState.RUNNING})
 COMMAND_NOT_FOUND = 127
 
 
-def finish(ctx: Context, completion: Completion) -> JobState | None:
-    """Record the job's end; None if it had already ended (a duplicate or late event)."""
+def finish(ctx: Context, completion: Completion) -> Moved | None:
+    """Record the job's end (the returned row has its terminal state); None if it had
+    already ended (a duplicate or late event)."""
     job = ctx.store.row(completion.job_id)
     if job is None or JobState(job.state) not in _LAUNCHED:
         return None
@@ -50,7 +52,7 @@ def finish(ctx: Context, completion: Completion) -> JobState | None:
     crash_point("finish", job.id)  # recorded, but the message not yet acknowledged
     event(log, "state_change", job_id=job.id, to=state, exit_code=exit_code, reason=reason,
           tool_id=job.tool_id, destination=job.destination)
-    return state
+    return moved
 
 
 def _verdict(job: Job, job_dir: JobDir, completion: Completion, exit_code: int | None,

@@ -5,6 +5,9 @@ QUEUED -> SUBMITTING is the claim: only one message wins it, and the row records
 recorded its id", the redelivery of that same message takes the launch over at once; any
 other message waits out the lease (`GALAXY_TASKS_LAUNCH_LEASE`). Either way the runner's
 own look-up by job name keeps the takeover from starting a second copy.
+
+A runner with no room (RunnerFull) sends the job back to QUEUED; `launch_next`, sent when a
+job of the destination ends, launches the oldest queued one.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from galaxy_tasks.faults import crash_point
 from galaxy_tasks.lifecycle.prepare import launch_for
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import utcnow
-from galaxy_tasks.runners.base import Runner, RunnerError, Tracked
+from galaxy_tasks.runners.base import Runner, RunnerError, RunnerFull, Tracked
 from galaxy_tasks.states import JobState
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,11 @@ def launch(ctx: Context, job_id: str, runner_for: Callable[[str], Runner], owner
     try:
         external_id = runner.submit(launch_for(ctx, job))
         crash_point("launch", job_id)
+    except RunnerFull as exc:
+        # back in line; the end of a running job of this destination wakes the next one
+        ctx.store.move(job_id, JobState.QUEUED, sources=_SUBMITTING)
+        event(log, "launch_deferred", job_id=job_id, destination=job.destination, reason=str(exc))
+        return False
     except RunnerError as exc:
         ctx.store.move(job_id, JobState.ERROR, reason=str(exc), sources=_SUBMITTING)
         event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
@@ -72,3 +80,8 @@ def _claim(ctx: Context, job_id: str, owner: str | None, lease_s: float) -> Row 
         return None
     event(log, "launch_takeover", job_id=job_id, level=logging.WARNING)
     return job
+
+
+def next_queued(ctx: Context, destination: str) -> str | None:
+    """The destination's oldest job waiting for its launch."""
+    return ctx.store.oldest(destination, JobState.QUEUED)

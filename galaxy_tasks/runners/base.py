@@ -77,6 +77,11 @@ class RunnerError(Exception):
     kept as the job's reason."""
 
 
+class RunnerFull(Exception):
+    """The runner has no room for another job right now (every slot of a limited local
+    host is taken): the job goes back in line, and the end of a running job wakes it."""
+
+
 class RunnerUnavailable(RuntimeError):
     """The runner cannot act right now (e.g. not connected to its master), through no fault
     of the job: the step is retried, and the job is not failed."""
@@ -103,6 +108,10 @@ class Runner(ABC):
         attempt got as far as the external system), return that job's id instead of
         starting a second copy. The end of the job is reported later through `report`.
         """
+
+    def has_room(self) -> bool:
+        """Whether a job submitted now would start (a runner with slots says no when full)."""
+        return True
 
     @abstractmethod
     def cancel(self, tracked: Tracked) -> None:

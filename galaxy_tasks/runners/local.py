@@ -3,22 +3,30 @@
 The job script runs in a session of its own (so cancel kills everything it started and a
 worker restart does not kill the job), and its end is learnt from the process exit through
 one `ExitWatcher` thread, never from a loop over running jobs.
+
+`max_jobs` (a destination param) bounds how many of the destination's jobs run at once on
+a host, whichever worker process started them: each job holds a locked slot file for as
+long as any of its processes lives. A launch that finds every slot taken raises RunnerFull.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import signal
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from galaxy_tasks.jobdir import CLAIMED_EXIT_CODE, JobDir
-from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, RunnerError, Tracked
+from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, RunnerError, RunnerFull, Tracked
 from galaxy_tasks.runners.exitwatch import Exit, ExitWatcher
 
+#: the job's descriptor of its slot file (see `_take_slot`)
+SLOT_FD = 9
 _DEVNULL_ACTIONS = [
     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
     (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
@@ -33,6 +41,9 @@ class LocalRunner(Runner):
         super().__init__(params, report)
         self.host = socket.gethostname()
         self.kill_grace_s = float(self.params.get("kill_grace_s", 5))
+        self.max_jobs = _max_jobs(self.params.get("max_jobs"))
+        self.slots_dir = Path(self.params.get("slots_dir") or Path(tempfile.gettempdir()) /
+                              f"galaxy-tasks-{os.getuid()}" / "slots" / str(self.params.get("destination", "local")))
         self._lock = threading.Lock()
         self._watcher: ExitWatcher | None = None
         self._watcher_pid = 0
@@ -44,18 +55,34 @@ class LocalRunner(Runner):
         if claimed is not None:
             self._follow(launch.job_id, job_dir, claimed)
             return self._external_id(claimed)
+        slot = self._take_slot()
+        actions = _DEVNULL_ACTIONS if slot is None else [*_DEVNULL_ACTIONS, (os.POSIX_SPAWN_DUP2, slot, SLOT_FD)]
         try:
             pid = os.posix_spawn(
                 "/bin/sh", ["/bin/sh", str(launch.script)], dict(launch.env),
-                setsid=True, file_actions=_DEVNULL_ACTIONS,
+                setsid=True, file_actions=actions,
             )
         except OSError as exc:
             raise RunnerError(f"cannot start the job script: {exc}") from exc
+        finally:
+            if slot is not None:
+                os.close(slot)  # the job's processes hold the slot from now on
         # A spawned process inherits our peak RSS as its own starting peak (Linux keeps
         # the larger of the two across exec), so a peak not above ours says nothing.
         floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         self._watch(pid, (launch.job_id, job_dir, time.time(), floor), child=True)
         return self._external_id(pid)
+
+    def has_room(self) -> bool:
+        if self.max_jobs is None:
+            return True
+        try:
+            slot = self._take_slot()
+        except RunnerFull:
+            return False
+        if slot is not None:
+            os.close(slot)
+        return True
 
     def cancel(self, tracked: Tracked) -> None:
         host, pid = self._parse(tracked.external_id)
@@ -91,6 +118,23 @@ class LocalRunner(Runner):
             self._watcher = None
 
     # -- internals --------------------------------------------------------------------
+
+    def _take_slot(self) -> int | None:
+        """With `max_jobs`, a locked slot file (host-wide: every worker process of this
+        destination on the host shares the slots); the job's processes inherit the lock, so
+        the slot is free again only when the last of them has ended. None without a limit."""
+        if self.max_jobs is None:
+            return None
+        self.slots_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for index in range(self.max_jobs):
+            fd = os.open(self.slots_dir / f"slot-{index}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return fd
+        raise RunnerFull(f"all {self.max_jobs} job slots of {self.host} are taken")
 
     def _status(self, job: Tracked) -> Completion | None:
         job_dir = JobDir(job.job_dir)
@@ -174,6 +218,14 @@ class LocalRunner(Runner):
             return host, int(pid)
         except ValueError:
             raise RunnerError(f"not a local runner job id: {external_id!r}") from None
+
+
+def _max_jobs(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"local runner: max_jobs must be a whole number of at least 1, not {value!r}")
+    return value
 
 
 def _alive(pid: int) -> bool:

@@ -196,3 +196,42 @@ def test_db_upgrade_is_idempotent(deployment):
     result = deployment.cli("db", "upgrade")
     assert result.returncode == 0 and "revision 0001" in result.stdout
     assert "postgres@" in result.stdout
+
+
+def test_max_jobs_bounds_the_local_jobs_running_at_once_across_worker_processes(make_deployment, tmp_path):
+    """A local destination with `max_jobs: 2`, served by a prefork worker of 3 processes:
+    never more than 2 of its jobs run at once on the host; the others wait in `queued` and
+    start as running ones end; a cancel is served while every slot is taken."""
+    conf = tmp_path / "job_conf.yml"
+    conf.write_text("destinations:\n  local:\n    runner: local\n"
+                    f"    params: {{max_jobs: 2, slots_dir: '{tmp_path / 'slots'}'}}\ndefault: local\n")
+    deployment = make_deployment(GALAXY_TASKS_JOB_CONF=str(conf),
+                                 GALAXY_TASKS_RECONCILE_INTERVAL="30")  # no rescue by reconciliation
+    spans = tmp_path / "spans"
+    deployment.worker("galaxy_tasks,local", "slots@%h", "--concurrency", "3")
+    ids = [deployment.submit(f'echo "start $(date +%s.%N)" >> {spans}; sleep 2.5; '
+                             f'echo "end $(date +%s.%N)" >> {spans}', "slotted") for _ in range(6)]
+    jobs = deployment.wait_terminal(ids, timeout=90)
+    assert [job.state for job in jobs] == ["ok"] * 6
+    running, most = 0, 0
+    for _, kind in sorted((float(at), kind) for kind, at in (line.split() for line in spans.read_text().splitlines())):
+        running += 1 if kind == "start" else -1
+        most = max(most, running)
+    assert most == 2, f"at most 2 at once, and the slots were used: {most}"
+    histories = deployment.histories(ids)
+    assert all(is_legal_path(h) for h in histories.values())
+    waited = [i for i, h in histories.items() if h.count(JobState.QUEUED) > 1]
+    assert waited, "some jobs went back in line while the host was full"
+    assert "event=launch_deferred" in deployment.logs()
+
+    gate = tmp_path / "gate"
+    held = [deployment.submit(f"until [ -e {gate} ]; do sleep 0.1; done", "slotted") for _ in range(2)]
+    deployment.wait_until(lambda: all(deployment.job(i).state == "running" for i in held), what="both slots taken")
+    behind = deployment.submit("echo behind", "slotted")
+    deployment.wait_until(lambda: "launch_deferred job_id=" + behind in deployment.logs(), what="deferred")
+    assert deployment.job(behind).state == "queued"
+    assert deployment.cli("cancel", held[0]).returncode == 0  # served although every slot is taken
+    [job] = deployment.wait_terminal([behind], timeout=60)  # its slot freed, the waiting job ran
+    assert (job.state, job.stdout_tail) == ("ok", "behind\n")
+    gate.touch()
+    deployment.wait_terminal(held, timeout=60)

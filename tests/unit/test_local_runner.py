@@ -440,3 +440,64 @@ def test_recover_ignores_jobs_of_other_hosts(tmp_path, runner, reports):
     runner.recover([tracked(launch, "some-other-host:12345")])
     time.sleep(0.3)
     assert reports.items == []
+
+
+# -- max_jobs: job slots shared by every process on the host --------------------------
+
+
+@pytest.fixture
+def limited(tmp_path, reports, groups):
+    made: list[LocalRunner] = []
+
+    def make(max_jobs: int = 2) -> LocalRunner:
+        runner = LocalRunner({"max_jobs": max_jobs, "slots_dir": str(tmp_path / "slots")}, reports)
+        made.append(runner)
+        return runner
+
+    yield make
+    for runner in made:
+        runner.close()
+
+
+def test_max_jobs_bounds_the_jobs_running_at_once(tmp_path, limited, reports, groups):
+    from galaxy_tasks.runners.base import RunnerFull
+
+    runner = limited(2)
+    gate = tmp_path / "gate"
+    held = [prepared(tmp_path, f"until [ -e {gate} ]; do sleep 0.05; done", f"held{i}") for i in range(2)]
+    for launch in held:
+        groups.append(pid_of(runner.submit(launch)))
+    assert not runner.has_room()
+    waiting = prepared(tmp_path, "echo ran > ran.txt", "waiting")
+    with pytest.raises(RunnerFull, match="all 2 job slots"):
+        runner.submit(waiting)
+    assert not (waiting.job_dir / "working" / "ran.txt").exists() and not JobDir(waiting.job_dir).claimed()
+    # another worker process of the destination on this host sees the same slots
+    assert not limited(2).has_room()
+    gate.touch()
+    for launch in held:
+        reports.wait_for(launch.job_id)
+    wait_until(runner.has_room, 10, "a free slot")
+    runner.submit(waiting)
+    assert reports.wait_for("waiting").exit_code == 0
+
+
+def test_a_slot_is_held_while_any_process_of_the_job_lives(tmp_path, limited, reports, groups, subreaper):
+    """The job script's children inherit the slot: a background process the tool left
+    behind keeps the host's slot taken until it ends too."""
+    runner = limited(1)
+    gate = tmp_path / "gate"
+    launch = prepared(tmp_path, f"(until [ -e {gate} ]; do sleep 0.05; done) & echo started", "leaves")
+    pgid = pid_of(runner.submit(launch))
+    groups.append(pgid)
+    assert reports.wait_for("leaves").exit_code == 0  # job.sh has ended ...
+    assert not runner.has_room()  # ... but its background child still holds the slot
+    gate.touch()
+    wait_until(runner.has_room, 10, "the slot freed by the last process")
+
+
+def test_max_jobs_must_be_a_positive_whole_number(reports):
+    for bad in (0, -1, "2", 1.5, True):
+        with pytest.raises(ValueError, match="max_jobs"):
+            LocalRunner({"max_jobs": bad}, reports)
+    assert LocalRunner({}, reports).has_room()

@@ -54,7 +54,7 @@ def test_nothing_leads_back_to_new():
 def test_sources_of_running():
     assert sources_of(S.RUNNING) == {S.SUBMITTING}
     assert sources_of(S.OK) == {S.SUBMITTING, S.RUNNING}
-    assert sources_of(S.QUEUED) == {S.NEW}
+    assert sources_of(S.QUEUED) == {S.NEW, S.SUBMITTING}  # back in line: the runner had no room
 
 
 def test_submitting_may_be_taken_over():
@@ -76,6 +76,7 @@ def test_states_are_their_values():
         [S.NEW, S.ERROR],
         [S.NEW, S.QUEUED, S.SUBMITTING, S.OK],
         [S.NEW, S.QUEUED, S.SUBMITTING, S.SUBMITTING, S.RUNNING, S.OK],
+        [S.NEW, S.QUEUED, S.SUBMITTING, S.QUEUED, S.SUBMITTING, S.RUNNING, S.OK],
         [S.NEW, S.QUEUED, S.DELETED],
         [S.NEW],
     ],
