@@ -6,6 +6,7 @@ Every variable is listed in `VARIABLES` with its default and meaning, so the REA
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -20,6 +21,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "JOBS_DIR": ("$HOME/jobs", "parent of the job working directories (shared with runner hosts)"),
     "STEPS_QUEUE": ("galaxy_tasks", "queue of the steps that need the database and job directories"),
     "MESOS_URL": ("", "handed to every job as MESOS_URL, for tools that start their own Spark/MPI"),
+    "HOST": ("", "this host's name in local jobs' ids and control queue <queue>@<host> (default: hostname)"),
     "VISIBILITY_TIMEOUT": ("43200", "seconds before the broker redelivers an unacknowledged message"),
     "RECONCILE_INTERVAL": ("60", "seconds between reconciliation passes"),
     "RECONCILE_BATCH": ("500", "most jobs looked at per reconciliation pass"),
@@ -51,6 +53,7 @@ class Settings:
     jobs_dir: Path
     steps_queue: str
     mesos_url: str
+    host: str
     visibility_timeout: int
     reconcile_interval: float
     reconcile_batch: int
@@ -93,6 +96,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         jobs_dir=Path(path_value("JOBS_DIR")),
         steps_queue=_raw("STEPS_QUEUE", env),
         mesos_url=_raw("MESOS_URL", env),
+        host=_raw("HOST", env) or socket.gethostname(),
         visibility_timeout=int(number("VISIBILITY_TIMEOUT", int)),
         reconcile_interval=number("RECONCILE_INTERVAL"),
         reconcile_batch=int(number("RECONCILE_BATCH", int)),

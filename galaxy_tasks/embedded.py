@@ -25,7 +25,7 @@ def embedded_worker(concurrency: int = 4, reconcile: bool = True) -> Iterator[ob
     ctx.settings.home.mkdir(parents=True, exist_ok=True)
     ctx.settings.jobs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     schema.upgrade(ctx.settings.database_url)
-    queues = [ctx.settings.steps_queue] + ctx.routing.queues
+    queues = tasks.with_host_queues([ctx.settings.steps_queue] + ctx.routing.queues)
     app.amqp.queues.select(queues)
     ready = threading.Event()
     worker = app.WorkController(

@@ -49,19 +49,42 @@ def dispatch(plan: lifecycle.Plan) -> None:
         start(job)
     for job_id, queue in plan.launch:
         launch_job.apply_async(kwargs={"job_id": job_id}, queue=queue)
-    for destination, jobs in plan.check.items():
-        queue = ctx.routing.destinations[destination].queue if destination in ctx.routing.destinations else None
-        if queue is None:
+    _send_in_batches(check_jobs, plan.check)
+    _send_in_batches(stop_jobs, plan.stop)
+
+
+def _send_in_batches(task: Any, jobs_by_destination: dict[str, list[Tracked]]) -> None:
+    """One message per batch of a destination's jobs, to the queue that can act on them."""
+    destinations = context.current().routing.destinations
+    for destination, jobs in jobs_by_destination.items():
+        if destination not in destinations:
             continue
-        for batch in _chunks(jobs, 200):
-            check_jobs.apply_async(kwargs={"destination": destination, "jobs": [_tracked_json(t) for t in batch]},
-                                   queue=queue)
-    for destination, jobs in plan.stop.items():
-        if destination not in ctx.routing.destinations:
-            continue
-        for batch in _chunks(jobs, 200):
-            stop_jobs.apply_async(kwargs={"destination": destination, "jobs": [_tracked_json(t) for t in batch]},
-                                  queue=ctx.routing.destinations[destination].queue)
+        by_queue: dict[str, list[Tracked]] = {}
+        for job in jobs:
+            by_queue.setdefault(control_queue(destination, job.external_id), []).append(job)
+        for queue, tracked in by_queue.items():
+            for batch in _chunks(tracked, 200):
+                task.apply_async(kwargs={"destination": destination, "jobs": [_tracked_json(t) for t in batch]},
+                                 queue=queue)
+
+
+def control_queue(destination: str, external_id: str | None) -> str:
+    """The queue of messages about one launched job of `destination` (see Runner.control_queue)."""
+    spec = context.current().routing.destinations[destination]
+    return runner_class(spec.runner).control_queue(spec.queue, external_id)
+
+
+def with_host_queues(queues: Iterable[str]) -> list[str]:
+    """`queues` and, for each destination queue among them, the queues this host's worker
+    must also consume (a local destination's `<queue>@<host>`)."""
+    ctx = context.current()
+    result = list(queues)
+    for destination in ctx.routing.destinations.values():
+        if destination.queue in result:
+            for extra in runner_class(destination.runner).host_queues(destination.queue, ctx.settings.host):
+                if extra not in result:
+                    result.append(extra)
+    return result
 
 
 def _report(completion: Completion) -> None:
@@ -96,7 +119,8 @@ def runner_for(destination: str) -> Runner:
         if destination not in _runners:
             spec = context.current().routing.destinations[destination]
             cls = runner_class(spec.runner)
-            params = {**spec.params, **_process_params.get(spec.runner, {}), "destination": destination}
+            params = {**spec.params, **_process_params.get(spec.runner, {}), "destination": destination,
+                      "host": context.current().settings.host}
             _runners[destination] = cls(params, _report_durably if cls.durable_report else _report)
         return _runners[destination]
 
@@ -170,7 +194,7 @@ def cancel_job(job_id: str) -> str:
     before, stop = lifecycle.cancel(context.current(), job_id)
     if stop is not None:
         kill_job.apply_async(kwargs={"destination": stop.destination, "job": _tracked_json(stop.tracked)},
-                             queue=stop.queue)
+                             queue=control_queue(stop.destination, stop.tracked.external_id))
     return before.value
 
 
@@ -237,6 +261,16 @@ def noop(token: str | None = None) -> None:
 @signals.worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     store.dispose_after_fork()
+
+
+@signals.celeryd_after_setup.connect
+def _consume_host_queues(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """A worker of a local destination's queue also takes the messages about the jobs of its
+    own host (kill, status), which only it can act on."""
+    queues = instance.app.amqp.queues
+    consumed = list(queues.consume_from or queues)
+    for extra in with_host_queues(consumed)[len(consumed):]:
+        queues.select_add(extra)
 
 
 @signals.worker_ready.connect

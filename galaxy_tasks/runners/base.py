@@ -100,6 +100,17 @@ class Runner(ABC):
         self.params = dict(params)
         self.report = report
 
+    @classmethod
+    def control_queue(cls, queue: str, external_id: str | None) -> str:
+        """Where messages about one launched job (kill, status) must go: the destination's
+        queue, unless only the worker of one host can act on the job (the local runner)."""
+        return queue
+
+    @classmethod
+    def host_queues(cls, queue: str, host: str) -> list[str]:
+        """The queues a worker on `host` consumes besides the destination's own."""
+        return []
+
     @abstractmethod
     def submit(self, launch: Launch) -> str:
         """Start the job and return its external id.

@@ -39,7 +39,7 @@ class LocalRunner(Runner):
 
     def __init__(self, params: Mapping[str, Any], report: Report) -> None:
         super().__init__(params, report)
-        self.host = socket.gethostname()
+        self.host = str(self.params.get("host") or socket.gethostname())
         self.kill_grace_s = float(self.params.get("kill_grace_s", 5))
         self.max_jobs = _max_jobs(self.params.get("max_jobs"))
         self.slots_dir = Path(self.params.get("slots_dir") or Path(tempfile.gettempdir()) /
@@ -72,6 +72,16 @@ class LocalRunner(Runner):
         floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         self._watch(pid, (launch.job_id, job_dir, time.time(), floor), child=True)
         return self._external_id(pid)
+
+    @classmethod
+    def control_queue(cls, queue: str, external_id: str | None) -> str:
+        """A local job can be killed or looked at only on its own host: `<queue>@<host>`."""
+        host = external_id.rpartition(":")[0] if external_id else ""
+        return f"{queue}@{host}" if host else queue
+
+    @classmethod
+    def host_queues(cls, queue: str, host: str) -> list[str]:
+        return [f"{queue}@{host}"]
 
     def has_room(self) -> bool:
         if self.max_jobs is None:

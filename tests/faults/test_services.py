@@ -106,8 +106,9 @@ def test_a_lost_kill_message_is_made_good_by_reconciliation(make_deployment, tmp
         first.stop()  # jobs run on without their worker
         assert deployment.cli("cancel", job_id).returncode == 0
         broker = redis.Redis.from_url(deployment.env["GALAXY_TASKS_BROKER_URL"])
-        assert broker.llen(job.queue) == 1, "the kill message waits on the job's queue"
-        broker.delete(job.queue)  # ... and is lost
+        host_queue = f"{job.queue}@{job.external_id.rpartition(':')[0]}"
+        assert broker.llen(host_queue) == 1, "the kill message waits on the job's host's queue"
+        broker.delete(host_queue)  # ... and is lost
         broker.close()
         time.sleep(1)
         assert alive(pid), "nothing else stops the job"

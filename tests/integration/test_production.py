@@ -235,3 +235,55 @@ def test_max_jobs_bounds_the_local_jobs_running_at_once_across_worker_processes(
     assert (job.state, job.stdout_tail) == ("ok", "behind\n")
     gate.touch()
     deployment.wait_terminal(held, timeout=60)
+
+
+def test_messages_about_a_local_job_go_to_the_worker_of_its_own_host(make_deployment, tmp_path):
+    """Two hosts serve the local queue (GALAXY_TASKS_HOST names them on this one machine). A
+    job runs on host-a; its kill goes to `local@host-a`, which host-b's worker does not take,
+    and waits there until host-a's worker is back to act on it."""
+    import redis
+
+    from tests.support.deployment import Worker
+    from tests.support.ledger import gated
+
+    deployment = make_deployment()
+    gate = tmp_path / "gate"
+
+    def worker_on(host: str) -> Worker:
+        log = tmp_path / f"worker-{host}-{len(deployment.workers)}.log"
+        worker = Worker({**deployment.env, "GALAXY_TASKS_HOST": host}, log, "galaxy_tasks,local", f"{host}@%h",
+                        ["--concurrency", "2"])
+        deployment.workers.append(worker)
+        return worker.wait_ready()
+
+    first_a = worker_on("host-a")
+    job_id = deployment.submit(gated(gate), "two_hosts")
+    try:
+        deployment.wait_until(lambda: deployment.job(job_id).state == "running", what="running on host-a")
+        job = deployment.job(job_id)
+        assert job.external_id.startswith("host-a:")
+        pid = int(Path(job.job_dir, "claim").read_text())
+        first_a.stop()
+        b = worker_on("host-b")
+        assert "local@host-b" in b.log.read_text()  # each worker takes its own host's messages
+        assert deployment.cli("cancel", job_id).returncode == 0
+        broker = redis.Redis.from_url(deployment.env["GALAXY_TASKS_BROKER_URL"])
+        try:
+            deployment.wait_until(lambda: broker.llen("local@host-a") == 1, what="the kill waiting for host-a")
+        finally:
+            broker.close()
+        time.sleep(1)
+        assert os.path.exists(f"/proc/{pid}") and "runs on host-a" not in b.log.read_text()
+        worker_on("host-a")
+        deployment.wait_until(lambda: not _running(pid), timeout=30, what="host-a's worker killed the job")
+        assert deployment.job(job_id).state == "deleted"
+    finally:
+        gate.touch()
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
