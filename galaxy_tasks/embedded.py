@@ -12,6 +12,8 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+from celery.beat import EmbeddedService
+
 from galaxy_tasks import context, schema
 
 
@@ -34,7 +36,7 @@ def embedded_worker(concurrency: int = 4, reconcile: bool = True) -> Iterator[ob
         pool_cls="threads",
         concurrency=concurrency,
         queues=queues,
-        beat=reconcile,
+        beat=False,  # Celery's embedded beat is a forked process: see `clock` below
         without_heartbeat=True,
         without_mingle=True,
         without_gossip=True,
@@ -46,9 +48,16 @@ def embedded_worker(concurrency: int = 4, reconcile: bool = True) -> Iterator[ob
     if not ready.wait(30):
         raise RuntimeError("the embedded worker did not start within 30 s")
     tasks.recover(queues)  # Celery sends worker_ready only from its command-line worker
+    # Reconciliation's schedule runs in a thread of this process: a forked beat would send
+    # into a copy of the in-memory broker, and outlive this process if it is killed.
+    clock = EmbeddedService(app, thread=True, schedule_filename=app.conf.beat_schedule_filename) if reconcile else None
+    if clock is not None:
+        clock.start()
     try:
         yield worker
     finally:
+        if clock is not None:
+            clock.stop()
         worker.stop(in_sighandler=False)
         thread.join(timeout=10)
         tasks.close_runners()

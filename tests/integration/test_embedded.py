@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from galaxy_tasks.model import Job
+from galaxy_tasks.model import Job, Lease
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,6 +66,7 @@ def test_an_interrupted_embedded_run_resumes_its_jobs(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert _rows(home)["slow"].state == "running"
+    assert _processes_running(str(jobs_file)) == [], "the killed run left no process of its own behind"
 
     empty = tmp_path / "nothing.yml"
     empty.write_text("jobs: []\n")
@@ -77,3 +78,35 @@ def test_an_interrupted_embedded_run_resumes_its_jobs(tmp_path):
     job = _rows(home)["slow"]
     assert job.state == "ok", job.reason
     assert (Path(job.job_dir) / "working" / "out.txt").read_text() == "done\n"
+
+
+def _processes_running(argument: str) -> list[int]:
+    """Live processes (not zombies) whose command line has `argument`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if argument.encode() in command and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def test_embedded_mode_reconciles_in_its_own_process(tmp_path):
+    """Beat runs as a thread beside the embedded worker, so its reconcile messages reach the
+    in-memory broker this process consumes: the pass takes its lease in the database."""
+    home = tmp_path / "home"
+    script = ("import time; from galaxy_tasks.embedded import embedded_worker\n"
+              "with embedded_worker():\n    time.sleep(4)\n")
+    result = subprocess.run([sys.executable, "-c", script], env={**_env(home), "GALAXY_TASKS_RECONCILE_INTERVAL": "1"},
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    engine = create_engine(f"sqlite:///{home}/galaxy-tasks.sqlite")
+    with Session(engine) as session:
+        lease = session.get(Lease, "reconcile")
+    engine.dispose()
+    assert lease is not None, "no reconciliation pass ran"
