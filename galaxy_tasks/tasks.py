@@ -44,7 +44,6 @@ def start(job: Job) -> None:
 
 
 def dispatch(plan: lifecycle.Plan) -> None:
-    ctx = context.current()
     for job in plan.prepare:
         start(job)
     for job_id, queue in plan.launch:

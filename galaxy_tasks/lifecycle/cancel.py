@@ -32,8 +32,7 @@ class ToStop(NamedTuple):
 
 def cancel(ctx: Context, job_id: str) -> tuple[JobState, ToStop | None]:
     """Returns the job's state before the cancel and, for a job its runner holds, what the
-    runner must stop. A job that had already ended is left
-    as it is."""
+    runner must stop. A job that had already ended is left as it is."""
     # The row stays due for one more look: if the kill message is lost, reconciliation
     # finds the job's process still there and stops it (see reconcile.overdue).
     check_at = utcnow() + timedelta(seconds=ctx.settings.check_after)

@@ -15,6 +15,7 @@ from galaxy_tasks.jobdir import JobDir
 from tests.drmaa.conftest import REPO, in_accounting, in_qstat
 
 from tests.support.ledger import gated, ledger_command, ledger_lines
+from tests.support.processes import alive
 
 pytestmark = [pytest.mark.drmaa, pytest.mark.integration]
 
@@ -258,14 +259,6 @@ def _holders_started(log: Path) -> list[int]:
             if "event=holder_started" in line and "runner=drmaa" in line]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_a_worker_without_queues_serves_every_queue_and_keeps_its_drmaa_worker_alive(drmaa_deployment):
     """`galaxy-tasks worker` with no --queues: the steps and local queues in its own process,
     the drmaa queue through a supervised `celery -A workers.drmaa worker` child, which is
@@ -293,7 +286,7 @@ def test_a_worker_without_queues_serves_every_queue_and_keeps_its_drmaa_worker_a
     second = _holders_started(main.log)[1]
     main.proc.send_signal(signal.SIGTERM)  # the parent only: it stops its child itself
     main.proc.wait(timeout=90)
-    assert not _alive(second)
+    assert not alive(second)
     assert len(_holders_started(main.log)) == 2  # stopping is not a crash: no restart
 
 
@@ -304,4 +297,4 @@ def test_the_drmaa_worker_ends_when_its_supervising_worker_is_killed(drmaa_deplo
     [child] = _holders_started(main.log)
     main.proc.kill()  # SIGKILL to the parent alone: no chance to stop anything
     main.proc.wait(timeout=30)
-    grid.wait_until(lambda: not _alive(child), 60, "the orphaned drmaa worker ended")
+    grid.wait_until(lambda: not alive(child), 60, "the orphaned drmaa worker ended")

@@ -10,6 +10,7 @@ from sqlalchemy import create_engine, text
 
 from tests.faults.checks import assert_exactly_once, ledger_command
 from tests.support.ledger import gated, ledger_lines
+from tests.support.processes import alive
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.faults
@@ -125,11 +126,3 @@ def test_a_lost_kill_message_is_made_good_by_reconciliation(make_deployment, tmp
         assert ledger_lines(ledger) == [], "the cancelled command did not run on"
     finally:
         gate.touch()  # a failed run leaves no job waiting behind
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

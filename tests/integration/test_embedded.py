@@ -12,6 +12,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from galaxy_tasks.model import Job, Lease
+from tests.support.processes import running_with_argument
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,7 +67,7 @@ def test_an_interrupted_embedded_run_resumes_its_jobs(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert _rows(home)["slow"].state == "running"
-    assert _processes_running(str(jobs_file)) == [], "the killed run left no process of its own behind"
+    assert running_with_argument(str(jobs_file)) == [], "the killed run left no process of its own behind"
 
     empty = tmp_path / "nothing.yml"
     empty.write_text("jobs: []\n")
@@ -78,22 +79,6 @@ def test_an_interrupted_embedded_run_resumes_its_jobs(tmp_path):
     job = _rows(home)["slow"]
     assert job.state == "ok", job.reason
     assert (Path(job.job_dir) / "working" / "out.txt").read_text() == "done\n"
-
-
-def _processes_running(argument: str) -> list[int]:
-    """Live processes (not zombies) whose command line has `argument`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            command = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if argument.encode() in command and state != "Z":
-            found.append(int(entry))
-    return found
 
 
 def test_embedded_mode_reconciles_in_its_own_process(tmp_path):

@@ -245,6 +245,7 @@ def test_messages_about_a_local_job_go_to_the_worker_of_its_own_host(make_deploy
 
     from tests.support.deployment import Worker
     from tests.support.ledger import gated
+    from tests.support.processes import alive
 
     deployment = make_deployment()
     gate = tmp_path / "gate"
@@ -275,15 +276,7 @@ def test_messages_about_a_local_job_go_to_the_worker_of_its_own_host(make_deploy
         time.sleep(1)
         assert os.path.exists(f"/proc/{pid}") and "runs on host-a" not in b.log.read_text()
         worker_on("host-a")
-        deployment.wait_until(lambda: not _running(pid), timeout=30, what="host-a's worker killed the job")
+        deployment.wait_until(lambda: not alive(pid), timeout=30, what="host-a's worker killed the job")
         assert deployment.job(job_id).state == "deleted"
     finally:
         gate.touch()
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

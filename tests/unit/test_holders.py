@@ -13,6 +13,7 @@ import pytest
 from galaxy_tasks import cli, config, holders, routing
 from galaxy_tasks.context import Context
 from galaxy_tasks.store import Store
+from tests.support.processes import alive
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 
@@ -22,14 +23,6 @@ def wait_for(predicate, timeout: float = 15) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_node_names_are_stable_and_follow_the_parent():
