@@ -5,12 +5,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from galaxy_tasks.client import Client
 
 from galaxy_tasks import config, context
+from galaxy_tasks.errors import ConfigError, SpecError
 from galaxy_tasks.logs import redact
-from galaxy_tasks.routing import ConfigError
-from galaxy_tasks.spec import SpecError
+from galaxy_tasks.render import table
 from galaxy_tasks.states import TERMINAL, JobState
 
 
@@ -100,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _client():
+def _client() -> Client:
     from galaxy_tasks.client import Client
 
     return Client()
@@ -147,8 +150,7 @@ def _status(args: argparse.Namespace, _extra: list[str]) -> int:
     job = client.get(args.job_id)
     if args.json:
         data = job.to_json()
-        data["history"] = [{"from": h.from_state, "to": h.to_state, "at": h.at.isoformat(), "reason": h.reason}
-                           for h in client.history(job.id)]
+        data["history"] = [change.to_json() for change in client.history(job.id)]
         print(json.dumps(data, indent=2))
         return 0
     data = job.to_json()
@@ -214,7 +216,7 @@ def _worker(args: argparse.Namespace, extra: list[str]) -> int:
     })
     for runner, held_queues in held.items():
         print(f"galaxy-tasks: queues {', '.join(held_queues)} ({runner}) are served by a child process "
-              f"`celery -A {holders.APPS[runner]} worker`", file=sys.stderr)
+              f"`celery -A {holders.holder_app(runner)} worker`", file=sys.stderr)
     from celery import signals
 
     signals.celeryd_after_setup.connect(lambda **_: supervisor.start(), weak=False)  # logging is set up
@@ -228,12 +230,10 @@ def _worker(args: argparse.Namespace, extra: list[str]) -> int:
 def _queues_by_worker(ctx: context.Context) -> tuple[list[str], dict[str, list[str]]]:
     """The queues a plain worker serves (the steps and the local runner's), and those of
     each runner that must be held in one process (DRMAA sessions, Mesos frameworks)."""
-    from galaxy_tasks.holders import APPS
-
     plain = {ctx.settings.steps_queue}
     held: dict[str, set[str]] = {}
     for destination in ctx.routing.destinations.values():
-        if destination.runner in APPS:
+        if destination.runner_class.holder is not None:
             held.setdefault(destination.runner, set()).add(destination.queue)
         else:
             plain.add(destination.queue)
@@ -260,7 +260,7 @@ def _beat(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _db(args: argparse.Namespace, _extra: list[str]) -> int:
-    from galaxy_tasks import schema
+    from galaxy_tasks.store import schema
 
     url = config.load().database_url
     if args.action == "upgrade":
@@ -286,14 +286,6 @@ def _config(args: argparse.Namespace, _extra: list[str]) -> int:
             shown = "(set, hidden)"
         print(f"{config.PREFIX}{name:20} {shown}\n    {meaning}")
     return 0
-
-
-def table(header: list[str], rows: list[list[object]]) -> str:
-    cells = [header] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _blank(value: object) -> str:

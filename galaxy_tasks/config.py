@@ -27,6 +27,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "RECONCILE_BATCH": ("500", "most jobs looked at per reconciliation pass"),
     "CHECK_AFTER": ("300", "seconds without an event before an active job counts as overdue"),
     "CHECK_AFTER_MAX": ("3600", "cap of the doubling delay between checks of one long job"),
+    "LAUNCH_LEASE": ("60", "seconds a launch may hold its claim before another message may take it over"),
     "SIGNING_KEY": ("", "private key (PEM) to sign messages with Celery's auth serializer"),
     "SIGNING_CERT": ("", "certificate (PEM) matching the signing key"),
     "SIGNING_CERT_STORE": ("", "directory of certificates whose signatures are trusted"),
@@ -59,6 +60,7 @@ class Settings:
     reconcile_batch: int
     check_after: float
     check_after_max: float
+    launch_lease: float
     signing_key: str
     signing_cert: str
     signing_cert_store: str
@@ -102,6 +104,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         reconcile_batch=int(number("RECONCILE_BATCH", int)),
         check_after=number("CHECK_AFTER"),
         check_after_max=number("CHECK_AFTER_MAX"),
+        launch_lease=number("LAUNCH_LEASE"),
         signing_key=_raw("SIGNING_KEY", env),
         signing_cert=_raw("SIGNING_CERT", env),
         signing_cert_store=_raw("SIGNING_CERT_STORE", env),

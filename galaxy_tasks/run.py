@@ -6,14 +6,16 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from galaxy_tasks import context
-from galaxy_tasks.routing import read_yaml
-from galaxy_tasks.spec import SpecError, parse
+from galaxy_tasks import context, yamlconf
+from galaxy_tasks.client import Client
+from galaxy_tasks.errors import SpecError
+from galaxy_tasks.render import table
+from galaxy_tasks.spec import parse
 from galaxy_tasks.states import TERMINAL, JobState
 
 
 def load_jobs(path: Path) -> list[dict]:
-    data = read_yaml(path)
+    data = yamlconf.read(path)
     jobs = data.get("jobs") if isinstance(data, dict) else None
     if not isinstance(jobs, list):
         raise ValueError(f"{path}: expected a mapping with a 'jobs' list")
@@ -24,8 +26,6 @@ def run_file(path: Path, *, concurrency: int = 4, timeout: float | None = None, 
     """Run every job of the file to its end in this process, and every job an earlier,
     interrupted run left unfinished. Returns 0 once all have ended (whatever their state),
     1 if the timeout passed first."""
-    from galaxy_tasks.cli import table
-    from galaxy_tasks.client import Client
     from galaxy_tasks.embedded import embedded_worker
 
     entries = load_jobs(path)
@@ -54,13 +54,13 @@ def run_file(path: Path, *, concurrency: int = 4, timeout: float | None = None, 
             continue
         job = jobs[job_id]
         run_time = f"{job.wall_time_s:.2f}s" if job.wall_time_s is not None else ""
-        body.append([job.id[:8], job.tool_id, job.state, "" if job.exit_code is None else job.exit_code,
+        body.append([job.id[:8], job.tool_id, job.state, "" if job.exit_code is None else str(job.exit_code),
                      run_time, job.reason or ""])
     print("\n" + table(["job", "tool", "state", "exit", "run time", "reason"], body), file=out)
     return 0 if finished else 1
 
 
-def _follow(client, ids: list[str], last_change: int, timeout: float | None, out: TextIO) -> bool:
+def _follow(client: Client, ids: list[str], last_change: int, timeout: float | None, out: TextIO) -> bool:
     """Print every state change after `last_change`, in order, until all jobs have ended."""
     pending = set(ids)
     tools = {job_id: job.tool_id for job_id, job in client.wait(ids, timeout=0).items()}

@@ -11,19 +11,12 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from galaxy_tasks.errors import SpecError
+
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,35}\Z")
 MAX_COMMAND_BYTES = 256 * 1024
 MAX_TEXT = 255
-
-
-class SpecError(ValueError):
-    """A refused spec; `field` names what is wrong so a client can fix it."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -65,14 +58,14 @@ def parse(data: Any) -> JobSpec:
     if unknown:
         raise SpecError(unknown[0] or "\"\"", f"unknown field (known fields: {', '.join(sorted(FIELDS))})")
     return JobSpec(
-        tool_id=_text(data, "tool_id", required=True),
+        tool_id=_required_text(data, "tool_id"),
         command=_command(data),
         tool_version=_text(data, "tool_version", limit=64),
         user=_text(data, "user"),
         environment=_environment(data.get("environment")),
         inputs=_paths(data.get("inputs"), "inputs", relative=False),
         outputs=_paths(data.get("outputs"), "outputs", relative=True),
-        cores=_positive(data, "cores", default=1),
+        cores=_positive(data, "cores") or 1,
         memory_mb=_positive(data, "memory_mb"),
         walltime_s=_positive(data, "walltime_s"),
         destination=_text(data, "destination"),
@@ -94,6 +87,12 @@ def _text(data: Mapping, name: str, *, required: bool = False, limit: int = MAX_
     if len(value) > limit:
         raise SpecError(name, f"is longer than {limit} characters")
     _check_chars(name, value)
+    return value
+
+
+def _required_text(data: Mapping[str, Any], name: str, limit: int = MAX_TEXT) -> str:
+    value = _text(data, name, required=True, limit=limit)
+    assert value is not None
     return value
 
 

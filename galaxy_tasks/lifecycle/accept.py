@@ -5,12 +5,11 @@ import logging
 import uuid
 from datetime import timedelta
 
-from sqlalchemy.exc import IntegrityError
-
 from galaxy_tasks.context import Context
+from galaxy_tasks.errors import SpecError
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job, utcnow
-from galaxy_tasks.spec import JobSpec, SpecError
+from galaxy_tasks.spec import JobSpec
 from galaxy_tasks.states import JobState
 
 log = logging.getLogger(__name__)
@@ -44,13 +43,11 @@ def accept(ctx: Context, spec: JobSpec) -> tuple[Job, bool]:
         checks=0,
         environment_setup_file=spec.environment_setup_file,
     )
-    try:
-        ctx.store.create(values)
-    except IntegrityError:
-        existing = ctx.store.get(job_id)
+    if not ctx.store.create(values):
+        existing = ctx.store.job(job_id)
         if existing is None or existing.command != spec.command:
             raise SpecError("id", f"job id {job_id!r} is already used by another job") from None
         return existing, False
     event(log, "state_change", job_id=job_id, to=JobState.NEW, tool_id=spec.tool_id,
           destination=destination.name)
-    return Job(**values), True
+    return Job.from_row(values), True

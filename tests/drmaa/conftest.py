@@ -108,6 +108,23 @@ def runner(sge: dict[str, str], events: Events) -> Iterator[Any]:
     instance.close()
 
 
+@pytest.fixture
+def runner_with(runner: Any, events: Events) -> Iterator[Callable[..., Any]]:
+    """Another runner of the same session (as a second drmaa destination would have), with
+    params of its own."""
+    from galaxy_tasks.runners.drmaa import DrmaaRunner
+
+    made: list[Any] = []
+
+    def make(**params: Any) -> Any:
+        made.append(DrmaaRunner({"accounting_flush_s": 2, "wait_timeout_s": 1, **params}, events))
+        return made[-1]
+
+    yield make
+    for instance in made:
+        instance.close()
+
+
 # -- real workers: a DRMAA worker (celery -A workers.drmaa), steps worker, beat --------------
 
 TEST_JOB_CONF = """\

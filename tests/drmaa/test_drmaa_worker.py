@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from galaxy_tasks.jobdir import JobDir
 from tests.drmaa.conftest import REPO, in_accounting, in_qstat
-
 from tests.support.ledger import gated, ledger_command, ledger_lines
 from tests.support.processes import alive
 

@@ -10,9 +10,9 @@ from tests.support.services import require_module
 pytestmark = pytest.mark.mesos
 require_module("pymesos", "run ops/install-mesos-extra.sh")  # first imported in the main thread
 
-from galaxy_tasks.jobdir import JobDir
-from galaxy_tasks.runners.base import Launch, Tracked
-from galaxy_tasks.runners.mesos import MesosUnavailable
+from galaxy_tasks.jobdir import JobDir  # noqa: E402
+from galaxy_tasks.runners.base import Launch, Tracked  # noqa: E402
+from galaxy_tasks.runners.mesos import MesosUnavailable  # noqa: E402
 
 
 def tracked(launch: Launch) -> Tracked:

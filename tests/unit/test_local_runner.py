@@ -460,7 +460,7 @@ def limited(tmp_path, reports, groups):
 
 
 def test_max_jobs_bounds_the_jobs_running_at_once(tmp_path, limited, reports, groups):
-    from galaxy_tasks.runners.base import RunnerFull
+    from galaxy_tasks.errors import RunnerFull
 
     runner = limited(2)
     gate = tmp_path / "gate"

@@ -11,7 +11,8 @@ import re
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from galaxy_tasks.spec import FIELDS, JobSpec, SpecError, parse, parse_json
+from galaxy_tasks.errors import SpecError
+from galaxy_tasks.spec import FIELDS, JobSpec, parse, parse_json
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,35}")
