@@ -56,7 +56,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-TUNABLE = "glibc.rtld.optional_static_tls=4096"
 DEFAULT_MASTER_CMD = ("mesos-master --ip={ip} --port={port} --hostname={host} --work_dir={work_dir} "
                       "--quorum=1 --cluster={name}")
 DEFAULT_AGENT_CMD = ("mesos-agent --master={master} --ip={ip} --port={port} --hostname={host} "
@@ -401,10 +400,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    if args.command != "member" and TUNABLE.split("=")[0] not in os.environ.get("GLIBC_TUNABLES", ""):
-        # libdrmaa's TLS only fits when this is set before the interpreter starts
-        tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), TUNABLE]))
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": tunables})
+    if args.command != "member":
+        sys.path.insert(0, str(ROOT))
+        from galaxy_tasks.runners.drmaa.tls import restart_with_static_tls
+
+        restart_with_static_tls()  # libdrmaa's TLS only fits when this is set at start
     return {"up": up, "status": status, "down": down, "member": member}[args.command](args)
 
 

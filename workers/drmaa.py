@@ -2,6 +2,8 @@
 
     celery -A workers.drmaa worker -n drmaa1@%h [-Q drmaa,drmaa.sge_big] [--concurrency 4]
 
+- It starts itself again with GLIBC_TUNABLES set if it is not (libdrmaa needs more static
+  TLS than glibc reserves; see galaxy_tasks/runners/drmaa/tls.py).
 - Pool: threads (the default here) or solo. A DRMAA session does not survive fork(), so
   prefork, and the green pools that a blocking C call would stall, are refused.
 - Queues: without `-Q`, the queues of every drmaa destination of the job_conf.
@@ -25,9 +27,12 @@ from galaxy_tasks import context, runtime
 from galaxy_tasks.celery import app
 from galaxy_tasks.logs import event
 from galaxy_tasks.runners.drmaa import DrmaaRunner
+from galaxy_tasks.runners.drmaa.tls import restart_with_static_tls
 from workers.holding import serve_own_queues_by_default, served_destinations, state_file
 
 __all__ = ["app"]
+
+restart_with_static_tls()  # before libdrmaa is loaded: see galaxy_tasks/runners/drmaa/tls.py
 
 log = logging.getLogger("galaxy_tasks.workers.drmaa")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from galaxy_tasks.jobdir import JobDir
 from galaxy_tasks.errors import RunnerError
+from galaxy_tasks.jobdir import JobDir
 from galaxy_tasks.runners.base import Launch, Tracked
 from galaxy_tasks.runners.drmaa import SUBMIT_MARKER, DrmaaParams, DrmaaRunner, native_specification
 

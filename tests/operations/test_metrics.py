@@ -47,7 +47,8 @@ def test_job_metrics_scraped_while_jobs_run(deployment, tmp_path):
         failed = deployment.submit("exit 4", "failer")
         slow = deployment.submit("sleep 4", "sleeper")
         deployment.wait_until(lambda: deployment.job(slow).state == "running", what="sleeper running")
-        time.sleep(1.5)
+        deployment.wait_until(lambda: value(scrape(url), "galaxy_tasks_jobs_overdue", state="running",
+                                            destination="local") == 1, 30, "the sleeper overdue after 1 s")
         samples = scrape(url)
         assert value(samples, "galaxy_tasks_jobs", state="running", destination="local") == 1
         assert value(samples, "galaxy_tasks_jobs_overdue", state="running", destination="local") == 1

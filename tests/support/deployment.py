@@ -133,6 +133,18 @@ class Deployment:
         self.wait_until(done, timeout, f"terminal state of {len(job_ids)} jobs")
         return [self.job(j) for j in job_ids]
 
+    def wait_consumed(self, queues: tuple[str, ...] = ("galaxy_tasks", "local"), timeout: float = 60) -> None:
+        """Until the broker (Redis) holds no message for these queues, delivered or not: every
+        message sent so far has been consumed and acknowledged."""
+        import redis
+
+        broker = redis.Redis.from_url(self.env["GALAXY_TASKS_BROKER_URL"])
+        try:
+            self.wait_until(lambda: not any(broker.llen(q) for q in queues) and not broker.hlen("unacked"),
+                            timeout, f"every message of {', '.join(queues)} consumed")
+        finally:
+            broker.close()
+
     def beat(self) -> subprocess.Popen:
         """Celery beat, which sends reconciliation every GALAXY_TASKS_RECONCILE_INTERVAL."""
         log = open(self.tmp / "beat.log", "ab")

@@ -378,3 +378,29 @@ def test_example_job_conf_parses():
     assert conf.default in conf.destinations
     for rule in conf.rules:
         assert rule.destination in conf.destinations
+
+
+# -- errors name the file and the line ---------------------------------------------------
+
+
+def test_a_bad_param_names_its_file_and_line(tmp_path):
+    path = tmp_path / "job_conf.yml"
+    path.write_text("destinations:\n  local:\n    runner: local\n    params:\n      kill_grace_s: abc\n")
+    with pytest.raises(ConfigError) as info:
+        routing.load(path)
+    assert str(info.value).startswith(f"{path}:5: destinations.local.params.kill_grace_s: must be a number")
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    path = tmp_path / "job_conf.yml"
+    path.write_text("destinations:\n  a: local:///\n  b: drmaa:///\n  a: drmaa:///\n")
+    with pytest.raises(ConfigError, match=r"job_conf.yml: line 4: key 'a' is given twice \(first on line 2\)"):
+        routing.load(path)
+
+
+def test_an_unknown_key_names_its_line(tmp_path):
+    path = tmp_path / "job_conf.yml"
+    path.write_text("destinations:\n  a:\n    runner: local\n    max_core: 4\n")
+    with pytest.raises(ConfigError) as info:
+        routing.load(path)
+    assert str(info.value) == f"{path}:4: destinations.a: unknown key 'max_core'"

@@ -226,3 +226,47 @@ def test_parse_json_mangled_specs(data, where, how):
     i = where % (len(text) + 1)
     mangled = [text, text[:i], text[:i] + text, text[:i] + chr((ord(text[i - 1]) ^ 1) if i else 0) + text[i:]][how]
     check_text(mangled)
+
+
+# -- the other half: a parser that refused everything would pass the tests above --------
+
+safe_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
+safe_nonblank = safe_text.filter(lambda s: s.strip())
+relative_paths = st.lists(st.sampled_from(["a", "b c", "x.txt", "dir", "é", "..a"]), min_size=1, max_size=4).map(
+    "/".join)
+
+FIELD_VALID = {
+    "tool_id": safe_nonblank,
+    "command": safe_nonblank,
+    "tool_version": st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                            max_size=64),
+    "user": safe_text,
+    "environment": st.dictionaries(st.from_regex(ENV_NAME, fullmatch=True).filter(lambda s: len(s) < 30),
+                                   safe_text, max_size=5),
+    "inputs": st.lists(safe_nonblank, max_size=5),
+    "outputs": st.lists(relative_paths, max_size=5),
+    "cores": st.integers(min_value=1, max_value=256),
+    "memory_mb": st.integers(min_value=1, max_value=2**31 - 1),
+    "walltime_s": st.integers(min_value=1, max_value=2**31 - 1),
+    "destination": safe_text,
+    "environment_setup_file": safe_text,
+    "id": st.from_regex(JOB_ID, fullmatch=True),
+}
+
+
+@st.composite
+def valid_specs(draw):
+    data = {"tool_id": draw(FIELD_VALID["tool_id"]), "command": draw(FIELD_VALID["command"])}
+    for name in draw(st.lists(st.sampled_from(sorted(FIELDS - {"tool_id", "command"})), max_size=11, unique=True)):
+        data[name] = draw(FIELD_VALID[name])
+    return data
+
+
+@SMALLER
+@given(valid_specs())
+def test_specs_of_only_good_values_are_accepted(data):
+    spec = parse(data)  # a SpecError here fails the test: a good spec was refused
+    check_invariants(spec)
+    assert (spec.tool_id, spec.command, spec.cores) == (data["tool_id"], data["command"], data.get("cores", 1))
+    assert spec.environment == data.get("environment", {}) and spec.inputs == data.get("inputs", [])
+    assert parse_json(json.dumps(data)) == spec

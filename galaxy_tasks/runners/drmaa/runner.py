@@ -52,9 +52,9 @@ def load_drmaa() -> ModuleType:
         import drmaa
     except (ImportError, OSError, RuntimeError) as exc:
         raise RunnerError(
-            f"cannot load DRMAA ({exc}); set DRMAA_LIBRARY_PATH, SGE_ROOT, SGE_CELL and "
-            "GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096 before Python starts "
-            "(ops/sge-up.sh writes them to an env.sh)"
+            f"cannot load DRMAA ({exc}); set DRMAA_LIBRARY_PATH, SGE_ROOT and SGE_CELL (ops/sge-up.sh "
+            "writes them to an env.sh) and start the process with GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096 "
+            "(workers.drmaa does it itself: galaxy_tasks/runners/drmaa/tls.py)"
         ) from exc
     return drmaa
 
