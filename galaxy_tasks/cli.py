@@ -27,6 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, ConfigError, ValueError, LookupError) as exc:
         print(f"galaxy-tasks: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--destination")
     submit.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     submit.add_argument("--output", action="append", default=[], metavar="PATH")
+    submit.add_argument("--events-queue", help="a queue of yours where the job's events go (docs/events.md)")
+    submit.add_argument("--client-id", help="an id of yours that each of the job's events carries back")
     submit.add_argument("--json", action="store_true")
     submit.set_defaults(handler=_submit)
 
@@ -74,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     wait.add_argument("--timeout", type=float)
     wait.add_argument("--json", action="store_true")
     wait.set_defaults(handler=_wait)
+
+    events = sub.add_parser("events", help="job events: the latest state changes, or (--follow) as they happen")
+    events.add_argument("job_ids", nargs="*", help="only these jobs")
+    events.add_argument("--follow", "-f", action="store_true", help="print events as they happen until Ctrl-C")
+    events.add_argument("--limit", type=_positive_int, default=20, help="without --follow: how many jobs")
+    events.add_argument("--json", action="store_true", help="one JSON event per line")
+    events.set_defaults(handler=_events)
 
     worker = sub.add_parser("worker", help="start a Celery worker (other options go to Celery)")
     worker.add_argument("--queues", "-Q", help="comma-separated queues (default: every configured queue)")
@@ -130,6 +141,8 @@ def _submit(args: argparse.Namespace, _extra: list[str]) -> int:
             data["environment"] = dict(_pair(item) for item in args.env)
         if args.output:
             data["outputs"] = args.output
+        if args.events_queue:
+            data["events"] = {"queue": args.events_queue, "client_id": args.client_id}
         from galaxy_tasks.spec import parse
 
         spec = parse(data)
@@ -194,6 +207,44 @@ def _wait(args: argparse.Namespace, _extra: list[str]) -> int:
         for job in jobs.values():
             print(f"{job.id} {job.state} exit={_blank(job.exit_code)}")
     return 0 if all(job.state == JobState.OK.value for job in jobs.values()) else 1
+
+
+def _events(args: argparse.Namespace, _extra: list[str]) -> int:
+    """Print job events: the current state of the latest jobs (or of those named), then,
+    with --follow, each event as it is heard."""
+    from galaxy_tasks import events
+    from galaxy_tasks.listen import JobEvents
+
+    client = _client()
+    wanted = {client.get(job_id).id for job_id in args.job_ids}
+
+    def show(item: dict) -> None:
+        if args.json:
+            print(json.dumps(item, sort_keys=True), flush=True)
+        else:
+            extra = " ".join(f"{key}={item[key]}" for key in ("exit_code", "signal", "runner_state", "reason")
+                             if item.get(key) is not None)
+            print(f"{item['state']:10} {item['job_id']}  seq={item['seq']}  {item.get('tool_id') or ''}"
+                  f"{'  ' + extra if extra else ''}", flush=True)
+
+    with JobEvents() as heard:
+        jobs = client.ctx.store.jobs(wanted).values() if wanted else reversed(client.list(limit=args.limit))
+        for job in jobs:
+            show(events.state_event(job))
+        while args.follow:
+            for item in heard.next(3600):
+                if not wanted or item.get("job_id") in wanted:
+                    show({key: value for key, value in item.items()
+                          if key not in ("type", "hostname", "timestamp", "utcoffset", "pid", "clock",
+                                         "local_received")})
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _worker(args: argparse.Namespace, extra: list[str]) -> int:

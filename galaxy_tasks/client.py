@@ -3,14 +3,20 @@ from __future__ import annotations
 
 import builtins
 import time
-from typing import Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from galaxy_tasks import context, lifecycle, messages
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import UnknownJob
+from galaxy_tasks.listen import JobEvents
 from galaxy_tasks.model import Job, StateChange
 from galaxy_tasks.spec import JobSpec, parse
 from galaxy_tasks.states import TERMINAL, JobState
+
+#: seconds between looks at the rows of the jobs a `wait` still waits for, in case an event
+#: was lost (the events themselves end a wait at once)
+RECHECK_S = 10.0
+TERMINAL_NAMES = frozenset(state.value for state in TERMINAL)
 
 
 class Client:
@@ -61,14 +67,30 @@ class Client:
             messages.kill(stop)
         return before
 
-    def wait(self, job_ids: Iterable[str], timeout: float | None = None, interval: float = 0.2) -> dict[str, Job]:
-        """Wait until every job has ended (or the timeout passes); returns their rows."""
+    def wait(self, job_ids: Iterable[str], timeout: float | None = None,
+             on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Job]:
+        """Wait until every job has ended (or the timeout passes); returns their rows.
+
+        It hears the jobs' events as they happen (listening before it reads the rows, so
+        nothing falls between), and reads the rows of the jobs still pending only every
+        RECHECK_S seconds, in case a broadcast event was lost."""
         ids = [self.get(job_id).id for job_id in job_ids]
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
+        with JobEvents() as heard:
             jobs = self.ctx.store.jobs(ids)
-            if all(JobState(job.state) in TERMINAL for job in jobs.values()):
-                return jobs
-            if deadline is not None and time.monotonic() >= deadline:
-                return jobs
-            time.sleep(interval)
+            pending = {job_id for job_id, job in jobs.items() if JobState(job.state) not in TERMINAL}
+            while pending:
+                left = RECHECK_S if deadline is None else min(RECHECK_S, deadline - time.monotonic())
+                if left <= 0:
+                    break
+                got = heard.next(left)
+                for item in got:
+                    if item.get("job_id") in pending:
+                        if on_event is not None:
+                            on_event(item)
+                        if item.get("state") in TERMINAL_NAMES:
+                            pending.discard(item["job_id"])
+                if not got:  # quiet for a while: has anything ended that we did not hear of?
+                    pending &= {job_id for job_id, job in self.ctx.store.jobs(pending).items()
+                                if JobState(job.state) not in TERMINAL}
+        return self.ctx.store.jobs(ids)

@@ -20,6 +20,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "JOB_CONF": ("", "job_conf YAML: destinations and routing rules (default: one local destination)"),
     "JOBS_DIR": ("$HOME/jobs", "parent of the job working directories (shared with runner hosts)"),
     "STEPS_QUEUE": ("galaxy_tasks", "queue of the steps that need the database and job directories"),
+    "EVENTS_QUEUE": ("", "where the events of a job go whose spec names no events queue (empty: nowhere)"),
     "MESOS_URL": ("", "handed to every job as MESOS_URL, for tools that start their own Spark/MPI"),
     "HOST": ("", "this host's name in local jobs' ids and control queue <queue>@<host> (default: hostname)"),
     "VISIBILITY_TIMEOUT": ("43200", "seconds before the broker redelivers an unacknowledged message"),
@@ -53,6 +54,7 @@ class Settings:
     job_conf: Path | None
     jobs_dir: Path
     steps_queue: str
+    events_queue: str
     mesos_url: str
     host: str
     visibility_timeout: int
@@ -97,6 +99,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         job_conf=Path(job_conf) if job_conf else None,
         jobs_dir=Path(path_value("JOBS_DIR")),
         steps_queue=_raw("STEPS_QUEUE", env),
+        events_queue=_raw("EVENTS_QUEUE", env),
         mesos_url=_raw("MESOS_URL", env),
         host=_raw("HOST", env) or socket.gethostname(),
         visibility_timeout=int(number("VISIBILITY_TIMEOUT", int)),

@@ -3,18 +3,30 @@ arguments, exactly as the documented task contract says a client may send them, 
 nothing here imports the task definitions (and no import cycle runs through them)."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable, Iterator
 
-from galaxy_tasks import context
+from kombu import Exchange, Queue
+
+from galaxy_tasks import context, events
 from galaxy_tasks.celery import app
+from galaxy_tasks.config import Settings
+from galaxy_tasks.faults import crash_point
 from galaxy_tasks.lifecycle import Plan, ToStop
+from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job
 from galaxy_tasks.runners import runner_class
 from galaxy_tasks.runners.base import Completion, Tracked
+from galaxy_tasks.store import Store
+
+log = logging.getLogger(__name__)
 
 PREFIX = "galaxy_tasks."
 #: jobs per check or stop message
 BATCH = 200
+#: a job event is published twice more at once if the broker refuses it; then the outbox
+#: mark on the row leaves it to reconciliation
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
 
 
 def send(task: str, queue: str, **kwargs: Any) -> None:
@@ -47,6 +59,48 @@ def wake(destination: str) -> None:
 def kill(stop: ToStop) -> None:
     send("kill_job", control_queue(stop.destination, stop.tracked.external_id), destination=stop.destination,
          job=tracked_json(stop.tracked))
+
+
+class Announcer:
+    """What a process does after the database recorded a state change: the job event, to the
+    client's durable queue if the job has one (then the outbox mark is cleared), and as a
+    broadcast Celery event for whoever listens now (`wait`, `events --follow`). Nothing here
+    may fail the step: a failed publish leaves the mark, and reconciliation publishes again."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+
+    def __call__(self, job: Job) -> None:
+        body = events.state_event(job)
+        try:
+            broadcast(body)
+        except Exception as exc:  # noqa: BLE001 - a live listener's copy is best effort
+            event(log, "event_broadcast_failed", level=logging.WARNING, job_id=job.id, error=str(exc))
+        if job.events_queue:
+            crash_point(f"publish-{job.state}", job.id)  # recorded, not yet published
+            try:
+                publish_event(job.events_queue, body)
+                self.store.mark_published(job.id, job.event_seq)
+            except Exception as exc:  # noqa: BLE001 - the outbox mark stays: reconciliation sends it
+                event(log, "event_publish_failed", level=logging.WARNING, job_id=job.id, queue=job.events_queue,
+                      seq=job.event_seq, error=str(exc))
+
+
+def publish_event(queue: str, body: dict[str, Any]) -> None:
+    """A job event to a client's durable queue (declared here, so a message sent before the
+    client first consumed is kept), persistent, as plain JSON: no Celery needed to read it."""
+    with app.producer_or_acquire() as producer:
+        producer.publish(body, exchange="", routing_key=queue, serializer="json", delivery_mode=2,
+                         declare=[Queue(queue, Exchange(""), routing_key=queue, durable=True)],
+                         retry=True, retry_policy=PUBLISH_RETRY)
+
+
+def broadcast(body: dict[str, Any]) -> None:
+    """The same event as a Celery event, fanned out to every live listener (lossy by design:
+    a listener reads the database when it starts and on its own slow schedule)."""
+    with app.events.default_dispatcher() as dispatcher:
+        dispatcher.send(events.CELERY_EVENT, **body)
 
 
 def dispatch(plan: Plan) -> None:

@@ -90,8 +90,17 @@ jobs = Table(
     # reconciliation looks only at rows whose next check is due (an indexed range scan)
     Column("check_at", UTCDateTime()),
     Column("checks", Integer, nullable=False, default=0),
+    # why the runner ended the job, in Galaxy's words (walltime_reached, memory_limit_reached)
+    Column("runner_state", String(64)),
+    # job events: the client's queue and id, the number of the job's state changes, and the
+    # outbox mark: when a change not yet published was recorded (None: all published)
+    Column("events_queue", String(255)),
+    Column("client_id", String(255)),
+    Column("event_seq", Integer, nullable=False, default=0, server_default="0"),
+    Column("unpublished_at", UTCDateTime()),
     Index("ix_gt_job_state_check_at", "state", "check_at"),
     Index("ix_gt_job_created_at", "created_at"),
+    Index("ix_gt_job_unpublished_at", "unpublished_at"),
 )
 
 #: one row per transition: the job's history, and the audit that it was legal
@@ -153,6 +162,11 @@ class Job:
     updated_at: datetime = field(default_factory=utcnow)
     check_at: datetime | None = None
     checks: int = 0
+    runner_state: str | None = None
+    events_queue: str | None = None
+    client_id: str | None = None
+    event_seq: int = 0
+    unpublished_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Job:
@@ -166,6 +180,7 @@ class Job:
             "exit_code": self.exit_code,
             "signal": self.signal,
             "reason": self.reason,
+            "runner_state": self.runner_state,
             "tool_id": self.tool_id,
             "tool_version": self.tool_version,
             "user": self.user,

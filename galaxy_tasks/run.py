@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import TextIO
 
 from galaxy_tasks import context, yamlconf
-from galaxy_tasks.client import Client
+from galaxy_tasks.client import RECHECK_S, TERMINAL_NAMES, Client
 from galaxy_tasks.errors import SpecError
+from galaxy_tasks.listen import JobEvents
 from galaxy_tasks.render import table
 from galaxy_tasks.spec import parse
 from galaxy_tasks.states import TERMINAL, JobState
@@ -29,10 +30,9 @@ def run_file(path: Path, *, concurrency: int = 4, timeout: float | None = None, 
     from galaxy_tasks.embedded import embedded_worker
 
     entries = load_jobs(path)
-    with embedded_worker(concurrency=concurrency):
+    with embedded_worker(concurrency=concurrency), JobEvents() as heard:
         client = Client(context.current())
         rows: list[tuple[str, dict, str | None]] = []  # (job id or "-", entry, refusal)
-        first_change = client.last_change_id()
         for job in client.unfinished():
             rows.append((job.id, {"tool_id": job.tool_id}, None))
             print(f"resumed    {job.id[:8]}  {job.tool_id} ({job.state})", file=out)
@@ -45,8 +45,8 @@ def run_file(path: Path, *, concurrency: int = 4, timeout: float | None = None, 
                 rows.append(("-", entry, str(exc)))
                 print(f"refused    jobs[{index}] {entry.get('tool_id', '?')}: {exc}", file=out)
         ids = [job_id for job_id, _, refusal in rows if refusal is None]
-        finished = _follow(client, ids, first_change, timeout, out)
-        jobs = client.wait(ids, timeout=0) if ids else {}
+        finished = _follow(client, heard, ids, timeout, out)
+        jobs = client.ctx.store.jobs(ids)
     body = []
     for job_id, entry, refusal in rows:
         if refusal is not None:
@@ -60,18 +60,24 @@ def run_file(path: Path, *, concurrency: int = 4, timeout: float | None = None, 
     return 0 if finished else 1
 
 
-def _follow(client: Client, ids: list[str], last_change: int, timeout: float | None, out: TextIO) -> bool:
-    """Print every state change after `last_change`, in order, until all jobs have ended."""
-    pending = set(ids)
-    tools = {job_id: job.tool_id for job_id, job in client.wait(ids, timeout=0).items()}
+def _follow(client: Client, heard: JobEvents, ids: list[str], timeout: float | None, out: TextIO) -> bool:
+    """Print every state change as its event is heard, until all jobs have ended; the rows
+    of the jobs still pending are read again only when nothing was heard for a while."""
+    jobs = client.ctx.store.jobs(ids)
+    pending = {job_id for job_id, job in jobs.items() if JobState(job.state) not in TERMINAL}
     deadline = None if timeout is None else time.monotonic() + timeout
     while pending:
-        for change in client.changes_since(last_change, ids):
-            last_change = change.id
-            print(f"{change.to_state:10} {change.job_id[:8]}  {tools.get(change.job_id, '')}", file=out)
-            if JobState(change.to_state) in TERMINAL:
-                pending.discard(change.job_id)
-        if deadline is not None and time.monotonic() > deadline:
+        left = RECHECK_S if deadline is None else min(RECHECK_S, deadline - time.monotonic())
+        if left <= 0:
             return False
-        time.sleep(0.1)
+        got = [item for item in heard.next(left) if item.get("job_id") in pending]
+        for item in got:
+            print(f"{item['state']:10} {item['job_id'][:8]}  {item.get('tool_id') or ''}", file=out)
+            if item["state"] in TERMINAL_NAMES:
+                pending.discard(item["job_id"])
+        if not got:
+            for job_id, job in client.ctx.store.jobs(pending).items():
+                if JobState(job.state) in TERMINAL:
+                    print(f"{job.state:10} {job_id[:8]}  {job.tool_id}", file=out)
+                    pending.discard(job_id)
     return True

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from galaxy_tasks import context, hooks, lifecycle, messages, runtime  # noqa: F401 - hooks connect signals
+from galaxy_tasks import context, events, hooks, lifecycle, messages, runtime  # noqa: F401 - hooks connect signals
 from galaxy_tasks.celery import app
 from galaxy_tasks.errors import RunnerError, RunnerUnavailable, SpecError
 from galaxy_tasks.logs import event
@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 #: retried on fresh connections instead of being dropped; its state change is idempotent.
 #: So is a step whose runner is unavailable for a while (RunnerUnavailable: e.g. the Mesos
 #: framework is not connected): that is not the job's fault, and must not fail it.
+#: most ids one announce_jobs message may ask about
+MAX_ANNOUNCED = 1000
+
 DB_RETRY = dict(autoretry_for=(*TRANSIENT_ERRORS, RunnerUnavailable), retry_backoff=0.5,
                 retry_backoff_max=30, retry_jitter=True, max_retries=20)
 
@@ -124,7 +127,28 @@ def reconcile() -> int:
         return 0
     plan = lifecycle.overdue(ctx)
     messages.dispatch(plan)
-    return plan.size
+    unpublished = lifecycle.unpublished(ctx)
+    for job in unpublished:
+        ctx.announce(job)
+    return plan.size + len(unpublished)
+
+
+@app.task(name="galaxy_tasks.announce_jobs", **DB_RETRY)
+def announce_jobs(job_ids: list[str], queue: str) -> int:
+    """A client asks what became of its jobs: each known job's current event goes to its own
+    events queue (or, if it has none, to `queue`), and an `unknown` event to `queue` for each
+    id no job has (the client then submits it again, with the same id)."""
+    ctx = context.current()
+    found = ctx.store.jobs(job_ids[:MAX_ANNOUNCED])
+    for job_id in job_ids[:MAX_ANNOUNCED]:
+        job = found.get(job_id)
+        if job is None:
+            messages.publish_event(queue, events.unknown_event(job_id))
+        elif job.events_queue:
+            ctx.announce(job)
+        else:
+            messages.publish_event(queue, events.state_event(job))
+    return len(found)
 
 
 def _tracked_from(data: dict[str, Any]) -> Tracked:

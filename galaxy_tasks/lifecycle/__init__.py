@@ -6,7 +6,15 @@ from galaxy_tasks.lifecycle.cancel import ToStop, cancel
 from galaxy_tasks.lifecycle.finish import Finished, finish
 from galaxy_tasks.lifecycle.launch import launch, next_queued
 from galaxy_tasks.lifecycle.prepare import launch_for, prepare
-from galaxy_tasks.lifecycle.reconcile import Plan, acquire_lease, held_by, overdue, startup, stopped
+from galaxy_tasks.lifecycle.reconcile import (
+    Plan,
+    acquire_lease,
+    held_by,
+    overdue,
+    startup,
+    stopped,
+    unpublished,
+)
 
 __all__ = ["Finished", "Plan", "ToStop", "accept", "acquire_lease", "cancel", "finish", "held_by", "launch",
-           "launch_for", "next_queued", "overdue", "prepare", "startup", "stopped"]
+           "launch_for", "next_queued", "overdue", "prepare", "startup", "stopped", "unpublished"]

@@ -9,6 +9,7 @@ from typing import NamedTuple
 from galaxy_tasks.context import Context
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.jobdir import JobDir
+from galaxy_tasks.lifecycle.changes import move
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job
 from galaxy_tasks.runners.base import Completion, signal_name
@@ -58,12 +59,13 @@ def _record(ctx: Context, job: Job, completion: Completion) -> Moved | None:
         wall_time_s=completion.wall_time_s,
         max_rss_kb=completion.max_rss_kb,
         ended_at=ended_at,
+        runner_state=completion.runner_state,
     )
     if job.external_id is None and completion.external_id:
         values["external_id"] = completion.external_id
     if job.running_at is None:
         values["running_at"] = job.updated_at  # it ended before its launch was recorded
-    moved = ctx.store.move(job.id, state, reason=reason, sources=_LAUNCHED, **values)
+    moved = move(ctx, job.id, state, reason=reason, sources=_LAUNCHED, **values)
     if moved is None:
         return None
     crash_point("finish", job.id)  # recorded, but the message not yet acknowledged

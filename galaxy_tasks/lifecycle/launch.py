@@ -18,6 +18,7 @@ from typing import Callable
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import RunnerError, RunnerFull
 from galaxy_tasks.faults import crash_point
+from galaxy_tasks.lifecycle.changes import move
 from galaxy_tasks.lifecycle.prepare import launch_for
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job, utcnow
@@ -43,14 +44,14 @@ def launch(ctx: Context, job_id: str, runner_for: Callable[[str], Runner], owner
         crash_point("launch", job_id)
     except RunnerFull as exc:
         # back in line; the end of a running job of this destination wakes the next one
-        ctx.store.move(job_id, JobState.QUEUED, sources=_SUBMITTING)
+        move(ctx, job_id, JobState.QUEUED, sources=_SUBMITTING)
         event(log, "launch_deferred", job_id=job_id, destination=job.destination, reason=str(exc))
         return False
     except RunnerError as exc:
-        ctx.store.move(job_id, JobState.ERROR, reason=str(exc), sources=_SUBMITTING)
+        move(ctx, job_id, JobState.ERROR, reason=str(exc), sources=_SUBMITTING)
         event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
         return False
-    if ctx.store.move(job_id, JobState.RUNNING, sources=_SUBMITTING, external_id=external_id):
+    if move(ctx, job_id, JobState.RUNNING, sources=_SUBMITTING, external_id=external_id):
         event(log, "state_change", job_id=job_id, to=JobState.RUNNING, external_id=external_id)
         return True
     after = ctx.store.job(job_id)
@@ -63,7 +64,7 @@ def launch(ctx: Context, job_id: str, runner_for: Callable[[str], Runner], owner
 def _claim(ctx: Context, job_id: str, owner: str | None, lease_s: float) -> Job | None:
     """The job's row if this call now holds its launch. The claim itself returns the row,
     so the usual launch reads nothing before it."""
-    moved = ctx.store.move(job_id, JobState.SUBMITTING, sources=_QUEUED, owner=owner)
+    moved = move(ctx, job_id, JobState.SUBMITTING, sources=_QUEUED, owner=owner)
     if moved is not None:
         return moved.job
     job = ctx.store.job(job_id)

@@ -7,6 +7,7 @@ from pathlib import Path
 from galaxy_tasks import jobdir
 from galaxy_tasks.context import Context
 from galaxy_tasks.faults import crash_point
+from galaxy_tasks.lifecycle.changes import move
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job
 from galaxy_tasks.routing import Destination
@@ -31,11 +32,11 @@ def prepare(ctx: Context, job_id: str) -> bool:
         jobdir.create(root, job.command, environment(ctx, job, destination, jobdir.JobDir(root)),
                       job.environment_setup_file)
     except (OSError, LookupError) as exc:
-        ctx.store.move(job_id, JobState.ERROR, reason=f"prepare failed: {exc}", sources=_NEW)
+        move(ctx, job_id, JobState.ERROR, reason=f"prepare failed: {exc}", sources=_NEW)
         event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
         return False
     crash_point("prepare", job_id)
-    moved = ctx.store.move(job_id, JobState.QUEUED, sources=_NEW, job_dir=str(root))
+    moved = move(ctx, job_id, JobState.QUEUED, sources=_NEW, job_dir=str(root))
     if moved:
         event(log, "state_change", job_id=job_id, to=JobState.QUEUED, queue=job.queue)
     return moved is not None

@@ -58,6 +58,13 @@ def overdue(ctx: Context, now: datetime | None = None) -> Plan:
     return plan
 
 
+def unpublished(ctx: Context, now: datetime | None = None) -> list[Job]:
+    """Jobs whose latest event a client must hear but that was never published (its step
+    died between recording the change and publishing it), unpublished for a whole pass."""
+    before = (now or utcnow()) - timedelta(seconds=ctx.settings.reconcile_interval)
+    return ctx.store.unpublished(before, ctx.settings.reconcile_batch)
+
+
 def stopped(ctx: Context, job_ids: list[str]) -> None:
     """Cancelled jobs known to have nothing left running: no more looks at them."""
     ctx.store.settle(job_ids)

@@ -67,6 +67,9 @@ class Completion:
     ended_at: float = field(default_factory=time.time)
     external_id: str | None = None
     source: str = "runner"
+    #: why the runner ended the job, in the words of Galaxy's resubmit conditions:
+    #: walltime_reached, memory_limit_reached, output_size_limit, unknown_error
+    runner_state: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

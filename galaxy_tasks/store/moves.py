@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import String, bindparam, insert, select, update
+from sqlalchemy import String, bindparam, case, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Executable
@@ -27,6 +27,10 @@ _CLAIM_STALE = (update(jobs)
                 .where(jobs.c.id == bindparam("job_id"), jobs.c.state == bindparam("in_state"),
                        jobs.c.updated_at == bindparam("seen", type_=jobs.c.updated_at.type))
                 .values(updated_at=bindparam("now", type_=jobs.c.updated_at.type)))
+
+
+_PUBLISHED = (update(jobs).where(jobs.c.id == bindparam("job_id"), jobs.c.event_seq == bindparam("seq"))
+              .values(unpublished_at=None))
 
 
 class Moved(NamedTuple):
@@ -100,6 +104,12 @@ class Moves(StoreBase):
                 current = connection.scalar(_STATE, {"job_id": job_id})
         return None
 
+    def mark_published(self, job_id: str, seq: int) -> bool:
+        """The job's state change number `seq` reached its events queue: clear the outbox
+        mark, unless a later change is already waiting to be published."""
+        with self._writing() as connection:
+            return connection.execute(_PUBLISHED, {"job_id": job_id, "seq": seq}).rowcount == 1
+
     def claim_stale(self, job_id: str, state: JobState, seen: datetime) -> bool:
         """Take over a job whose step's owner vanished: succeeds for one caller only, the
         one that saw the row as it still is (same state, same last update)."""
@@ -134,9 +144,13 @@ def _likely_source(target: JobState, allowed: frozenset[JobState]) -> str | None
 # -- statements, with named parameters: v_<column> for values, c_* for the history row --
 
 def _update(columns: tuple[str, ...]) -> Any:
+    """Every move also counts the job's state changes (an event's `seq`) and, for a job whose
+    events go to a client, marks the change as not yet published (the outbox)."""
     current = bindparam("current", type_=String)
-    return (update(jobs).where(jobs.c.id == bindparam("job_id"), jobs.c.state == current)
-            .values({name: bindparam(f"v_{name}", type_=jobs.c[name].type) for name in columns}))
+    values: dict[str, Any] = {name: bindparam(f"v_{name}", type_=jobs.c[name].type) for name in columns}
+    values["event_seq"] = jobs.c.event_seq + 1
+    values["unpublished_at"] = case((jobs.c.events_queue.is_(None), None), else_=values["updated_at"])
+    return update(jobs).where(jobs.c.id == bindparam("job_id"), jobs.c.state == current).values(values)
 
 
 def _pg_move(columns: tuple[str, ...]) -> Executable:

@@ -93,6 +93,12 @@ class Queries(StoreBase):
                                    .values(check_at=now + timedelta(seconds=delay(checks)), checks=checks + 1))
         return due
 
+    def unpublished(self, before: datetime, limit: int) -> list[Job]:
+        """Jobs whose latest state change was recorded before `before` and never reached the
+        client's events queue (a crash between the two): the outbox to send again."""
+        return self._select(select(jobs).where(jobs.c.unpublished_at <= before)
+                            .order_by(jobs.c.unpublished_at).limit(limit))
+
     def settle(self, job_ids: list[str]) -> None:
         """Cancelled jobs known to have nothing left running: no more looks at them."""
         if job_ids:

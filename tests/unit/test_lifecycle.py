@@ -4,6 +4,7 @@ lease. Milliseconds each; the real runners are tested for real in their own tier
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Iterator
 
@@ -11,7 +12,7 @@ import pytest
 
 from galaxy_tasks import config, lifecycle, routing
 from galaxy_tasks.context import Context
-from galaxy_tasks.errors import RunnerError, RunnerUnavailable
+from galaxy_tasks.errors import RunnerError, RunnerUnavailable, SpecError
 from galaxy_tasks.jobdir import JobDir
 from galaxy_tasks.model import Job
 from galaxy_tasks.runners.base import Completion
@@ -259,3 +260,44 @@ def test_an_overdue_running_job_is_checked_with_its_runner(ctx, stubs):
     completion = stubs["stub"].status(plan.check["stub"])[job_id]
     assert lifecycle.finish(ctx, completion).moved.job.state == "ok"
     assert lifecycle.overdue(ctx, now=later).size == 0, "the pass pushed its next check out"
+
+
+# -- job events ---------------------------------------------------------------------------
+
+
+def test_every_state_change_is_announced_after_it_was_recorded(ctx, stubs):
+    heard: list[tuple[str, int, str | None]] = []
+
+    def announce(row: Job) -> None:
+        assert ctx.store.job(row.id).event_seq == row.event_seq, "announced only once recorded"
+        heard.append((row.state, row.event_seq, row.client_id))
+
+    ctx = Context(ctx.settings, ctx.store, ctx.routing, announce)
+    job_id = running(ctx, stubs, events={"queue": "client.events", "client_id": "g42"})
+    lifecycle.finish(ctx, stubs["stub"].end(job_id, exit_code=0))
+    assert heard == [("new", 1, "g42"), ("queued", 2, "g42"), ("submitting", 3, "g42"), ("running", 4, "g42"),
+                     ("ok", 5, "g42")]
+
+
+def test_a_change_nobody_published_stays_marked_until_it_is(ctx, stubs):
+    job_id = running(ctx, stubs, events={"queue": "client.events"})  # the silent context publishes nothing
+    row = job(ctx, job_id)
+    assert row.unpublished_at is not None
+    later = row.unpublished_at + timedelta(seconds=ctx.settings.reconcile_interval + 1)
+    assert [j.id for j in lifecycle.unpublished(ctx, now=later)] == [job_id]
+    assert not ctx.store.mark_published(job_id, row.event_seq - 1), "an older event clears nothing"
+    assert ctx.store.mark_published(job_id, row.event_seq)
+    assert lifecycle.unpublished(ctx, now=later) == []
+
+
+def test_a_job_without_an_events_queue_is_never_in_the_outbox(ctx, stubs):
+    job_id = running(ctx, stubs)
+    assert job(ctx, job_id).unpublished_at is None and job(ctx, job_id).event_seq == 4
+
+
+@pytest.mark.parametrize("queue", ["stub", "stub.slotted", "galaxy_tasks", "stub@host-a", "celery"])
+def test_an_events_queue_of_our_own_is_refused(ctx, queue):
+    with pytest.raises(SpecError) as info:
+        lifecycle.accept(ctx, parse({"tool_id": "t", "command": "true", "events": {"queue": queue}}))
+    assert info.value.field == "events.queue"
+    assert ctx.store.recent() == []

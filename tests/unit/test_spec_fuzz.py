@@ -100,6 +100,7 @@ FIELD_VALUES = {
     "destination": texts,
     "environment_setup_file": texts,
     "id": job_ids,
+    "events": st.one_of(json_values, st.fixed_dictionaries({"queue": texts}, optional={"client_id": texts})),
 }
 
 
@@ -119,6 +120,8 @@ FIELD_GOOD = {
     "destination": st.text(max_size=20),
     "environment_setup_file": st.text(max_size=20),
     "id": st.from_regex(JOB_ID, fullmatch=True),
+    "events": st.fixed_dictionaries({"queue": st.from_regex(r"[a-z][a-z0-9_.:-]{0,30}", fullmatch=True)},
+                                    optional={"client_id": st.text(max_size=20)}),
 }
 
 
@@ -169,6 +172,9 @@ def check_invariants(spec: JobSpec) -> None:
         joined = posixpath.normpath(posixpath.join("/jobs/42", path))
         assert joined == "/jobs/42" or joined.startswith("/jobs/42/"), path
     assert spec.id is None or (isinstance(spec.id, str) and JOB_ID.fullmatch(spec.id)), repr(spec.id)
+    if spec.events is not None:
+        assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}", spec.events.queue), spec.events
+        assert spec.events.client_id is None or "\x00" not in spec.events.client_id
     # what was accepted once is accepted again, unchanged (the spec is stored as JSON)
     assert parse(json.loads(json.dumps(spec.to_json()))) == spec
 
@@ -251,13 +257,15 @@ FIELD_VALID = {
     "destination": safe_text,
     "environment_setup_file": safe_text,
     "id": st.from_regex(JOB_ID, fullmatch=True),
+    "events": st.fixed_dictionaries({"queue": st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,60}", fullmatch=True)},
+                                    optional={"client_id": safe_text}),
 }
 
 
 @st.composite
 def valid_specs(draw):
     data = {"tool_id": draw(FIELD_VALID["tool_id"]), "command": draw(FIELD_VALID["command"])}
-    for name in draw(st.lists(st.sampled_from(sorted(FIELDS - {"tool_id", "command"})), max_size=11, unique=True)):
+    for name in draw(st.lists(st.sampled_from(sorted(FIELDS - {"tool_id", "command"})), max_size=12, unique=True)):
         data[name] = draw(FIELD_VALID[name])
     return data
 
