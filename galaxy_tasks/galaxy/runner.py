@@ -121,6 +121,7 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
             return
         self._watch(external_id, job_wrapper)
         self.stats.bump("recovered")
+        log.info("(%s/%s) recovered: watching for its events", job.id, external_id)
         if self.settings.events:
             with self._lock:
                 self._to_announce.add(external_id)
