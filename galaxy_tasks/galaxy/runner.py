@@ -255,6 +255,7 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
             job_file=ajs.job_file,
             stdout_file=ajs.output_file,
             stderr_file=ajs.error_file,
+            exit_code_file=ajs.exit_code_file,
             params=dict(destination.params or {}),
             env=tuple(destination.env or ()),
         )

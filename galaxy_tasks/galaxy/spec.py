@@ -37,6 +37,7 @@ class GalaxyJob:
     job_file: str
     stdout_file: str
     stderr_file: str
+    exit_code_file: str
     tool_version: str | None = None
     user: str | None = None
     attempt: int = 0  # how many times Galaxy resubmitted this job before
@@ -113,9 +114,13 @@ def walltime_seconds(value: Any) -> int:
 
 def command(job: GalaxyJob) -> str:
     """Runs Galaxy's job script with its stdout and stderr where Galaxy's finish_job reads
-    them (galaxy_<id>.o/.e); the script itself writes the exit code file (galaxy_<id>.ec)."""
+    them (galaxy_<id>.o/.e). The script writes the tool's exit code to galaxy_<id>.ec and
+    itself ends with the status of its last metrics line; the command exits with the
+    tool's code, so galaxy-tasks records what the tool did."""
     q = shlex.quote
-    return f"{q(job.job_file)} > {q(job.stdout_file)} 2> {q(job.stderr_file)}"
+    ec = q(job.exit_code_file)
+    return (f"{q(job.job_file)} > {q(job.stdout_file)} 2> {q(job.stderr_file)}; rc=$?; "
+            f"if [ -s {ec} ] && read code < {ec}; then rc=$code; fi; exit \"$rc\"")
 
 
 def to_spec(job: GalaxyJob, *, environment: Mapping[str, str] | None = None,

@@ -1,14 +1,9 @@
 """The Galaxy tier: one real Galaxy for the session (its venv from ops/galaxy-venv.sh), a
 Redis of its own as galaxy-tasks' broker, and per test a galaxy-tasks deployment (a fresh
 PostgreSQL database, real workers) on that broker.
-
-GT_GALAXY_VENV chooses the venv (the root conftest clears GALAXY_TASKS_* variables, so the
-script's own GALAXY_TASKS_GALAXY_VENV is passed on from here).
 """
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -17,8 +12,8 @@ import redis
 
 from galaxy_tasks.spec import FIELDS
 from tests.galaxy.api import GalaxyApi
-from tests.galaxy.server import GalaxyServer
-from tests.support.deployment import ROOT, Deployment
+from tests.galaxy.server import GalaxyServer, ensure_venv
+from tests.support.deployment import Deployment
 from tests.support.redis_server import RedisServer
 from tests.support.services import require, unavailable
 
@@ -26,24 +21,12 @@ from tests.support.services import require, unavailable
 EVENTS = "events" in FIELDS
 
 
-def galaxy_venv_path() -> Path:
-    """Runs ops/galaxy-venv.sh (fast when the venv is already complete)."""
-    env = dict(os.environ)
-    if os.environ.get("GT_GALAXY_VENV"):
-        env["GALAXY_TASKS_GALAXY_VENV"] = os.environ["GT_GALAXY_VENV"]
-    try:
-        result = subprocess.run(["bash", str(ROOT / "ops" / "galaxy-venv.sh")], env=env, capture_output=True,
-                                text=True, timeout=1800)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        unavailable(f"ops/galaxy-venv.sh did not run: {exc}")
-    if result.returncode != 0 or not result.stdout.strip():
-        unavailable(f"ops/galaxy-venv.sh failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return Path(result.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="session")
 def galaxy_venv() -> Path:
-    return galaxy_venv_path()
+    try:
+        return ensure_venv()
+    except RuntimeError as exc:
+        unavailable(str(exc))
 
 
 @pytest.fixture(scope="session")

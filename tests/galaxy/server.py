@@ -12,19 +12,47 @@ import subprocess
 import textwrap
 import time
 from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
 
 from tests.galaxy.api import GalaxyApi
+from tests.support.deployment import ROOT
 from tests.support.redis_server import free_port
 
 BOOTSTRAP_KEY = "gt-test-bootstrap-key-0123456789"
 
-#: tool id -> (command, routed to the galaxy-tasks environment)
+CAT = "echo 'probe header' > '$output' && cat '$input' >> '$output'"
+FAIL = "echo 'about to fail' >&2; exit 3"
+#: tool id -> (command, environment: None is Galaxy's local runner, the default)
 TOOLS = {
-    "probe_cat": ("echo 'probe header' > '$output' && cat '$input' >> '$output'", False),
-    "probe_cat_gt": ("echo 'probe header' > '$output' && cat '$input' >> '$output'", True),
-    "probe_fail_gt": ("echo 'about to fail' >&2; exit 3", True),
-    "probe_sleep_gt": ("sleep 600 && cat '$input' > '$output'", True),
+    "probe_cat": (CAT, None),
+    "probe_cat_gt": (CAT, "gt_env"),
+    "probe_fail_gt": (FAIL, "gt_env"),
+    "probe_sleep_gt": ("sleep 600 && cat '$input' > '$output'", "gt_env"),
+    "probe_cat_contract": (CAT, "contract_env"),
+    "probe_fail_contract": (FAIL, "contract_env"),
 }
+#: the second plugin runner: events on, a steps queue no galaxy-tasks worker serves, so a
+#: test can play galaxy-tasks' side of the job-event contract (tests/galaxy/test_event_contract.py)
+CONTRACT_STEPS_QUEUE = "galaxy_tasks_contract"
+CONTRACT_EVENTS_QUEUE = "galaxy.main.contract"
+
+
+def ensure_venv() -> Path:
+    """The Galaxy venv, made or reused by ops/galaxy-venv.sh; GT_GALAXY_VENV chooses where
+    (the root conftest clears GALAXY_TASKS_* variables, so it is passed on from here)."""
+    env = dict(os.environ)
+    if os.environ.get("GT_GALAXY_VENV"):
+        env["GALAXY_TASKS_GALAXY_VENV"] = os.environ["GT_GALAXY_VENV"]
+    try:
+        result = subprocess.run(["bash", str(ROOT / "ops" / "galaxy-venv.sh")], env=env, capture_output=True,
+                                text=True, timeout=1800)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"ops/galaxy-venv.sh did not run: {exc}") from exc
+    if result.returncode != 0 or not result.stdout.strip():
+        raise RuntimeError(f"ops/galaxy-venv.sh failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return Path(result.stdout.strip().splitlines()[-1])
 
 
 def tool_xml(tool_id: str, command: str) -> str:
@@ -39,7 +67,7 @@ def tool_xml(tool_id: str, command: str) -> str:
 
 class GalaxyServer:
     def __init__(self, venv: Path, root: Path, broker_url: str, *, events: bool = False,
-                 extra_galaxy: str = "") -> None:
+                 galaxy_options: Mapping[str, Any] | None = None) -> None:
         self.venv = venv
         self.events = events
         self.root = root
@@ -47,16 +75,17 @@ class GalaxyServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.stats_file = root / "gt-stats.json"
+        self.contract_stats_file = root / "gt-contract-stats.json"
         self.log = root / "galaxy.log"
         self.proc: subprocess.Popen | None = None
-        self._write_config(extra_galaxy)
+        self._write_config(dict(galaxy_options or {}))
         self.admin = GalaxyApi(self.url, BOOTSTRAP_KEY)
 
     @property
     def data_dir(self) -> Path:
         return self.root / "data"
 
-    def _write_config(self, extra_galaxy: str) -> None:
+    def _write_config(self, galaxy_options: dict[str, Any]) -> None:
         config = self.root / "config"
         tools = self.root / "tools"
         for directory in (config, tools, self.data_dir):
@@ -67,7 +96,7 @@ class GalaxyServer:
         (config / "tool_conf.xml").write_text(
             f'<?xml version="1.0"?>\n<toolbox>\n  <section id="probe" name="Probe">\n{entries}\n  </section>\n</toolbox>\n')
         (config / "tool_data_table_conf.xml").write_text("<tables/>\n")  # no data tables fetched from the web
-        routed = "\n".join(f"- id: {t}\n  environment: gt_env" for t, (_, gt) in TOOLS.items() if gt)
+        routed = "\n".join(f"- id: {t}\n  environment: {env}" for t, (_, env) in TOOLS.items() if env)
         (config / "job_conf.yml").write_text(textwrap.dedent(f"""\
             runners:
               local:
@@ -79,6 +108,14 @@ class GalaxyServer:
                 broker_url: {self.broker_url}
                 stats_file: {self.stats_file}
                 events: {"true" if self.events else "false"}
+              gt_contract:
+                load: galaxy_tasks.galaxy.runner:GalaxyTasksJobRunner
+                workers: 1
+                broker_url: {self.broker_url}
+                steps_queue: {CONTRACT_STEPS_QUEUE}
+                events: true
+                events_queue: {CONTRACT_EVENTS_QUEUE}
+                stats_file: {self.contract_stats_file}
             execution:
               default: local_env
               environments:
@@ -86,33 +123,35 @@ class GalaxyServer:
                   runner: local
                 gt_env:
                   runner: gt
+                contract_env:
+                  runner: gt_contract
             tools:
             """) + routed + "\n")
-        (config / "galaxy.yml").write_text(textwrap.dedent(f"""\
-            gravity:
-              galaxy_root: {self.root}
-            galaxy:
-              server_name: main
-              data_dir: {self.data_dir}
-              database_connection: sqlite:///{self.data_dir}/universe.sqlite?isolation_level=IMMEDIATE
-              tool_config_file: {config}/tool_conf.xml
-              job_config_file: {config}/job_conf.yml
-              conda_auto_init: false
-              conda_auto_install: false
-              dependency_resolvers: []
-              admin_users: admin@example.org
-              bootstrap_admin_api_key: {BOOTSTRAP_KEY}
-              id_secret: gt-test-id-secret-0123456789abcdef
-              allow_user_creation: true
-              enable_celery_tasks: false
-              check_migrate_databases: true
-              watch_tools: false
-              require_login: false
-              cleanup_job: never
-              enable_mulled_containers: false
-              involucro_auto_init: false
-              tool_data_table_config_path: {config}/tool_data_table_conf.xml
-            """) + textwrap.indent(extra_galaxy, "  "))
+        galaxy = {
+            "server_name": "main",
+            "data_dir": str(self.data_dir),
+            "database_connection": f"sqlite:///{self.data_dir}/universe.sqlite?isolation_level=IMMEDIATE",
+            "tool_config_file": str(config / "tool_conf.xml"),
+            "job_config_file": str(config / "job_conf.yml"),
+            "conda_auto_init": False,
+            "conda_auto_install": False,
+            "dependency_resolvers": [],
+            "admin_users": "admin@example.org",
+            "bootstrap_admin_api_key": BOOTSTRAP_KEY,
+            "id_secret": "gt-test-id-secret-0123456789abcdef",
+            "allow_user_creation": True,
+            "enable_celery_tasks": False,
+            "check_migrate_databases": True,
+            "watch_tools": False,
+            "require_login": False,
+            "cleanup_job": "never",
+            "enable_mulled_containers": False,
+            "involucro_auto_init": False,
+            "tool_data_table_config_path": str(config / "tool_data_table_conf.xml"),
+            **galaxy_options,
+        }
+        (config / "galaxy.yml").write_text(yaml.safe_dump({"gravity": {"galaxy_root": str(self.root)},
+                                                           "galaxy": galaxy}))
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GALAXY_TASKS_", "VIRTUAL_ENV", "PYTHON"))}

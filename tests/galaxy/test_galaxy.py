@@ -82,6 +82,18 @@ def test_a_tool_routed_to_the_plugin_runs_in_galaxy_tasks(galaxy: GalaxyServer, 
     assert figures.get("check_watched_item", 0) == 0
 
 
+def test_a_failing_tool_is_an_error_in_galaxy_tasks_with_the_tools_exit_code(
+        galaxy: GalaxyServer, galaxy_user: GalaxyApi, history: tuple[str, str], tasks: Deployment) -> None:
+    history_id, dataset_id = history
+    job_id, _ = galaxy_user.run_tool(history_id, "probe_fail_gt", dataset_id)
+    ours = task_id(galaxy, job_id)
+    wait_for_row(tasks, ours, {JobState.OK, JobState.ERROR})
+    row = tasks.job(ours)
+    assert (row.state, row.exit_code) == ("error", 3)
+    number = galaxy.admin.decode(job_id)
+    assert "about to fail" in (galaxy.working_directory(number) / "outputs" / "tool_stderr").read_text()
+
+
 def test_cancel_in_galaxy_reaches_galaxy_tasks(galaxy: GalaxyServer, galaxy_user: GalaxyApi,
                                                history: tuple[str, str], tasks: Deployment) -> None:
     history_id, dataset_id = history

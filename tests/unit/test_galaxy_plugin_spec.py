@@ -17,7 +17,8 @@ from galaxy_tasks.galaxy.spec import (GalaxyJob, MappingError, command, galaxy_j
 def job(**overrides) -> GalaxyJob:
     values = dict(server_name="main", job_id=42, tool_id="toolshed.g2.bx.psu.edu/repos/devteam/bwa/bwa/0.7.17",
                   tool_version="0.7.17.5", user="ada@example.org", job_file="/g/jobs/000/42/galaxy_42.sh",
-                  stdout_file="/g/jobs/000/42/galaxy_42.o", stderr_file="/g/jobs/000/42/galaxy_42.e")
+                  stdout_file="/g/jobs/000/42/galaxy_42.o", stderr_file="/g/jobs/000/42/galaxy_42.e",
+                  exit_code_file="/g/jobs/000/42/galaxy_42.ec")
     values.update(overrides)
     return GalaxyJob(**values)
 
@@ -48,14 +49,19 @@ def test_events_are_asked_for_only_when_configured() -> None:
     assert to_spec(job(), events_queue="galaxy.main")["events"] == {"queue": "galaxy.main", "client_id": "main"}
 
 
-def test_the_command_sends_the_job_scripts_streams_where_galaxy_reads_them(tmp_path) -> None:
+@pytest.mark.parametrize("tool_code, script_code, recorded", [(3, 0, 3), (0, 0, 0), (None, 143, 143)])
+def test_the_command_runs_the_job_script_and_exits_with_the_tools_code(tmp_path, tool_code, script_code,
+                                                                        recorded) -> None:
+    """Galaxy's job script ends with its metrics line (status 0) after writing the tool's
+    code to the exit code file; a script killed before that leaves no file."""
+    ec = tmp_path / "galaxy_7.ec"
+    write = f"echo {tool_code} > '{ec}'; " if tool_code is not None else ""
     script = tmp_path / "galaxy 7.sh"
-    script.write_text("#!/bin/sh\necho out; echo err >&2; exit 5\n")
+    script.write_text(f"#!/bin/sh\necho out; echo err >&2; {write}exit {script_code}\n")
     script.chmod(0o755)
     out, err = tmp_path / "galaxy_7.o", tmp_path / "it's.e"
-    line = command(job(job_file=str(script), stdout_file=str(out), stderr_file=str(err)))
-    result = subprocess.run(["/bin/sh", "-c", line])
-    assert result.returncode == 5
+    line = command(job(job_file=str(script), stdout_file=str(out), stderr_file=str(err), exit_code_file=str(ec)))
+    assert subprocess.run(["/bin/sh", "-c", line]).returncode == recorded
     assert (out.read_text(), err.read_text()) == ("out\n", "err\n")
     assert shlex.split(line)[0] == str(script)
 
