@@ -140,6 +140,7 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
             thread.join(self.app.config.monitor_thread_join_timeout or 5)
         super().shutdown()
         self.client.close()
+        self.stats.bump("shutdown")
 
     # -- events ---------------------------------------------------------------------------
 
