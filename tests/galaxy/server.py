@@ -123,6 +123,7 @@ class GalaxyServer:
                   runner: local
                 gt_env:
                   runner: gt
+                  galaxy_tasks_cores: 2
                 contract_env:
                   runner: gt_contract
             tools:

@@ -61,7 +61,7 @@ def test_a_tool_routed_to_the_plugin_runs_in_galaxy_tasks(galaxy: GalaxyServer, 
     wait_for_row(tasks, ours, {JobState.OK, JobState.ERROR})
 
     row = tasks.job(ours)
-    assert (row.state, row.exit_code, row.tool_id) == ("ok", 0, "probe_cat_gt")
+    assert (row.state, row.exit_code, row.tool_id, row.cores) == ("ok", 0, "probe_cat_gt", 2)
     assert tasks.history(ours) == [JobState.NEW, JobState.QUEUED, JobState.SUBMITTING, JobState.RUNNING, JobState.OK]
     assert galaxy.admin.job(job_id)["external_id"] == ours
 
@@ -73,10 +73,11 @@ def test_a_tool_routed_to_the_plugin_runs_in_galaxy_tasks(galaxy: GalaxyServer, 
     assert (workdir / f"galaxy_{number}.o").exists() and (workdir / f"galaxy_{number}.e").exists()
     assert (workdir / "outputs" / "tool_stdout").exists()
     assert (workdir / "metadata" / "metadata_results_output").exists()
+    assert (workdir / "__instrument_core_galaxy_slots").read_text().strip() == "2", "GALAXY_SLOTS from the destination"
     assert Path(galaxy.admin.dataset_path(output_id)).read_text() == "probe header\nhello from the test\n"
 
     spec = json.loads((workdir / f"galaxy_{number}.gt.json").read_text())
-    assert spec["id"] == ours and spec["tool_id"] == "probe_cat_gt" and spec["cores"] == 1
+    assert spec["id"] == ours and spec["tool_id"] == "probe_cat_gt" and spec["cores"] == 2
     figures = stats.read(galaxy.stats_file)
     assert figures.get("submitted", 0) >= 1
     assert figures.get("check_watched_item", 0) == 0
