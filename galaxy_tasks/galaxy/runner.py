@@ -22,6 +22,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from typing import Any
 
 from galaxy import model
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 __all__ = ("GalaxyTasksJobRunner",)
 
 _STOP = None
+REQUEUE_DELAY_S = 1.0
 _FAIL_MESSAGES = {
     "walltime_reached": "This job was terminated because it ran longer than its walltime.",
     "memory_limit_reached": "This job was terminated because it used more memory than it was allocated.",
@@ -170,7 +172,8 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
                 try:
                     self._apply(delivery.event)
                 except Exception:
-                    log.exception("could not apply galaxy-tasks event %s", delivery.event)
+                    log.exception("could not apply galaxy-tasks event %s; it will come again", delivery.event)
+                    time.sleep(REQUEUE_DELAY_S)  # a database that is away is not asked again at once
                     delivery.requeue()
                     continue
             delivery.ack()
@@ -191,8 +194,7 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
             if job.state == model.Job.states.QUEUED:
                 job_wrapper.change_state(model.Job.states.RUNNING)
         elif event.state == "unknown":
-            self.client.submit(_read_json(_spec_file(job_wrapper)))
-            self.stats.bump("resubmitted")
+            self._resend(job_wrapper, event.job_id)
         elif event.terminal:
             self._end(job_wrapper, event)
         with self._lock:
@@ -224,6 +226,18 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
                                                   + (event.reason or "unknown reason"))
         self.fail_job(ajs)
         self.stats.bump("failed")
+
+    def _resend(self, job_wrapper: Any, task_id: str) -> None:
+        """galaxy-tasks never recorded the job (its submit message was lost): send the
+        same spec again, with the same id."""
+        try:
+            spec = _read_json(_spec_file(job_wrapper))
+        except (OSError, ValueError):
+            self._forget(task_id)
+            job_wrapper.fail("This job was lost on its way to galaxy-tasks and cannot be sent again.")
+            return
+        self.client.submit(spec)
+        self.stats.bump("resubmitted")
 
     def _announce(self) -> None:
         """On the consumer's thread: ask galaxy-tasks about recovered jobs, in one message."""
