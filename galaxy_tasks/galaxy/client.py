@@ -2,7 +2,8 @@
 
 A private Celery app that only publishes: it never becomes Galaxy's current app, keeps no
 results, and sends JSON (or signed JSON when signing is configured), so the Galaxy process
-needs none of galaxy-tasks' settings, database or runners.
+needs none of galaxy-tasks' settings, database or runners, and Galaxy's own Celery app and
+serializers are left as they are.
 """
 from __future__ import annotations
 
@@ -31,15 +32,8 @@ class TaskClient:
             task_default_queue=settings.steps_queue,
         )
         if settings.signing:
-            self.app.conf.update(
-                security_key=settings.signing_key,
-                security_certificate=settings.signing_cert,
-                security_cert_store=settings.signing_cert_store,
-                security_digest="sha256",
-                task_serializer="auth",
-                accept_content=["auth"],
-            )
-            self.app.setup_security(allowed_serializers=["json"], digest="sha256")
+            _register_signing(settings)
+            self.app.conf.update(task_serializer="auth", accept_content=["auth"])
         self._retry_policy = {"max_retries": settings.submit_retries, "interval_start": 0.5,
                               "interval_step": 1, "interval_max": 5}
 
@@ -64,3 +58,14 @@ class TaskClient:
     def _send(self, name: str, kwargs: dict[str, Any]) -> None:
         self.app.send_task(name, kwargs=kwargs, queue=self.settings.steps_queue, retry=True,
                            retry_policy=self._retry_policy)
+
+
+def _register_signing(settings: RunnerSettings) -> None:
+    """Celery's `auth` serializer (signed JSON), registered without `setup_security`: that
+    would also disable every other serializer and make `auth` kombu's default for the whole
+    process, Galaxy's own Celery tasks (a serializer of Galaxy's) included."""
+    from celery.security.serialization import register_auth
+
+    with open(settings.signing_key) as key, open(settings.signing_cert) as cert:
+        register_auth(key=key.read(), cert=cert.read(), store=settings.signing_cert_store, digest="sha256",
+                      serializer="json")
