@@ -8,6 +8,16 @@
         steps_queue: galaxy_tasks        # default
         events: false                    # true once galaxy-tasks publishes job events
         events_queue: galaxy.main        # default galaxy.<server_name>
+        environment: {LC_ALL: C}         # variables every job gets (galaxy-tasks jobs inherit none)
+    execution:
+      environments:
+        tasks:
+          runner: gt
+          galaxy_tasks_destination: sge_big  # absent: galaxy-tasks' routing rules decide
+          galaxy_tasks_cores: 4              # or cores, local_slots, env GALAXY_SLOTS
+          galaxy_tasks_memory_mb: 8000       # or memory_mb, mem (GB, as TPV), env GALAXY_MEMORY_MB
+          galaxy_tasks_walltime: "04:00:00"  # or walltime, walltime_s
+          metadata_strategy: directory_celery  # metadata in Galaxy's warm Celery worker, not in the job
 
 Galaxy prepares each job as for its own runners (command line, metadata, job script); the
 plugin submits it through galaxy-tasks' task contract with an id derived from Galaxy's job

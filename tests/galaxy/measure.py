@@ -12,15 +12,12 @@ included) ends.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from tests.galaxy.server import GalaxyServer, ensure_venv
+from tests.galaxy.server import GalaxyServer, celery_options, ensure_venv
 from tests.support.redis_server import RedisServer
 
 
@@ -59,17 +56,6 @@ def report(name: str, figures: list[tuple[float, float]]) -> None:
     print("  each (total s, in-job metadata s):", ", ".join(f"({t:.2f}, {m:.2f})" for t, m in figures))
 
 
-def celery_worker(galaxy: GalaxyServer) -> subprocess.Popen:
-    """Galaxy's Celery worker, as gravity starts it (threads pool, Galaxy's queues)."""
-    env = galaxy.environment()
-    env["GALAXY_CONFIG_FILE"] = str(galaxy.root / "config" / "galaxy.yml")
-    log = open(galaxy.root / "celery.log", "ab")
-    return subprocess.Popen([str(galaxy.venv / "bin" / "celery"), "--app", "galaxy.celery", "worker",
-                             "--concurrency", "2", "--loglevel", "INFO", "--pool", "threads",
-                             "--queues", "celery,galaxy.internal,galaxy.external"],
-                            cwd=galaxy.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10)
@@ -86,21 +72,16 @@ def main() -> None:
             galaxy.stop()
         if args.no_celery:
             return
-        celery_url = redis_server.url.rsplit("/", 1)[0]
-        galaxy = GalaxyServer(venv, scratch / "celery", redis_server.url, galaxy_options={
-            "enable_celery_tasks": True,
-            "metadata_strategy": "directory_celery",
-            "celery_conf": {"broker_url": f"{celery_url}/1", "result_backend": f"{celery_url}/2"},
-        })
-        worker = celery_worker(galaxy)
+        galaxy = GalaxyServer(venv, scratch / "celery", redis_server.url,
+                              galaxy_options=celery_options(redis_server.url))
+        galaxy.start_celery()
         try:
             galaxy.start()
             report("local runner, metadata in a warm Celery worker (metadata_strategy: directory_celery)",
                    run_jobs(galaxy, args.jobs))
         finally:
             galaxy.stop()
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=60)
+            galaxy.stop_celery()
     finally:
         redis_server.kill()
         print(f"logs and job directories: {scratch}")

@@ -55,6 +55,14 @@ def ensure_venv() -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
+def celery_options(broker_url: str) -> dict[str, Any]:
+    """Galaxy options that set metadata in Galaxy's Celery worker (databases 1 and 2 of the
+    given Redis as its broker and result backend) instead of in the job."""
+    base = broker_url.rsplit("/", 1)[0]
+    return {"enable_celery_tasks": True, "metadata_strategy": "directory_celery",
+            "celery_conf": {"broker_url": f"{base}/1", "result_backend": f"{base}/2"}}
+
+
 def tool_xml(tool_id: str, command: str) -> str:
     return textwrap.dedent(f"""\
         <tool id="{tool_id}" name="{tool_id}" version="0.1.0" profile="21.05">
@@ -78,6 +86,7 @@ class GalaxyServer:
         self.contract_stats_file = root / "gt-contract-stats.json"
         self.log = root / "galaxy.log"
         self.proc: subprocess.Popen | None = None
+        self.celery: subprocess.Popen | None = None
         self._write_config(dict(galaxy_options or {}))
         self.admin = GalaxyApi(self.url, BOOTSTRAP_KEY)
 
@@ -175,6 +184,27 @@ class GalaxyServer:
                 return self
             time.sleep(0.5)
         raise TimeoutError(f"Galaxy not up after {timeout} s:\n{self.tail()}")
+
+    def start_celery(self) -> subprocess.Popen:
+        """Galaxy's Celery worker, as gravity starts it (threads pool, Galaxy's queues); for a
+        server made with `celery_options`."""
+        env = self.environment()
+        env["GALAXY_CONFIG_FILE"] = str(self.root / "config" / "galaxy.yml")
+        with open(self.root / "celery.log", "ab") as log:
+            self.celery = subprocess.Popen(
+                [str(self.venv / "bin" / "celery"), "--app", "galaxy.celery", "worker", "--concurrency", "2",
+                 "--loglevel", "INFO", "--pool", "threads", "--queues", "celery,galaxy.internal,galaxy.external"],
+                cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self.celery
+
+    def stop_celery(self) -> None:
+        if self.celery is not None and self.celery.poll() is None:
+            os.killpg(self.celery.pid, signal.SIGTERM)
+            try:
+                self.celery.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.celery.pid, signal.SIGKILL)
+                self.celery.wait(timeout=30)
 
     def kill(self) -> None:
         """SIGKILL, as a crash: nothing of Galaxy's shutdown runs."""
