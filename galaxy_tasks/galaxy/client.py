@@ -66,6 +66,7 @@ def _register_signing(settings: RunnerSettings) -> None:
     process, Galaxy's own Celery tasks (a serializer of Galaxy's) included."""
     from celery.security.serialization import register_auth
 
+    assert settings.signing_key and settings.signing_cert, "signing is on only with a key and a certificate"
     with open(settings.signing_key) as key, open(settings.signing_cert) as cert:
         register_auth(key=key.read(), cert=cert.read(), store=settings.signing_cert_store, digest="sha256",
                       serializer="json")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -104,7 +103,8 @@ class EventConsumer:
     must not block (it queues the work); `idle` runs on the consumer's thread between reads."""
 
     def __init__(self, broker_url: str, queue_name: str, handle: Callable[[Delivery], None],
-                 idle: Callable[[], None] = lambda: None, prefetch: int = 32, name: str = "galaxy-tasks-events") -> None:
+                 idle: Callable[[], None] = lambda: None, prefetch: int = 32,
+                 name: str = "galaxy-tasks-events") -> None:
         self.broker_url = broker_url
         self.queue = events_queue(queue_name)
         self.handle = handle
@@ -150,7 +150,7 @@ class EventConsumer:
             while not self._stop.is_set():
                 try:
                     connection.drain_events(timeout=0.2)
-                except socket.timeout:
+                except TimeoutError:
                     pass
                 self._flush_settled()
                 self.idle()

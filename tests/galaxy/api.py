@@ -38,7 +38,7 @@ class GalaxyApi:
         except (OSError, ApiError):
             return False
 
-    def user_api(self, email: str) -> "GalaxyApi":
+    def user_api(self, email: str) -> GalaxyApi:
         """A GalaxyApi of a (new or existing) user, made with this admin's key."""
         users = self.call("GET", f"/api/users?f_email={email}")
         if users:

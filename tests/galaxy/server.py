@@ -169,7 +169,7 @@ class GalaxyServer:
         env["VIRTUAL_ENV"] = str(self.venv)
         return env
 
-    def start(self, timeout: float = 240) -> "GalaxyServer":
+    def start(self, timeout: float = 240) -> GalaxyServer:
         handle = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [str(self.venv / "bin" / "galaxy-web"), "-c", str(self.root / "config" / "galaxy.yml"),

@@ -5,7 +5,7 @@ the events queue)."""
 from __future__ import annotations
 
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from kombu import Connection
@@ -38,7 +38,7 @@ class StandIn:
     def publish(self, job_id: str, state: str, **fields: Any) -> dict[str, Any]:
         seq = fields.pop("seq") if "seq" in fields else self.seq.get(job_id, 0) + 1
         self.seq[job_id] = max(seq, self.seq.get(job_id, 0))
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         body = {"event": "job_state", "version": 1, "job_id": job_id, "client_id": "main", "state": state,
                 "seq": seq, "exit_code": None, "signal": None, "reason": None, "runner_state": None,
                 "external_id": f"standin:{job_id}", "destination": "local",

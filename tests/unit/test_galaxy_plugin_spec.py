@@ -10,8 +10,16 @@ import pytest
 
 from galaxy_tasks import spec as task_spec
 from galaxy_tasks.galaxy import events, settings
-from galaxy_tasks.galaxy.spec import (GalaxyJob, MappingError, command, galaxy_job_id, resources, task_job_id,
-                                      to_spec, walltime_seconds)
+from galaxy_tasks.galaxy.spec import (
+    GalaxyJob,
+    MappingError,
+    command,
+    galaxy_job_id,
+    resources,
+    task_job_id,
+    to_spec,
+    walltime_seconds,
+)
 
 
 def job(**overrides) -> GalaxyJob:
