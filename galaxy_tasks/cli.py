@@ -119,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=_bench)
 
     show = sub.add_parser("config", help="show the settings in force (passwords hidden)")
+    show.add_argument("--runner-params", action="store_true",
+                      help="every registered runner's params, their types and defaults (Markdown tables)")
     show.set_defaults(handler=_config)
 
     from galaxy_tasks.operations import add_commands
@@ -347,6 +349,11 @@ def _bench(args: argparse.Namespace, _extra: list[str]) -> int:
 
 
 def _config(args: argparse.Namespace, _extra: list[str]) -> int:
+    if args.runner_params:
+        from galaxy_tasks.runners.params import markdown
+
+        print(markdown())
+        return 0
     for name, (default, meaning) in config.VARIABLES.items():
         import os
 

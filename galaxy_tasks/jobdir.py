@@ -242,6 +242,11 @@ def render_script(job_dir: JobDir, token: str) -> str:
         f"{{ echo \"$$ {token}\" > {q(str(job_dir.claim_file))}; }} 2>/dev/null || exit {CLAIMED_EXIT_CODE}",
         "set +C",
         "umask 077",
+        # limits a local runner asks for (a DRM applies its own): a memory cgroup to join,
+        # or RLIMIT_AS; RLIMIT_FSIZE for the output size limit (512-byte blocks)
+        'if [ -n "${GT_CGROUP:-}" ]; then echo $$ > "$GT_CGROUP/cgroup.procs"; fi',
+        'if [ -n "${GT_RLIMIT_AS_KB:-}" ]; then ulimit -v "$GT_RLIMIT_AS_KB"; fi',
+        'if [ -n "${GT_RLIMIT_FSIZE:-}" ]; then ulimit -f "$GT_RLIMIT_FSIZE"; fi',
         f"if cd {q(str(job_dir.working))}; then",
         f"  /bin/sh -c '. \"$1\" && exec /bin/sh \"$2\"' job {q(str(job_dir.env_script))} "
         f"{q(str(job_dir.command))} </dev/null >{q(str(job_dir.stdout))} 2>{q(str(job_dir.stderr))}",

@@ -33,12 +33,14 @@ def send(task: str, queue: str, **kwargs: Any) -> None:
     app.send_task(PREFIX + task, kwargs=kwargs, queue=queue)
 
 
-def start(job: Job) -> None:
-    """A new job's chain: prepare on the steps queue, then launch on its destination's."""
+def start(job: Job, countdown: float = 0.0) -> None:
+    """A new job's chain: prepare on the steps queue, then launch on its destination's
+    (after `countdown` seconds: a resubmission's delay)."""
     steps = context.current().settings.steps_queue
     ids = {"job_id": job.id, "tool_id": job.tool_id}
-    (app.signature(PREFIX + "prepare_job", kwargs=ids, queue=steps)
-     | app.signature(PREFIX + "launch_job", kwargs=ids, queue=job.queue, immutable=True)).apply_async()
+    chain = (app.signature(PREFIX + "prepare_job", kwargs=ids, queue=steps)
+             | app.signature(PREFIX + "launch_job", kwargs=ids, queue=job.queue, immutable=True))
+    chain.apply_async(countdown=countdown) if countdown > 0 else chain.apply_async()
 
 
 def launch(job_id: str, queue: str) -> None:
@@ -49,6 +51,12 @@ def report_end(completion: Completion) -> None:
     """A runner's completion event, for the steps to record."""
     send("finish_job", context.current().settings.steps_queue, job_id=completion.job_id,
          completion=completion.to_json())
+
+
+def wake_jobs(jobs: Iterable[tuple[str, str]]) -> None:
+    """Jobs a freed concurrency-limit place releases: (job id, queue) each."""
+    for job_id, queue in jobs:
+        launch(job_id, queue)
 
 
 def wake(destination: str) -> None:
@@ -111,6 +119,7 @@ def dispatch(plan: Plan) -> None:
         launch(job_id, queue)
     _in_batches("check_jobs", plan.check)
     _in_batches("stop_jobs", plan.stop)
+    wake_jobs(plan.wake)
 
 
 def control_queue(destination: str, external_id: str | None) -> str:

@@ -101,7 +101,14 @@ jobs = Table(
     Column("client_id", String(255)),
     Column("event_seq", Integer, nullable=False, default=0, server_default="0"),
     Column("unpublished_at", UTCDateTime()),
+    # policies: the attempt (a resubmission is the next one), every earlier attempt, the
+    # concurrency-limit keys this job holds a place under, and the key it waits on
+    Column("attempt", Integer, nullable=False, default=1, server_default="1"),
+    Column("attempts", JSON),
+    Column("limit_keys", JSON),
+    Column("waiting_on", String(255)),
     Index("ix_gt_job_state_check_at", "state", "check_at"),
+    Index("ix_gt_job_waiting", "state", "waiting_on", "created_at"),
     Index("ix_gt_job_created_at", "created_at"),
     Index("ix_gt_job_unpublished_at", "unpublished_at"),
 )
@@ -115,6 +122,14 @@ state_changes = Table(
     Column("to_state", String(16), nullable=False),
     Column("at", UTCDateTime(), nullable=False, default=utcnow),
     Column("reason", Text),
+)
+
+#: how many jobs hold a place under each concurrency-limit key now (a user's jobs, a
+#: destination's): changed only with the move of the job that takes or gives back a place
+limit_usage = Table(
+    "gt_limit_usage", metadata,
+    Column("key", String(255), primary_key=True),
+    Column("used", Integer, nullable=False, default=0),
 )
 
 #: a named, expiring lock: one reconciliation pass at a time, however many workers or beat
@@ -171,6 +186,10 @@ class Job:
     client_id: str | None = None
     event_seq: int = 0
     unpublished_at: datetime | None = None
+    attempt: int = 1
+    attempts: list[dict[str, Any]] | None = None
+    limit_keys: list[str] | None = None
+    waiting_on: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Job:
@@ -185,6 +204,9 @@ class Job:
             "signal": self.signal,
             "reason": self.reason,
             "runner_state": self.runner_state,
+            "attempt": self.attempt,
+            "attempts": self.attempts or [],
+            "waiting_on": self.waiting_on,
             "tool_id": self.tool_id,
             "tool_version": self.tool_version,
             "user": self.user,

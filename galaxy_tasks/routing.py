@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from galaxy_tasks import yamlconf
 from galaxy_tasks.errors import SpecError
+from galaxy_tasks.policies import DestinationPolicy, Limits, parse_destination_policy, parse_limits
 from galaxy_tasks.runners import REGISTRY, runner_class
 from galaxy_tasks.runners import params as runner_params
 from galaxy_tasks.runners.base import NoParams, Runner
@@ -26,7 +27,7 @@ from galaxy_tasks.spec import ENV_NAME, JobSpec
 from galaxy_tasks.yamlconf import Where
 
 _DESTINATION_KEYS = {"runner", "url", "queue", "params", "env", "max_cores", "max_memory_mb", "max_walltime_s",
-                     "native_specification"}
+                     "native_specification", "tags", "resubmit", "limits"}
 _RULE_KEYS = {"destination", "tool", "tools", "min_cores", "min_memory_mb", "user", "users"}
 
 
@@ -40,6 +41,7 @@ class Destination:
     max_cores: int | None = None
     max_memory_mb: int | None = None
     max_walltime_s: int | None = None
+    policy: DestinationPolicy = field(default_factory=DestinationPolicy)
 
     @property
     def runner_class(self) -> type[Runner]:
@@ -89,6 +91,24 @@ class Routing:
     destinations: Mapping[str, Destination]
     rules: tuple[Rule, ...]
     default: str
+    limits: Limits = field(default_factory=Limits)
+
+    def limit_keys(self, user: str | None, destination: str) -> dict[str, int]:
+        """The concurrency limits a job of `user` on `destination` counts under."""
+        spec = self.destinations.get(destination)
+        return self.limits.keys(user, destination, spec.policy.tags if spec else ())
+
+    def walltime_s(self, destination: str, asked: int | None) -> int | None:
+        """The walltime a job gets: what it asked for, within the destination's and the
+        global `walltime` limits (the limit itself when it asked for none)."""
+        spec = self.destinations.get(destination)
+        bounds = [b for b in (asked, spec.policy.walltime_s if spec else None, self.limits.walltime_s) if b]
+        return min(bounds) if bounds else None
+
+    def output_size_bytes(self, destination: str) -> int | None:
+        spec = self.destinations.get(destination)
+        bounds = [b for b in (spec.policy.output_size_bytes if spec else None, self.limits.output_size_bytes) if b]
+        return min(bounds) if bounds else None
 
     def route(self, spec: JobSpec) -> Destination:
         """The destination for a job, or a SpecError naming why there is none."""
@@ -132,13 +152,15 @@ def parse(data: Any, where: str = "job_conf") -> Routing:
     if not isinstance(data, Mapping):
         raise top.error("must be a mapping with 'destinations'")
     for key in data:
-        if key not in ("destinations", "rules", "default"):
+        if key not in ("destinations", "rules", "default", "limits"):
             raise top.unknown(data, key)
     raw = data.get("destinations")
     if not isinstance(raw, Mapping) or not raw:
         raise top.key(data, "destinations").error("'destinations' must map names to destinations")
     places = top.key(data, "destinations")
-    destinations = {str(name): _destination(str(name), value, places.key(raw, name)) for name, value in raw.items()}
+    names = {str(name) for name in raw}
+    destinations = {str(name): _destination(str(name), value, places.key(raw, name), names)
+                    for name, value in raw.items()}
     rules_data = data.get("rules") or []
     if not isinstance(rules_data, list):
         raise top.key(data, "rules").error("must be a list of rules")
@@ -146,7 +168,8 @@ def parse(data: Any, where: str = "job_conf") -> Routing:
                   for index, item in enumerate(rules_data))
     default = data.get("default", next(iter(destinations)))
     default = _destination_ref(default, top.key(data, "default"), destinations)
-    return Routing(destinations, rules, default)
+    limits = parse_limits(data.get("limits"), top.key(data, "limits"), destinations)
+    return Routing(destinations, rules, default, limits)
 
 
 def parse_url(url: str, name: str | None = None, where: Where | None = None) -> Destination:
@@ -168,7 +191,7 @@ def _url_params(url: str, where: Where) -> tuple[str, dict[str, Any]]:
         raise where.error(str(exc)) from None
 
 
-def _destination(name: str, value: Any, here: Where) -> Destination:
+def _destination(name: str, value: Any, here: Where, names: set[str]) -> Destination:
     if isinstance(value, str):
         return parse_url(value, name, here)
     if not isinstance(value, Mapping):
@@ -216,6 +239,7 @@ def _destination(name: str, value: Any, here: Where) -> Destination:
         max_cores=_limit(value, "max_cores", here),
         max_memory_mb=_limit(value, "max_memory_mb", here),
         max_walltime_s=_limit(value, "max_walltime_s", here),
+        policy=parse_destination_policy(value, here, names),
     )
 
 

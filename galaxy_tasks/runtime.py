@@ -46,6 +46,9 @@ def record_end(completion: Completion, confirmed: bool = False) -> Finished:
     finished = lifecycle.finish(context.current(), completion, confirmed)
     if finished.wake is not None:
         messages.wake(finished.wake)
+    messages.wake_jobs(finished.waiting)
+    if finished.resubmitted is not None:
+        messages.start(finished.resubmitted, countdown=finished.delay_s)
     return finished
 
 

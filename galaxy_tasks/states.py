@@ -12,6 +12,7 @@ from enum import Enum
 class JobState(str, Enum):
     NEW = "new"  # accepted and recorded; not yet prepared
     QUEUED = "queued"  # job directory ready; waiting on its destination's queue
+    LIMITED = "limited"  # ready, but over a concurrency limit: the end of another job releases it
     SUBMITTING = "submitting"  # a runner worker owns the launch (guards a double launch)
     RUNNING = "running"  # handed to the runner; its end arrives as a completion event
     OK = "ok"
@@ -27,13 +28,16 @@ ACTIVE = frozenset(JobState) - TERMINAL
 
 ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.NEW: frozenset({JobState.QUEUED, JobState.ERROR, JobState.DELETED}),
-    JobState.QUEUED: frozenset({JobState.SUBMITTING, JobState.ERROR, JobState.DELETED}),
+    JobState.QUEUED: frozenset({JobState.SUBMITTING, JobState.LIMITED, JobState.ERROR, JobState.DELETED}),
+    JobState.LIMITED: frozenset({JobState.SUBMITTING, JobState.LIMITED, JobState.ERROR, JobState.DELETED}),
     # SUBMITTING -> SUBMITTING is a takeover of a launch whose worker died mid-step;
-    # SUBMITTING -> QUEUED is a launch the runner had no room for (a full local host).
+    # SUBMITTING -> QUEUED is a launch the runner had no room for (a full local host);
+    # SUBMITTING/RUNNING -> NEW is a resubmission (a resubmit rule matched how it ended).
     JobState.SUBMITTING: frozenset(
-        {JobState.QUEUED, JobState.SUBMITTING, JobState.RUNNING, JobState.OK, JobState.ERROR, JobState.DELETED}
+        {JobState.QUEUED, JobState.SUBMITTING, JobState.RUNNING, JobState.OK, JobState.ERROR, JobState.DELETED,
+         JobState.NEW}
     ),
-    JobState.RUNNING: frozenset({JobState.OK, JobState.ERROR, JobState.DELETED}),
+    JobState.RUNNING: frozenset({JobState.OK, JobState.ERROR, JobState.DELETED, JobState.NEW}),
     JobState.OK: frozenset(),
     JobState.ERROR: frozenset(),
     JobState.DELETED: frozenset(),

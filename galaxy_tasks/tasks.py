@@ -52,7 +52,9 @@ def prepare_job(job_id: str, tool_id: str | None = None) -> bool:
 
 @app.task(name="galaxy_tasks.launch_job", bind=True, **DB_RETRY)
 def launch_job(self: Any, job_id: str, tool_id: str | None = None) -> bool:
-    return lifecycle.launch(context.current(), job_id, runtime.runner_for, owner=self.request.id)
+    launched = lifecycle.launch(context.current(), job_id, runtime.runner_for, owner=self.request.id)
+    messages.wake_jobs(launched.wake)
+    return launched.launched
 
 
 @app.task(name="galaxy_tasks.finish_job", **DB_RETRY)
@@ -73,7 +75,9 @@ def launch_next(self: Any, destination: str) -> str | None:
         job_id = lifecycle.next_queued(ctx, destination)
         if job_id is None:
             return None
-        if lifecycle.launch(ctx, job_id, runtime.runner_for, owner=self.request.id):
+        launched = lifecycle.launch(ctx, job_id, runtime.runner_for, owner=self.request.id)
+        messages.wake_jobs(launched.wake)
+        if launched:
             return job_id
     return None
 
@@ -127,7 +131,7 @@ def stop_jobs(destination: str, job_ids: list[str]) -> int:
             runner.cancel(job)
         except RunnerError as exc:
             event(log, "stop_failed", level=logging.WARNING, job_id=job.job_id, error=str(exc))
-    lifecycle.stopped(ctx, [t.job_id for t in tracked if statuses.get(t.job_id) is not None])
+    messages.wake_jobs(lifecycle.stopped(ctx, [t.job_id for t in tracked if statuses.get(t.job_id) is not None]))
     event(log, "reconcile_stop", destination=destination, asked=len(tracked), still_running=len(alive))
     return len(alive)
 

@@ -3,17 +3,20 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
 
 from galaxy_tasks.context import Context
 from galaxy_tasks.faults import crash_point
-from galaxy_tasks.jobdir import EndNote, JobDir
+from galaxy_tasks.jobdir import EndNote, JobDir, new_token
 from galaxy_tasks.lifecycle.changes import move
+from galaxy_tasks.lifecycle.limits import keep_checking, release
 from galaxy_tasks.logs import event
-from galaxy_tasks.model import Job
+from galaxy_tasks.model import Job, utcnow
+from galaxy_tasks.policies import choose, condition_names
 from galaxy_tasks.runners.base import Completion, signal_name
 from galaxy_tasks.states import JobState
 from galaxy_tasks.store import Moved
@@ -26,11 +29,16 @@ COMMAND_NOT_FOUND = 127
 
 class Finished(NamedTuple):
     """What a completion event led to: the recorded end (None if the job had already
-    ended: a duplicate or late event), and the destination whose oldest waiting job may
-    start now because this job's slot is free (None if it has no slots)."""
+    ended: a duplicate or late event), the destination whose oldest waiting job may start
+    now because this job's slot is free (None if it has no slots), the jobs a concurrency
+    place it gave back releases, and the job itself if a resubmit rule sends it again
+    (after `delay_s`)."""
 
     moved: Moved | None
     wake: str | None
+    waiting: list[tuple[str, str]] = []
+    resubmitted: Job | None = None
+    delay_s: float = 0.0
 
 
 def finish(ctx: Context, completion: Completion, confirmed: bool = False) -> Finished:
@@ -49,14 +57,15 @@ def finish(ctx: Context, completion: Completion, confirmed: bool = False) -> Fin
     # finish records nothing): its slot is free, so the oldest waiting job may start
     wake = job.destination if job.destination in ctx.routing.limited else None
     if JobState(job.state) not in _LAUNCHED:
-        return Finished(None, wake)
+        # a cancelled job's process ended: the places it held are free now
+        return Finished(None, wake, release(ctx, job) if job.state == JobState.DELETED.value else [])
     job_dir = JobDir(Path(job.job_dir or ctx.settings.jobs_dir / job.id), job.token)
     end = _evidence(job_dir, completion, confirmed)
     if end is None:
         ctx.store.recheck(job.id)
         event(log, "completion_unconfirmed", level=logging.WARNING, job_id=job.id, source=completion.source)
         return Finished(None, None)
-    return Finished(_record(ctx, job, job_dir, completion, end), wake)
+    return _record(ctx, job, job_dir, completion, end, wake)
 
 
 def _evidence(job_dir: JobDir, completion: Completion, confirmed: bool) -> EndNote | None:
@@ -70,9 +79,21 @@ def _evidence(job_dir: JobDir, completion: Completion, confirmed: bool) -> EndNo
     return note
 
 
-def _record(ctx: Context, job: Job, job_dir: JobDir, completion: Completion, end: EndNote) -> Moved | None:
+def _record(ctx: Context, job: Job, job_dir: JobDir, completion: Completion, end: EndNote,
+            wake: str | None) -> Finished:
     stdout, stderr = job_dir.tail("stdout"), job_dir.tail("stderr")
+    if end.runner_state is None and ctx.routing.output_size_bytes(job.destination) and (
+            end.signal == signal.SIGXFSZ or end.exit_code == 128 + signal.SIGXFSZ):  # a file grew past the limit
+        end = replace(end, runner_state="output_size_limit",
+                      reason=f"a file of the job grew past the output_size limit of "
+                             f"{ctx.routing.output_size_bytes(job.destination)} bytes")
     state, reason = _verdict(job, job_dir, end, stderr)
+    if state is JobState.OK and (too_large := _over_output_size(ctx, job, job_dir)) is not None:
+        state, reason, end = JobState.ERROR, too_large, replace(end, runner_state="output_size_limit")
+    if state is JobState.ERROR:
+        resubmitted = _resubmit(ctx, job, end, reason)
+        if resubmitted is not None:
+            return resubmitted._replace(wake=wake)
     values = dict(
         exit_code=end.exit_code,
         signal=end.signal,
@@ -87,13 +108,66 @@ def _record(ctx: Context, job: Job, job_dir: JobDir, completion: Completion, end
         values["external_id"] = completion.external_id
     if job.running_at is None:
         values["running_at"] = job.updated_at  # it ended before its launch was recorded
-    moved = move(ctx, job.id, state, reason=reason, sources=_LAUNCHED, **values)
+    moved = move(ctx, job.id, state, reason=reason, sources=_LAUNCHED, **values, **keep_checking(ctx, job))
     if moved is None:
-        return None
+        return Finished(None, None)
     crash_point("finish", job.id)  # recorded, but the message not yet acknowledged
     event(log, "state_change", job_id=job.id, to=state, exit_code=end.exit_code, reason=reason,
           tool_id=job.tool_id, destination=job.destination)
-    return moved
+    return Finished(moved, wake, release(ctx, moved.job))
+
+
+def _resubmit(ctx: Context, job: Job, end: EndNote, reason: str | None) -> Finished | None:
+    """If a resubmit rule of the job's destination matches how it ended: the job, with its
+    id, back to NEW as its next attempt (on the rule's destination), this attempt kept in
+    its `attempts`; its chain is sent again after the rule's delay."""
+    destination = ctx.routing.destinations.get(job.destination)
+    if destination is None or not destination.policy.resubmit:
+        return None
+    now = utcnow()
+    names = condition_names(end.runner_state, True, job.attempt, (now - job.created_at).total_seconds(),
+                            (now - job.running_at).total_seconds() if job.running_at else 0.0)
+    choice = choose(destination.policy.resubmit, names, job.destination)
+    target = ctx.routing.destinations.get(choice.destination) if choice else None
+    if choice is None or target is None:
+        return None
+    attempts = [*(job.attempts or []), {
+        "attempt": job.attempt, "destination": job.destination, "external_id": job.external_id,
+        "state": JobState.ERROR.value, "exit_code": end.exit_code, "signal": end.signal, "reason": reason,
+        "runner_state": end.runner_state, "running_at": _iso(job.running_at),
+        "ended_at": datetime.fromtimestamp(end.ended_at, UTC).isoformat(), "resubmit": choice.rule,
+    }]
+    why = (f"resubmitted to {target.name} (attempt {job.attempt + 1}) because {choice.rule}: "
+           f"{reason or end.runner_state}")
+    moved = move(ctx, job.id, JobState.NEW, reason=why, sources=_LAUNCHED, destination=target.name,
+                 queue=target.queue, attempt=job.attempt + 1, attempts=attempts, token=new_token(), job_dir=None,
+                 external_id=None, owner=None, exit_code=None, signal=None, runner_state=None,
+                 check_at=now + timedelta(seconds=choice.delay_s + ctx.settings.check_after), checks=0)
+    if moved is None:
+        return Finished(None, None)
+    event(log, "resubmitted", job_id=job.id, attempt=job.attempt + 1, destination=target.name, rule=choice.rule,
+          delay_s=choice.delay_s)
+    return Finished(None, None, release(ctx, moved.job), moved.job, choice.delay_s)
+
+
+def _over_output_size(ctx: Context, job: Job, job_dir: JobDir) -> str | None:
+    """Why the job's declared outputs are over its output_size limit, if they are."""
+    limit = ctx.routing.output_size_bytes(job.destination)
+    if limit is None or not job.outputs:
+        return None
+    total = 0
+    for path in job.outputs:
+        try:
+            total += os.lstat(job_dir.working / path).st_size
+        except OSError:
+            continue
+    if total <= limit:
+        return None
+    return f"the outputs are {total} bytes, more than the output_size limit of {limit} bytes"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
 
 
 def _verdict(job: Job, job_dir: JobDir, end: EndNote, stderr: str) -> tuple[JobState, str | None]:

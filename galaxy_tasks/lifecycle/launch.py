@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import RunnerError, RunnerFull
 from galaxy_tasks.faults import crash_point
+from galaxy_tasks.lifecycle import limits
 from galaxy_tasks.lifecycle.changes import move
+from galaxy_tasks.lifecycle.limits import keep_checking, release
 from galaxy_tasks.lifecycle.prepare import launch_for
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job, utcnow
@@ -28,37 +30,48 @@ from galaxy_tasks.states import JobState
 log = logging.getLogger(__name__)
 
 _QUEUED = frozenset({JobState.QUEUED})
+_WAITING = frozenset({JobState.QUEUED, JobState.LIMITED})
 _SUBMITTING = frozenset({JobState.SUBMITTING})
 
 
-def launch(ctx: Context, job_id: str, runner_for: Callable[[str], Runner], owner: str | None = None) -> bool:
-    """Hand the job to the runner of its destination (`runner_for(destination)`); False if
+class Launched(NamedTuple):
+    """Whether this call launched the job, and the jobs a place it gave back wakes."""
+
+    launched: bool
+    wake: list[tuple[str, str]]
+
+    def __bool__(self) -> bool:
+        return self.launched
+
+
+def launch(ctx: Context, job_id: str, runner_for: Callable[[str], Runner], owner: str | None = None) -> Launched:
+    """Hand the job to the runner of its destination (`runner_for(destination)`); false if
     it was not this call's to launch. `owner` identifies the message (its redelivery
     carries the same one)."""
     job = _claim(ctx, job_id, owner, ctx.settings.launch_lease)
     if job is None:
-        return False
+        return Launched(False, [])
     runner = runner_for(job.destination)
     try:
         external_id = runner.submit(launch_for(ctx, job))
         crash_point("launch", job_id)
     except RunnerFull as exc:
         # back in line; the end of a running job of this destination wakes the next one
-        move(ctx, job_id, JobState.QUEUED, sources=_SUBMITTING)
+        moved = move(ctx, job_id, JobState.QUEUED, sources=_SUBMITTING)
         event(log, "launch_deferred", job_id=job_id, destination=job.destination, reason=str(exc))
-        return False
+        return Launched(False, release(ctx, moved.job) if moved else [])
     except RunnerError as exc:
-        move(ctx, job_id, JobState.ERROR, reason=str(exc), sources=_SUBMITTING)
+        moved = move(ctx, job_id, JobState.ERROR, reason=str(exc), sources=_SUBMITTING, **keep_checking(ctx, job))
         event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
-        return False
+        return Launched(False, release(ctx, moved.job) if moved else [])
     if move(ctx, job_id, JobState.RUNNING, sources=_SUBMITTING, external_id=external_id):
         event(log, "state_change", job_id=job_id, to=JobState.RUNNING, external_id=external_id)
-        return True
+        return Launched(True, [])
     after = ctx.store.job(job_id)
     if after is not None and after.state == JobState.DELETED.value:
-        # cancelled while we were launching: stop what we started
+        # cancelled while we were launching: stop what we started (its end gives its places back)
         runner.cancel(Tracked(job_id, external_id, launch_for(ctx, after).job_dir))
-    return False
+    return Launched(False, [])
 
 
 def _claim(ctx: Context, job_id: str, owner: str | None, lease_s: float) -> Job | None:
@@ -66,8 +79,14 @@ def _claim(ctx: Context, job_id: str, owner: str | None, lease_s: float) -> Job 
     so the usual launch reads nothing before it."""
     # looked at again once the lease is up, not after CHECK_AFTER: a launch whose worker was
     # killed outright (its message waits out the broker's visibility timeout) is taken over then
-    moved = move(ctx, job_id, JobState.SUBMITTING, sources=_QUEUED, owner=owner,
-                 check_at=utcnow() + timedelta(seconds=lease_s))
+    if limits.counted(ctx):
+        waiting = ctx.store.job(job_id)
+        if waiting is None:
+            return None
+        moved = limits.claim(ctx, waiting, owner, lease_s) if JobState(waiting.state) in _WAITING else None
+    else:
+        moved = move(ctx, job_id, JobState.SUBMITTING, sources=_QUEUED, owner=owner,
+                     check_at=utcnow() + timedelta(seconds=lease_s))
     if moved is not None:
         return moved.job
     job = ctx.store.job(job_id)

@@ -63,5 +63,7 @@ def launch_for(ctx: Context, job: Job) -> Launch:
         script=job_dir.script,
         cores=job.cores,
         memory_mb=job.memory_mb,
-        walltime_s=job.walltime_s,
+        walltime_s=ctx.routing.walltime_s(job.destination, job.walltime_s),
+        output_size_bytes=ctx.routing.output_size_bytes(job.destination),
+        attempt=job.attempt,
     )

@@ -34,11 +34,13 @@ class Plan:
     check: dict[str, list[Tracked]] = field(default_factory=lambda: defaultdict(list))
     stop: dict[str, list[Tracked]] = field(default_factory=lambda: defaultdict(list))  # cancelled, maybe alive
     settled: list[str] = field(default_factory=list)  # cancelled before a runner had them: nothing to stop
+    release: list[str] = field(default_factory=list)  # ended, still holding concurrency places
+    wake: list[tuple[str, str]] = field(default_factory=list)  # (job id, queue) a freed place releases
 
     @property
     def size(self) -> int:
         return (len(self.prepare) + len(self.launch) + sum(len(v) for v in self.check.values())
-                + sum(len(v) for v in self.stop.values()))
+                + sum(len(v) for v in self.stop.values()) + len(self.wake))
 
 
 def overdue(ctx: Context, now: datetime | None = None) -> Plan:
@@ -52,6 +54,8 @@ def overdue(ctx: Context, now: datetime | None = None) -> Plan:
     jobs = ctx.store.take_due(now, settings.reconcile_batch, delay)
     plan = _plan(ctx, jobs, now)
     ctx.store.settle(plan.settled)
+    for job_id in plan.settled + plan.release:
+        plan.wake += ctx.store.release_places(job_id).waiting
     if plan.size:
         event(log, "reconcile", overdue=len(jobs), prepare=len(plan.prepare), launch=len(plan.launch),
               check=sum(len(v) for v in plan.check.values()), stop=sum(len(v) for v in plan.stop.values()))
@@ -65,9 +69,11 @@ def unpublished(ctx: Context, now: datetime | None = None) -> list[Job]:
     return ctx.store.unpublished(before, ctx.settings.reconcile_batch)
 
 
-def stopped(ctx: Context, job_ids: list[str]) -> None:
-    """Cancelled jobs known to have nothing left running: no more looks at them."""
+def stopped(ctx: Context, job_ids: list[str]) -> list[tuple[str, str]]:
+    """Cancelled jobs known to have nothing left running: no more looks at them, and the
+    places they held are free (the jobs those release: (id, queue))."""
     ctx.store.settle(job_ids)
+    return [waiting for job_id in job_ids for waiting in ctx.store.release_places(job_id).waiting]
 
 
 def startup(ctx: Context) -> Plan:
@@ -96,10 +102,12 @@ def _plan(ctx: Context, jobs: Iterable[Job], now: datetime) -> Plan:
                 plan.stop[job.destination].append(tracked(ctx, job))
             else:
                 plan.settled.append(job.id)
+        elif state in (JobState.OK, JobState.ERROR):
+            plan.release.append(job.id)  # its end was recorded, not the return of its places
         elif state is JobState.NEW:
             plan.prepare.append(job)
-        elif state is JobState.QUEUED or (state is JobState.SUBMITTING and job.updated_at < stale
-                                          and not job.external_id):
+        elif state in (JobState.QUEUED, JobState.LIMITED) or (state is JobState.SUBMITTING
+                                                              and job.updated_at < stale and not job.external_id):
             plan.launch.append((job.id, job.queue))
         elif job.external_id:
             plan.check[job.destination].append(tracked(ctx, job))
@@ -108,4 +116,6 @@ def _plan(ctx: Context, jobs: Iterable[Job], now: datetime) -> Plan:
 
 def tracked(ctx: Context, job: Job) -> Tracked:
     """What a runner is asked about a job: from its row, never from a message."""
-    return Tracked(job.id, job.external_id or "", Path(job.job_dir or ctx.settings.jobs_dir / job.id))
+    return Tracked(job.id, job.external_id or "", Path(job.job_dir or ctx.settings.jobs_dir / job.id),
+                   ctx.routing.walltime_s(job.destination, job.walltime_s),
+                   job.running_at.timestamp() if job.running_at else None)

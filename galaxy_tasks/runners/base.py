@@ -34,13 +34,16 @@ class Launch:
     script: Path  # sets the command's environment itself: a runner starts it as it is
     cores: int = 1
     memory_mb: int | None = None
-    walltime_s: int | None = None
+    walltime_s: int | None = None  # within the walltime limits: a runner ends the job after it
+    output_size_bytes: int | None = None  # the output_size limit: no file of the job grows past it
+    attempt: int = 1  # a resubmitted job's next attempt is a new external job
 
     @property
     def external_name(self) -> str:
-        """The name the external system knows the job by: derived from our id, so a
-        resubmission can look for an existing copy before starting a second one."""
-        return external_name(self.job_id)
+        """The name the external system knows the job by: derived from our id (and the
+        attempt), so a redelivered launch can look for an existing copy before starting a
+        second one, and a resubmission's attempt is never taken for the one before."""
+        return external_name(self.job_id) if self.attempt <= 1 else f"{external_name(self.job_id)}-a{self.attempt}"
 
 
 def external_name(job_id: str) -> str:
@@ -103,11 +106,14 @@ _COMPLETION_FIELDS: dict[str, type | tuple[type, ...]] = {
 
 @dataclass(frozen=True)
 class Tracked:
-    """A job a runner is asked about: our id and the external id it was given."""
+    """A job a runner is asked about: our id and the external id it was given (and, to
+    follow it again after a restart, its walltime and when it started)."""
 
     job_id: str
     external_id: str
     job_dir: Path
+    walltime_s: int | None = None
+    running_since: float | None = None
 
 
 Report = Callable[[Completion], None]

@@ -24,7 +24,9 @@ from typing import Any, NamedTuple, Sequence, cast
 
 from galaxy_tasks.errors import RunnerError, RunnerFull
 from galaxy_tasks.jobdir import CLAIMED_EXIT_CODE, JobDir, script_environment
+from galaxy_tasks.runners import memlimit
 from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, Tracked, signal_name
+from galaxy_tasks.runners.deadlines import Deadlines
 from galaxy_tasks.runners.exitwatch import Exit, ExitWatcher
 from galaxy_tasks.runners.params import param
 
@@ -45,6 +47,7 @@ class _Watched(NamedTuple):
     started: float
     rss_floor: int
     external_id: str
+    memory_mb: int | None = None  # the memory limit the job runs under (None: none)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,9 @@ class LocalParams:
     kill_grace_s: float = param(5.0, minimum=0, doc="seconds from SIGTERM to SIGKILL when a job is cancelled")
     slots_dir: str | None = param(None, doc="where a host's slot files live "
                                             "(default $TMPDIR/galaxy-tasks-<uid>/slots/<destination>)")
+    memory_limit: str = param("auto", choices=("auto", "cgroup", "rlimit", "off"),
+                              doc="how a job's memory_mb is enforced: a memory cgroup of its own where this worker "
+                                  "may make one, else RLIMIT_AS (auto); only one of them; or not at all")
 
 
 class LocalRunner(Runner):
@@ -71,6 +77,13 @@ class LocalRunner(Runner):
         self._watcher: ExitWatcher | None = None
         self._watcher_pid = 0
         self._watching: set[int] = set()  # pids whose end this process will report
+        self._deadlines: Deadlines | None = None
+        self._deadlines_pid = 0
+        self._walltime_killed: set[int] = set()  # pids ended for their walltime
+        policy = self.params.memory_limit
+        self._cgroups = memlimit.detect() if policy in ("auto", "cgroup") else memlimit.Cgroups(None, 0)
+        if policy == "cgroup" and self._cgroups.parent is None:
+            raise RunnerError("memory_limit is cgroup, but this worker may make no memory cgroup here")
 
     def submit(self, launch: Launch) -> str:
         job_dir = JobDir(launch.job_dir)
@@ -80,9 +93,10 @@ class LocalRunner(Runner):
             return self._external_id(claimed)
         slot = self._take_slot()
         actions = _DEVNULL_ACTIONS if slot is None else [*_DEVNULL_ACTIONS, (os.POSIX_SPAWN_DUP2, slot, SLOT_FD)]
+        env, memory_mb = self._limits(launch)
         try:
             pid = os.posix_spawn(
-                "/bin/sh", ["/bin/sh", str(launch.script)], script_environment(),
+                "/bin/sh", ["/bin/sh", str(launch.script)], env,
                 setsid=True, file_actions=actions,
             )
         except OSError as exc:
@@ -94,8 +108,46 @@ class LocalRunner(Runner):
         # the larger of the two across exec), so a peak not above ours says nothing.
         floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         external_id = self._external_id(pid)
-        self._watch(pid, _Watched(launch.job_id, job_dir, time.time(), floor, external_id), child=True)
+        started = time.time()
+        self._watch(pid, _Watched(launch.job_id, job_dir, started, floor, external_id, memory_mb), child=True)
+        if launch.walltime_s:
+            self._end_at(started + launch.walltime_s, pid, external_id, job_dir)
         return external_id
+
+    def _limits(self, launch: Launch) -> tuple[dict[str, str], int | None]:
+        """The job script's environment with the limits it applies to itself, and the
+        memory limit it runs under."""
+        env = script_environment()
+        memory_mb = launch.memory_mb if self.params.memory_limit != "off" else None
+        if memory_mb:
+            cgroup = self._cgroups.create(_cgroup_name(launch.job_id), memory_mb * 1024 * 1024) \
+                if self.params.memory_limit != "rlimit" else None
+            if cgroup is not None:
+                env["GT_CGROUP"] = str(cgroup)
+            else:
+                env["GT_RLIMIT_AS_KB"] = str(memory_mb * 1024)
+        if launch.output_size_bytes:
+            env["GT_RLIMIT_FSIZE"] = str(max(1, -(-launch.output_size_bytes // 512)))
+        return env, memory_mb
+
+    def _end_at(self, when: float, pid: int, external_id: str, job_dir: JobDir) -> None:
+        """At its walltime, the job is stopped (as a cancel stops it) and its end says why."""
+        with self._lock:  # (a thread does not survive fork: a forked pool process makes its own)
+            if self._deadlines is None or self._deadlines_pid != os.getpid():
+                self._deadlines, self._deadlines_pid = Deadlines(), os.getpid()
+            deadlines = self._deadlines
+        started = self._parse(external_id)[2]
+
+        def expire() -> None:
+            if self._is_the_jobs(pid, started, job_dir):
+                with self._lock:
+                    self._walltime_killed.add(pid)
+                _killpg(pid, signal.SIGTERM)
+                timer = threading.Timer(self.kill_grace_s, self._kill_hard, (pid, started, job_dir))
+                timer.daemon = True
+                timer.start()
+
+        deadlines.at(when, expire)
 
     @classmethod
     def control_queue(cls, queue: str, external_id: str | None) -> str:
@@ -151,12 +203,19 @@ class LocalRunner(Runner):
                 self.ended(completion, job.job_dir)
             else:
                 claimed = job_dir.claimed_pid()
-                self._follow(job.job_id, job_dir, claimed or pid, job.external_id if claimed in (None, pid) else None)
+                followed = claimed or pid
+                external_id = job.external_id if claimed in (None, pid) else self._external_id(followed)
+                self._follow(job.job_id, job_dir, followed, external_id)
+                if job.walltime_s and job.running_since:  # its walltime goes on from when it started
+                    self._end_at(job.running_since + job.walltime_s, followed, external_id, job_dir)
 
     def close(self) -> None:
         with self._lock:
             if self._watcher is not None and self._watcher_pid == os.getpid():
                 self._watcher.close()
+            if self._deadlines is not None and self._deadlines_pid == os.getpid():
+                self._deadlines.close()
+            self._deadlines = None
             self._watcher = None
 
     # -- internals --------------------------------------------------------------------
@@ -219,26 +278,38 @@ class LocalRunner(Runner):
         return watcher.watch(pid, tag, child=child)
 
     def _on_exit(self, exit: Exit, tag: object) -> None:
-        job_id, job_dir, started, rss_floor, external_id = cast(_Watched, tag)
+        job_id, job_dir, started, rss_floor, external_id, memory_mb = cast(_Watched, tag)
         with self._lock:
             self._watching.discard(exit.pid)
+            out_of_time = exit.pid in self._walltime_killed
+            self._walltime_killed.discard(exit.pid)
         if exit.exit_code == CLAIMED_EXIT_CODE and job_dir.recorded_exit_code() is None:
             claimed = _wait_for_claim(job_dir)
             if claimed not in (None, exit.pid):
                 self._follow(job_id, job_dir, claimed)  # a duplicate copy stood down
                 return
         recorded = job_dir.recorded_exit_code()
-        reason = None
+        reason = runner_state = None
         if exit.signal is not None:
             reason = f"killed by signal {signal_name(exit.signal)}"
         elif recorded is None and exit.exit_code is None:
             reason = "the job process ended without recording an exit code"
+        cgroup = self._cgroups.parent / _cgroup_name(job_id) if self._cgroups.parent is not None else None
+        if out_of_time:
+            runner_state, reason = "walltime_reached", "the job reached its walltime and was stopped"
+        elif cgroup is not None and cgroup.exists() and memlimit.Cgroups.oom_killed(cgroup):
+            runner_state, reason = "memory_limit_reached", f"the job reached its memory limit ({memory_mb} MB)"
+        elif memory_mb and recorded not in (None, 0) and memlimit.said_out_of_memory(job_dir.tail("stderr", 8192)):
+            runner_state, reason = "memory_limit_reached", f"the job ran out of memory (limit {memory_mb} MB)"
+        if cgroup is not None and cgroup.exists():
+            memlimit.Cgroups.remove(cgroup)
         self.ended(
             Completion(
                 job_id,
                 exit_code=recorded if recorded is not None else exit.exit_code,
                 signal=exit.signal,
                 reason=reason,
+                runner_state=runner_state,
                 wall_time_s=round(exit.ended_at - started, 3),
                 max_rss_kb=exit.max_rss_kb if (exit.max_rss_kb or 0) > rss_floor else None,
                 ended_at=exit.ended_at,
@@ -295,6 +366,10 @@ def _alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def _cgroup_name(job_id: str) -> str:
+    return f"galaxy-tasks-{job_id}"
 
 
 def _start_time(pid: int) -> int | None:

@@ -52,6 +52,20 @@ def describe(cls: type) -> list[tuple[str, str, Any, str]]:
     return out
 
 
+def markdown() -> str:
+    """Every registered runner's params as Markdown tables (docs/configuration.md has them)."""
+    from galaxy_tasks.runners import REGISTRY, runner_class
+
+    out: list[str] = []
+    for name in REGISTRY:
+        out += [f"### `{name}`", "", "| param | type | default | meaning |", "|---|---|---|---|"]
+        for param_name, kind, default, doc in describe(runner_class(name).Params):
+            shown = "(none)" if default in (None, "") else f"`{default}`"
+            out.append(f"| `{param_name}` | {kind} | {shown} | {doc} |")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
 def _checked(value: Any, hint: Any, spec: Field[Any], here: Where) -> Any:
     kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
         else (hint,)

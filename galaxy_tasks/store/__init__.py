@@ -7,7 +7,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from galaxy_tasks.store.engines import dispose_after_fork, normalize_url
 from galaxy_tasks.store.leases import Leases
-from galaxy_tasks.store.moves import Moved, Moves
+from galaxy_tasks.store.limits import LimitPlaces, Refused, Released
+from galaxy_tasks.store.moves import Moved
 from galaxy_tasks.store.queries import Queries
 from galaxy_tasks.store.reports import ActiveCounts, ChangesRead, Reports
 
@@ -16,8 +17,9 @@ from galaxy_tasks.store.reports import ActiveCounts, ChangesRead, Reports
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 
 
-class Store(Moves, Queries, Leases, Reports):
+class Store(LimitPlaces, Queries, Leases, Reports):
     """One per database URL per process (see `galaxy_tasks.context`)."""
 
 
-__all__ = ["TRANSIENT_ERRORS", "ActiveCounts", "ChangesRead", "Moved", "Store", "dispose_after_fork", "normalize_url"]
+__all__ = ["TRANSIENT_ERRORS", "ActiveCounts", "ChangesRead", "Moved", "Refused", "Released", "Store",
+           "dispose_after_fork", "normalize_url"]

@@ -73,11 +73,13 @@ class Moves(StoreBase):
         *,
         reason: str | None = None,
         sources: frozenset[JobState] | None = None,
+        connection: Connection | None = None,
         **values: Any,
     ) -> Moved | None:
         """Move the job to `target` if it is in one of `sources` (by default every state
         the state machine allows `target` from), setting `values` on its row. None when
-        the job was already past this step: the caller then does nothing."""
+        the job was already past this step: the caller then does nothing. `connection`: as
+        part of a transaction of the caller's (a move that takes a limit's place)."""
         allowed = sources_of(target) if sources is None else sources
         now = utcnow()
         assignments: dict[str, Any] = {"state": target.value, "updated_at": now}
@@ -93,15 +95,21 @@ class Moves(StoreBase):
         columns = tuple(assignments)
         params = {f"v_{name}": value for name, value in assignments.items()}
         params.update(job_id=job_id, c_reason=reason)
-        with self._writing() as connection:
-            # The usual source is tried first without reading the row: one round trip per step.
-            current = _likely_source(target, allowed) or connection.scalar(_STATE, {"job_id": job_id})
-            while current is not None and JobState(current) in allowed:
-                params["current"] = current
-                job = self._move_once(connection, columns, params)
-                if job is not None:
-                    return Moved(JobState(current), job)
-                current = connection.scalar(_STATE, {"job_id": job_id})
+        if connection is not None:
+            return self._move_on(connection, target, allowed, columns, params)
+        with self._writing() as writing:
+            return self._move_on(writing, target, allowed, columns, params)
+
+    def _move_on(self, connection: Connection, target: JobState, allowed: frozenset[JobState],
+                 columns: tuple[str, ...], params: dict[str, Any]) -> Moved | None:
+        # The usual source is tried first without reading the row: one round trip per step.
+        current = _likely_source(target, allowed) or connection.scalar(_STATE, {"job_id": params["job_id"]})
+        while current is not None and JobState(current) in allowed:
+            params["current"] = current
+            job = self._move_once(connection, columns, params)
+            if job is not None:
+                return Moved(JobState(current), job)
+            current = connection.scalar(_STATE, {"job_id": params["job_id"]})
         return None
 
     def mark_published(self, job_id: str, seq: int) -> bool:

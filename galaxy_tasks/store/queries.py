@@ -14,7 +14,7 @@ from galaxy_tasks.store.base import StoreBase
 
 #: rows reconciliation looks at when their check is due: the active ones, and cancelled
 #: ones whose runner may not have stopped them yet
-DUE_STATES = sorted(s.value for s in ACTIVE | {JobState.DELETED})
+DUE_STATES = sorted(s.value for s in JobState)  # an ended row is due only while it holds a limit's place
 _NOT_HANDED_TO_A_RUNNER = [JobState.NEW.value, JobState.QUEUED.value, JobState.SUBMITTING.value]
 _LAUNCHED = [JobState.SUBMITTING.value, JobState.RUNNING.value]
 _ACTIVE_STATES = sorted(s.value for s in ACTIVE)

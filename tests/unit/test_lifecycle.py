@@ -175,7 +175,7 @@ def test_a_completion_without_evidence_changes_nothing(ctx, stubs):
     job_id = running(ctx, stubs)
     before = job(ctx, job_id)
     finished = lifecycle.finish(ctx, Completion(job_id, exit_code=0, external_id=f"stub-{job_id}"))
-    assert finished == (None, None)
+    assert finished.moved is None and finished.wake is None and finished.resubmitted is None
     after = job(ctx, job_id)
     assert after.state == "running" and after.check_at < before.check_at, "looked at by the next pass"
     assert lifecycle.finish(ctx, stubs["stub"].end(job_id, exit_code=4)).moved.job.exit_code == 4

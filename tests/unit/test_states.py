@@ -47,8 +47,17 @@ def test_every_state_is_reachable_from_new():
     assert reachable(S.NEW) == set(JobState)
 
 
-def test_nothing_leads_back_to_new():
-    assert sources_of(S.NEW) == frozenset()
+def test_only_a_resubmission_leads_back_to_new():
+    """A job a resubmit rule sends again starts over from NEW (a new attempt, a new job
+    directory); only a job that was handed to a runner can be resubmitted."""
+    assert sources_of(S.NEW) == frozenset({S.SUBMITTING, S.RUNNING})
+    assert is_legal_path([S.NEW, S.QUEUED, S.SUBMITTING, S.RUNNING, S.NEW, S.QUEUED, S.SUBMITTING, S.RUNNING, S.OK])
+
+
+def test_a_limited_job_waits_then_launches():
+    assert is_legal_path([S.NEW, S.QUEUED, S.LIMITED, S.LIMITED, S.SUBMITTING, S.RUNNING, S.OK])
+    assert is_legal_path([S.NEW, S.QUEUED, S.LIMITED, S.DELETED])
+    assert not is_legal_path([S.NEW, S.LIMITED])
 
 
 def test_sources_of_running():
