@@ -4,15 +4,20 @@
 # Slurm's saved state stay, so the next slurm-up.sh is fast and remembers queued jobs.
 # Jobs still running are killed by slurmd's slurmstepd only if it is stopped too; their
 # records survive in /var/spool/slurmctld.
-#   --keep-munge   leave munged running (used by slurm-up.sh when it must restart Slurm)
+#   --keep-munge     leave munged running (used by slurm-up.sh when it must restart Slurm)
+#   --only DAEMON    stop only slurmctld, slurmd or munged; `ops/slurm-up.sh` starts it
+#                    again (e.g. restart the controller alone: running jobs go on, see
+#                    tests/slurm/test_slurm_runner.py)
 set -uo pipefail
 RUN_DIR=${GT_SLURM_RUN_DIR:-/tmp/galaxy-tasks-slurm}
-KEEP_MUNGE=0
-for arg in "$@"; do
-  case "$arg" in
+KEEP_MUNGE=0 ONLY=
+while [ $# -gt 0 ]; do
+  case "$1" in
     --keep-munge) KEEP_MUNGE=1 ;;
-    *) echo "usage: $0 [--keep-munge]" >&2; exit 2 ;;
+    --only) shift; case "${1:-}" in slurmctld|slurmd|munged) ONLY=$1 ;; *) echo "--only takes slurmctld, slurmd or munged" >&2; exit 2 ;; esac ;;
+    *) echo "usage: $0 [--keep-munge] [--only slurmctld|slurmd|munged]" >&2; exit 2 ;;
   esac
+  shift
 done
 stop() { # pidfile process-name
   local f=$RUN_DIR/$1 pid
@@ -25,6 +30,10 @@ stop() { # pidfile process-name
   fi
   rm -f "$f"
 }
+if [ -n "$ONLY" ]; then
+  [ -f "$RUN_DIR/$ONLY.pid" ] || { echo "[slurm-down] $ONLY was not started by ops/slurm-up.sh (no $RUN_DIR/$ONLY.pid)" >&2; exit 1; }
+  stop "$ONLY.pid" "$ONLY"; exit 0
+fi
 stop slurmd.pid slurmd
 stop slurmctld.pid slurmctld    # its child slurmscriptd exits with it
 [ $KEEP_MUNGE = 1 ] || stop munged.pid munged

@@ -93,6 +93,8 @@ SUBMIT_MARKER = "slurm_submit"
 CANCEL_MARKER = "slurm_cancel"
 #: the batch script submitted for the job
 WRAPPER = "slurm.sh"
+#: `<prefix><Slurm id>`, left by a batch script whose job.sh stood down (the job was claimed)
+STOOD_DOWN_PREFIX = "slurm_stood_down."
 ANNOUNCE_PREFIX = "gt-end"
 
 # How a job ended, beyond its exit code (Completion has no runner_state field yet: the
@@ -207,8 +209,11 @@ def _positive_int(value: Any, name: str) -> int:
 
 
 def wrapper_script(launch: Launch, host: str, port: int, token: str) -> str:
-    """The batch script: job.sh, then the announcement of its end (also when Slurm sends
-    SIGTERM: a cancel, the time limit). Only builtins after job.sh: no process per job."""
+    """The batch script: job.sh, then the announcement of its end. Slurm signals only the
+    batch shell when it cancels a job or the time limit hits (SIGTERM, then SIGKILL to all
+    after KillWait); the shell, waiting in `wait`, passes the TERM on to the job's process
+    group (its own: Slurm makes it a group leader), then announces. Only builtins after
+    job.sh: no process, no interpreter per job."""
     q = shlex.quote
     line = f"{ANNOUNCE_PREFIX} {launch.job_id} %s %s {token}\\n"
     return "\n".join([
@@ -218,9 +223,22 @@ def wrapper_script(launch: Launch, host: str, port: int, token: str) -> str:
         "announce() {",
         f"  {{ printf {q(line)} \"${{SLURM_JOB_ID:-0}}\" \"$1\" >/dev/tcp/{host}/{port}; }} 2>/dev/null",
         "}",
-        "trap 'announce 143; exit 143' TERM",
-        f"/bin/sh {q(str(launch.script))}",
+        "stop() {",
+        "  trap '' TERM",
+        "  kill -TERM 0 2>/dev/null",
+        "  wait $child",
+        "  announce 143",
+        "  exit 143",
+        "}",
+        "trap stop TERM",
+        f"/bin/sh {q(str(launch.script))} &",
+        "child=$!",
+        "wait $child",
         "rc=$?",
+        f"if [ \"$rc\" = {CLAIMED_EXIT_CODE} ]; then  # our job.sh found the job claimed by another copy?",
+        f"  {{ read -r owner < {q(str(launch.job_dir / 'claim'))}; }} 2>/dev/null",
+        f"  [ \"$owner\" = \"$child\" ] || : > {q(str(launch.job_dir))}/{STOOD_DOWN_PREFIX}\"${{SLURM_JOB_ID:-0}}\"",
+        "fi",
         'announce "$rc"',
         'exit "$rc"',
         "",
@@ -354,9 +372,9 @@ class SlurmRunner(Runner):
         options = sbatch_options(launch, params)  # refuse bad input before anything is written
         marker = launch.job_dir / SUBMIT_MARKER
         if _lexists(marker):
-            existing = self._find_existing(launch, marker)
+            existing, info = self._find_existing(launch, marker)
             if existing is not None:
-                self._adopt(Tracked(launch.job_id, existing, launch.job_dir))
+                self._adopt(Tracked(launch.job_id, existing, launch.job_dir), info)
                 return existing
         wrapper = launch.job_dir / WRAPPER
         host, port = self.address
@@ -395,7 +413,7 @@ class SlurmRunner(Runner):
                 continue
             if info.state not in TERMINAL:
                 continue
-            completion = self._completion(job, info)
+            completion = self._completion(job, info, "reconcile")
             if completion is _STOOD_DOWN:
                 completion = self._claimer_completion(job)
             result[job.job_id] = completion
@@ -425,22 +443,25 @@ class SlurmRunner(Runner):
 
     # -- submission -------------------------------------------------------------------
 
-    def _find_existing(self, launch: Launch, marker: Path) -> str | None:
-        """A previous attempt got at least as far as running sbatch: find its job."""
+    def _find_existing(self, launch: Launch, marker: Path) -> tuple[str | None, SlurmJob | None]:
+        """A previous attempt got at least as far as running sbatch: find its job (and what
+        Slurm said of it, if it was asked)."""
         recorded = _read_small(marker).strip()
         if _SLURM_ID.match(recorded):
-            return recorded  # Slurm had accepted it and we had written its id down
+            return recorded, None  # Slurm had accepted it and we had written its id down
         named = self.squeue_named(launch.external_name)
-        live = [job for job in named if not _stood_down_record(job)]
+        live = [job for job in named if not _stood_down(job, launch.job_dir)]
         if live:
-            return max(live, key=lambda job: int(job.external_id)).external_id
+            newest = max(live, key=lambda job: int(job.external_id))
+            return newest.external_id, newest
         job_dir = JobDir(launch.job_dir)
         if not _lexists(job_dir.claim_file) and _recorded_exit_code(job_dir) is None:
-            return None  # no copy ever started the script: a new one is safe
-        found = self.jobcomp_jobs(set(), {launch.external_name}, _not_before([launch]))
+            return None, None  # no copy ever started the script: a new one is safe
+        found = self.jobcomp_jobs(set(), {launch.external_name}, _not_before([launch]),
+                                  {launch.external_name: launch.job_dir})
         if launch.external_name in found:
-            return found[launch.external_name].external_id
-        return None  # a new copy will stand down (exit 75), and its end is reported then
+            return found[launch.external_name].external_id, found[launch.external_name]
+        return None, None  # a new copy will stand down (exit 75), and its end is reported then
 
     def _sbatch(self, launch: Launch, args: list[str]) -> str:
         """sbatch with bounded retries; before a retry, look for the job by name (the
@@ -452,7 +473,7 @@ class SlurmRunner(Runner):
                 time.sleep(delay)
                 delay *= 2
                 found = [job for job in self._squeue_named_quietly(launch.external_name)
-                         if not _stood_down_record(job)]
+                         if not _stood_down(job, launch.job_dir)]
                 if found:
                     return max(found, key=lambda job: int(job.external_id)).external_id
             failure = None
@@ -473,10 +494,12 @@ class SlurmRunner(Runner):
                         attempt + 1, attempts)
         raise RunnerError(f"Slurm did not accept job {launch.external_name} after {attempts} attempts: {failure}")
 
-    def _adopt(self, job: Tracked) -> None:
-        """Follow a job an earlier attempt submitted; if it already ended, confirm that."""
+    def _adopt(self, job: Tracked, info: SlurmJob | None) -> None:
+        """Follow a job an earlier attempt submitted; if it ended (or nobody asked Slurm
+        yet), confirm that once: a job still running announces its own end."""
         self._listener.follow(job, self)
-        self._listener.hint_followed(job, self)
+        if info is None or info.state in TERMINAL:
+            self._listener.hint_followed(job, self, once=True)
 
     # -- Slurm's view -------------------------------------------------------------------
 
@@ -510,10 +533,12 @@ class SlurmRunner(Runner):
             log.warning("cannot look for %s in squeue: %s", name, exc)
             return []
 
-    def jobcomp_jobs(self, ids: set[str], names: set[str], not_before: float) -> dict[str, SlurmJob]:
+    def jobcomp_jobs(self, ids: set[str], names: set[str], not_before: float,
+                     job_dirs: Mapping[str, Path] | None = None) -> dict[str, SlurmJob]:
         """Ended jobs from the jobcomp record, newest first, by id (for `ids`) or by name
-        (for `names`, skipping copies that stood down), stopping at records older than the
-        job directories: one pass for a whole batch."""
+        (for `names`, skipping copies that stood down, as the job directory of each name in
+        `job_dirs` tells), stopping at records older than the job directories: one pass for
+        a whole batch."""
         path = self._jobcomp_path()
         if path is None or not (ids or names):
             return {}
@@ -529,7 +554,8 @@ class SlurmRunner(Runner):
                     break
                 if record.external_id in ids:
                     key = record.external_id
-                elif record.name in names and not _stood_down_record(record):
+                elif record.name in names and not (job_dirs and record.name in job_dirs
+                                                   and _stood_down(record, job_dirs[record.name])):
                     key = record.name
                 else:
                     continue
@@ -570,16 +596,16 @@ class SlurmRunner(Runner):
 
     # -- from Slurm's view to a Completion ------------------------------------------------
 
-    def _completion(self, job: Tracked, info: SlurmJob) -> Completion | None:
+    def _completion(self, job: Tracked, info: SlurmJob, source: str) -> Completion | None:
         """The end of a job Slurm says has ended (info.state in TERMINAL); _STOOD_DOWN for a
         copy that found the job claimed and ran nothing."""
         job_dir = JobDir(Path(job.job_dir))
         recorded = _recorded_exit_code(job_dir)
-        if info.exit_code == CLAIMED_EXIT_CODE and recorded is None and _lexists(job_dir.claim_file):
+        if _stood_down(info, job_dir.root):
             return _STOOD_DOWN
         wall = (info.end_time - info.start_time) if info.start_time and info.end_time else None
-        common = dict(external_id=job.external_id, wall_time_s=wall,
-                      ended_at=info.end_time or time.time(), source="runner" if info.source == "squeue" else "reconcile")
+        common = dict(external_id=job.external_id, wall_time_s=wall, ended_at=info.end_time or time.time(),
+                      source=source)
         signum = info.signal
         if signum is None and recorded is None and info.exit_code is not None and info.exit_code > 128:
             signum = _real_signal(info.exit_code - 128)  # the wrapper saw job.sh die of it
@@ -610,6 +636,10 @@ class SlurmRunner(Runner):
             reason = f"{BOOT_FAILURE}: the node allocated to the job failed to boot"
         elif state == "DEADLINE":
             reason = f"{DEADLINE}: the job reached its deadline before it could end"
+        elif state == "FAILED" and info.signal == signal.SIGKILL and _over_memory(job_dir):
+            # jobacct_gather's OverMemoryKill (no cgroups): Slurm says FAILED, slurmstepd
+            # wrote why into the batch script's stderr
+            reason = f"{MEMORY_LIMIT_REACHED}: the job went over its memory limit and was killed (Slurm's memory polling)"
         elif state == "FAILED" and recorded is None:
             if signum:
                 reason = f"killed by signal {signal.Signals(signum).name}"
@@ -623,17 +653,18 @@ class SlurmRunner(Runner):
         """The tracked copy stood down: the job is another copy's (or, if no other copy
         exists, Slurm requeued the tracked one after its command had started)."""
         named = [other for other in self._squeue_named_quietly(external_name_of(job))
-                 if other.external_id != job.external_id and not _stood_down_record(other)]
+                 if other.external_id != job.external_id and not _stood_down(other, job.job_dir)]
         for other in sorted(named, key=lambda other: int(other.external_id), reverse=True):
             if other.state not in TERMINAL:
                 return None  # still running: its end decides
-            done = self._completion(Tracked(job.job_id, other.external_id, job.job_dir), other)
+            done = self._completion(Tracked(job.job_id, other.external_id, job.job_dir), other, "reconcile")
             if done is not _STOOD_DOWN:
                 return done
-        records = self.jobcomp_jobs(set(), {external_name_of(job)}, _not_before([job]))
+        records = self.jobcomp_jobs(set(), {external_name_of(job)}, _not_before([job]),
+                                    {external_name_of(job): Path(job.job_dir)})
         record = records.get(external_name_of(job))
         if record is not None and record.external_id != job.external_id:
-            done = self._completion(Tracked(job.job_id, record.external_id, job.job_dir), record)
+            done = self._completion(Tracked(job.job_id, record.external_id, job.job_dir), record, "reconcile")
             if done is not _STOOD_DOWN:
                 return done
         return Completion(job.job_id, external_id=job.external_id, source="reconcile",
@@ -662,7 +693,7 @@ class SlurmRunner(Runner):
             if info is None or info.state not in TERMINAL:
                 result[job.external_id] = None
             else:
-                result[job.external_id] = self._completion(job, info)
+                result[job.external_id] = self._completion(job, info, "runner")
         return result
 
     def _emit(self, completion: Completion) -> None:
@@ -723,9 +754,15 @@ def external_name_of(job: Tracked) -> str:
 _STOOD_DOWN: Any = object()
 
 
-def _stood_down_record(job: SlurmJob) -> bool:
-    """A copy that ended with 75 found the job claimed and ran nothing (job.sh's contract)."""
-    return job.state in TERMINAL and job.exit_code == CLAIMED_EXIT_CODE
+def _stood_down(info: SlurmJob, job_dir: Path) -> bool:
+    """Whether this Slurm job was a copy that found the job claimed and ran nothing (it
+    ended with 75, and its batch script said so; or no copy recorded an exit code although
+    one claimed the job). A command's own exit code 75 is not taken for that."""
+    if info.state not in TERMINAL or info.exit_code != CLAIMED_EXIT_CODE:
+        return False
+    root = JobDir(Path(job_dir))
+    return _lexists(root.root / f"{STOOD_DOWN_PREFIX}{info.external_id}") or (
+        _recorded_exit_code(root) is None and _lexists(root.claim_file))
 
 
 class CommandTimeout(RunnerError):
@@ -765,6 +802,7 @@ class _Pending:
     heard_at: float
     due: float
     attempts: int = 0
+    once: bool = False  # one look only (an adopted job): if still running, it announces itself
 
 
 @dataclass
@@ -898,12 +936,13 @@ class _Listener:
             if early is not None and early[0] == job.job_id:
                 self._queue(job, runner, early[1])
 
-    def hint_followed(self, job: Tracked, runner: SlurmRunner) -> None:
-        """Confirm a followed job's state now, as if it had announced its end."""
+    def hint_followed(self, job: Tracked, runner: SlurmRunner, *, once: bool = False) -> None:
+        """Confirm a followed job's state now, as if it had announced its end (`once`: look
+        only once)."""
         with self._cond:
             if job.external_id not in self._followed:
                 self._followed[job.external_id] = (job, runner)
-            self._queue(job, runner, time.monotonic())
+            self._queue(job, runner, time.monotonic(), once=once)
 
     def take(self, external_id: str, runner: SlurmRunner) -> bool:
         """Stop following a job; True for the one caller that gets to report it."""
@@ -925,14 +964,17 @@ class _Listener:
             if runner in self.users:
                 self.users.remove(runner)
 
-    def _queue(self, job: Tracked, runner: SlurmRunner, heard_at: float) -> None:
-        """(lock held) Ask Slurm about this job soon, with the others announced about now."""
-        if job.external_id in self._pending:
-            self._stats["duplicate"] += 1
-            return
-        # batch script exits a moment after it announced: give slurmd that moment
-        self._pending[job.external_id] = _Pending(job, runner, heard_at, time.monotonic() + 0.02)
+    def _queue(self, job: Tracked, runner: SlurmRunner, heard_at: float, *, once: bool = False) -> bool:
+        """(lock held) Ask Slurm about this job soon, with the others announced about now;
+        False if that is already planned."""
+        pending = self._pending.get(job.external_id)
+        if pending is not None:
+            pending.once = pending.once and once
+            return False
+        # the batch script exits a moment after it announced: give slurmd that moment
+        self._pending[job.external_id] = _Pending(job, runner, heard_at, time.monotonic() + 0.02, once=once)
         self._cond.notify_all()
+        return True
 
     # -- the selector thread ----------------------------------------------------------
 
@@ -1026,8 +1068,7 @@ class _Listener:
             if job.job_id != job_id:
                 self._stats["mismatched"] += 1
                 return
-            self._stats["accepted"] += 1
-            self._queue(job, runner, heard_at)
+            self._stats["accepted" if self._queue(job, runner, heard_at) else "duplicate"] += 1
 
     def _remember_early(self, external_id: str, job_id: str, heard_at: float) -> None:
         """(lock held) Bounded: at most _MAX_EARLY, none older than _EARLY_TTL_S."""
@@ -1083,6 +1124,9 @@ class _Listener:
             if verdict is None:
                 with self._cond:
                     if self._pending.get(pending.job.external_id) is not pending:
+                        continue
+                    if pending.once:
+                        del self._pending[pending.job.external_id]
                         continue
                     if now - pending.heard_at > runner.confirm_timeout_s:
                         del self._pending[pending.job.external_id]
@@ -1175,6 +1219,27 @@ def _recorded_exit_code(job_dir: JobDir) -> int | None:
     """The exit code job.sh recorded, read like any file a job left: bounded, no links."""
     text = _read_small(job_dir.exit_code_file, 64).strip()
     return int(text) if re.match(r"^-?\d{1,5}$", text) else None
+
+
+def _over_memory(job_dir: JobDir) -> bool:
+    """slurmstepd's own words in the batch script's stderr when it killed the job for
+    exceeding --mem (the last few KB only)."""
+    path = job_dir.root / "slurm.err"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        os.lseek(fd, max(0, info.st_size - _READ_LIMIT), os.SEEK_SET)
+        text = os.read(fd, _READ_LIMIT).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return "exceeded memory limit" in text or "Exceeded job memory limit" in text
 
 
 def _lexists(path: Path) -> bool:
