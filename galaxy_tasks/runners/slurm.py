@@ -23,15 +23,21 @@ port again and still hears, and can verify, the jobs it submitted before.
 Submission is idempotent like the DRMAA runner's: a marker is written in the job directory
 before sbatch is run (then replaced by Slurm's id); a later attempt that finds the marker
 looks for a job of that name in squeue (`--states=all`), then in the jobcomp record, before
-submitting again; a copy started anyway finds the job claimed by job.sh and exits 75,
-which is not reported as the job's end. Jobs are submitted with `--no-requeue`: a requeued
+submitting again; a copy started anyway finds the job claimed by job.sh and exits 75 (its
+batch script leaves `slurm_stood_down.<Slurm id>` to say so), which is not reported as the
+job's end. Failures that may pass (the controller restarting, a command that hangs) raise
+SlurmUnavailable, a RunnerUnavailable: the step is retried, the job is not failed. Jobs are submitted with `--no-requeue`: a requeued
 batch script would only stand down (the job is claimed), so a node failure is reported as
 such instead, and the lifecycle decides whether to try again.
 
 How the job ended is said by `runner_state(completion)`, carried for now as the prefix of
 `Completion.reason` ("walltime_reached: ..."; Completion has no field for it yet), and
 Completion.signal is set for the kills Slurm does itself (SIGTERM at the time limit,
-SIGKILL by the OOM killer), so that finish() never takes them for success.
+SIGKILL by the OOM killer), so that finish() never takes them for success. Memory kills are
+recognised both with task/cgroup (Slurm says OUT_OF_MEMORY) and with jobacct_gather's
+OverMemoryKill (Slurm says FAILED, signal 9; slurmstepd's message in slurm.err says why).
+Slurm signals only the batch shell when it cancels a job or its time is up; the batch
+script passes the TERM on to the job's process group and announces the end.
 
 Destination params (the runner's own, overridden per job by `Launch.params`):
 
@@ -52,6 +58,8 @@ Destination params (the runner's own, overridden per job by `Launch.params`):
   ~15 s) before it is left to reconciliation.
 - `jobcomp_file`: Slurm's jobcomp/filetxt record (default: `$GT_SLURM_JOBCOMP`, else
   JobCompLoc from `scontrol show config`, asked once).
+  `jobcomp_scan_lines` (1,000,000): at most this many of its last lines are read per look
+  (normally a look stops at records older than the job directories).
 - `sbatch`, `squeue`, `scancel`, `scontrol`: the commands (default: found on PATH).
 - `command_env`: extra environment for the commands. They otherwise get only PATH, HOME,
   LANG and SLURM_CONF: no SQUEUE_FORMAT/SLURM_TIME_FORMAT that would change their output,
@@ -83,7 +91,9 @@ from typing import IO, Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.jobdir import CLAIMED_EXIT_CODE, JobDir
-from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, RunnerError, Tracked, external_name
+from galaxy_tasks.runners.base import (
+    Completion, Launch, Report, Runner, RunnerError, RunnerUnavailable, Tracked, external_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +210,16 @@ def _check_option(option: str) -> None:
         name = _REFUSED_OPTIONS.get(short, long) if short in _REFUSED_OPTIONS else long
         raise RunnerError(f"Slurm param native_specification may not set {name}: the runner sets the job's "
                           "name, directory, environment and output itself")
+
+
+def _param_number(params: Mapping[str, Any], key: str, default: float, *, minimum: float,
+                  integer: bool = False) -> float:
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum or (
+            integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        raise RunnerError(f"Slurm param {key} must be {kind} >= {minimum:g}, not {value!r}")
+    return float(value)
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -331,10 +351,10 @@ class SlurmRunner(Runner):
 
     def __init__(self, params: Mapping[str, Any], report: Report) -> None:
         super().__init__(params, report)
-        self.command_timeout_s = float(self.params.get("command_timeout_s", 30))
-        self.command_retries = int(self.params.get("command_retries", 2))
-        self.command_backoff_s = float(self.params.get("command_backoff_s", 0.5))
-        self.confirm_timeout_s = float(self.params.get("confirm_timeout_s", 180))
+        self.command_timeout_s = _param_number(self.params, "command_timeout_s", 30.0, minimum=0.1)
+        self.command_retries = int(_param_number(self.params, "command_retries", 2, minimum=0, integer=True))
+        self.command_backoff_s = _param_number(self.params, "command_backoff_s", 0.5, minimum=0)
+        self.confirm_timeout_s = _param_number(self.params, "confirm_timeout_s", 180.0, minimum=0)
         self._calls: Counter[str] = Counter()
         self._calls_lock = threading.Lock()
         self._jobcomp: Path | None | bool = False  # False: not looked up yet
@@ -477,11 +497,13 @@ class SlurmRunner(Runner):
                 if found:
                     return max(found, key=lambda job: int(job.external_id)).external_id
             failure = None
+            transient = True
             try:
                 proc = self._run("sbatch", ["--parsable", *args], retries=0)
-            except CommandTimeout as exc:
+            except SlurmUnavailable as exc:
                 failure = str(exc)
             else:
+                transient = False
                 output = proc.stdout.strip().split(";", 1)[0]
                 if proc.returncode == 0 and _SLURM_ID.match(output):
                     return output
@@ -492,7 +514,8 @@ class SlurmRunner(Runner):
                     failure = f"unreadable sbatch answer {proc.stdout.strip()!r}"
             log.warning("sbatch of %s failed (%s); attempt %d of %d", launch.external_name, failure,
                         attempt + 1, attempts)
-        raise RunnerError(f"Slurm did not accept job {launch.external_name} after {attempts} attempts: {failure}")
+        message = f"Slurm did not accept job {launch.external_name} after {attempts} attempts: {failure}"
+        raise SlurmUnavailable(message) if transient else RunnerError(message)
 
     def _adopt(self, job: Tracked, info: SlurmJob | None) -> None:
         """Follow a job an earlier attempt submitted; if it ended (or nobody asked Slurm
@@ -529,7 +552,7 @@ class SlurmRunner(Runner):
     def _squeue_named_quietly(self, name: str) -> list[SlurmJob]:
         try:
             return self.squeue_named(name)
-        except RunnerError as exc:
+        except (RunnerError, RunnerUnavailable) as exc:
             log.warning("cannot look for %s in squeue: %s", name, exc)
             return []
 
@@ -545,8 +568,13 @@ class SlurmRunner(Runner):
         self._count("jobcomp")
         found: dict[str, SlurmJob] = {}
         wanted = len(ids) + len(names)
+        limit = int(_param_number(self.params, "jobcomp_scan_lines", 1_000_000, minimum=1, integer=True))
         try:
-            for raw in _reverse_lines(path):
+            for scanned, raw in enumerate(_reverse_lines(path)):
+                if scanned >= limit:
+                    log.warning("stopped looking for %d jobs after the last %d lines of %s", wanted - len(found),
+                                limit, path)
+                    break
                 record = parse_jobcomp_line(raw.decode(errors="replace"))
                 if record is None:
                     continue
@@ -583,7 +611,7 @@ class SlurmRunner(Runner):
             proc = self._run("scontrol", ["show", "config"])
             if proc.returncode != 0:
                 raise RunnerError(_tail(proc.stderr))
-        except RunnerError as exc:
+        except (RunnerError, RunnerUnavailable) as exc:
             log.warning("cannot ask Slurm where its jobcomp record is: %s", exc)
             self._jobcomp = False  # ask again next time
             return None
@@ -612,8 +640,8 @@ class SlurmRunner(Runner):
         exit_code = recorded if recorded is not None else (None if signum else info.exit_code)
         state, reason = info.state, None
         if state == "TIMEOUT":
-            limit = f" of {info.time_limit}" if info.time_limit and info.time_limit not in ("UNLIMITED", "") else ""
-            reason = f"{WALLTIME_REACHED}: Slurm ended the job at its time limit{limit} (walltime)"
+            limit = f" ({info.time_limit})" if info.time_limit and info.time_limit not in ("UNLIMITED", "") else ""
+            reason = f"{WALLTIME_REACHED}: Slurm killed the job when it reached its walltime limit{limit}"
             signum = signal.SIGTERM
         elif state == "OUT_OF_MEMORY":
             reason = f"{MEMORY_LIMIT_REACHED}: the job went over its memory limit and was killed (out of memory)"
@@ -706,9 +734,11 @@ class SlurmRunner(Runner):
 
     def _run(self, kind: str, args: Sequence[str], *, retries: int | None = None) -> subprocess.CompletedProcess[str]:
         """Run a Slurm command with a timeout, retrying failures that may pass (a controller
-        that restarts, a command that hangs) with exponential back-off. Returns the last
-        attempt (the caller judges its exit code); raises CommandTimeout (a RunnerError) if
-        every attempt hung, RunnerError if the command cannot be run at all."""
+        that restarts, a command that hangs) with exponential back-off. Returns an attempt
+        that succeeded or failed for good (the caller judges its exit code); raises
+        SlurmUnavailable (CommandTimeout if the last attempt hung) when every attempt failed
+        in a way that may pass, so that the step is retried later instead of failing the
+        job; RunnerError if the command cannot be run at all."""
         retries = self.command_retries if retries is None else retries
         command = [str(self.params.get(kind) or kind), *args]
         delay = self.command_backoff_s
@@ -726,8 +756,10 @@ class SlurmRunner(Runner):
                 continue
             except OSError as exc:
                 raise RunnerError(f"cannot run {command[0]}: {exc}") from exc
-            if proc.returncode == 0 or not _TRANSIENT.search(proc.stderr) or attempt == retries:
+            if proc.returncode == 0 or not _TRANSIENT.search(proc.stderr):
                 return proc
+            if attempt == retries:
+                raise SlurmUnavailable(f"{kind} failed ({proc.returncode}): {_tail(proc.stderr)}")
             log.warning("%s failed (%s); retrying", kind, _tail(proc.stderr))
         raise AssertionError("unreachable")
 
@@ -765,7 +797,13 @@ def _stood_down(info: SlurmJob, job_dir: Path) -> bool:
         _recorded_exit_code(root) is None and _lexists(root.claim_file))
 
 
-class CommandTimeout(RunnerError):
+class SlurmUnavailable(RunnerUnavailable):
+    """Slurm could not be reached for a while (the controller restarting, a command that
+    hangs): not the job's fault; the step is retried (a submission first looks for the job
+    by name, so a retry never starts a second copy)."""
+
+
+class CommandTimeout(SlurmUnavailable):
     """A Slurm command did not answer within command_timeout_s (it was killed)."""
 
 
@@ -832,12 +870,18 @@ class _Listener:
         state = self._claim_state(self.state_file)
         self.secret = bytes.fromhex(state["secret"]) if state.get("secret") else secrets.token_bytes(32)
         host = str(params.get("listen_host", ""))
-        wanted = int(state.get("port") or params.get("listen_port") or 0)
+        self.announce_host = str(params.get("announce_host") or socket.gethostname())
+        if not re.match(r"^[A-Za-z0-9._-]+$", self.announce_host):
+            self._release_state()
+            raise RunnerError(f"Slurm param announce_host {self.announce_host!r} is not a host name or IPv4 address")
+        try:
+            wanted = int(state.get("port") or params.get("listen_port") or 0)
+        except (TypeError, ValueError):
+            self._release_state()
+            raise RunnerError(f"Slurm param listen_port must be a port number, not {params.get('listen_port')!r}") \
+                from None
         self.sock = self._bind(host, wanted)
         self.port = self.sock.getsockname()[1]
-        self.announce_host = str(params.get("announce_host") or socket.gethostname())
-        if not re.match(r"^[A-Za-z0-9.:_-]+$", self.announce_host):
-            raise RunnerError(f"Slurm param announce_host {self.announce_host!r} is not a host name or address")
         self._save_state()
         self._wake_r, self._wake_w = socket.socketpair()
         self._selector = selectors.DefaultSelector()
@@ -1056,7 +1100,8 @@ class _Listener:
         job_id, external_id, token = parts[1], parts[2], parts[4]
         if not hmac.compare_digest(token, self.token(job_id)):
             self._count("bad_token")
-            log.warning("ignoring an announcement for job %s with a wrong token", job_id)
+            if self._stats["bad_token"] <= 10:  # a flood must not fill the log
+                log.warning("ignoring an announcement for job %s with a wrong token", job_id)
             return
         with self._cond:
             entry = self._followed.get(external_id)
@@ -1075,6 +1120,7 @@ class _Listener:
         while self._early and (len(self._early) >= _MAX_EARLY or
                                heard_at - next(iter(self._early.values()))[1] > _EARLY_TTL_S):
             del self._early[next(iter(self._early))]
+        self._early.pop(external_id, None)
         self._early[external_id] = (job_id, heard_at)
 
     def _count(self, what: str) -> None:
@@ -1248,8 +1294,12 @@ def _lexists(path: Path) -> bool:
 
 def _write_file(path: Path, text: str, mode: int, *, sync: bool = False) -> None:
     """Write atomically (a link planted at the final name is replaced, not followed)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        os.unlink(tmp)  # whatever was left (or planted) there
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         os.write(fd, text.encode())
         os.fchmod(fd, mode)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from galaxy_tasks.jobdir import JobDir
-from galaxy_tasks.runners.base import Launch, RunnerError, Tracked
+from galaxy_tasks.runners.base import Launch, RunnerError, RunnerUnavailable, Tracked
 from galaxy_tasks.runners.slurm import (
     CANCELLED, CANCELLED_OUTSIDE, MEMORY_LIMIT_REACHED, NODE_FAILURE, SUBMIT_MARKER, WALLTIME_REACHED, WRAPPER,
     SlurmRunner, runner_state, sbatch_options,
@@ -67,6 +67,24 @@ def test_sbatch_options_map_resources_and_refuse_bad_input(make_launch) -> None:
         sbatch_options(make_launch("true", cores=0), {})
     with pytest.raises(RunnerError, match="walltime_s must be a positive integer"):
         sbatch_options(make_launch("true", walltime_s=-5), {})
+
+
+def test_bad_runner_params_are_refused_with_their_name(slurm, events, tmp_path) -> None:
+    for bad, message in [({"command_timeout_s": "soon"}, "command_timeout_s must be a number >= 0.1, not 'soon'"),
+                         ({"command_retries": -1}, "command_retries must be an integer >= 0"),
+                         ({"announce_host": "host; rm"}, "announce_host 'host; rm' is not a host name"),
+                         ({"listen_port": "http"}, "listen_port must be a port number, not 'http'")]:
+        with pytest.raises(RunnerError, match=re.escape(message)):
+            SlurmRunner(runner_params(tmp_path, **bad), events).close()
+    holder = SlurmRunner(runner_params(tmp_path), events)
+    try:  # a second process on the same state file: refused, not silently sharing the port
+        code = ("import sys; from galaxy_tasks.runners.slurm import SlurmRunner\n"
+                f"SlurmRunner({{'state_file': {str(tmp_path / 'state' / 'slurm.listener')!r}}}, print)")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert proc.returncode != 0 and "is held by another live process" in proc.stderr
+    finally:
+        holder.close()
 
 
 # -- the end of a job, as an event -------------------------------------------------------------
@@ -185,15 +203,42 @@ def test_walltime_kill_is_reported_as_walltime_reached(runner, events, make_laun
     assert slurm_state(external_id) == "TIMEOUT"
 
 
+# `tail` keeps a line without a newline in memory: 400 MB against a 64 MB limit, held for
+# 5 s (Slurm's polling samples every second: a quicker job could escape it)
+MEMORY_HOG = "{ head -c 400m /dev/zero; sleep 5; } | tail > /dev/null"
+
+
 def test_memory_limit_kill_is_reported_as_memory_limit_reached(runner, events, make_launch, slurm) -> None:
-    # `tail` keeps a line without a newline in memory: 400 MB against a 64 MB limit
-    launch = make_launch("head -c 400m /dev/zero | tail > /dev/null", memory_mb=64)
+    launch = make_launch(MEMORY_HOG, memory_mb=64)
     external_id = runner.submit(launch)
     done = events.wait_for(launch.job_id, timeout=60)
     assert runner_state(done) == MEMORY_LIMIT_REACHED, (done, slurm["GT_SLURM_MEMORY_ENFORCEMENT"])
     assert "memory limit" in done.reason and done.signal == signal.SIGKILL
     expected = "OUT_OF_MEMORY" if slurm["GT_SLURM_MEMORY_ENFORCEMENT"] == "cgroup" else "FAILED"
     assert slurm_state(external_id) == expected
+
+
+def test_memory_limit_kill_by_polling_without_cgroups(runner, events, make_launch, slurm) -> None:
+    """The other enforcement ops/slurm-up.sh offers (for hosts without cgroup v1):
+    jobacct_gather/linux + OverMemoryKill. slurmstepd SIGKILLs every process of the job,
+    the batch script too, so nothing announces the end: status() (reconciliation) finds it,
+    Slurm says FAILED (signal 9), and the runner still says memory_limit_reached."""
+    switch = subprocess.run([str(REPO / "ops" / "slurm-up.sh")], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "GT_SLURM_MEMORY_ENFORCEMENT": "poll"})
+    try:
+        assert switch.returncode == 0, switch.stdout + switch.stderr
+        launch = make_launch(MEMORY_HOG, memory_mb=64)
+        external_id = runner.submit(launch)
+        wait_until(lambda: slurm_state(external_id) == "FAILED", 60, "Slurm to kill the job")
+        done = runner.status([tracked(launch, external_id)])[launch.job_id]
+        assert runner_state(done) == MEMORY_LIMIT_REACHED and "polling" in done.reason
+        assert done.signal == signal.SIGKILL and done.source == "reconcile"
+        assert events.of(launch.job_id) == []  # the batch script was killed before it could say a word
+        assert "exceeded memory limit" in (launch.job_dir / "slurm.err").read_text()
+    finally:
+        back = subprocess.run([str(REPO / "ops" / "slurm-up.sh")], capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "GT_SLURM_MEMORY_ENFORCEMENT": slurm["GT_SLURM_MEMORY_ENFORCEMENT"]})
+        assert back.returncode == 0, back.stdout + back.stderr
 
 
 def test_node_failure_is_reported_as_such(runner, events, make_launch) -> None:
@@ -535,11 +580,13 @@ def test_commands_that_always_hang_fail_in_bounded_time(slurm, events, make_laun
     try:
         launch = make_launch("true")
         began = time.monotonic()
-        with pytest.raises(RunnerError, match="did not accept job .* after 2 attempts: sbatch .*did not end within 1s"):
+        # not the job's fault: RunnerUnavailable, so the launch step is retried, the job not failed
+        with pytest.raises(RunnerUnavailable, match="did not accept job .* after 2 attempts: sbatch .*did not end "
+                                                    "within 1s"):
             runner.submit(launch)
         assert time.monotonic() - began < 8
         began = time.monotonic()
-        with pytest.raises(RunnerError, match="squeue .*did not end within 1s"):
+        with pytest.raises(RunnerUnavailable, match="squeue .*did not end within 1s"):
             runner.status([Tracked(launch.job_id, "1", launch.job_dir)])
         assert time.monotonic() - began < 5
         assert runner.calls["sbatch"] == 2
