@@ -632,8 +632,6 @@ class SlurmRunner(Runner):
         if _stood_down(info, job_dir.root):
             return _STOOD_DOWN
         wall = (info.end_time - info.start_time) if info.start_time and info.end_time else None
-        common = dict(external_id=job.external_id, wall_time_s=wall, ended_at=info.end_time or time.time(),
-                      source=source)
         signum = info.signal
         if signum is None and recorded is None and info.exit_code is not None and info.exit_code > 128:
             signum = _real_signal(info.exit_code - 128)  # the wrapper saw job.sh die of it
@@ -675,7 +673,8 @@ class SlurmRunner(Runner):
                 reason = f"{SLURM_FAILURE}: Slurm could not run the job ({info.reason or 'no reason given'})"
         elif signum:
             reason = f"killed by signal {signal.Signals(signum).name}"
-        return Completion(job.job_id, exit_code=exit_code, signal=signum, reason=reason, **common)
+        return Completion(job.job_id, exit_code=exit_code, signal=signum, reason=reason, wall_time_s=wall,
+                          ended_at=info.end_time or time.time(), external_id=job.external_id, source=source)
 
     def _claimer_completion(self, job: Tracked) -> Completion | None:
         """The tracked copy stood down: the job is another copy's (or, if no other copy
@@ -1189,7 +1188,7 @@ class _Listener:
                             pending.job.external_id, pending.job.job_id)
                 self.take(pending.job.external_id, runner)
                 continue
-            if self.take(pending.job.external_id, runner):
+            if isinstance(verdict, Completion) and self.take(pending.job.external_id, runner):
                 with self._lock:
                     self._latencies.setdefault(id(runner), []).append(time.monotonic() - pending.heard_at)
                 runner._emit(verdict)

@@ -14,7 +14,7 @@ It prints the total time of each (first submission to last end), their ratio (ta
 <= 1.2; Slurm's own scheduling makes a round's total vary by seconds, so the ratio of the
 totals summed over all rounds is the figure to quote), the Slurm commands the runner issued per job (target: 1 sbatch, nothing while a
 job runs: every squeue it runs is a confirmation of announced ends, several ends per call
-when they come together), and the latency from an announcement to its report (p50, p90).
+when they come together; a probe counts the commands while 8 jobs run: 0), and the latency from an announcement to its report (p50, p90).
 The figures of the median round (by ratio) are printed last, as JSON.
 """
 from __future__ import annotations
@@ -89,6 +89,43 @@ def through_runner(root: Path, count: int) -> dict:
         runner.close()
 
 
+def while_running(root: Path, count: int = 8, seconds: float = 3.0) -> dict:
+    """Slurm commands the runner issues while jobs run: `count` jobs that sleep, watched
+    from the moment all have started (claimed) until the first one has ended (its exit_code
+    file; the job directories are watched, not Slurm)."""
+    launches = make_launches(root, 0)
+    for _ in range(count):
+        job_id = uuid.uuid4().hex[:12]
+        job_root = root / job_id
+        env = jobdir.job_environment(jobdir.JobDir(job_root), cores=1, memory_mb=None, spec_env={},
+                                     destination_env={}, mesos_url="", job_id=job_id)
+        created = jobdir.create(job_root, f"sleep {seconds}", env, None)
+        launches.append(Launch(job_id, job_root, created.script, env))
+    reported = threading.Semaphore(0)
+    runner = SlurmRunner({"listen_host": "127.0.0.1", "announce_host": "127.0.0.1"}, lambda _: reported.release())
+    try:
+        for launch in launches:
+            runner.submit(launch)
+        deadline = time.monotonic() + 120
+        while not all((launch.job_dir / "claim").exists() for launch in launches):
+            if time.monotonic() > deadline:
+                raise SystemExit("the probe's jobs did not all start within 120 s")
+            time.sleep(0.05)
+        before, began = runner.calls, time.monotonic()
+        last, watched = before, 0.0
+        # the last look at the counter taken while no job had ended yet (a job writes its
+        # exit_code file before it announces its end)
+        while not any((launch.job_dir / "exit_code").exists() for launch in launches):
+            last, watched = runner.calls, time.monotonic() - began
+            time.sleep(0.05)
+        during = last - before
+        for _ in launches:
+            reported.acquire(timeout=120)
+        return {"jobs": count, "watched_s": watched, "commands_while_running": dict(during)}
+    finally:
+        runner.close()
+
+
 def bare(count: int) -> dict:
     """`sbatch --wrap true` `count` times, then one squeue for all every 0.1 s until all ended."""
     env = {k: v for k, v in os.environ.items() if k.startswith("SLURM_") or k in ("PATH", "HOME", "LANG")}
@@ -134,6 +171,9 @@ def main() -> int:
                   f"per job {runner['sbatch_per_job']:.2f} sbatch, {runner['squeue_per_job']:.2f} squeue; "
                   f"announcement -> report p50 {runner['latency_p50_ms']:.0f} ms, "
                   f"p90 {runner['latency_p90_ms']:.0f} ms", flush=True)
+        probe = while_running(root / "probe")
+        print(f"while {probe['jobs']} jobs ran ({probe['watched_s']:.1f} s watched): "
+              f"{sum(probe['commands_while_running'].values())} Slurm commands", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     median = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]
@@ -143,6 +183,7 @@ def main() -> int:
           f"{median['ratio']:.2f}); announcement -> report p50 (median of rounds) "
           f"{latencies[len(latencies) // 2]:.0f} ms")
     print(json.dumps({"jobs": args.jobs, "rounds": args.rounds, "ratio_of_totals": round(overall, 3),
+                      "while_running": probe,
                       "ratios": [round(r["ratio"], 3) for r in rounds], "median_round": median}, indent=1))
     return 0
 

@@ -21,7 +21,7 @@ from galaxy_tasks.runners.slurm import (
     CANCELLED, CANCELLED_OUTSIDE, MEMORY_LIMIT_REACHED, NODE_FAILURE, SUBMIT_MARKER, WALLTIME_REACHED, WRAPPER,
     SlurmRunner, runner_state, sbatch_options,
 )
-from tests.slurm.conftest import Events, runner_params, show_job, slurm_state, started, tracked, wait_until
+from tests.slurm.conftest import runner_params, show_job, slurm_state, started, tracked, wait_until
 from tests.support.ledger import gated, ledger_command, ledger_counts
 from tests.support.slurm import node_state, start_slurm, stop_slurmctld
 
@@ -370,6 +370,24 @@ def test_jobcomp_record_knows_jobs_squeue_has_forgotten(runner, events, make_lau
     by_name = runner.jobcomp_jobs(set(), {launch.external_name}, 0)[launch.external_name]
     assert by_id == by_name
     assert (by_id.state, by_id.exit_code, by_id.name, by_id.source) == ("FAILED", 5, launch.external_name, "jobcomp")
+
+
+def test_files_a_job_left_are_read_without_following_links_or_blocking(runner, events, make_launch,
+                                                                      tmp_path) -> None:
+    launch = make_launch("exit 3")
+    external_id = runner.submit(launch)
+    assert events.wait_for(launch.job_id).exit_code == 3
+    exit_code = launch.job_dir / "exit_code"
+    forged = tmp_path / "zero"
+    forged.write_text("0\n")
+    exit_code.unlink()
+    exit_code.symlink_to(forged)  # a link to a file saying "success"
+    assert runner.status([tracked(launch, external_id)])[launch.job_id].exit_code == 3  # Slurm's word
+    exit_code.unlink()
+    os.mkfifo(exit_code)  # a FIFO nobody writes: opening it for reading must not block
+    began = time.monotonic()
+    assert runner.status([tracked(launch, external_id)])[launch.job_id].exit_code == 3
+    assert time.monotonic() - began < 10
 
 
 # -- idempotent submission -------------------------------------------------------------------

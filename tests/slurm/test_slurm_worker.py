@@ -11,7 +11,6 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.slurm.conftest import wait_until
 from tests.support.ledger import gated, ledger_command, ledger_counts
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
