@@ -1026,20 +1026,24 @@ class _Listener:
             timeout = _CONNECTION_TIMEOUT_S if self._connections else None
             try:
                 events = self._selector.select(timeout)
-            except OSError:
+            except OSError as exc:
                 if self._stopping:
                     return
-                raise
+                log.error("the Slurm listener cannot wait for announcements (%s); trying again in 1 s", exc)
+                time.sleep(1)
+                continue
             for key, _ in events:
-                if key.data is None:
-                    self._accept()
-                elif key.data == "wake":
-                    try:
+                try:
+                    if key.data is None:
+                        self._accept()
+                    elif isinstance(key.data, _Connection):
+                        self._read(key.data)
+                    else:
                         self._wake_r.recv(64)
-                    except OSError:
-                        pass
-                else:
-                    self._read(key.data)
+                except Exception:  # noqa: BLE001 - one bad connection must not stop the listener
+                    log.exception("handling an announcement failed")
+                    if isinstance(key.data, _Connection):
+                        self._drop(key.data)
             now = time.monotonic()
             for conn in [c for c in self._connections.values() if now - c.opened > _CONNECTION_TIMEOUT_S]:
                 self._count("timed_out")
@@ -1154,7 +1158,14 @@ class _Listener:
             for pending in due:
                 by_runner.setdefault(id(pending.runner), []).append(pending)
             for batch in by_runner.values():
-                self._confirm(batch)
+                try:
+                    self._confirm(batch)
+                except Exception:  # noqa: BLE001 - the thread must live on; reconciliation covers these
+                    log.exception("confirming %d announced Slurm jobs failed", len(batch))
+                    with self._cond:
+                        for pending in batch:
+                            if self._pending.get(pending.job.external_id) is pending:
+                                del self._pending[pending.job.external_id]
 
     def _confirm(self, batch: list[_Pending]) -> None:
         runner = batch[0].runner
