@@ -5,12 +5,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from galaxy_tasks.client import Client
 
 from galaxy_tasks import config, context
+from galaxy_tasks.errors import ConfigError, SpecError
 from galaxy_tasks.logs import redact
-from galaxy_tasks.routing import ConfigError
-from galaxy_tasks.spec import SpecError
+from galaxy_tasks.render import table
 from galaxy_tasks.states import TERMINAL, JobState
 
 
@@ -24,6 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, ConfigError, ValueError, LookupError) as exc:
         print(f"galaxy-tasks: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--destination")
     submit.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     submit.add_argument("--output", action="append", default=[], metavar="PATH")
+    submit.add_argument("--events-queue", help="a queue of yours where the job's events go (docs/events.md)")
+    submit.add_argument("--client-id", help="an id of yours that each of the job's events carries back")
     submit.add_argument("--json", action="store_true")
     submit.set_defaults(handler=_submit)
 
@@ -71,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     wait.add_argument("--timeout", type=float)
     wait.add_argument("--json", action="store_true")
     wait.set_defaults(handler=_wait)
+
+    events = sub.add_parser("events", help="job events: the latest state changes, or (--follow) as they happen")
+    events.add_argument("job_ids", nargs="*", help="only these jobs")
+    events.add_argument("--follow", "-f", action="store_true", help="print events as they happen until Ctrl-C")
+    events.add_argument("--limit", type=_positive_int, default=20, help="without --follow: how many jobs")
+    events.add_argument("--json", action="store_true", help="one JSON event per line")
+    events.set_defaults(handler=_events)
 
     worker = sub.add_parser("worker", help="start a Celery worker (other options go to Celery)")
     worker.add_argument("--queues", "-Q", help="comma-separated queues (default: every configured queue)")
@@ -100,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _client():
+def _client() -> Client:
     from galaxy_tasks.client import Client
 
     return Client()
@@ -127,6 +141,8 @@ def _submit(args: argparse.Namespace, _extra: list[str]) -> int:
             data["environment"] = dict(_pair(item) for item in args.env)
         if args.output:
             data["outputs"] = args.output
+        if args.events_queue:
+            data["events"] = {"queue": args.events_queue, "client_id": args.client_id}
         from galaxy_tasks.spec import parse
 
         spec = parse(data)
@@ -147,8 +163,7 @@ def _status(args: argparse.Namespace, _extra: list[str]) -> int:
     job = client.get(args.job_id)
     if args.json:
         data = job.to_json()
-        data["history"] = [{"from": h.from_state, "to": h.to_state, "at": h.at.isoformat(), "reason": h.reason}
-                           for h in client.history(job.id)]
+        data["history"] = [change.to_json() for change in client.history(job.id)]
         print(json.dumps(data, indent=2))
         return 0
     data = job.to_json()
@@ -194,6 +209,44 @@ def _wait(args: argparse.Namespace, _extra: list[str]) -> int:
     return 0 if all(job.state == JobState.OK.value for job in jobs.values()) else 1
 
 
+def _events(args: argparse.Namespace, _extra: list[str]) -> int:
+    """Print job events: the current state of the latest jobs (or of those named), then,
+    with --follow, each event as it is heard."""
+    from galaxy_tasks import events
+    from galaxy_tasks.listen import JobEvents
+
+    client = _client()
+    wanted = {client.get(job_id).id for job_id in args.job_ids}
+
+    def show(item: dict) -> None:
+        if args.json:
+            print(json.dumps(item, sort_keys=True), flush=True)
+        else:
+            extra = " ".join(f"{key}={item[key]}" for key in ("exit_code", "signal", "runner_state", "reason")
+                             if item.get(key) is not None)
+            print(f"{item['state']:10} {item['job_id']}  seq={item['seq']}  {item.get('tool_id') or ''}"
+                  f"{'  ' + extra if extra else ''}", flush=True)
+
+    with JobEvents() as heard:
+        jobs = client.ctx.store.jobs(wanted).values() if wanted else reversed(client.list(limit=args.limit))
+        for job in jobs:
+            show(events.state_event(job))
+        while args.follow:
+            for item in heard.next(3600):
+                if not wanted or item.get("job_id") in wanted:
+                    show({key: value for key, value in item.items()
+                          if key not in ("type", "hostname", "timestamp", "utcoffset", "pid", "clock",
+                                         "local_received")})
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _worker(args: argparse.Namespace, extra: list[str]) -> int:
     ctx = context.current()
     ctx.settings.home.mkdir(parents=True, exist_ok=True)
@@ -214,7 +267,7 @@ def _worker(args: argparse.Namespace, extra: list[str]) -> int:
     })
     for runner, held_queues in held.items():
         print(f"galaxy-tasks: queues {', '.join(held_queues)} ({runner}) are served by a child process "
-              f"`celery -A {holders.APPS[runner]} worker`", file=sys.stderr)
+              f"`celery -A {holders.holder_app(runner)} worker`", file=sys.stderr)
     from celery import signals
 
     signals.celeryd_after_setup.connect(lambda **_: supervisor.start(), weak=False)  # logging is set up
@@ -228,12 +281,10 @@ def _worker(args: argparse.Namespace, extra: list[str]) -> int:
 def _queues_by_worker(ctx: context.Context) -> tuple[list[str], dict[str, list[str]]]:
     """The queues a plain worker serves (the steps and the local runner's), and those of
     each runner that must be held in one process (DRMAA sessions, Mesos frameworks)."""
-    from galaxy_tasks.holders import APPS
-
     plain = {ctx.settings.steps_queue}
     held: dict[str, set[str]] = {}
     for destination in ctx.routing.destinations.values():
-        if destination.runner in APPS:
+        if destination.runner_class.holder is not None:
             held.setdefault(destination.runner, set()).add(destination.queue)
         else:
             plain.add(destination.queue)
@@ -260,7 +311,7 @@ def _beat(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _db(args: argparse.Namespace, _extra: list[str]) -> int:
-    from galaxy_tasks import schema
+    from galaxy_tasks.store import schema
 
     url = config.load().database_url
     if args.action == "upgrade":
@@ -286,14 +337,6 @@ def _config(args: argparse.Namespace, _extra: list[str]) -> int:
             shown = "(set, hidden)"
         print(f"{config.PREFIX}{name:20} {shown}\n    {meaning}")
     return 0
-
-
-def table(header: list[str], rows: list[list[object]]) -> str:
-    cells = [header] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _blank(value: object) -> str:

@@ -20,6 +20,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "JOB_CONF": ("", "job_conf YAML: destinations and routing rules (default: one local destination)"),
     "JOBS_DIR": ("$HOME/jobs", "parent of the job working directories (shared with runner hosts)"),
     "STEPS_QUEUE": ("galaxy_tasks", "queue of the steps that need the database and job directories"),
+    "EVENTS_QUEUE": ("", "where the events of a job go whose spec names no events queue (empty: nowhere)"),
     "MESOS_URL": ("", "handed to every job as MESOS_URL, for tools that start their own Spark/MPI"),
     "HOST": ("", "this host's name in local jobs' ids and control queue <queue>@<host> (default: hostname)"),
     "VISIBILITY_TIMEOUT": ("43200", "seconds before the broker redelivers an unacknowledged message"),
@@ -27,6 +28,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "RECONCILE_BATCH": ("500", "most jobs looked at per reconciliation pass"),
     "CHECK_AFTER": ("300", "seconds without an event before an active job counts as overdue"),
     "CHECK_AFTER_MAX": ("3600", "cap of the doubling delay between checks of one long job"),
+    "LAUNCH_LEASE": ("60", "seconds a launch may hold its claim before another message may take it over"),
     "SIGNING_KEY": ("", "private key (PEM) to sign messages with Celery's auth serializer"),
     "SIGNING_CERT": ("", "certificate (PEM) matching the signing key"),
     "SIGNING_CERT_STORE": ("", "directory of certificates whose signatures are trusted"),
@@ -52,6 +54,7 @@ class Settings:
     job_conf: Path | None
     jobs_dir: Path
     steps_queue: str
+    events_queue: str
     mesos_url: str
     host: str
     visibility_timeout: int
@@ -59,6 +62,7 @@ class Settings:
     reconcile_batch: int
     check_after: float
     check_after_max: float
+    launch_lease: float
     signing_key: str
     signing_cert: str
     signing_cert_store: str
@@ -95,6 +99,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         job_conf=Path(job_conf) if job_conf else None,
         jobs_dir=Path(path_value("JOBS_DIR")),
         steps_queue=_raw("STEPS_QUEUE", env),
+        events_queue=_raw("EVENTS_QUEUE", env),
         mesos_url=_raw("MESOS_URL", env),
         host=_raw("HOST", env) or socket.gethostname(),
         visibility_timeout=int(number("VISIBILITY_TIMEOUT", int)),
@@ -102,6 +107,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         reconcile_batch=int(number("RECONCILE_BATCH", int)),
         check_after=number("CHECK_AFTER"),
         check_after_max=number("CHECK_AFTER_MAX"),
+        launch_lease=number("LAUNCH_LEASE"),
         signing_key=_raw("SIGNING_KEY", env),
         signing_cert=_raw("SIGNING_CERT", env),
         signing_cert_store=_raw("SIGNING_CERT_STORE", env),

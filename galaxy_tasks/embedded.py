@@ -14,20 +14,21 @@ from typing import Iterator
 
 from celery.beat import EmbeddedService
 
-from galaxy_tasks import context, schema
+from galaxy_tasks import context
+from galaxy_tasks.store import schema
 
 
 @contextmanager
 def embedded_worker(concurrency: int = 4, reconcile: bool = True) -> Iterator[object]:
     """Run a worker for every queue in this process for the duration of the block."""
+    from galaxy_tasks import hooks, messages, runtime
     from galaxy_tasks.celery import app
-    from galaxy_tasks import tasks
 
     ctx = context.current()
     ctx.settings.home.mkdir(parents=True, exist_ok=True)
     ctx.settings.jobs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     schema.upgrade(ctx.settings.database_url)
-    queues = tasks.with_host_queues([ctx.settings.steps_queue] + ctx.routing.queues)
+    queues = messages.with_host_queues([ctx.settings.steps_queue] + ctx.routing.queues)
     app.amqp.queues.select(queues)
     ready = threading.Event()
     worker = app.WorkController(
@@ -47,7 +48,7 @@ def embedded_worker(concurrency: int = 4, reconcile: bool = True) -> Iterator[ob
     thread.start()
     if not ready.wait(30):
         raise RuntimeError("the embedded worker did not start within 30 s")
-    tasks.recover(queues)  # Celery sends worker_ready only from its command-line worker
+    hooks.recover(queues)  # Celery sends worker_ready only from its command-line worker
     # Reconciliation's schedule runs in a thread of this process: a forked beat would send
     # into a copy of the in-memory broker, and outlive this process if it is killed.
     clock = EmbeddedService(app, thread=True, schedule_filename=app.conf.beat_schedule_filename) if reconcile else None
@@ -60,4 +61,4 @@ def embedded_worker(concurrency: int = 4, reconcile: bool = True) -> Iterator[ob
             clock.stop()
         worker.stop(in_sighandler=False)
         thread.join(timeout=10)
-        tasks.close_runners()
+        runtime.close_runners()

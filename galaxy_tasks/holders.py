@@ -19,11 +19,9 @@ import time
 from dataclasses import dataclass, field
 
 from galaxy_tasks.logs import event
+from galaxy_tasks.runners import runner_class
 
 log = logging.getLogger(__name__)
-
-#: runner kind -> the Celery app of the worker that holds its session or framework
-APPS = {"drmaa": "workers.drmaa", "mesos": "workers.mesos"}
 #: set in a child's environment: the pid of the process supervising it
 SUPERVISOR_ENV = "GALAXY_TASKS_SUPERVISOR_PID"
 
@@ -32,9 +30,15 @@ RESTART_DELAY_MAX_S = 60.0
 STOP_TIMEOUT_S = 60.0
 
 
+def holder_app(runner: str) -> str | None:
+    """The Celery app of the worker that holds `runner` in a process of its own, if any."""
+    return runner_class(runner).holder
+
+
 def command(runner: str, queues: list[str], node: str, loglevel: str | None) -> list[str]:
     """The child's command line: the documented way to start that worker."""
-    argv = [sys.executable, "-m", "celery", "-A", APPS[runner], "worker", "-Q", ",".join(queues), "-n", node]
+    argv = [sys.executable, "-m", "celery", "-A", str(holder_app(runner)), "worker", "-Q", ",".join(queues),
+            "-n", node]
     if loglevel:
         argv += ["--loglevel", loglevel]
     return argv

@@ -144,7 +144,8 @@ def render_script(job_dir: JobDir, env: Mapping[str, str], setup_file: str | Non
         f"cd {q(str(job_dir.working))} || exit 1",
         f"/bin/sh {q(str(job_dir.command))} </dev/null >{q(str(job_dir.stdout))} 2>{q(str(job_dir.stderr))}",
         "rc=$?",
-        f"echo $rc > {q(str(job_dir.exit_code_file) + '.tmp')} && mv {q(str(job_dir.exit_code_file) + '.tmp')} {q(str(job_dir.exit_code_file))}",
+        f"echo $rc > {q(str(job_dir.exit_code_file) + '.tmp')} && "
+        f"mv {q(str(job_dir.exit_code_file) + '.tmp')} {q(str(job_dir.exit_code_file))}",
         "exit $rc",
         "",
     ]

@@ -1,98 +1,186 @@
-"""The job tables. The row is the source of truth; the broker only carries work."""
+"""The job tables, and `Job`, the one type a job's row travels as.
+
+The row is the source of truth; the broker only carries work. The tables are SQLAlchemy
+Core definitions read and written only by `galaxy_tasks.store`; everything else sees the
+frozen `Job` record the store returns.
+"""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any, Mapping
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-from galaxy_tasks.states import JobState
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """Timestamps stored as naive UTC and read back as aware UTC, the same on SQLite
     (which keeps no zone) and PostgreSQL."""
 
     impl = DateTime
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is not None and value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+            value = value.astimezone(UTC).replace(tzinfo=None)
         return value
 
-    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
-        return value.replace(tzinfo=timezone.utc) if value is not None else None
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
 
 
-class Base(DeclarativeBase):
-    pass
+metadata = MetaData()
 
-
-class Job(Base):
-    __tablename__ = "gt_job"
-
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+jobs = Table(
+    "gt_job", metadata,
+    Column("id", String(36), primary_key=True),
     # the job spec, as validated at submission
-    tool_id: Mapped[str] = mapped_column(String(255), index=True)
-    tool_version: Mapped[str | None] = mapped_column(String(64))
-    user: Mapped[str | None] = mapped_column(String(255), index=True)
-    command: Mapped[str] = mapped_column(Text)
-    environment: Mapped[dict] = mapped_column(JSON, default=dict)
-    inputs: Mapped[list] = mapped_column(JSON, default=list)
-    outputs: Mapped[list] = mapped_column(JSON, default=list)
-    cores: Mapped[int] = mapped_column(Integer, default=1)
-    memory_mb: Mapped[int | None] = mapped_column(Integer)
-    walltime_s: Mapped[int | None] = mapped_column(Integer)
-    destination_hint: Mapped[str | None] = mapped_column(String(255))
-    environment_setup_file: Mapped[str | None] = mapped_column(Text)
+    Column("tool_id", String(255), nullable=False, index=True),
+    Column("tool_version", String(64)),
+    Column("user", String(255), index=True),
+    Column("command", Text, nullable=False),
+    Column("environment", JSON, nullable=False, default=dict),
+    Column("inputs", JSON, nullable=False, default=list),
+    Column("outputs", JSON, nullable=False, default=list),
+    Column("cores", Integer, nullable=False, default=1),
+    Column("memory_mb", Integer),
+    Column("walltime_s", Integer),
+    Column("destination_hint", String(255)),
+    Column("environment_setup_file", Text),
     # where it went and what happened
-    destination: Mapped[str] = mapped_column(String(255), index=True)
-    queue: Mapped[str] = mapped_column(String(255))
-    state: Mapped[str] = mapped_column(String(16), default=JobState.NEW.value)
-    job_dir: Mapped[str | None] = mapped_column(Text)
-    external_id: Mapped[str | None] = mapped_column(String(255))
+    Column("destination", String(255), nullable=False, index=True),
+    Column("queue", String(255), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("job_dir", Text),
+    Column("external_id", String(255)),
     # the message (task id) that holds the SUBMITTING claim: its own redelivery after a
     # crash may take the launch over at once, any other message must wait out the lease
-    owner: Mapped[str | None] = mapped_column(String(255))
-    exit_code: Mapped[int | None] = mapped_column(Integer)
-    signal: Mapped[int | None] = mapped_column(Integer)
-    reason: Mapped[str | None] = mapped_column(Text)
-    stdout_tail: Mapped[str | None] = mapped_column(Text)
-    stderr_tail: Mapped[str | None] = mapped_column(Text)
-    wall_time_s: Mapped[float | None] = mapped_column(Float)
-    max_rss_kb: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    running_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    Column("owner", String(255)),
+    Column("exit_code", Integer),
+    Column("signal", Integer),
+    Column("reason", Text),
+    Column("stdout_tail", Text),
+    Column("stderr_tail", Text),
+    Column("wall_time_s", Float),
+    Column("max_rss_kb", Integer),
+    Column("created_at", UTCDateTime(), nullable=False, default=utcnow),
+    Column("queued_at", UTCDateTime()),
+    Column("running_at", UTCDateTime()),
+    Column("finished_at", UTCDateTime()),
+    Column("ended_at", UTCDateTime()),
+    Column("updated_at", UTCDateTime(), nullable=False, default=utcnow),
     # reconciliation looks only at rows whose next check is due (an indexed range scan)
-    check_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    checks: Mapped[int] = mapped_column(Integer, default=0)
+    Column("check_at", UTCDateTime()),
+    Column("checks", Integer, nullable=False, default=0),
+    # why the runner ended the job, in Galaxy's words (walltime_reached, memory_limit_reached)
+    Column("runner_state", String(64)),
+    # job events: the client's queue and id, the number of the job's state changes, and the
+    # outbox mark: when a change not yet published was recorded (None: all published)
+    Column("events_queue", String(255)),
+    Column("client_id", String(255)),
+    Column("event_seq", Integer, nullable=False, default=0, server_default="0"),
+    Column("unpublished_at", UTCDateTime()),
+    Index("ix_gt_job_state_check_at", "state", "check_at"),
+    Index("ix_gt_job_created_at", "created_at"),
+    Index("ix_gt_job_unpublished_at", "unpublished_at"),
+)
 
-    __table_args__ = (
-        Index("ix_gt_job_state_check_at", "state", "check_at"),
-        Index("ix_gt_job_created_at", "created_at"),
-    )
+#: one row per transition: the job's history, and the audit that it was legal
+state_changes = Table(
+    "gt_job_state_change", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(36), ForeignKey("gt_job.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("from_state", String(16)),
+    Column("to_state", String(16), nullable=False),
+    Column("at", UTCDateTime(), nullable=False, default=utcnow),
+    Column("reason", Text),
+)
 
-    def to_json(self) -> dict:
+#: a named, expiring lock: one reconciliation pass at a time, however many workers or beat
+#: processes try to start one
+leases = Table(
+    "gt_lease", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("until", UTCDateTime(), nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job's row as the store read it (or, for a job just created, as it was written)."""
+
+    id: str
+    tool_id: str
+    command: str
+    destination: str
+    queue: str
+    state: str
+    tool_version: str | None = None
+    user: str | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    cores: int = 1
+    memory_mb: int | None = None
+    walltime_s: int | None = None
+    destination_hint: str | None = None
+    environment_setup_file: str | None = None
+    job_dir: str | None = None
+    external_id: str | None = None
+    owner: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    stdout_tail: str | None = None
+    stderr_tail: str | None = None
+    wall_time_s: float | None = None
+    max_rss_kb: int | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    queued_at: datetime | None = None
+    running_at: datetime | None = None
+    finished_at: datetime | None = None
+    ended_at: datetime | None = None
+    updated_at: datetime = field(default_factory=utcnow)
+    check_at: datetime | None = None
+    checks: int = 0
+    runner_state: str | None = None
+    events_queue: str | None = None
+    client_id: str | None = None
+    event_seq: int = 0
+    unpublished_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> Job:
+        return cls(**row)
+
+    def to_json(self) -> dict[str, Any]:
         """The job as clients see it (`status --json`, `list --json`)."""
-        def iso(value: datetime | None) -> str | None:
-            return value.isoformat() if value else None
-
         return {
             "id": self.id,
             "state": self.state,
             "exit_code": self.exit_code,
             "signal": self.signal,
             "reason": self.reason,
+            "runner_state": self.runner_state,
             "tool_id": self.tool_id,
             "tool_version": self.tool_version,
             "user": self.user,
@@ -104,34 +192,33 @@ class Job(Base):
             "wall_time_s": self.wall_time_s,
             "max_rss_kb": self.max_rss_kb,
             "job_dir": self.job_dir,
-            "created_at": iso(self.created_at),
-            "queued_at": iso(self.queued_at),
-            "running_at": iso(self.running_at),
-            "finished_at": iso(self.finished_at),
+            "created_at": _iso(self.created_at),
+            "queued_at": _iso(self.queued_at),
+            "running_at": _iso(self.running_at),
+            "finished_at": _iso(self.finished_at),
             "stdout": self.stdout_tail,
             "stderr": self.stderr_tail,
         }
 
 
-class JobStateChange(Base):
-    """One row per transition: the job's history, and the audit that it was legal."""
-
-    __tablename__ = "gt_job_state_change"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("gt_job.id", ondelete="CASCADE"), index=True)
-    from_state: Mapped[str | None] = mapped_column(String(16))
-    to_state: Mapped[str] = mapped_column(String(16))
-    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    reason: Mapped[str | None] = mapped_column(Text)
+JOB_COLUMNS = frozenset(f.name for f in fields(Job))
+assert JOB_COLUMNS == set(jobs.c.keys()), "Job and gt_job must name the same columns"
 
 
-class Lease(Base):
-    """A named, expiring lock in the database: one reconciliation pass at a time, however
-    many workers or beat processes try to start one."""
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """One transition of a job's history."""
 
-    __tablename__ = "gt_lease"
+    id: int
+    job_id: str
+    from_state: str | None
+    to_state: str
+    at: datetime
+    reason: str | None
 
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    holder: Mapped[str] = mapped_column(String(255))
-    until: Mapped[datetime] = mapped_column(UTCDateTime())
+    def to_json(self) -> dict[str, Any]:
+        return {"from": self.from_state, "to": self.to_state, "at": _iso(self.at), "reason": self.reason}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None

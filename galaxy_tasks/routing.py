@@ -4,6 +4,9 @@ A destination names a runner, the queue its workers consume, the runner's parame
 the largest job it accepts. Rules send a job to a destination by tool id (exact or glob)
 and resource needs; the first rule that matches wins, then the default. The seeds' runner
 URLs (`local:///`, `drmaa://-l h_rt=1:00/`) are accepted wherever a destination is.
+
+Everything is checked when the file loads, each runner's params against the types its class
+declares, and an error names the file, the line and the key.
 """
 from __future__ import annotations
 
@@ -14,15 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
+from galaxy_tasks import yamlconf
+from galaxy_tasks.errors import SpecError
+from galaxy_tasks.runners import REGISTRY, runner_class
+from galaxy_tasks.runners import params as runner_params
+from galaxy_tasks.runners.base import NoParams, Runner
+from galaxy_tasks.spec import ENV_NAME, JobSpec
+from galaxy_tasks.yamlconf import Where
 
-from galaxy_tasks.spec import ENV_NAME, JobSpec, SpecError
-
-RUNNERS = ("local", "drmaa", "mesos")
-
-
-class ConfigError(ValueError):
-    """The job_conf is wrong; the message names the key."""
+_DESTINATION_KEYS = {"runner", "url", "queue", "params", "env", "max_cores", "max_memory_mb", "max_walltime_s",
+                     "native_specification"}
+_RULE_KEYS = {"destination", "tool", "tools", "min_cores", "min_memory_mb", "user", "users"}
 
 
 @dataclass(frozen=True)
@@ -30,11 +35,20 @@ class Destination:
     name: str
     runner: str
     queue: str
-    params: Mapping[str, Any] = field(default_factory=dict)
+    params: Any = field(default_factory=NoParams)
     env: Mapping[str, str] = field(default_factory=dict)
     max_cores: int | None = None
     max_memory_mb: int | None = None
     max_walltime_s: int | None = None
+
+    @property
+    def runner_class(self) -> type[Runner]:
+        return runner_class(self.runner)
+
+    @property
+    def slots(self) -> int | None:
+        """Jobs of this destination that may run at once on a host, if its runner limits it."""
+        return self.runner_class.slots(self.params)
 
     def refuse_reason(self, spec: JobSpec) -> SpecError | None:
         """Why this destination cannot take the job, naming the field, or None."""
@@ -97,169 +111,159 @@ class Routing:
 
     @functools.cached_property
     def limited(self) -> frozenset[str]:
-        """Destinations with job slots (`params.max_jobs`): the end of one of their jobs
-        wakes the next waiting one."""
-        return frozenset(name for name, d in self.destinations.items() if d.params.get("max_jobs"))
+        """Destinations with job slots: the end of one of their jobs wakes the next waiting one."""
+        return frozenset(name for name, d in self.destinations.items() if d.slots is not None)
 
 
 def default_routing() -> Routing:
-    local = Destination("local", "local", "local", max_cores=os.cpu_count() or 1)
+    local = Destination("local", "local", "local", runner_params.load(runner_class("local").Params, {}),
+                        max_cores=os.cpu_count() or 1)
     return Routing({"local": local}, (), "local")
 
 
 def load(path: Path | None) -> Routing:
     if path is None:
         return default_routing()
-    try:
-        data = read_yaml(path)
-    except ValueError as exc:
-        raise ConfigError(f"job_conf {exc}") from None
-    return parse(data, str(path))
-
-
-def read_yaml(path: Path) -> Any:
-    """A YAML file's data, or a ValueError that names the file and what is wrong."""
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML: {exc}") from None
+    return parse(yamlconf.read(path), str(path))
 
 
 def parse(data: Any, where: str = "job_conf") -> Routing:
+    top = Where(where, line=getattr(data, "line", None))
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: must be a mapping with 'destinations'")
-    unknown = set(data) - {"destinations", "rules", "default"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        raise top.error("must be a mapping with 'destinations'")
+    for key in data:
+        if key not in ("destinations", "rules", "default"):
+            raise top.unknown(data, key)
     raw = data.get("destinations")
     if not isinstance(raw, Mapping) or not raw:
-        raise ConfigError(f"{where}: 'destinations' must map names to destinations")
-    destinations = {str(name): _destination(str(name), value, where) for name, value in raw.items()}
-    rules = []
-    for index, item in enumerate(data.get("rules") or []):
-        rule = _rule(item, f"{where}: rules[{index}]", destinations)
-        rules.append(rule)
+        raise top.key(data, "destinations").error("'destinations' must map names to destinations")
+    places = top.key(data, "destinations")
+    destinations = {str(name): _destination(str(name), value, places.key(raw, name)) for name, value in raw.items()}
+    rules_data = data.get("rules") or []
+    if not isinstance(rules_data, list):
+        raise top.key(data, "rules").error("must be a list of rules")
+    rules = tuple(_rule(item, Where(where, f"rules[{index}]", getattr(item, "line", None)), destinations)
+                  for index, item in enumerate(rules_data))
     default = data.get("default", next(iter(destinations)))
-    default = _destination_ref(default, f"{where}: default", destinations)
-    return Routing(destinations, tuple(rules), default)
+    default = _destination_ref(default, top.key(data, "default"), destinations)
+    return Routing(destinations, rules, default)
 
 
-def parse_url(url: str, name: str | None = None) -> Destination:
+def parse_url(url: str, name: str | None = None, where: Where | None = None) -> Destination:
     """`local:///` or `drmaa://<native specification>/` as a destination."""
+    where = where or Where("runner URL")
+    runner, raw = _url_params(url, where)
+    return Destination(name or url, runner, runner, runner_params.load(runner_class(runner).Params, raw, where))
+
+
+def _url_params(url: str, where: Where) -> tuple[str, dict[str, Any]]:
+    """A runner URL's runner and the params its text stands for."""
     runner, sep, rest = url.partition("://")
-    if not sep or runner not in RUNNERS:
-        raise ConfigError(f"runner URL {url!r} must start with one of {', '.join(r + '://' for r in RUNNERS)}")
-    native = rest[:-1] if rest.endswith("/") else rest
-    if runner == "drmaa" and (native + "/").startswith("native/"):
-        native = native[len("native/"):]
-    params = {"native_specification": native.strip()} if native.strip() else {}
-    return Destination(name or url, runner, runner, params)
-
-
-def _destination(name: str, value: Any, where: str) -> Destination:
-    here = f"{where}: destinations.{name}"
+    if not sep or runner not in REGISTRY:
+        raise where.error(f"runner URL {url!r} must start with one of "
+                          f"{', '.join(r + '://' for r in REGISTRY)}")
     try:
-        return _destination_fields(name, value, here)
-    except ConfigError as exc:
-        if here in str(exc):
-            raise
-        raise ConfigError(f"{here}: {exc}") from None
+        return runner, runner_class(runner).url_params(rest[:-1] if rest.endswith("/") else rest)
+    except ValueError as exc:
+        raise where.error(str(exc)) from None
 
 
-def _destination_fields(name: str, value: Any, here: str) -> Destination:
+def _destination(name: str, value: Any, here: Where) -> Destination:
     if isinstance(value, str):
-        return parse_url(value, name)
+        return parse_url(value, name, here)
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{here}: must be a runner URL or a mapping")
-    allowed = {"runner", "url", "queue", "params", "env", "max_cores", "max_memory_mb", "max_walltime_s",
-               "native_specification"}
-    unknown = set(value) - allowed
-    if unknown:
-        raise ConfigError(f"{here}: unknown key {sorted(unknown)[0]!r}")
-    base = parse_url(value["url"], name) if "url" in value else None
-    runner = value.get("runner", base.runner if base else None)
-    if runner not in RUNNERS:
-        raise ConfigError(f"{here}: runner must be one of {', '.join(RUNNERS)}, not {runner!r}")
-    params = dict(base.params if base else {})
-    params.update(_mapping(value.get("params"), f"{here}.params"))
+        raise here.error("must be a runner URL or a mapping")
+    for key in value:
+        if key not in _DESTINATION_KEYS:
+            raise here.unknown(value, key)
+    raw: dict[str, Any] = {}
+    runner = value.get("runner")
+    if "url" in value:
+        url_runner, raw = _url_params(str(value["url"]), here.key(value, "url"))
+        runner = runner or url_runner
+    if runner not in REGISTRY:
+        raise here.key(value, "runner").error(f"runner must be one of {', '.join(REGISTRY)}, not {runner!r}")
+    cls = runner_class(runner)
+    given = value.get("params")
+    if given is not None and not isinstance(given, Mapping):
+        raise here.key(value, "params").error("must be a mapping")
+    params_where = here.key(value, "params")
     if "native_specification" in value:
-        params["native_specification"] = str(value["native_specification"])
-    if "max_jobs" in params:
-        jobs = params["max_jobs"]
-        if runner != "local":
-            raise ConfigError(f"{here}.params.max_jobs: only the local runner has job slots "
-                              f"(a {runner} destination's scheduler queues its jobs)")
-        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-            raise ConfigError(f"{here}.params.max_jobs: must be a whole number of at least 1, not {jobs!r}")
-    env = _mapping(value.get("env"), f"{here}.env")
+        raw["native_specification"] = value["native_specification"]
+    merged: yamlconf.LineMap = yamlconf.LineMap({**raw, **(given or {})})
+    merged.line = getattr(given, "line", None) or here.line
+    merged.key_lines = dict(getattr(given, "key_lines", {}))
+    params: Any = runner_params.load(cls.Params, merged, params_where)
+    env = value.get("env") or {}
+    env_where = here.key(value, "env")
+    if not isinstance(env, Mapping):
+        raise env_where.error("must be a mapping")
     for key, text in env.items():
         if not isinstance(key, str) or not ENV_NAME.match(key):
-            raise ConfigError(f"{here}.env: {key!r} is not a valid environment variable name")
+            raise env_where.error(f"{key!r} is not a valid environment variable name")
         if not isinstance(text, str):
-            raise ConfigError(f"{here}.env.{key}: must be a string")
+            raise env_where.key(env, key).error("must be a string")
     default_queue = runner if name == runner else f"{runner}.{name}"
+    queue = value.get("queue", default_queue)
+    if not isinstance(queue, str) or not queue:
+        raise here.key(value, "queue").error("must be a queue name")
     return Destination(
         name=name,
         runner=runner,
-        queue=str(value.get("queue", default_queue)),
+        queue=queue,
         params=params,
-        env=env,
+        env=dict(env),
         max_cores=_limit(value, "max_cores", here),
         max_memory_mb=_limit(value, "max_memory_mb", here),
         max_walltime_s=_limit(value, "max_walltime_s", here),
     )
 
 
-def _rule(item: Any, here: str, destinations: dict[str, Destination]) -> Rule:
+def _rule(item: Any, here: Where, destinations: dict[str, Destination]) -> Rule:
     if not isinstance(item, Mapping) or "destination" not in item:
-        raise ConfigError(f"{here}: must be a mapping with a 'destination'")
-    unknown = set(item) - {"destination", "tool", "tools", "min_cores", "min_memory_mb", "user", "users"}
-    if unknown:
-        raise ConfigError(f"{here}: unknown key {sorted(unknown)[0]!r}")
+        raise here.error("must be a mapping with a 'destination'")
+    for key in item:
+        if key not in _RULE_KEYS:
+            raise here.unknown(item, key)
     return Rule(
-        destination=_destination_ref(item["destination"], f"{here}.destination", destinations),
-        tools=_strings(item.get("tools", item.get("tool")), f"{here}.tool"),
+        destination=_destination_ref(item["destination"], here.key(item, "destination"), destinations),
+        tools=_strings(item.get("tools", item.get("tool")), here.key(item, "tools" if "tools" in item else "tool",
+                                                                     "tool")),
         min_cores=_limit(item, "min_cores", here),
         min_memory_mb=_limit(item, "min_memory_mb", here),
-        users=_strings(item.get("users", item.get("user")), f"{here}.user"),
+        users=_strings(item.get("users", item.get("user")), here.key(item, "users" if "users" in item else "user",
+                                                                     "user")),
     )
 
 
-def _destination_ref(value: Any, here: str, destinations: dict[str, Destination]) -> str:
+def _destination_ref(value: Any, here: Where, destinations: dict[str, Destination]) -> str:
     """A destination by name, or a runner URL that becomes a destination of its own."""
     if not isinstance(value, str):
-        raise ConfigError(f"{here}: must be a destination name or a runner URL")
+        raise here.error("must be a destination name or a runner URL")
     if value in destinations:
         return value
     if "://" in value:
-        destinations.setdefault(value, parse_url(value))
+        destinations.setdefault(value, parse_url(value, where=here))
         return value
-    raise ConfigError(f"{here}: unknown destination {value!r}")
+    raise here.error(f"unknown destination {value!r}")
 
 
-def _mapping(value: Any, here: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{here}: must be a mapping")
-    return dict(value)
-
-
-def _strings(value: Any, here: str) -> tuple[str, ...]:
+def _strings(value: Any, here: Where) -> tuple[str, ...]:
     if value is None:
         return ()
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-        raise ConfigError(f"{here}: must be a string or a list of strings")
+        raise here.error("must be a string or a list of strings")
     return tuple(items)
 
 
-def _limit(data: Mapping, key: str, here: str) -> int | None:
+def _limit(data: Mapping[str, Any], key: str, here: Where) -> int | None:
     value = data.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{here}.{key}: must be a whole number of at least 1, not {value!r}")
+        raise here.key(data, key).error(f"must be a whole number of at least 1, not {value!r}")
     return value
+
+
+__all__ = ["Destination", "Routing", "Rule", "default_routing", "load", "parse", "parse_url"]

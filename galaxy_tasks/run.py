@@ -6,14 +6,17 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from galaxy_tasks import context
-from galaxy_tasks.routing import read_yaml
-from galaxy_tasks.spec import SpecError, parse
+from galaxy_tasks import context, yamlconf
+from galaxy_tasks.client import RECHECK_S, TERMINAL_NAMES, Client
+from galaxy_tasks.errors import SpecError
+from galaxy_tasks.listen import JobEvents
+from galaxy_tasks.render import table
+from galaxy_tasks.spec import parse
 from galaxy_tasks.states import TERMINAL, JobState
 
 
 def load_jobs(path: Path) -> list[dict]:
-    data = read_yaml(path)
+    data = yamlconf.read(path)
     jobs = data.get("jobs") if isinstance(data, dict) else None
     if not isinstance(jobs, list):
         raise ValueError(f"{path}: expected a mapping with a 'jobs' list")
@@ -24,15 +27,12 @@ def run_file(path: Path, *, concurrency: int = 4, timeout: float | None = None, 
     """Run every job of the file to its end in this process, and every job an earlier,
     interrupted run left unfinished. Returns 0 once all have ended (whatever their state),
     1 if the timeout passed first."""
-    from galaxy_tasks.cli import table
-    from galaxy_tasks.client import Client
     from galaxy_tasks.embedded import embedded_worker
 
     entries = load_jobs(path)
-    with embedded_worker(concurrency=concurrency):
+    with embedded_worker(concurrency=concurrency), JobEvents() as heard:
         client = Client(context.current())
         rows: list[tuple[str, dict, str | None]] = []  # (job id or "-", entry, refusal)
-        first_change = client.last_change_id()
         for job in client.unfinished():
             rows.append((job.id, {"tool_id": job.tool_id}, None))
             print(f"resumed    {job.id[:8]}  {job.tool_id} ({job.state})", file=out)
@@ -45,8 +45,8 @@ def run_file(path: Path, *, concurrency: int = 4, timeout: float | None = None, 
                 rows.append(("-", entry, str(exc)))
                 print(f"refused    jobs[{index}] {entry.get('tool_id', '?')}: {exc}", file=out)
         ids = [job_id for job_id, _, refusal in rows if refusal is None]
-        finished = _follow(client, ids, first_change, timeout, out)
-        jobs = client.wait(ids, timeout=0) if ids else {}
+        finished = _follow(client, heard, ids, timeout, out)
+        jobs = client.ctx.store.jobs(ids)
     body = []
     for job_id, entry, refusal in rows:
         if refusal is not None:
@@ -54,24 +54,30 @@ def run_file(path: Path, *, concurrency: int = 4, timeout: float | None = None, 
             continue
         job = jobs[job_id]
         run_time = f"{job.wall_time_s:.2f}s" if job.wall_time_s is not None else ""
-        body.append([job.id[:8], job.tool_id, job.state, "" if job.exit_code is None else job.exit_code,
+        body.append([job.id[:8], job.tool_id, job.state, "" if job.exit_code is None else str(job.exit_code),
                      run_time, job.reason or ""])
     print("\n" + table(["job", "tool", "state", "exit", "run time", "reason"], body), file=out)
     return 0 if finished else 1
 
 
-def _follow(client, ids: list[str], last_change: int, timeout: float | None, out: TextIO) -> bool:
-    """Print every state change after `last_change`, in order, until all jobs have ended."""
-    pending = set(ids)
-    tools = {job_id: job.tool_id for job_id, job in client.wait(ids, timeout=0).items()}
+def _follow(client: Client, heard: JobEvents, ids: list[str], timeout: float | None, out: TextIO) -> bool:
+    """Print every state change as its event is heard, until all jobs have ended; the rows
+    of the jobs still pending are read again only when nothing was heard for a while."""
+    jobs = client.ctx.store.jobs(ids)
+    pending = {job_id for job_id, job in jobs.items() if JobState(job.state) not in TERMINAL}
     deadline = None if timeout is None else time.monotonic() + timeout
     while pending:
-        for change in client.changes_since(last_change, ids):
-            last_change = change.id
-            print(f"{change.to_state:10} {change.job_id[:8]}  {tools.get(change.job_id, '')}", file=out)
-            if JobState(change.to_state) in TERMINAL:
-                pending.discard(change.job_id)
-        if deadline is not None and time.monotonic() > deadline:
+        left = RECHECK_S if deadline is None else min(RECHECK_S, deadline - time.monotonic())
+        if left <= 0:
             return False
-        time.sleep(0.1)
+        got = [item for item in heard.next(left) if item.get("job_id") in pending]
+        for item in got:
+            print(f"{item['state']:10} {item['job_id'][:8]}  {item.get('tool_id') or ''}", file=out)
+            if item["state"] in TERMINAL_NAMES:
+                pending.discard(item["job_id"])
+        if not got:
+            for job_id, job in client.ctx.store.jobs(pending).items():
+                if JobState(job.state) in TERMINAL:
+                    print(f"{job.state:10} {job_id[:8]}  {job.tool_id}", file=out)
+                    pending.discard(job_id)
     return True

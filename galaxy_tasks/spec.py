@@ -11,19 +11,23 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from galaxy_tasks.errors import SpecError
+
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,35}\Z")
+#: a queue a client may name for its job events (AMQP and Redis both take these)
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}\Z")
 MAX_COMMAND_BYTES = 256 * 1024
 MAX_TEXT = 255
 
 
-class SpecError(ValueError):
-    """A refused spec; `field` names what is wrong so a client can fix it."""
+@dataclass(frozen=True)
+class Events:
+    """Where the job's events go: a queue of the client's, and an id of the client's own
+    that every event carries back (Galaxy's job id, say)."""
 
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-        self.message = message
+    queue: str
+    client_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class JobSpec:
     destination: str | None = None
     environment_setup_file: str | None = None
     id: str | None = None
+    events: Events | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,19 +70,20 @@ def parse(data: Any) -> JobSpec:
     if unknown:
         raise SpecError(unknown[0] or "\"\"", f"unknown field (known fields: {', '.join(sorted(FIELDS))})")
     return JobSpec(
-        tool_id=_text(data, "tool_id", required=True),
+        tool_id=_required_text(data, "tool_id"),
         command=_command(data),
         tool_version=_text(data, "tool_version", limit=64),
         user=_text(data, "user"),
         environment=_environment(data.get("environment")),
         inputs=_paths(data.get("inputs"), "inputs", relative=False),
         outputs=_paths(data.get("outputs"), "outputs", relative=True),
-        cores=_positive(data, "cores", default=1),
+        cores=_positive(data, "cores") or 1,
         memory_mb=_positive(data, "memory_mb"),
         walltime_s=_positive(data, "walltime_s"),
         destination=_text(data, "destination"),
         environment_setup_file=_text(data, "environment_setup_file", limit=4096),
         id=_job_id(data.get("id")),
+        events=_events(data.get("events")),
     )
 
 
@@ -94,6 +100,12 @@ def _text(data: Mapping, name: str, *, required: bool = False, limit: int = MAX_
     if len(value) > limit:
         raise SpecError(name, f"is longer than {limit} characters")
     _check_chars(name, value)
+    return value
+
+
+def _required_text(data: Mapping[str, Any], name: str, limit: int = MAX_TEXT) -> str:
+    value = _text(data, name, required=True, limit=limit)
+    assert value is not None
     return value
 
 
@@ -163,6 +175,24 @@ def _paths(value: Any, name: str, *, relative: bool) -> list[str]:
             path = normal
         paths.append(path)
     return paths
+
+
+def _events(value: Any) -> Events | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise SpecError("events", f"must be an object with a 'queue', not {type(value).__name__}")
+    unknown = sorted(str(key) for key in value if key not in ("queue", "client_id"))
+    if unknown:
+        raise SpecError(f"events.{unknown[0]}", "unknown field (known fields: client_id, queue)")
+    queue = value.get("queue")
+    if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
+        raise SpecError("events.queue", "must be a queue name: 1-200 letters, digits, '_', '.', ':' or '-', "
+                                        "starting with a letter or digit")
+    try:
+        return Events(queue, _text(value, "client_id"))
+    except SpecError as exc:
+        raise SpecError(f"events.{exc.field}", exc.message) from None
 
 
 def _job_id(value: Any) -> str | None:

@@ -56,7 +56,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-TUNABLE = "glibc.rtld.optional_static_tls=4096"
 DEFAULT_MASTER_CMD = ("mesos-master --ip={ip} --port={port} --hostname={host} --work_dir={work_dir} "
                       "--quorum=1 --cluster={name}")
 DEFAULT_AGENT_CMD = ("mesos-agent --master={master} --ip={ip} --port={port} --hostname={host} "
@@ -93,11 +92,12 @@ def read_address(directory: Path) -> str | None:
 
 # -- DRM side (up, status, down) --------------------------------------------------------------
 
-def drm_runner(report: Any = None) -> Any:
+def drm_runner(report: Any = None, native: str = "") -> Any:
+    """A DRMAA runner (every one of this process shares its one session)."""
     sys.path.insert(0, str(ROOT))
     from galaxy_tasks.runners.drmaa import DrmaaRunner
 
-    return DrmaaRunner({}, report or (lambda completion: None))
+    return DrmaaRunner({"native_specification": native}, report or (lambda completion: None))
 
 
 def tracked(member: dict[str, Any]) -> Any:
@@ -131,6 +131,7 @@ def up(args: argparse.Namespace) -> int:
             lock.notify_all()
 
     runner = drm_runner(report)
+    by_native: dict[str, Any] = {}  # a runner per native specification: master and agents may differ
     fresh = False
     try:
         cluster = load(directory)
@@ -151,9 +152,10 @@ def up(args: argparse.Namespace) -> int:
                                                  destination_env={}, mesos_url="", job_id=member["job_id"])
                 created = jobdir.create(root, command, job_env, None)
                 native = args.master_native if member["role"] == "master" else args.agent_native
-                launch = Launch(job_id=member["job_id"], job_dir=root, script=created.script, env=job_env,
-                                params={"native_specification": native} if native else {})
-                member["external_id"] = runner.submit(launch)
+                launch = Launch(job_id=member["job_id"], job_dir=root, script=created.script, env=job_env)
+                if native not in by_native:
+                    by_native[native] = drm_runner(report, native) if native else runner
+                member["external_id"] = by_native[native].submit(launch)
                 save(directory, cluster)
                 log(f"submitted {member['role']} {member['index']}: DRM job {member['external_id']} "
                     f"(gt-{member['job_id']})")
@@ -166,6 +168,9 @@ def up(args: argparse.Namespace) -> int:
             cancel_all(runner, cluster, args.timeout)
         raise
     finally:
+        for other in by_native.values():
+            if other is not runner:
+                other.close()
         runner.close()  # the DRMAA session ends; the cluster's jobs do not
     print(address, flush=True)
     return 0
@@ -395,10 +400,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    if args.command != "member" and TUNABLE.split("=")[0] not in os.environ.get("GLIBC_TUNABLES", ""):
-        # libdrmaa's TLS only fits when this is set before the interpreter starts
-        tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), TUNABLE]))
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": tunables})
+    if args.command != "member":
+        sys.path.insert(0, str(ROOT))
+        from galaxy_tasks.runners.drmaa.tls import restart_with_static_tls
+
+        restart_with_static_tls()  # libdrmaa's TLS only fits when this is set at start
     return {"up": up, "status": status, "down": down, "member": member}[args.command](args)
 
 

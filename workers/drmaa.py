@@ -2,6 +2,8 @@
 
     celery -A workers.drmaa worker -n drmaa1@%h [-Q drmaa,drmaa.sge_big] [--concurrency 4]
 
+- It starts itself again with GLIBC_TUNABLES set if it is not (libdrmaa needs more static
+  TLS than glibc reserves; see galaxy_tasks/runners/drmaa/tls.py).
 - Pool: threads (the default here) or solo. A DRMAA session does not survive fork(), so
   prefork, and the green pools that a blocking C call would stall, are refused.
 - Queues: without `-Q`, the queues of every drmaa destination of the job_conf.
@@ -9,8 +11,8 @@
   taken) and its contact is kept in `$GALAXY_TASKS_HOME/drmaa/<node name>.contact`. A
   worker restarted under the same node name (`-n`) re-attaches to that session and follows
   its running jobs by wait-any again; jobs that ended while no worker was attached are
-  finished from Grid Engine's accounting (`recover` at `worker_ready`, in tasks.py).
-- The session is closed on shutdown (tasks.py's `worker_shutdown`); jobs keep running.
+  finished from Grid Engine's accounting (`recover` at `worker_ready`, in hooks.py).
+- The session is closed on shutdown (hooks.py's `worker_shutdown`); jobs keep running.
 - `celery -A workers.drmaa inspect drmaa_calls` shows the process's DRM calls by kind.
 """
 from __future__ import annotations
@@ -21,13 +23,16 @@ from typing import Any
 from celery import signals
 from celery.worker.control import inspect_command
 
-from galaxy_tasks import context, tasks
+from galaxy_tasks import context, runtime
 from galaxy_tasks.celery import app
 from galaxy_tasks.logs import event
 from galaxy_tasks.runners.drmaa import DrmaaRunner
+from galaxy_tasks.runners.drmaa.tls import restart_with_static_tls
 from workers.holding import serve_own_queues_by_default, served_destinations, state_file
 
 __all__ = ["app"]
+
+restart_with_static_tls()  # before libdrmaa is loaded: see galaxy_tasks/runners/drmaa/tls.py
 
 log = logging.getLogger("galaxy_tasks.workers.drmaa")
 
@@ -44,10 +49,10 @@ def open_session(sender: Any = None, **_: Any) -> None:
     served = served_destinations(sender, "drmaa", "a DRMAA session does not survive fork() and blocks "
                                                   "green threads")
     path = state_file(context.current().settings.home, "drmaa", sender.hostname, ".contact")
-    tasks.add_runner_params("drmaa", contact_file=str(path))
+    runtime.add_runner_params("drmaa", contact_file=str(path))
     try:
         for name in served:
-            runner = tasks.runner_for(name)
+            runner = runtime.runner_for(name)
             assert isinstance(runner, DrmaaRunner)
             _runners[name] = runner
     except Exception as exc:  # a signal handler's Exception would only be logged: stop here
@@ -59,13 +64,13 @@ def log_session(**_: Any) -> None:
     """(Logging is set up after worker_init.)"""
     for runner in _runners.values():
         event(log, "drmaa_session", contact=runner.contact, reattached=runner.reattached,
-              contact_file=runner.params.get("contact_file"), destinations=",".join(_runners))
+              contact_file=runner.params.contact_file, destinations=",".join(_runners))
         return
 
 
 @signals.worker_shutdown.connect
 def log_calls(**_: Any) -> None:
-    """tasks.py closes the runners, and with the last of them the session; say what it cost."""
+    """hooks.py closes the runners, and with the last of them the session; say what it cost."""
     if _runners:
         event(log, "drmaa_session_closed", **calls())
         _runners.clear()

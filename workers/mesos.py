@@ -32,7 +32,7 @@ from celery import signals
 from celery.platforms import EX_FAILURE, EX_OK
 from celery.worker import state as worker_state
 
-from galaxy_tasks import context, lifecycle, tasks
+from galaxy_tasks import context, lifecycle, runtime
 from galaxy_tasks.celery import app
 from galaxy_tasks.logs import event
 from galaxy_tasks.runners.mesos import MesosRunner, import_pymesos
@@ -43,8 +43,6 @@ __all__ = ["app"]
 import_pymesos()  # now, in the main thread: pymesos installs a SIGINT handler on import
 
 log = logging.getLogger("galaxy_tasks.workers.mesos")
-
-REGISTER_TIMEOUT_S = 30.0
 
 app.conf.worker_pool = "threads"
 
@@ -73,18 +71,17 @@ def start_frameworks(sender: Any = None, **_: Any) -> None:
 def _build(name: str) -> MesosRunner:
     ctx = context.current()
     destination = ctx.routing.destinations[name]
-    id_file = (destination.params.get("framework_id_file")
+    id_file = (destination.params.framework_id_file
                or state_file(ctx.settings.home, "mesos", name, ".framework_id"))
     # process params apply to the runners built from now on: this destination's, next
-    tasks.add_runner_params("mesos", framework_id_file=str(id_file))
-    runner = tasks.runner_for(name)
+    runtime.add_runner_params("mesos", framework_id_file=str(id_file))
+    runner = runtime.runner_for(name)
     assert isinstance(runner, MesosRunner)
     return runner
 
 
 def _ready(name: str, runner: MesosRunner) -> None:
-    params = context.current().routing.destinations[name].params
-    registered = runner.wait_registered(float(params.get("register_timeout_s", REGISTER_TIMEOUT_S)))
+    registered = runner.wait_registered(runner.params.register_timeout_s)
     followed, queued = recover(name, runner)
     threading.Thread(target=_watch, args=(name, runner), name=f"mesos-watch-{name}", daemon=True).start()
     _started.append(dict(destination=name, master=runner.master, framework_id=runner.framework_id,
@@ -94,12 +91,12 @@ def _ready(name: str, runner: MesosRunner) -> None:
 
 def recover(name: str, runner: MesosRunner) -> tuple[int, int]:
     """Follow the destination's launched jobs again, with everything needed to launch again
-    those that never started. Runs before tasks.py's generic recovery (worker_ready), which
+    those that never started. Runs before hooks.py's generic recovery (worker_ready), which
     then finds every job known."""
     ctx = context.current()
     ids = []
     for tracked in lifecycle.held_by(ctx, [name]):
-        job = ctx.store.get(tracked.job_id)
+        job = ctx.store.job(tracked.job_id)
         if job is not None:  # idempotent: a started job is reconciled, another one queued
             ids.append(runner.submit(lifecycle.launch_for(ctx, job)))
     pending = set(runner.pending_ids())
@@ -133,5 +130,5 @@ def log_frameworks(**_: Any) -> None:
 
 @signals.worker_shutdown.connect
 def forget_runners(**_: Any) -> None:
-    """tasks.py closes the runners (with failover: never a teardown)."""
+    """hooks.py closes the runners (with failover: never a teardown)."""
     _runners.clear()

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from galaxy_tasks.context import Context
+from galaxy_tasks.errors import UnknownJob
+from galaxy_tasks.lifecycle.changes import move
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import utcnow
 from galaxy_tasks.runners.base import Tracked
@@ -16,10 +18,6 @@ from galaxy_tasks.states import JobState
 log = logging.getLogger(__name__)
 
 _HELD = frozenset({JobState.SUBMITTING, JobState.RUNNING})
-
-
-class UnknownJob(LookupError):
-    pass
 
 
 class ToStop(NamedTuple):
@@ -36,9 +34,9 @@ def cancel(ctx: Context, job_id: str) -> tuple[JobState, ToStop | None]:
     # The row stays due for one more look: if the kill message is lost, reconciliation
     # finds the job's process still there and stops it (see reconcile.overdue).
     check_at = utcnow() + timedelta(seconds=ctx.settings.check_after)
-    moved = ctx.store.move(job_id, JobState.DELETED, reason="cancelled", check_at=check_at, checks=0)
+    moved = move(ctx, job_id, JobState.DELETED, reason="cancelled", check_at=check_at, checks=0)
     if moved is None:
-        current = ctx.store.row(job_id)
+        current = ctx.store.job(job_id)
         if current is None:
             raise UnknownJob(f"no job {job_id!r}")
         return JobState(current.state), None

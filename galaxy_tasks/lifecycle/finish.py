@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import logging
-import signal as signals
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from galaxy_tasks.context import Context
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.jobdir import JobDir
+from galaxy_tasks.lifecycle.changes import move
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job
-from galaxy_tasks.runners.base import Completion
+from galaxy_tasks.runners.base import Completion, signal_name
 from galaxy_tasks.states import JobState
 from galaxy_tasks.store import Moved
 
@@ -21,18 +22,35 @@ _LAUNCHED = frozenset({JobState.SUBMITTING, JobState.RUNNING})
 COMMAND_NOT_FOUND = 127
 
 
-def finish(ctx: Context, completion: Completion) -> Moved | None:
-    """Record the job's end (the returned row has its terminal state); None if it had
-    already ended (a duplicate or late event)."""
-    job = ctx.store.row(completion.job_id)
-    if job is None or JobState(job.state) not in _LAUNCHED:
-        return None
+class Finished(NamedTuple):
+    """What a completion event led to: the recorded end (None if the job had already
+    ended: a duplicate or late event), and the destination whose oldest waiting job may
+    start now because this job's slot is free (None if it has no slots)."""
+
+    moved: Moved | None
+    wake: str | None
+
+
+def finish(ctx: Context, completion: Completion) -> Finished:
+    """Record the job's end; the returned row has its terminal state."""
+    job = ctx.store.job(completion.job_id)
+    if job is None:
+        return Finished(None, None)
+    # the process of a destination with job slots ended (a cancelled job's too, whose
+    # finish records nothing): its slot is free, so the oldest waiting job may start
+    wake = job.destination if job.destination in ctx.routing.limited else None
+    if JobState(job.state) not in _LAUNCHED:
+        return Finished(None, wake)
+    return Finished(_record(ctx, job, completion), wake)
+
+
+def _record(ctx: Context, job: Job, completion: Completion) -> Moved | None:
     job_dir = JobDir(Path(job.job_dir or ctx.settings.jobs_dir / job.id))
     recorded = job_dir.recorded_exit_code()
     exit_code = recorded if recorded is not None else completion.exit_code
     stdout, stderr = job_dir.tail("stdout"), job_dir.tail("stderr")
     state, reason = _verdict(job, job_dir, completion, exit_code, stderr)
-    ended_at = datetime.fromtimestamp(completion.ended_at, timezone.utc)
+    ended_at = datetime.fromtimestamp(completion.ended_at, UTC)
     values = dict(
         exit_code=exit_code,
         signal=completion.signal,
@@ -41,12 +59,13 @@ def finish(ctx: Context, completion: Completion) -> Moved | None:
         wall_time_s=completion.wall_time_s,
         max_rss_kb=completion.max_rss_kb,
         ended_at=ended_at,
+        runner_state=completion.runner_state,
     )
     if job.external_id is None and completion.external_id:
         values["external_id"] = completion.external_id
     if job.running_at is None:
         values["running_at"] = job.updated_at  # it ended before its launch was recorded
-    moved = ctx.store.move(job.id, state, reason=reason, sources=_LAUNCHED, **values)
+    moved = move(ctx, job.id, state, reason=reason, sources=_LAUNCHED, **values)
     if moved is None:
         return None
     crash_point("finish", job.id)  # recorded, but the message not yet acknowledged
@@ -58,7 +77,7 @@ def finish(ctx: Context, completion: Completion) -> Moved | None:
 def _verdict(job: Job, job_dir: JobDir, completion: Completion, exit_code: int | None,
              stderr: str) -> tuple[JobState, str | None]:
     if completion.signal is not None:
-        name = signals.Signals(completion.signal).name if completion.signal in signals.valid_signals() else completion.signal
+        name = signal_name(completion.signal)
         return JobState.ERROR, completion.reason or f"killed by signal {name}"
     if exit_code is None:
         return JobState.ERROR, completion.reason or "the job ended without an exit code"

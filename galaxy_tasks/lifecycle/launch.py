@@ -12,33 +12,30 @@ job of the destination ends, launches the oldest queued one.
 from __future__ import annotations
 
 import logging
-import os
 from datetime import timedelta
 from typing import Callable
 
-from sqlalchemy.engine import Row
-
 from galaxy_tasks.context import Context
+from galaxy_tasks.errors import RunnerError, RunnerFull
 from galaxy_tasks.faults import crash_point
+from galaxy_tasks.lifecycle.changes import move
 from galaxy_tasks.lifecycle.prepare import launch_for
 from galaxy_tasks.logs import event
-from galaxy_tasks.model import utcnow
-from galaxy_tasks.runners.base import Runner, RunnerError, RunnerFull, Tracked
+from galaxy_tasks.model import Job, utcnow
+from galaxy_tasks.runners.base import Runner, Tracked
 from galaxy_tasks.states import JobState
 
 log = logging.getLogger(__name__)
 
-LAUNCH_LEASE_S = float(os.environ.get("GALAXY_TASKS_LAUNCH_LEASE", "60"))
 _QUEUED = frozenset({JobState.QUEUED})
 _SUBMITTING = frozenset({JobState.SUBMITTING})
 
 
-def launch(ctx: Context, job_id: str, runner_for: Callable[[str], Runner], owner: str | None = None,
-           lease_s: float = LAUNCH_LEASE_S) -> bool:
+def launch(ctx: Context, job_id: str, runner_for: Callable[[str], Runner], owner: str | None = None) -> bool:
     """Hand the job to the runner of its destination (`runner_for(destination)`); False if
     it was not this call's to launch. `owner` identifies the message (its redelivery
     carries the same one)."""
-    job = _claim(ctx, job_id, owner, lease_s)
+    job = _claim(ctx, job_id, owner, ctx.settings.launch_lease)
     if job is None:
         return False
     runner = runner_for(job.destination)
@@ -47,30 +44,30 @@ def launch(ctx: Context, job_id: str, runner_for: Callable[[str], Runner], owner
         crash_point("launch", job_id)
     except RunnerFull as exc:
         # back in line; the end of a running job of this destination wakes the next one
-        ctx.store.move(job_id, JobState.QUEUED, sources=_SUBMITTING)
+        move(ctx, job_id, JobState.QUEUED, sources=_SUBMITTING)
         event(log, "launch_deferred", job_id=job_id, destination=job.destination, reason=str(exc))
         return False
     except RunnerError as exc:
-        ctx.store.move(job_id, JobState.ERROR, reason=str(exc), sources=_SUBMITTING)
+        move(ctx, job_id, JobState.ERROR, reason=str(exc), sources=_SUBMITTING)
         event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
         return False
-    if ctx.store.move(job_id, JobState.RUNNING, sources=_SUBMITTING, external_id=external_id):
+    if move(ctx, job_id, JobState.RUNNING, sources=_SUBMITTING, external_id=external_id):
         event(log, "state_change", job_id=job_id, to=JobState.RUNNING, external_id=external_id)
         return True
-    after = ctx.store.row(job_id)
+    after = ctx.store.job(job_id)
     if after is not None and after.state == JobState.DELETED.value:
         # cancelled while we were launching: stop what we started
         runner.cancel(Tracked(job_id, external_id, launch_for(ctx, after).job_dir))
     return False
 
 
-def _claim(ctx: Context, job_id: str, owner: str | None, lease_s: float) -> Row | None:
+def _claim(ctx: Context, job_id: str, owner: str | None, lease_s: float) -> Job | None:
     """The job's row if this call now holds its launch. The claim itself returns the row,
     so the usual launch reads nothing before it."""
-    moved = ctx.store.move(job_id, JobState.SUBMITTING, sources=_QUEUED, owner=owner)
+    moved = move(ctx, job_id, JobState.SUBMITTING, sources=_QUEUED, owner=owner)
     if moved is not None:
         return moved.job
-    job = ctx.store.row(job_id)
+    job = ctx.store.job(job_id)
     if job is None or job.state != JobState.SUBMITTING.value:
         return None
     redelivered = owner is not None and job.owner == owner

@@ -5,10 +5,9 @@ import logging
 from pathlib import Path
 
 from galaxy_tasks import jobdir
-from sqlalchemy.engine import Row
-
 from galaxy_tasks.context import Context
 from galaxy_tasks.faults import crash_point
+from galaxy_tasks.lifecycle.changes import move
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job
 from galaxy_tasks.routing import Destination
@@ -22,7 +21,7 @@ _NEW = frozenset({JobState.NEW})
 
 def prepare(ctx: Context, job_id: str) -> bool:
     """Write the job directory and move NEW -> QUEUED; False if the job is past this step."""
-    job = ctx.store.row(job_id)
+    job = ctx.store.job(job_id)
     if job is None or job.state != JobState.NEW.value:
         return False
     destination = ctx.routing.destinations.get(job.destination)
@@ -33,17 +32,17 @@ def prepare(ctx: Context, job_id: str) -> bool:
         jobdir.create(root, job.command, environment(ctx, job, destination, jobdir.JobDir(root)),
                       job.environment_setup_file)
     except (OSError, LookupError) as exc:
-        ctx.store.move(job_id, JobState.ERROR, reason=f"prepare failed: {exc}", sources=_NEW)
+        move(ctx, job_id, JobState.ERROR, reason=f"prepare failed: {exc}", sources=_NEW)
         event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
         return False
     crash_point("prepare", job_id)
-    moved = ctx.store.move(job_id, JobState.QUEUED, sources=_NEW, job_dir=str(root))
+    moved = move(ctx, job_id, JobState.QUEUED, sources=_NEW, job_dir=str(root))
     if moved:
         event(log, "state_change", job_id=job_id, to=JobState.QUEUED, queue=job.queue)
     return moved is not None
 
 
-def environment(ctx: Context, job: Job | Row, destination: Destination, job_dir: jobdir.JobDir) -> dict[str, str]:
+def environment(ctx: Context, job: Job, destination: Destination, job_dir: jobdir.JobDir) -> dict[str, str]:
     return jobdir.job_environment(
         job_dir,
         cores=job.cores,
@@ -55,7 +54,7 @@ def environment(ctx: Context, job: Job | Row, destination: Destination, job_dir:
     )
 
 
-def launch_for(ctx: Context, job: Job | Row) -> Launch:
+def launch_for(ctx: Context, job: Job) -> Launch:
     """What the runner is handed for a prepared job."""
     destination = ctx.routing.destinations[job.destination]
     job_dir = jobdir.JobDir(Path(job.job_dir or ctx.settings.jobs_dir / job.id))
@@ -67,5 +66,4 @@ def launch_for(ctx: Context, job: Job | Row) -> Launch:
         cores=job.cores,
         memory_mb=job.memory_mb,
         walltime_s=job.walltime_s,
-        params=destination.params,
     )

@@ -16,20 +16,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Iterable
 
-from sqlalchemy import select, update
-
 from galaxy_tasks.context import Context
-from galaxy_tasks.lifecycle.launch import LAUNCH_LEASE_S
 from galaxy_tasks.logs import event
-from galaxy_tasks.model import Job, Lease, utcnow
+from galaxy_tasks.model import Job, utcnow
 from galaxy_tasks.runners.base import Tracked
-from galaxy_tasks.states import ACTIVE, JobState
+from galaxy_tasks.states import JobState
 
 log = logging.getLogger(__name__)
-
-#: states whose rows reconciliation looks at when their check is due: the active ones, and
-#: cancelled ones whose runner may not have stopped them yet
-_DUE = ACTIVE | {JobState.DELETED}
 
 
 @dataclass
@@ -52,92 +45,50 @@ def overdue(ctx: Context, now: datetime | None = None) -> Plan:
     """One reconciliation pass over at most RECONCILE_BATCH overdue jobs."""
     now = now or utcnow()
     settings = ctx.settings
-    with ctx.store.session() as session:
-        jobs = session.scalars(
-            select(Job)
-            .where(Job.state.in_([s.value for s in _DUE]), Job.check_at <= now)
-            .order_by(Job.check_at)
-            .limit(settings.reconcile_batch)
-        ).all()
-        plan = _plan(ctx, jobs, now)
-        if plan.settled:
-            session.execute(_settle(plan.settled))
-        by_checks: dict[int, list[str]] = defaultdict(list)
-        for job in jobs:
-            if job.id not in plan.settled:
-                by_checks[job.checks].append(job.id)
-        for checks, ids in by_checks.items():  # one statement per distinct delay
-            delay = min(settings.check_after * 2 ** min(checks, 20), settings.check_after_max)
-            session.execute(
-                update(Job).where(Job.id.in_(ids), Job.check_at <= now)
-                .values(check_at=now + timedelta(seconds=delay), checks=checks + 1)
-            )
+
+    def delay(checks: int) -> float:
+        return min(settings.check_after * 2 ** min(checks, 20), settings.check_after_max)
+
+    jobs = ctx.store.take_due(now, settings.reconcile_batch, delay)
+    plan = _plan(ctx, jobs, now)
+    ctx.store.settle(plan.settled)
     if plan.size:
         event(log, "reconcile", overdue=len(jobs), prepare=len(plan.prepare), launch=len(plan.launch),
               check=sum(len(v) for v in plan.check.values()), stop=sum(len(v) for v in plan.stop.values()))
     return plan
 
 
+def unpublished(ctx: Context, now: datetime | None = None) -> list[Job]:
+    """Jobs whose latest event a client must hear but that was never published (its step
+    died between recording the change and publishing it), unpublished for a whole pass."""
+    before = (now or utcnow()) - timedelta(seconds=ctx.settings.reconcile_interval)
+    return ctx.store.unpublished(before, ctx.settings.reconcile_batch)
+
+
 def stopped(ctx: Context, job_ids: list[str]) -> None:
     """Cancelled jobs known to have nothing left running: no more looks at them."""
-    if job_ids:
-        with ctx.store.session() as session:
-            session.execute(_settle(job_ids))
-
-
-def _settle(job_ids: list[str]):
-    return update(Job).where(Job.id.in_(job_ids), Job.state == JobState.DELETED.value).values(check_at=None)
+    ctx.store.settle(job_ids)
 
 
 def startup(ctx: Context) -> Plan:
     """Jobs the steps must drive again after a restart: the broker is transport, not
     storage, so every job not yet handed to a runner is re-sent (duplicates are no-ops)."""
-    now = utcnow()
-    with ctx.store.session() as session:
-        jobs = session.scalars(
-            select(Job).where(Job.state.in_([JobState.NEW.value, JobState.QUEUED.value,
-                                             JobState.SUBMITTING.value]))
-        ).all()
-    return _plan(ctx, jobs, now)
+    return _plan(ctx, ctx.store.startup(), utcnow())
 
 
 def held_by(ctx: Context, destinations: Iterable[str]) -> list[Tracked]:
     """Launched jobs of these destinations: what a starting runner worker follows again."""
-    with ctx.store.session() as session:
-        jobs = session.scalars(
-            select(Job).where(
-                Job.destination.in_(list(destinations)),
-                Job.state.in_([JobState.SUBMITTING.value, JobState.RUNNING.value]),
-                Job.external_id.is_not(None),
-            )
-        ).all()
-    return [_tracked(ctx, job) for job in jobs]
+    return [_tracked(ctx, job) for job in ctx.store.held_by(destinations)]
 
 
 def acquire_lease(ctx: Context, name: str, seconds: float) -> bool:
     """Hold the named lease for `seconds` unless someone else holds it now."""
-    now = utcnow()
-    holder = f"{socket.gethostname()}:{os.getpid()}"
-    until = now + timedelta(seconds=seconds)
-    with ctx.store.session() as session:
-        taken = session.execute(
-            update(Lease).where(Lease.name == name, Lease.until < now).values(holder=holder, until=until)
-        ).rowcount
-        if taken:
-            return True
-        if session.get(Lease, name) is None:
-            session.add(Lease(name=name, holder=holder, until=until))
-            try:
-                session.flush()
-            except Exception:
-                return False
-            return True
-    return False
+    return ctx.store.acquire_lease(name, f"{socket.gethostname()}:{os.getpid()}", seconds)
 
 
 def _plan(ctx: Context, jobs: Iterable[Job], now: datetime) -> Plan:
     plan = Plan()
-    stale = now - timedelta(seconds=LAUNCH_LEASE_S)
+    stale = now - timedelta(seconds=ctx.settings.launch_lease)
     for job in jobs:
         state = JobState(job.state)
         if state is JobState.DELETED:

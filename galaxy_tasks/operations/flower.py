@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from galaxy_tasks import config
 
@@ -120,7 +120,7 @@ def protect_metrics() -> None:
             urls.handlers[index] = (r"/metrics", AuthenticatedMetrics)
 
 
-def format_task(task):  # noqa: ANN001, ANN201 - Flower's task object, returned changed
+def format_task(task: Any) -> Any:
     """Show a step's arguments as `tool_id=bwa_mem job_id=8b0c...` on Flower's pages: the
     tool first (the job id is long), a finish step's exit code (and reason) before its job
     id instead of the whole completion record, and a check's number of jobs, not the list."""

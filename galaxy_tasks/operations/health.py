@@ -13,6 +13,10 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
 
 
 @dataclass
@@ -54,14 +58,14 @@ def ping(node: str, timeout: float = 5.0) -> Health:
         from galaxy_tasks.logs import redact
 
         return Health(node, False, seconds, redact(str(outcome["error"])))
-    replies = outcome.get("replies") or []
-    for reply in replies:  # type: ignore[union-attr]
+    replies: Any = outcome.get("replies") or []
+    for reply in replies:
         if reply.get(node, {}).get("ok") == "pong":
             return Health(node, True, seconds, "pong")
     return Health(node, False, seconds, f"no reply within {timeout:g} s")
 
 
-def parser():  # noqa: ANN201 - argparse.ArgumentParser, imported here to keep start-up light
+def parser() -> argparse.ArgumentParser:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m galaxy_tasks.operations.health",

@@ -19,12 +19,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
-from typing import Iterable
+from datetime import UTC, datetime
+from typing import Any, Iterable
 
-from sqlalchemy import func, select
-
-from galaxy_tasks.model import Job, JobStateChange, Lease
 from galaxy_tasks.states import ACTIVE, TERMINAL, JobState
 from galaxy_tasks.store import Store
 
@@ -71,8 +68,7 @@ class JobMetrics:
         self._wait: dict[tuple[str, str], Histogram] = {}
         self._run: dict[tuple[str, str], Histogram] = {}
         self._gaps: dict[int, float] = {}
-        with store.session() as session:
-            self._watermark = session.scalar(select(func.max(JobStateChange.id))) or 0
+        self._watermark = store.last_change_id()
         self.scrapes = 0
 
     # -- reading what changed since the last scrape ------------------------------------
@@ -80,22 +76,7 @@ class JobMetrics:
     def _consume(self) -> None:
         now = time.monotonic()
         self._gaps = {i: seen for i, seen in self._gaps.items() if now - seen < GAP_PATIENCE_S}
-        wanted = JobStateChange.id > self._watermark
-        if self._gaps:
-            wanted = wanted | JobStateChange.id.in_(list(self._gaps))
-        with self.store.session() as session:
-            rows = session.execute(
-                select(JobStateChange.id, JobStateChange.to_state, JobStateChange.at, Job.tool_id,
-                       Job.destination, Job.created_at, Job.running_at, Job.finished_at, Job.wall_time_s,
-                       Job.checks)
-                .join(Job, Job.id == JobStateChange.job_id)
-                .where(wanted, JobStateChange.to_state.in_([JobState.RUNNING.value, *_TERMINAL]))
-                .order_by(JobStateChange.id).limit(READ_LIMIT)
-            ).all()
-            # ids of changes to other states count as seen too: only real holes are gaps
-            newest = rows[-1].id if len(rows) == READ_LIMIT else session.scalar(select(func.max(JobStateChange.id)))
-            present = set(session.scalars(select(JobStateChange.id).where(
-                JobStateChange.id > self._watermark, JobStateChange.id <= (newest or 0))).all())
+        rows, newest, present = self.store.ends_after(self._watermark, list(self._gaps), READ_LIMIT)
         for row in rows:
             self._gaps.pop(row.id, None)
             key = (row.tool_id, row.destination)
@@ -121,19 +102,8 @@ class JobMetrics:
             started = time.perf_counter()
             self._consume()
             lines: list[str] = []
-            with self.store.session() as session:
-                now = datetime.now(timezone.utc)
-                active = dict(((s, d), n) for s, d, n in session.execute(
-                    select(Job.state, Job.destination, func.count()).where(Job.state.in_(_ACTIVE))
-                    .group_by(Job.state, Job.destination)))
-                overdue = dict(((s, d), n) for s, d, n in session.execute(
-                    select(Job.state, Job.destination, func.count())
-                    .where(Job.state.in_(_ACTIVE), Job.check_at <= now)
-                    .group_by(Job.state, Job.destination)))
-                checked = dict(session.execute(
-                    select(Job.destination, func.count()).where(Job.state.in_(_ACTIVE), Job.checks > 0)
-                    .group_by(Job.destination)).all())
-                lease = session.get(Lease, "reconcile")
+            active, overdue, checked = self.store.active_counts(datetime.now(UTC))
+            lease_until = self.store.lease_until("reconcile")
             destinations = sorted(set(self.destinations) | {d for _, d in active} | {d for _, d in self._ended})
 
             _family(lines, "jobs", "gauge", "Active jobs by state and destination")
@@ -162,7 +132,7 @@ class JobMetrics:
                         self._ended_after_check.get(destination, 0))
             _family(lines, "reconcile_lease_until_seconds", "gauge",
                     "Unix time the last reconciliation pass's lease runs until (0: no pass yet)")
-            _sample(lines, "reconcile_lease_until_seconds", {}, lease.until.timestamp() if lease else 0)
+            _sample(lines, "reconcile_lease_until_seconds", {}, lease_until.timestamp() if lease_until else 0)
             _histograms(lines, "job_queue_wait_seconds", "Seconds from submission to running, per tool and destination",
                         self._wait)
             _histograms(lines, "job_run_seconds", "Seconds a job ran (ok or error), per tool and destination",
@@ -210,12 +180,12 @@ def _histograms(lines: list[str], name: str, help_text: str, series: dict[tuple[
         _sample(lines, f"{name}_count", labels, histogram.count)
 
 
-def make_server(metrics: JobMetrics, address: str, port: int):
+def make_server(metrics: JobMetrics, address: str, port: int) -> Any:
     """An HTTP server answering `/metrics` with one scrape (`serve_forever()` runs it)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the http.server spelling
+        def do_GET(self) -> None:
             if self.path.split("?")[0] not in ("/metrics", "/"):
                 self.send_error(404)
                 return

@@ -8,23 +8,20 @@ ended ok or error.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Sequence
 
-from sqlalchemy import case, distinct, extract, func, select
-from sqlalchemy.sql.elements import ColumnElement
-
-from galaxy_tasks.model import Job
-from galaxy_tasks.states import ACTIVE, JobState
+from galaxy_tasks.render import table
+from galaxy_tasks.states import JobState
 from galaxy_tasks.store import Store
+from galaxy_tasks.store.reports import GROUPS
 
-GROUPS = {"tool": Job.tool_id, "destination": Job.destination, "user": Job.user}
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """`24h`, `90m`, `7d`, `2w`, `30s`, or an ISO date/time (UTC unless it says otherwise)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
     if match:
         return now - timedelta(seconds=float(match[1]) * _UNITS[match[2]])
@@ -32,7 +29,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"--since: {text!r} is neither a duration (24h, 7d, 30m) nor an ISO date") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def parse_by(text: str) -> list[str]:
@@ -44,47 +41,11 @@ def parse_by(text: str) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def _seconds(dialect: str, later: Any, earlier: Any) -> ColumnElement:
-    if dialect == "sqlite":
-        return (func.julianday(later) - func.julianday(earlier)) * 86400.0
-    return extract("epoch", later - earlier)
-
-
 def stats(store: Store, since: datetime, by: Sequence[str] = ("tool",), limit: int = 50,
           until: datetime | None = None) -> dict[str, Any]:
     """Jobs created in [since, until): counts per state, and one row per group."""
-    until = until or datetime.now(timezone.utc)
-    dialect = store.engine.dialect.name
-    window = (Job.created_at >= since, Job.created_at < until)
-    ran = Job.state.in_([JobState.OK.value, JobState.ERROR.value]) & Job.running_at.is_not(None)
-    wait = _seconds(dialect, Job.running_at, Job.created_at)
-    run = case((ran, func.coalesce(Job.wall_time_s, _seconds(dialect, Job.finished_at, Job.running_at))))
-    keys = [GROUPS[k].label(k) for k in by]
-
-    def count_state(*states: JobState) -> ColumnElement:
-        return func.sum(case((Job.state.in_([s.value for s in states]), 1), else_=0))
-
-    columns = [
-        *keys,
-        func.count().label("jobs"),
-        count_state(JobState.OK).label("ok"),
-        count_state(JobState.ERROR).label("error"),
-        count_state(JobState.DELETED).label("deleted"),
-        count_state(*ACTIVE).label("active"),
-        func.count(distinct(Job.user)).label("users"),
-        func.count(distinct(Job.tool_id)).label("tools"),
-        func.avg(wait).label("queue_avg_s"),
-        func.max(wait).label("queue_max_s"),
-        func.avg(run).label("run_avg_s"),
-        func.max(run).label("run_max_s"),
-        func.sum(run * Job.cores).label("core_s"),
-    ]
-    with store.session() as session:
-        states = dict(session.execute(select(Job.state, func.count()).where(*window).group_by(Job.state)).all())
-        rows = session.execute(
-            select(*columns).where(*window).group_by(*[GROUPS[k] for k in by])
-            .order_by(func.count().desc(), *[GROUPS[k] for k in by]).limit(limit)
-        ).mappings().all()
+    until = until or datetime.now(UTC)
+    states, rows = store.job_stats(since, until, by, limit)
     groups = []
     for row in rows:
         item = {key: row[key] for key in by}
@@ -121,8 +82,6 @@ def duration(seconds: float | None) -> str:
 
 
 def render(result: dict[str, Any]) -> str:
-    from galaxy_tasks.cli import table
-
     by = result["by"]
     lines = [f"jobs created {result['since'][:19]} .. {result['until'][:19]} UTC: {result['jobs']}",
              "  ".join(f"{state} {count}" for state, count in result["states"].items()), ""]

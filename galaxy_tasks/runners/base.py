@@ -3,14 +3,22 @@
 Runners know nothing of Celery or the database. They are handed a prepared job (`Launch`)
 and report the end of a job through the `report` callback they were built with, so that a
 runner can be tested without a broker and a new runner is a new module, not a new branch.
+
+A runner class declares everything the rest of the system needs to know about it: its
+name, its params (a dataclass, checked when the job_conf loads), the worker that must hold
+it in a process of its own (`holder`), and what a runner URL's text means (`url_params`).
+Registering it is one line in `galaxy_tasks.runners.REGISTRY`.
 """
 from __future__ import annotations
 
+import signal
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+from galaxy_tasks.runners import params as runner_params
 
 
 @dataclass(frozen=True)
@@ -24,7 +32,6 @@ class Launch:
     cores: int = 1
     memory_mb: int | None = None
     walltime_s: int | None = None
-    params: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def external_name(self) -> str:
@@ -35,6 +42,16 @@ class Launch:
 
 def external_name(job_id: str) -> str:
     return "gt-" + job_id
+
+
+def signal_name(number: int) -> str:
+    """`SIGTERM` for 15; a real-time signal (34-64) has only its number (`SIGRTMIN+6`
+    is not a name `signal.Signals` knows)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}" if not signal.SIGRTMIN <= number <= signal.SIGRTMAX \
+            else f"SIGRTMIN+{number - signal.SIGRTMIN}"
 
 
 @dataclass(frozen=True)
@@ -50,12 +67,15 @@ class Completion:
     ended_at: float = field(default_factory=time.time)
     external_id: str | None = None
     source: str = "runner"
+    #: why the runner ended the job, in the words of Galaxy's resubmit conditions:
+    #: walltime_reached, memory_limit_reached, output_size_limit, unknown_error
+    runner_state: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Completion":
+    def from_json(cls, data: Mapping[str, Any]) -> Completion:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
 
@@ -72,33 +92,44 @@ class Tracked:
 Report = Callable[[Completion], None]
 
 
-class RunnerError(Exception):
-    """A runner refused or failed a job (after any retries of its own); the message is
-    kept as the job's reason."""
-
-
-class RunnerFull(Exception):
-    """The runner has no room for another job right now (every slot of a limited local
-    host is taken): the job goes back in line, and the end of a running job wakes it."""
-
-
-class RunnerUnavailable(RuntimeError):
-    """The runner cannot act right now (e.g. not connected to its master), through no fault
-    of the job: the step is retried, and the job is not failed."""
+@dataclass(frozen=True)
+class NoParams:
+    """The params of a runner that takes none."""
 
 
 class Runner(ABC):
     """Submit, cancel, ask the status of many jobs at once, recover after a restart."""
 
     #: the name used in job_conf (`runner: local`) and runner URLs (`local:///`)
-    name: str = ""
+    name: ClassVar[str] = ""
+    #: the runner's params: a frozen dataclass (see `galaxy_tasks.runners.params`)
+    Params: ClassVar[type] = NoParams
+    #: the Celery app of the worker that holds this runner in one process of its own (a
+    #: DRMAA session, a Mesos framework); None: any worker process may serve it
+    holder: ClassVar[str | None] = None
     #: True if `report` must have recorded the end in the database before it returns (a
     #: runner that acknowledges events to its source, like Mesos, sets this)
-    durable_report: bool = False
+    durable_report: ClassVar[bool] = False
 
-    def __init__(self, params: Mapping[str, Any], report: Report) -> None:
-        self.params = dict(params)
+    def __init__(self, params: Any, report: Report, *, destination: str = "", host: str = "") -> None:
+        """`params` is an instance of `Params`, or a mapping checked into one."""
+        self.params = params if isinstance(params, self.Params) else runner_params.load(self.Params, params)
         self.report = report
+        self.destination = destination or self.name
+        self.host = host
+
+    @classmethod
+    def url_params(cls, text: str) -> dict[str, Any]:
+        """The params a runner URL's text stands for (`drmaa://-l h_rt=1:00/`)."""
+        if text.strip():
+            raise ValueError(f"a {cls.name}:// URL takes no options, not {text!r}")
+        return {}
+
+    @classmethod
+    def slots(cls, params: Any) -> int | None:
+        """How many of a destination's jobs may run at once on one host, if the runner
+        limits it (the end of each job then wakes the next waiting one); None: no limit."""
+        return None
 
     @classmethod
     def control_queue(cls, queue: str, external_id: str | None) -> str:
@@ -135,9 +166,9 @@ class Runner(ABC):
 
     def recover(self, jobs: Sequence[Tracked]) -> None:
         """Follow jobs started by an earlier process again, reporting those that ended."""
-        for job_id, completion in self.status(jobs).items():
+        for completion in self.status(jobs).values():
             if completion is not None:
                 self.report(completion)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: most runners hold nothing
         """Release what the runner holds (threads, sessions); running jobs keep running."""

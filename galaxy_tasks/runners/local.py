@@ -18,12 +18,15 @@ import socket
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, NamedTuple, Sequence, cast
 
+from galaxy_tasks.errors import RunnerError, RunnerFull
 from galaxy_tasks.jobdir import CLAIMED_EXIT_CODE, JobDir
-from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, RunnerError, RunnerFull, Tracked
+from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, Tracked, signal_name
 from galaxy_tasks.runners.exitwatch import Exit, ExitWatcher
+from galaxy_tasks.runners.params import param
 
 #: the job's descriptor of its slot file (see `_take_slot`)
 SLOT_FD = 9
@@ -34,16 +37,35 @@ _DEVNULL_ACTIONS = [
 ]
 
 
+class _Watched(NamedTuple):
+    """What the exit watcher hands back with a process's end."""
+
+    job_id: str
+    job_dir: JobDir
+    started: float
+    rss_floor: int
+
+
+@dataclass(frozen=True)
+class LocalParams:
+    max_jobs: int | None = param(None, minimum=1, doc="most of the destination's jobs running at once on a host, "
+                                                      "whichever worker process started them (none: no limit)")
+    kill_grace_s: float = param(5.0, minimum=0, doc="seconds from SIGTERM to SIGKILL when a job is cancelled")
+    slots_dir: str | None = param(None, doc="where a host's slot files live "
+                                            "(default $TMPDIR/galaxy-tasks-<uid>/slots/<destination>)")
+
+
 class LocalRunner(Runner):
     name = "local"
+    Params = LocalParams
+    params: LocalParams
 
-    def __init__(self, params: Mapping[str, Any], report: Report) -> None:
-        super().__init__(params, report)
-        self.host = str(self.params.get("host") or socket.gethostname())
-        self.kill_grace_s = float(self.params.get("kill_grace_s", 5))
-        self.max_jobs = _max_jobs(self.params.get("max_jobs"))
-        self.slots_dir = Path(self.params.get("slots_dir") or Path(tempfile.gettempdir()) /
-                              f"galaxy-tasks-{os.getuid()}" / "slots" / str(self.params.get("destination", "local")))
+    def __init__(self, params: Any, report: Report, *, destination: str = "", host: str = "") -> None:
+        super().__init__(params, report, destination=destination, host=host or socket.gethostname())
+        self.kill_grace_s = self.params.kill_grace_s
+        self.max_jobs = self.params.max_jobs
+        self.slots_dir = Path(self.params.slots_dir or Path(tempfile.gettempdir()) /
+                              f"galaxy-tasks-{os.getuid()}" / "slots" / self.destination)
         self._lock = threading.Lock()
         self._watcher: ExitWatcher | None = None
         self._watcher_pid = 0
@@ -70,7 +92,7 @@ class LocalRunner(Runner):
         # A spawned process inherits our peak RSS as its own starting peak (Linux keeps
         # the larger of the two across exec), so a peak not above ours says nothing.
         floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        self._watch(pid, (launch.job_id, job_dir, time.time(), floor), child=True)
+        self._watch(pid, _Watched(launch.job_id, job_dir, time.time(), floor), child=True)
         return self._external_id(pid)
 
     @classmethod
@@ -82,6 +104,10 @@ class LocalRunner(Runner):
     @classmethod
     def host_queues(cls, queue: str, host: str) -> list[str]:
         return [f"{queue}@{host}"]
+
+    @classmethod
+    def slots(cls, params: Any) -> int | None:
+        return params.max_jobs if isinstance(params, LocalParams) else None
 
     def has_room(self) -> bool:
         if self.max_jobs is None:
@@ -167,11 +193,11 @@ class LocalRunner(Runner):
         )
 
     def _follow(self, job_id: str, job_dir: JobDir, pid: int) -> None:
-        tag = (job_id, job_dir, _mtime(job_dir.claim_file) or time.time(), 0)
+        tag = _Watched(job_id, job_dir, _mtime(job_dir.claim_file) or time.time(), 0)
         if not self._watch(pid, tag, child=False):
             self._on_exit(Exit(pid, None, None, time.time()), tag)
 
-    def _watch(self, pid: int, tag: tuple, *, child: bool) -> bool:
+    def _watch(self, pid: int, tag: _Watched, *, child: bool) -> bool:
         """Watch `pid`; a process already watched here is not watched twice (its end would
         be reported twice). True also in that case: its end will be reported."""
         with self._lock:
@@ -186,7 +212,7 @@ class LocalRunner(Runner):
         return watcher.watch(pid, tag, child=child)
 
     def _on_exit(self, exit: Exit, tag: object) -> None:
-        job_id, job_dir, started, rss_floor = tag  # type: ignore[misc]
+        job_id, job_dir, started, rss_floor = cast(_Watched, tag)
         with self._lock:
             self._watching.discard(exit.pid)
         if exit.exit_code == CLAIMED_EXIT_CODE and job_dir.recorded_exit_code() is None:
@@ -197,7 +223,7 @@ class LocalRunner(Runner):
         recorded = job_dir.recorded_exit_code()
         reason = None
         if exit.signal is not None:
-            reason = f"killed by signal {signal.Signals(exit.signal).name}"
+            reason = f"killed by signal {signal_name(exit.signal)}"
         elif recorded is None and exit.exit_code is None:
             reason = "the job process ended without recording an exit code"
         self.report(
@@ -228,14 +254,6 @@ class LocalRunner(Runner):
             return host, int(pid)
         except ValueError:
             raise RunnerError(f"not a local runner job id: {external_id!r}") from None
-
-
-def _max_jobs(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"local runner: max_jobs must be a whole number of at least 1, not {value!r}")
-    return value
 
 
 def _alive(pid: int) -> bool:

@@ -20,10 +20,7 @@ a rescinded offer (TASK_LOST/DROPPED with REASON_INVALID_OFFERS), goes back to t
 queue (agent loss: only if `on_agent_lost` is `requeue`); a task lost after it started is
 reported with the exit code its job dir recorded, or as failed.
 
-Params: `master` ("host:port" or "zk://..."), `framework_id_file`, `framework_name`,
-`user`, `role`, `failover_timeout` (s, default 7 days), `refuse_seconds` (decline filter,
-default 5), `default_memory_mb` (128), `on_agent_lost` ("requeue"|"fail"),
-`principal`/`secret`, `connect_timeout_s` (default 1 day; see `import_pymesos`).
+Params: see `MesosParams`.
 """
 from __future__ import annotations
 
@@ -37,19 +34,12 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
+from galaxy_tasks.errors import RunnerError, RunnerUnavailable
 from galaxy_tasks.jobdir import JobDir
-from galaxy_tasks.runners.base import (
-    Completion,
-    Launch,
-    Report,
-    Runner,
-    RunnerError,
-    RunnerUnavailable,
-    Tracked,
-    external_name,
-)
+from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, Tracked, external_name
+from galaxy_tasks.runners.params import param
 
 log = logging.getLogger(__name__)
 
@@ -101,24 +91,46 @@ class _Job:
         return self.job_dir is not None and JobDir(self.job_dir).claimed()
 
 
+@dataclass(frozen=True)
+class MesosParams:
+    master: str = param("127.0.0.1:5050", doc='the Mesos master, "host:port" or "zk://..."')
+    framework_id_file: str | None = param(None, doc="where the framework id is kept (the Mesos worker sets "
+                                                    "$GALAXY_TASKS_HOME/mesos/<destination>.framework_id)")
+    framework_name: str = param("galaxy-tasks", doc="the framework's name in Mesos")
+    user: str | None = param(None, doc="the user tasks run as (default: the worker's)")
+    role: str | None = param(None, doc="the framework's role")
+    failover_timeout: float = param(7 * 86400.0, minimum=0, doc="seconds Mesos keeps the framework and its "
+                                                                 "tasks while no scheduler is subscribed")
+    refuse_seconds: float = param(5.0, minimum=0, doc="decline filter: how long a declined offer stays away")
+    default_memory_mb: int = param(128, minimum=1, doc="memory of a task whose job asks for none")
+    on_agent_lost: str = param("requeue", choices=("requeue", "fail"), doc="a task lost with its agent before "
+                                                                          "it started: run it again, or fail it")
+    principal: str | None = param(None, doc="authentication principal")
+    secret: str | None = param(None, doc="authentication secret")
+    connect_timeout_s: float = param(86400.0, minimum=1, doc="how long pymesos tries to reach the master "
+                                                             "before the worker stops (see import_pymesos)")
+    register_timeout_s: float = param(30.0, minimum=0, doc="how long the Mesos worker waits for the registration "
+                                                           "at start (the driver keeps trying after that)")
+
+
 class MesosRunner(Runner):
     """Runs jobs as Mesos command tasks through one long-lived pymesos framework."""
 
     name = "mesos"
+    Params = MesosParams
+    params: MesosParams
+    holder = "workers.mesos"
     durable_report = True  # status updates are acknowledged to Mesos once report returned
 
-    def __init__(self, params: Mapping[str, Any], report: Report) -> None:
-        super().__init__(params, report)
+    def __init__(self, params: Any, report: Report, *, destination: str = "", host: str = "") -> None:
+        super().__init__(params, report, destination=destination, host=host)
         pymesos = import_pymesos()
         p = self.params
-        self.master = str(p.get("master", "127.0.0.1:5050"))
-        self.refuse_seconds = float(p.get("refuse_seconds", 5.0))
-        self.default_memory_mb = int(p.get("default_memory_mb", 128))
-        self.on_agent_lost = str(p.get("on_agent_lost", "requeue"))
-        if self.on_agent_lost not in ("requeue", "fail"):
-            raise RunnerError(f"on_agent_lost must be 'requeue' or 'fail', not {self.on_agent_lost!r}")
-        id_file = p.get("framework_id_file")
-        self.framework_id_file = Path(id_file) if id_file else None
+        self.master = p.master
+        self.refuse_seconds = p.refuse_seconds
+        self.default_memory_mb = p.default_memory_mb
+        self.on_agent_lost = p.on_agent_lost
+        self.framework_id_file = Path(p.framework_id_file) if p.framework_id_file else None
         self._lock = threading.RLock()
         self._offer_lock = threading.Lock()  # serializes SUPPRESS/REVIVE decisions + calls
         self._pending: OrderedDict[str, _Job] = OrderedDict()
@@ -130,21 +142,21 @@ class MesosRunner(Runner):
         self._fenced: str | None = None  # why this runner stopped for good
         self.framework_id: str | None = self._read_framework_id()
         framework: dict[str, Any] = {
-            "user": str(p.get("user") or getpass.getuser()),
-            "name": str(p.get("framework_name", "galaxy-tasks")),
+            "user": p.user or getpass.getuser(),
+            "name": p.framework_name,
             "hostname": socket.gethostname(),
-            "failover_timeout": float(p.get("failover_timeout", 7 * 86400)),
+            "failover_timeout": p.failover_timeout,
             "checkpoint": True,
         }
-        if p.get("role"):
-            framework["role"] = str(p["role"])
+        if p.role:
+            framework["role"] = p.role
         if self.framework_id:
             framework["id"] = {"value": self.framework_id}
         self._driver = pymesos.MesosSchedulerDriver(
             _Scheduler(self), framework, self.master,
             implicit_acknowledgements=False,
-            principal=p.get("principal"), secret=p.get("secret"),
-            timeout=float(p.get("connect_timeout_s", 86400)),
+            principal=p.principal, secret=p.secret,
+            timeout=p.connect_timeout_s,
             failover=True,  # however the driver stops (even its thread dying), never TEARDOWN
         )
         self._driver.start()
@@ -422,7 +434,7 @@ class MesosRunner(Runner):
         try:
             getattr(self._driver, method)(*args)
             return True
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - pymesos raises anything; see the docstring
             log.warning("Mesos %s failed: %s", method, exc)
             return False
 

@@ -22,7 +22,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from galaxy_tasks import bench, context, schema
+from galaxy_tasks import bench, context
+from galaxy_tasks.store import schema
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -53,7 +53,8 @@ def main() -> int:
     os.environ.update(GALAXY_TASKS_JOB_CONF=str(work / "job_conf.yml"), GALAXY_TASKS_HOME=str(work / "home"),
                       GALAXY_TASKS_JOBS_DIR=str(work / "jobs"), PYTHONPATH=str(ROOT))
 
-    from galaxy_tasks import context, schema
+    from galaxy_tasks import context
+    from galaxy_tasks.store import schema
 
     schema.upgrade(context.current().settings.database_url)
     node = f"bench-drmaa-{uuid.uuid4().hex[:6]}"
@@ -107,27 +108,16 @@ def main() -> int:
 
 def _ours(jobs: int) -> float:
     """Submit `jobs` trivial jobs routed to the drmaa destination; seconds until all ended."""
-    from sqlalchemy import func, select
-
     from galaxy_tasks import context
     from galaxy_tasks.client import Client
-    from galaxy_tasks.model import Job
-    from galaxy_tasks.states import TERMINAL
 
     client, ctx = Client(), context.current()
     started = time.perf_counter()
     ids = [client.submit({"tool_id": "bench_true", "command": "true"}).id for _ in range(jobs)]
-    terminal = [s.value for s in TERMINAL]
-    while True:
-        with ctx.store.session() as session:
-            done = session.scalar(select(func.count()).select_from(Job)
-                                  .where(Job.id.in_(ids), Job.state.in_(terminal)))
-        if done == jobs:
-            break
+    while ctx.store.count_ended(ids) != jobs:
         time.sleep(0.05)
     elapsed = time.perf_counter() - started
-    with ctx.store.session() as session:
-        failed = session.scalar(select(func.count()).select_from(Job).where(Job.id.in_(ids), Job.state != "ok"))
+    failed = sum(1 for job in ctx.store.jobs(ids).values() if job.state != "ok")
     if failed:
         raise SystemExit(f"{failed} of our jobs did not end ok")
     return elapsed

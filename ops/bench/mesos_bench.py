@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +66,8 @@ def main() -> int:
     os.environ.update(GALAXY_TASKS_JOB_CONF=str(work / "job_conf.yml"), GALAXY_TASKS_HOME=str(work / "home"),
                       GALAXY_TASKS_JOBS_DIR=str(work / "jobs"), GALAXY_TASKS_MESOS_URL=master.address,
                       GALAXY_TASKS_LOG_LEVEL="WARNING")
-    from galaxy_tasks import context, schema  # the environment above is in force from here on
+    from galaxy_tasks import context  # the environment above is in force from here on
+    from galaxy_tasks.store import schema
 
     context.reset()
     schema.upgrade(context.current().settings.database_url)
@@ -114,19 +115,10 @@ def _wait_ready(proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
 
 
 def _wait_terminal(ids: list[str], interval: float) -> None:
-    from sqlalchemy import func, select
-
     from galaxy_tasks import context
-    from galaxy_tasks.model import Job
-    from galaxy_tasks.states import TERMINAL
 
     store = context.current().store
-    while True:
-        with store.session() as session:
-            ended = session.scalar(select(func.count()).select_from(Job).where(
-                Job.id.in_(ids), Job.state.in_([s.value for s in TERMINAL])))
-        if ended == len(ids):
-            return
+    while store.count_ended(ids) != len(ids):
         time.sleep(interval)
 
 
@@ -172,8 +164,8 @@ def _latency_of(master: FakeMesosMaster, ids: list[str]) -> dict:
     for job_id in ids:
         job = client.get(job_id)
         task = "gt-" + job_id
-        created = job.created_at.replace(tzinfo=timezone.utc).timestamp()
-        finished = job.finished_at.replace(tzinfo=timezone.utc).timestamp()
+        created = job.created_at.replace(tzinfo=UTC).timestamp()
+        finished = job.finished_at.replace(tzinfo=UTC).timestamp()
         if (task, "TASK_RUNNING") in updates:
             to_running.append((updates[(task, "TASK_RUNNING")] - created) * 1000)
         if (task, "TASK_FINISHED") in updates:

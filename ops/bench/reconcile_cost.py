@@ -13,10 +13,10 @@ from datetime import timedelta
 
 from sqlalchemy import delete, insert
 
-from galaxy_tasks import config, lifecycle, routing, schema
+from galaxy_tasks import config, lifecycle, routing
 from galaxy_tasks.context import Context
-from galaxy_tasks.model import Job, JobStateChange, utcnow
-from galaxy_tasks.store import Store
+from galaxy_tasks.model import jobs, state_changes, utcnow
+from galaxy_tasks.store import Store, schema
 
 
 def rows(count: int, offset: int, check_at, prefix: str) -> list[dict]:
@@ -31,22 +31,22 @@ def main(url: str) -> None:
     schema.upgrade(url)
     settings = config.load({"GALAXY_TASKS_DATABASE_URL": url, "GALAXY_TASKS_RECONCILE_BATCH": "500"})
     ctx = Context(settings, Store(url), routing.default_routing())
-    with ctx.store.session() as session:
-        session.execute(delete(JobStateChange))
-        session.execute(delete(Job))
+    with ctx.store.engine.begin() as session:
+        session.execute(delete(state_changes))
+        session.execute(delete(jobs))
     healthy = 0
     print("healthy_running  overdue  pass_ms(median of 5)")
     for target in (0, 10_000, 100_000):
-        with ctx.store.session() as session:
+        with ctx.store.engine.begin() as session:
             future = utcnow() + timedelta(days=1)
             for start in range(healthy, target, 10_000):
-                session.execute(insert(Job), rows(min(10_000, target - start), start, future, "healthy"))
+                session.execute(insert(jobs), rows(min(10_000, target - start), start, future, "healthy"))
         healthy = target
         timings = []
-        for attempt in range(5):
-            with ctx.store.session() as session:
-                session.execute(delete(Job).where(Job.id.like("overdue-%")))
-                session.execute(insert(Job), rows(100, 0, utcnow() - timedelta(seconds=1), "overdue"))
+        for _ in range(5):
+            with ctx.store.engine.begin() as session:
+                session.execute(delete(jobs).where(jobs.c.id.like("overdue-%")))
+                session.execute(insert(jobs), rows(100, 0, utcnow() - timedelta(seconds=1), "overdue"))
             started = time.perf_counter()
             plan = lifecycle.overdue(ctx)
             timings.append((time.perf_counter() - started) * 1000)

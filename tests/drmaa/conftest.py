@@ -1,9 +1,8 @@
 """Fixtures for tests against the real Grid Engine cell of ops/sge-up.sh.
 
 libdrmaa drags in libjemalloc, whose TLS only fits if GLIBC_TUNABLES is set before Python
-starts, so the test command must export it (ops/sge-up.sh's env.sh does):
-
-    GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096 pytest tests/drmaa
+starts: tests/conftest.py starts pytest again with it when it is not set, and the DRMAA
+worker does the same for itself (galaxy_tasks/runners/drmaa/tls.py).
 
 The session fixture starts the cell with ops/sge-up.sh when qstat does not answer or no
 execd runs, and loads its env file. A missing prerequisite skips these tests on a developer
@@ -24,6 +23,7 @@ import pytest
 
 from galaxy_tasks import jobdir
 from galaxy_tasks.runners.base import Completion, Launch
+from galaxy_tasks.runners.drmaa.tls import has_static_tls
 from tests.support.grid_engine import cell_env
 from tests.support.services import unavailable
 
@@ -31,9 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def sge() -> dict[str, str]:
     """The cell's environment; the cell is up and `import drmaa` works."""
-    if "optional_static_tls" not in os.environ.get("GLIBC_TUNABLES", ""):
-        unavailable("export GLIBC_TUNABLES=glibc.rtld.optional_static_tls=4096 before pytest starts "
-                    "(libdrmaa cannot be loaded otherwise)")
+    if not has_static_tls():
+        unavailable("GLIBC_TUNABLES lacks the static TLS tunable (tests/conftest.py sets it at start)")
     env = cell_env()
     os.environ.update(env)
     try:
@@ -108,6 +107,23 @@ def runner(sge: dict[str, str], events: Events) -> Iterator[Any]:
     instance.close()
 
 
+@pytest.fixture
+def runner_with(runner: Any, events: Events) -> Iterator[Callable[..., Any]]:
+    """Another runner of the same session (as a second drmaa destination would have), with
+    params of its own."""
+    from galaxy_tasks.runners.drmaa import DrmaaRunner
+
+    made: list[Any] = []
+
+    def make(**params: Any) -> Any:
+        made.append(DrmaaRunner({"accounting_flush_s": 2, "wait_timeout_s": 1, **params}, events))
+        return made[-1]
+
+    yield make
+    for instance in made:
+        instance.close()
+
+
 # -- real workers: a DRMAA worker (celery -A workers.drmaa), steps worker, beat --------------
 
 TEST_JOB_CONF = """\
@@ -135,7 +151,6 @@ class DrmaaDeployment:
     def __init__(self, deployment: Any, sge: dict[str, str], job_conf: Path) -> None:
         self.d = deployment
         deployment.env.update(sge)
-        deployment.env["GLIBC_TUNABLES"] = os.environ["GLIBC_TUNABLES"]
         deployment.env["GALAXY_TASKS_JOB_CONF"] = str(job_conf)
         self.beats: list[subprocess.Popen] = []
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from galaxy_tasks.errors import RunnerError
 from galaxy_tasks.jobdir import JobDir
-from galaxy_tasks.runners.base import Launch, RunnerError, Tracked
-from galaxy_tasks.runners.drmaa import SUBMIT_MARKER, DrmaaRunner, native_specification
+from galaxy_tasks.runners.base import Launch, Tracked
+from galaxy_tasks.runners.drmaa import SUBMIT_MARKER, DrmaaParams, DrmaaRunner, native_specification
 
 pytestmark = pytest.mark.drmaa
 REPO = Path(__file__).resolve().parents[2]
@@ -34,11 +35,12 @@ def wait_until(predicate, timeout: float = 60, what: str = "condition") -> None:
 
 def test_native_specification_mapping(make_launch) -> None:
     launch = make_launch("true", cores=4, memory_mb=1000, walltime_s=3725)
-    assert native_specification(launch, {}) == "-l h_rt=1:02:05"
-    assert native_specification(launch, {"parallel_environment": "smp", "memory_resource": "h_vmem",
-                                         "native_specification": "-q all.q"}) == \
+    assert native_specification(launch, DrmaaParams()) == "-l h_rt=1:02:05"
+    assert native_specification(launch, DrmaaParams(parallel_environment="smp", memory_resource="h_vmem",
+                                                    native_specification="-q all.q")) == \
         "-l h_rt=1:02:05 -pe smp 4 -l h_vmem=250M -q all.q"
-    assert native_specification(launch, {"memory_resource": "mem_free"}) == "-l h_rt=1:02:05 -l mem_free=1000M"
+    assert native_specification(launch, DrmaaParams(memory_resource="mem_free")) == \
+        "-l h_rt=1:02:05 -l mem_free=1000M"
 
 
 def test_success_reports_exit_zero_and_usage_without_spinning(runner, events, make_launch) -> None:
@@ -88,8 +90,9 @@ def test_cancel_running_job_is_reported_aborted(runner, events, make_launch) -> 
     runner.cancel(tracked(launch, external_id))  # already gone: quietly accepted
 
 
-def test_cancel_queued_job_no_usage_information(runner, events, make_launch) -> None:
-    launch = make_launch("true", params={"native_specification": "-h"})  # held: never starts
+def test_cancel_queued_job_no_usage_information(runner_with, events, make_launch) -> None:
+    runner = runner_with(native_specification="-h")  # held: never starts
+    launch = make_launch("true")
     external_id = runner.submit(launch)
     runner.cancel(tracked(launch, external_id))
     done = events.wait_for(launch.job_id)
@@ -97,13 +100,15 @@ def test_cancel_queued_job_no_usage_information(runner, events, make_launch) -> 
     assert JobDir(launch.job_dir).claimed_pid() is None
 
 
-def test_rejected_native_specification(runner, events, make_launch) -> None:
-    bad = make_launch("true", params={"native_specification": "-l no_such_resource=1"})
+def test_rejected_native_specification(runner, runner_with, events, make_launch) -> None:
+    bad = make_launch("true")
+    refusing = runner_with(native_specification="-l no_such_resource=1")
+    before = refusing.calls["runJob"]
     with pytest.raises(RunnerError) as error:
-        runner.submit(bad)
+        refusing.submit(bad)
     assert 'unknown resource "no_such_resource"' in str(error.value)
-    assert runner.calls["runJob"] == 1  # no pointless retries
-    good = make_launch("true")  # the runner keeps serving others
+    assert refusing.calls["runJob"] - before == 1  # no pointless retries
+    good = make_launch("true")  # the session keeps serving others
     runner.submit(good)
     assert events.wait_for(good.job_id).exit_code == 0
 
@@ -268,9 +273,10 @@ def test_runners_of_one_process_share_the_session(sge, make_launch, new_events) 
         second.close()
 
 
-def test_denied_submission_is_retried_with_backoff(runner, events, make_launch, monkeypatch) -> None:
+def test_denied_submission_is_retried_with_backoff(runner_with, events, make_launch, monkeypatch) -> None:
     import drmaa
 
+    runner = runner_with(submit_backoff_s=0.2)
     session = runner._session.session
     real, attempts = session.runJob, []
 
@@ -281,7 +287,7 @@ def test_denied_submission_is_retried_with_backoff(runner, events, make_launch, 
         return real(template)
 
     monkeypatch.setattr(session, "runJob", refused_twice)
-    launch = make_launch("true", params={"submit_backoff_s": 0.2})
+    launch = make_launch("true")
     runner.submit(launch)
     assert events.wait_for(launch.job_id).exit_code == 0
     assert len(attempts) == 3 and attempts[1] - attempts[0] >= 0.2 and attempts[2] - attempts[1] >= 0.4
@@ -290,7 +296,8 @@ def test_denied_submission_is_retried_with_backoff(runner, events, make_launch, 
         raise drmaa.errors.DeniedByDrmException("code 17: job rejected: qmaster is busy")
 
     monkeypatch.setattr(session, "runJob", always_refused)
-    before = runner.calls["runJob"]
+    impatient = runner_with(submit_backoff_s=0.01, submit_retries=2)
+    before = impatient.calls["runJob"]
     with pytest.raises(RunnerError, match="qmaster is busy"):
-        runner.submit(make_launch("true", params={"submit_backoff_s": 0.01, "submit_retries": 2}))
-    assert runner.calls["runJob"] - before == 3
+        impatient.submit(make_launch("true"))
+    assert impatient.calls["runJob"] - before == 3

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+
 from galaxy_tasks.jobdir import JobDir
 from tests.drmaa.conftest import REPO, in_accounting, in_qstat
-
 from tests.support.ledger import gated, ledger_command, ledger_lines
 from tests.support.processes import alive
+
+#: a steps worker's log line for a finish step it completed
+FINISHED = re.compile(r"Task galaxy_tasks\.finish_job\[[0-9a-f-]+\] succeeded")
 
 pytestmark = [pytest.mark.drmaa, pytest.mark.integration]
 
@@ -93,7 +96,7 @@ def test_cancel_ends_deleted_and_terminates_the_grid_engine_job(drmaa_deployment
     assert grid.job(job_id).state == "deleted"
     grid.wait_until(lambda: not in_qstat(external_id), 30, "qstat no longer to show the job")
     grid.wait_until(lambda: in_accounting(external_id), 30, "the job's accounting record")
-    time.sleep(2)  # the wait-any event of the terminated job must not change the state
+    grid.wait_until(lambda: FINISHED.search(grid.logs()), 30, "the terminated job's wait-any event consumed")
     assert grid.job(job_id).state == "deleted" and grid.history(job_id)[-1].value == "deleted"
     assert grid.drm_calls()["control"] == 1
 
@@ -142,8 +145,8 @@ def test_worker_killed_between_runjob_and_the_database_write_runs_the_job_once(d
     assert ledger_lines(ledger) == [job_id]
     assert grid.drm_calls()["runJob"] == 0  # adopted, not submitted again
     assert "launch_takeover" in grid.logs()
-    time.sleep(2)
-    assert ledger_lines(ledger) == [job_id] and not grid.drm_jobs()
+    grid.wait_until(lambda: not grid.drm_jobs(), 30, "Grid Engine to hold no job of ours")
+    assert ledger_lines(ledger) == [job_id]
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
@@ -232,7 +235,7 @@ def test_reconciliation_asks_grid_engine_about_overdue_jobs_in_one_batch(drmaa_d
     assert all(job.wall_time_s is not None and job.max_rss_kb > 0 for job in jobs)
     beat.terminate()
     beat.wait(timeout=30)
-    time.sleep(2)  # checks already sent are done
+    grid.wait_consumed(("galaxy_tasks", "local", "drmaa"))  # checks already sent are done
     checks = [line for line in grid.logs().splitlines() if "event=reconcile_check destination=sge" in line]
     assert checks and "asked=5 ended=3" in checks[0], checks
     after = grid.drm_calls()

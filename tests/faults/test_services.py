@@ -87,7 +87,7 @@ def test_duplicated_and_late_messages_change_nothing(deployment, tmp_path):
         client.send_task("galaxy_tasks.finish_job", args=["dup-0001"], kwargs={"completion": late},
                          queue="galaxy_tasks")
         client.send_task("galaxy_tasks.launch_job", args=["dup-0001"], queue="local")
-    time.sleep(3)
+    deployment.wait_consumed()
     assert deployment.job("dup-0001").state == "ok" and deployment.job("dup-0001").exit_code == 0
     assert_exactly_once(deployment, ["dup-0001"], ledger, "duplicated and late messages")
 

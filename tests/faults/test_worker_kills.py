@@ -4,10 +4,12 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.faults.checks import assert_exactly_once, gated, ledger_command
+from tests.support.processes import alive
 
 pytestmark = pytest.mark.faults
 
@@ -94,9 +96,12 @@ def test_cancel_racing_with_completion(deployment, tmp_path):
     for job_id in reversed(ids):
         client.send_task("galaxy_tasks.cancel_job", args=[job_id], queue="galaxy_tasks")
         time.sleep(0.1)
-    deployment.wait_terminal(ids)
-    time.sleep(2)  # late completion events must not change a cancelled job
+    jobs = deployment.wait_terminal(ids)
+    pids = [int(Path(job.job_dir, "claim").read_text()) for job in jobs if Path(job.job_dir, "claim").exists()]
+    deployment.wait_until(lambda: not any(alive(pid) for pid in pids), what="every job process ended")
+    deployment.wait_consumed()  # late completion events must not change a cancelled job
     states = [deployment.job(i).state for i in ids]
+    assert states.count("ok") and states.count("deleted"), f"no race happened: {states}"
     assert_exactly_once(deployment, ids, ledger, "cancel racing completion",
                         expect=frozenset({"ok", "deleted"}),
                         extra=f"ok={states.count('ok')} deleted={states.count('deleted')}")

@@ -8,10 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from sqlalchemy import create_engine, select
-from sqlalchemy.orm import Session
-
-from galaxy_tasks.model import Job, Lease
+from galaxy_tasks.model import Job
+from galaxy_tasks.store import Store
 from tests.support.processes import running_with_argument
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,12 +26,12 @@ def _run(home: Path, jobs_file: Path, timeout: float = 120) -> subprocess.Comple
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
+def _store(home: Path) -> Store:
+    return Store(f"sqlite:///{home}/galaxy-tasks.sqlite")
+
+
 def _rows(home: Path) -> dict[str, Job]:
-    engine = create_engine(f"sqlite:///{home}/galaxy-tasks.sqlite")
-    with Session(engine) as session:
-        jobs = {job.tool_id: job for job in session.scalars(select(Job)).all()}
-    engine.dispose()
-    return jobs
+    return {job.tool_id: job for job in _store(home).recent(limit=1000)}
 
 
 def test_example_jobs_run_embedded_with_progress_and_a_final_table(tmp_path):
@@ -90,8 +88,4 @@ def test_embedded_mode_reconciles_in_its_own_process(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env={**_env(home), "GALAXY_TASKS_RECONCILE_INTERVAL": "1"},
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
-    engine = create_engine(f"sqlite:///{home}/galaxy-tasks.sqlite")
-    with Session(engine) as session:
-        lease = session.get(Lease, "reconcile")
-    engine.dispose()
-    assert lease is not None, "no reconciliation pass ran"
+    assert _store(home).lease_until("reconcile") is not None, "no reconciliation pass ran"

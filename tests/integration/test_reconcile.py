@@ -6,11 +6,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import insert
 
-from galaxy_tasks import config, lifecycle, routing, schema
+from galaxy_tasks import config, lifecycle, routing
 from galaxy_tasks.context import Context
-from galaxy_tasks.model import Job, utcnow
+from galaxy_tasks.model import jobs, utcnow
 from galaxy_tasks.spec import parse
-from galaxy_tasks.store import Store
+from galaxy_tasks.store import Store, schema
 from tests.support.services import create_database, drop_database
 
 pytestmark = pytest.mark.integration
@@ -37,10 +37,10 @@ def _rows(count: int, state: str, check_at, prefix: str) -> list[dict]:
 
 def test_a_pass_reads_only_overdue_jobs_in_one_batch_per_destination(ctx):
     now = utcnow()
-    with ctx.store.session() as session:
-        session.execute(insert(Job), _rows(5000, "running", now + timedelta(seconds=300), "healthy"))
-        session.execute(insert(Job), _rows(120, "running", now - timedelta(seconds=1), "overdue"))
-        session.execute(insert(Job), _rows(3, "ok", None, "done"))
+    with ctx.store.engine.begin() as session:
+        session.execute(insert(jobs), _rows(5000, "running", now + timedelta(seconds=300), "healthy"))
+        session.execute(insert(jobs), _rows(120, "running", now - timedelta(seconds=1), "overdue"))
+        session.execute(insert(jobs), _rows(3, "ok", None, "done"))
     first = lifecycle.overdue(ctx, now)
     checked = [t.job_id for t in first.check["local"]]
     assert len(checked) == 50, "at most one batch per pass"
@@ -54,13 +54,13 @@ def test_a_pass_reads_only_overdue_jobs_in_one_batch_per_destination(ctx):
 
 def test_the_delay_between_checks_of_one_job_doubles_up_to_the_cap(ctx):
     now = utcnow()
-    with ctx.store.session() as session:
-        session.execute(insert(Job), _rows(1, "running", now, "long"))
+    with ctx.store.engine.begin() as session:
+        session.execute(insert(jobs), _rows(1, "running", now, "long"))
     delays, clock = [], now
     for _ in range(6):
         plan = lifecycle.overdue(ctx, clock)
         assert plan.size == 1
-        job = ctx.store.get("long-000000")
+        job = ctx.store.job("long-000000")
         delays.append(round((job.check_at - clock).total_seconds()))
         clock = job.check_at
     assert delays == [10, 20, 40, 80, 80, 80]
@@ -68,9 +68,9 @@ def test_the_delay_between_checks_of_one_job_doubles_up_to_the_cap(ctx):
 
 def test_new_and_queued_jobs_whose_messages_were_lost_are_sent_again(ctx):
     now = utcnow()
-    with ctx.store.session() as session:
-        session.execute(insert(Job), _rows(2, "new", now, "new") + _rows(2, "queued", now, "queued"))
-        session.execute(insert(Job), _rows(2, "submitting", now, "owned"))
+    with ctx.store.engine.begin() as session:
+        session.execute(insert(jobs), _rows(2, "new", now, "new") + _rows(2, "queued", now, "queued"))
+        session.execute(insert(jobs), _rows(2, "submitting", now, "owned"))
     plan = lifecycle.overdue(ctx, now)
     assert sorted(job.id for job in plan.prepare) == ["new-000000", "new-000001"]
     assert sorted(j for j, _ in plan.launch) == ["queued-000000", "queued-000001"]
@@ -80,26 +80,26 @@ def test_new_and_queued_jobs_whose_messages_were_lost_are_sent_again(ctx):
 
 def test_cancelled_jobs_are_looked_at_once_more_for_a_process_left_running(ctx):
     now = utcnow()
-    with ctx.store.session() as session:
-        session.execute(insert(Job), _rows(2, "deleted", now - timedelta(seconds=1), "held"))
+    with ctx.store.engine.begin() as session:
+        session.execute(insert(jobs), _rows(2, "deleted", now - timedelta(seconds=1), "held"))
         never = _rows(1, "deleted", now - timedelta(seconds=1), "never")
         never[0]["external_id"] = None
-        session.execute(insert(Job), never + _rows(1, "deleted", now + timedelta(seconds=60), "later"))
+        session.execute(insert(jobs), never + _rows(1, "deleted", now + timedelta(seconds=60), "later"))
     plan = lifecycle.overdue(ctx, now)
     assert sorted(t.job_id for t in plan.stop["local"]) == ["held-000000", "held-000001"]
     assert plan.settled == ["never-000000"] and not plan.check and not plan.launch
-    assert ctx.store.get("never-000000").check_at is None, "nothing to stop: no more looks"
-    assert ctx.store.get("held-000000").check_at > now, "looked at again later until known stopped"
+    assert ctx.store.job("never-000000").check_at is None, "nothing to stop: no more looks"
+    assert ctx.store.job("held-000000").check_at > now, "looked at again later until known stopped"
     lifecycle.stopped(ctx, ["held-000000"])
-    assert ctx.store.get("held-000000").check_at is None
-    assert ctx.store.get("held-000001").check_at is not None
+    assert ctx.store.job("held-000000").check_at is None
+    assert ctx.store.job("held-000001").check_at is not None
 
 
 def test_a_cancel_keeps_one_more_check_on_the_job(ctx):
     job, _ = lifecycle.accept(ctx, parse({"tool_id": "t", "command": "sleep 100"}))
     before, stop = lifecycle.cancel(ctx, job.id)
     assert before.value == "new" and stop is None
-    cancelled = ctx.store.get(job.id)
+    cancelled = ctx.store.job(job.id)
     assert cancelled.state == "deleted" and cancelled.finished_at is not None
     assert abs((cancelled.check_at - cancelled.finished_at).total_seconds() - ctx.settings.check_after) < 1
 

@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 import pytest
-
 from mesos_master import FakeMesosMaster
 
 pytestmark = pytest.mark.mesos

@@ -1,8 +1,6 @@
 """MesosRunner with the real pymesos driver against the Mesos master TEST DOUBLE over HTTP."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.support.services import require_module
@@ -10,9 +8,9 @@ from tests.support.services import require_module
 pytestmark = pytest.mark.mesos
 require_module("pymesos", "run ops/install-mesos-extra.sh")  # first imported in the main thread
 
-from galaxy_tasks.jobdir import JobDir
-from galaxy_tasks.runners.base import Launch, Tracked
-from galaxy_tasks.runners.mesos import MesosUnavailable
+from galaxy_tasks.jobdir import JobDir  # noqa: E402
+from galaxy_tasks.runners.base import Launch, Tracked  # noqa: E402
+from galaxy_tasks.runners.mesos import MesosUnavailable  # noqa: E402
 
 
 def tracked(launch: Launch) -> Tracked:
@@ -100,7 +98,7 @@ def test_agent_loss_requeues_a_job_that_had_not_started(
     else:
         assert done.exit_code is None and "TASK_LOST" in done.reason
         assert launches_of(master, "gt-a1") == 1
-    time.sleep(0.3)
+    master.wait_for(lambda: not master.task("gt-a1").updates, what="no update of gt-a1 left to deliver again")
     assert len(reports.of("a1")) == 1
 
 
@@ -152,7 +150,13 @@ def test_unusable_offers_are_declined_with_the_refuse_filter(master, make_runner
     reports = make_reports()
     runner = make_runner(reports, refuse_seconds=1.0)
     runner.submit(make_launch("big", "exit 0", cores=3))  # agents have 2 cpus
-    time.sleep(3.5)
+
+    def offered_twice() -> bool:
+        agents = [e["offers"]["offers"][0]["agent_id"]["value"] for _, e in master.events_of("OFFERS")
+                  if e["offers"]["offers"]]
+        return any(agents.count(agent) >= 2 for agent in agents)
+
+    master.wait_for(offered_twice, what="an agent offered again after its filter expired")
     declines = master.calls_of("DECLINE")
     assert declines and all(d["decline"]["filters"]["refuse_seconds"] == 1.0 for d in declines)
     offered: dict[str, list[float]] = {}
@@ -266,7 +270,8 @@ def test_a_second_scheduler_with_the_same_framework_id_fences_the_first(
     first = make_runner(make_reports())
     second = make_runner(make_reports())
     assert second.framework_id == first.framework_id
-    time.sleep(3)  # the first must not take the framework back
+    master.wait_for(lambda: first.fenced, what="the first scheduler to know it was taken over")
+    assert first.wait_stopped(10), "fenced, it stopped instead of subscribing again"
     assert len(master.subscriptions) == 2
     with pytest.raises(MesosUnavailable, match="taken over"):
         first.submit(make_launch("late", "exit 0"))

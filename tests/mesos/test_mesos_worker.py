@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.services import require_module
-
 from galaxy_tasks.states import JobState, is_legal_path
 from tests.support.deployment import ROOT, Deployment, Worker
+from tests.support.services import require_module
 
 pytestmark = [pytest.mark.mesos, pytest.mark.integration]
 require_module("pymesos", "run ops/install-mesos-extra.sh")  # first imported in the main thread

@@ -71,7 +71,7 @@ class Agent:
 @dataclass
 class Stream:
     id: str
-    queue: "Queue[dict[str, Any] | None]" = field(default_factory=Queue)
+    queue: Queue[dict[str, Any] | None] = field(default_factory=Queue)
 
 
 @dataclass
@@ -176,7 +176,7 @@ class FakeMesosMaster:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self) -> "FakeMesosMaster":
+    def start(self) -> FakeMesosMaster:
         self._serve()
         self._running = True
         self._ticker = threading.Thread(target=self._tick_loop, name="fake-mesos-ticker", daemon=True)
@@ -192,7 +192,7 @@ class FakeMesosMaster:
         if self._ticker:
             self._ticker.join(timeout=5)
 
-    def __enter__(self) -> "FakeMesosMaster":
+    def __enter__(self) -> FakeMesosMaster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

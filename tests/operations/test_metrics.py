@@ -47,7 +47,8 @@ def test_job_metrics_scraped_while_jobs_run(deployment, tmp_path):
         failed = deployment.submit("exit 4", "failer")
         slow = deployment.submit("sleep 4", "sleeper")
         deployment.wait_until(lambda: deployment.job(slow).state == "running", what="sleeper running")
-        time.sleep(1.5)
+        deployment.wait_until(lambda: value(scrape(url), "galaxy_tasks_jobs_overdue", state="running",
+                                            destination="local") == 1, 30, "the sleeper overdue after 1 s")
         samples = scrape(url)
         assert value(samples, "galaxy_tasks_jobs", state="running", destination="local") == 1
         assert value(samples, "galaxy_tasks_jobs_overdue", state="running", destination="local") == 1
@@ -101,28 +102,31 @@ def test_a_change_committed_late_below_the_watermark_is_still_counted(tmp_path):
     after one with a higher id was read. The exporter looks for such holes again."""
     from datetime import timedelta
 
-    from galaxy_tasks import schema
-    from galaxy_tasks.model import Job, JobStateChange, utcnow
+    from sqlalchemy import insert
+
+    from galaxy_tasks.model import jobs, state_changes, utcnow
     from galaxy_tasks.operations.metrics import JobMetrics
-    from galaxy_tasks.store import Store
+    from galaxy_tasks.store import Store, schema
 
     url = f"sqlite:///{tmp_path}/m.sqlite"
     schema.upgrade(url)
     store = Store(url)
     now = utcnow()
-    with store.session() as session:
+    with store.engine.begin() as connection:
         for n in (1, 2):
-            session.add(Job(id=f"j{n}", tool_id="t", command="true", environment={}, inputs=[], outputs=[],
-                            cores=1, destination="local", queue="local", state="ok", created_at=now,
-                            updated_at=now, running_at=now, finished_at=now + timedelta(seconds=3),
-                            checks=0))
+            connection.execute(insert(jobs).values(
+                id=f"j{n}", tool_id="t", command="true", environment={}, inputs=[], outputs=[], cores=1,
+                destination="local", queue="local", state="ok", created_at=now, updated_at=now, running_at=now,
+                finished_at=now + timedelta(seconds=3), checks=0))
     metrics = JobMetrics(store, ["local"])
-    with store.session() as session:
-        session.add(JobStateChange(id=2, job_id="j2", from_state="running", to_state="ok", at=now))
+    with store.engine.begin() as connection:
+        connection.execute(insert(state_changes).values(id=2, job_id="j2", from_state="running", to_state="ok",
+                                                        at=now))
     first = metrics.collect()
     assert 'galaxy_tasks_jobs_ended_total{state="ok",destination="local"} 1' in first
-    with store.session() as session:  # id 1 becomes visible only now
-        session.add(JobStateChange(id=1, job_id="j1", from_state="running", to_state="ok", at=now))
+    with store.engine.begin() as connection:  # id 1 becomes visible only now
+        connection.execute(insert(state_changes).values(id=1, job_id="j1", from_state="running", to_state="ok",
+                                                        at=now))
     second = metrics.collect()
     assert 'galaxy_tasks_jobs_ended_total{state="ok",destination="local"} 2' in second
     assert 'galaxy_tasks_job_run_seconds_count{tool_id="t",destination="local"} 2' in second

@@ -10,11 +10,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import create_engine, func, select
-from sqlalchemy.orm import Session
-
-from galaxy_tasks.model import Job, JobStateChange
+from galaxy_tasks.model import Job
 from galaxy_tasks.states import TERMINAL, JobState
+from galaxy_tasks.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,7 +35,7 @@ class Worker:
         self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=self.handle, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
-    def wait_ready(self, timeout: float = 30) -> "Worker":
+    def wait_ready(self, timeout: float = 30) -> Worker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if b" ready." in self.log.read_bytes():
@@ -77,7 +75,7 @@ class Deployment:
         self.env.update(extra_env or {})
         self.workers: list[Worker] = []
         self._beats: list[subprocess.Popen] = []
-        self.engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg2://"))
+        self.store = Store(database_url)
         result = self.cli("db", "upgrade")
         assert result.returncode == 0, result.stderr
 
@@ -99,35 +97,26 @@ class Deployment:
         return result.stdout.strip()
 
     def jobs(self) -> list[Job]:
-        with Session(self.engine) as session:
-            return list(session.scalars(select(Job)).all())
+        return self.store.recent(limit=1_000_000)
 
     def job(self, job_id: str) -> Job:
-        with Session(self.engine) as session:
-            job = session.get(Job, job_id)
-            assert job is not None, job_id
-            return job
+        job = self.store.job(job_id)
+        assert job is not None, job_id
+        return job
 
     def history(self, job_id: str) -> list[JobState]:
-        with Session(self.engine) as session:
-            rows = session.scalars(select(JobStateChange).where(JobStateChange.job_id == job_id)
-                                   .order_by(JobStateChange.id)).all()
-            return [JobState(r.to_state) for r in rows]
+        return [JobState(change.to_state) for change in self.store.history(job_id)]
 
     def histories(self, job_ids: list[str]) -> dict[str, list[JobState]]:
         """Every job's state history, read in one query."""
-        wanted = set(job_ids)
         result: dict[str, list[JobState]] = {job_id: [] for job_id in job_ids}
-        with Session(self.engine) as session:
-            for row in session.scalars(select(JobStateChange).order_by(JobStateChange.id)):
-                if row.job_id in wanted:
-                    result[row.job_id].append(JobState(row.to_state))
+        for change in self.store.changes_since(0, job_ids):
+            result[change.job_id].append(JobState(change.to_state))
         return result
 
     def count_terminal(self) -> int:
-        with Session(self.engine) as session:
-            return session.scalar(select(func.count()).select_from(Job)
-                                  .where(Job.state.in_([s.value for s in TERMINAL])))
+        counts = self.store.count_by_state()
+        return sum(counts.get(state.value, 0) for state in TERMINAL)
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
@@ -143,6 +132,18 @@ class Deployment:
 
         self.wait_until(done, timeout, f"terminal state of {len(job_ids)} jobs")
         return [self.job(j) for j in job_ids]
+
+    def wait_consumed(self, queues: tuple[str, ...] = ("galaxy_tasks", "local"), timeout: float = 60) -> None:
+        """Until the broker (Redis) holds no message for these queues, delivered or not: every
+        message sent so far has been consumed and acknowledged."""
+        import redis
+
+        broker = redis.Redis.from_url(self.env["GALAXY_TASKS_BROKER_URL"])
+        try:
+            self.wait_until(lambda: not any(broker.llen(q) for q in queues) and not broker.hlen("unacked"),
+                            timeout, f"every message of {', '.join(queues)} consumed")
+        finally:
+            broker.close()
 
     def beat(self) -> subprocess.Popen:
         """Celery beat, which sends reconciliation every GALAXY_TASKS_RECONCILE_INTERVAL."""
@@ -163,4 +164,4 @@ class Deployment:
             if beat.poll() is None:
                 os.killpg(beat.pid, signal.SIGTERM)
                 beat.wait(timeout=30)
-        self.engine.dispose()
+        self.store.dispose()

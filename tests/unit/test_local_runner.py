@@ -18,6 +18,7 @@ from galaxy_tasks.jobdir import JobDir, job_environment
 from galaxy_tasks.runners import runner_class
 from galaxy_tasks.runners.base import Completion, Launch, Tracked
 from galaxy_tasks.runners.local import LocalRunner
+from tests.support.services import unavailable
 
 HOST = socket.gethostname()
 PR_SET_CHILD_SUBREAPER = 36
@@ -156,7 +157,7 @@ def subreaper():
     disappears here (this machine's PID 1 does not reap orphans)."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        pytest.skip("cannot become a child subreaper")
+        unavailable(f"cannot become a child subreaper (errno {ctypes.get_errno()})")
     yield
     libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 
@@ -460,7 +461,7 @@ def limited(tmp_path, reports, groups):
 
 
 def test_max_jobs_bounds_the_jobs_running_at_once(tmp_path, limited, reports, groups):
-    from galaxy_tasks.runners.base import RunnerFull
+    from galaxy_tasks.errors import RunnerFull
 
     runner = limited(2)
     gate = tmp_path / "gate"
@@ -501,3 +502,20 @@ def test_max_jobs_must_be_a_positive_whole_number(reports):
         with pytest.raises(ValueError, match="max_jobs"):
             LocalRunner({"max_jobs": bad}, reports)
     assert LocalRunner({}, reports).has_room()
+
+
+def test_cancel_never_kills_a_stranger_that_took_the_jobs_pid(tmp_path, runner, reports):
+    """The job ended and its pid was reused by another process: the external id now names
+    a stranger. Cancel acts only on the process that claimed the job (its `claim` file)."""
+    launch = prepared(tmp_path, "true")
+    external_id = runner.submit(launch)
+    reports.wait_for(launch.job_id)
+    stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        host = external_id.rpartition(":")[0]
+        runner.cancel(Tracked(launch.job_id, f"{host}:{stranger.pid}", launch.job_dir))
+        time.sleep(runner.kill_grace_s + 0.3)  # past the SIGKILL that would follow a SIGTERM
+        assert stranger.poll() is None, "the stranger was killed"
+    finally:
+        stranger.kill()
+        stranger.wait()

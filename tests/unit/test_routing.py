@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from galaxy_tasks import routing
-from galaxy_tasks.routing import ConfigError, Destination
-from galaxy_tasks.spec import SpecError, parse
+from galaxy_tasks.errors import ConfigError, SpecError
+from galaxy_tasks.routing import Destination
+from galaxy_tasks.spec import parse
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,7 +31,7 @@ destinations:
   spark:
     runner: mesos
     params:
-      cpus_per_task: 2
+      refuse_seconds: 2
 default: local
 rules:
   - tool: "toolshed.g2.bx.psu.edu/repos/*/bwa/*"
@@ -72,19 +73,19 @@ def test_destinations_parsed(conf):
     cluster = conf.destinations["cluster"]
     assert cluster.runner == "drmaa"
     assert cluster.queue == "drmaa.cluster"
-    assert cluster.params == {"native_specification": "-q all.q -pe smp 8"}
+    assert cluster.params.native_specification == "-q all.q -pe smp 8"
     assert cluster.env == {"SGE_CELL": "default"}
     assert (cluster.max_cores, cluster.max_memory_mb, cluster.max_walltime_s) == (16, 64000, 86400)
 
     bigmem = conf.destinations["bigmem"]
     assert (bigmem.runner, bigmem.queue) == ("drmaa", "drmaa.big")
-    assert bigmem.params == {"native_specification": "-l h_vmem=256G"}
+    assert bigmem.params.native_specification == "-l h_vmem=256G"
 
     spark = conf.destinations["spark"]
-    assert (spark.runner, spark.queue, spark.params) == ("mesos", "mesos.spark", {"cpus_per_task": 2})
+    assert (spark.runner, spark.queue, spark.params.refuse_seconds) == ("mesos", "mesos.spark", 2.0)
 
     local = conf.destinations["local"]
-    assert (local.runner, local.queue, local.params) == ("local", "local", {})
+    assert (local.runner, local.queue, local.params.max_jobs) == ("local", "local", None)
     assert conf.default == "local"
 
 
@@ -155,7 +156,8 @@ def test_runner_urls(url, runner, params):
     destination = routing.parse_url(url)
     assert destination.runner == runner
     assert destination.queue == runner
-    assert dict(destination.params) == params
+    defaults = type(destination.params)()
+    assert {k: v for k, v in vars(destination.params).items() if getattr(defaults, k) != v} == params
     assert destination.name == url
 
 
@@ -174,12 +176,12 @@ def test_url_in_a_mapping_can_be_refined():
         "destinations:\n"
         "  short:\n"
         "    url: drmaa://-l h_rt=1:00/\n"
-        "    params: {extra: 1}\n"
+        "    params: {parallel_environment: smp}\n"
         "    max_cores: 2\n"
     ))
     short = conf.destinations["short"]
     assert short.runner == "drmaa" and short.queue == "drmaa.short"
-    assert short.params == {"native_specification": "-l h_rt=1:00", "extra": 1}
+    assert (short.params.native_specification, short.params.parallel_environment) == ("-l h_rt=1:00", "smp")
     assert short.max_cores == 2
 
 
@@ -187,7 +189,7 @@ def test_native_specification_key_overrides_the_url():
     conf = routing.parse(yaml.safe_load(
         "destinations:\n  d:\n    url: drmaa://-l a/\n    native_specification: -l b\n"
     ))
-    assert conf.destinations["d"].params["native_specification"] == "-l b"
+    assert conf.destinations["d"].params.native_specification == "-l b"
 
 
 # -- routing a job -----------------------------------------------------------------------
@@ -254,13 +256,13 @@ def test_rule_referencing_a_url_creates_that_destination(conf):
     chosen = conf.route(job(tool_id="slow_thing"))
     assert chosen.name == url
     assert chosen.runner == "drmaa" and chosen.queue == "drmaa"
-    assert chosen.params == {"native_specification": "-l h_rt=1:00"}
+    assert chosen.params.native_specification == "-l h_rt=1:00"
 
 
 def test_default_may_be_a_url():
     conf = routing.parse(yaml.safe_load("destinations:\n  a: local:///\ndefault: drmaa://native/-pe smp 2/\n"))
     chosen = conf.route(job())
-    assert chosen.runner == "drmaa" and chosen.params == {"native_specification": "-pe smp 2"}
+    assert chosen.runner == "drmaa" and chosen.params.native_specification == "-pe smp 2"
 
 
 def test_destination_hint_overrides_rules(conf):
@@ -309,9 +311,16 @@ def test_refuse_reason_is_none_without_limits():
     [
         ("destinations: {a: local:///}\nrulez: []\n", "unknown key 'rulez'"),
         ("destinations: {a: {runner: local, cpus: 4}}\n", "destinations.a: unknown key 'cpus'"),
-        ("destinations: {a: {runner: slurm}}\n", "destinations.a: runner must be one of local, drmaa, mesos"),
-        ("destinations: {a: {queue: q}}\n", "destinations.a: runner must be one of"),
+        ("destinations: {a: {runner: pbs}}\n", "destinations.a.runner: runner must be one of local, drmaa, mesos"),
+        ("destinations: {a: {queue: q}}\n", "destinations.a.runner: runner must be one of"),
         ("destinations: {a: {runner: local, max_cores: 0}}\n", "destinations.a.max_cores"),
+        ("destinations: {a: {runner: local, params: {kill_grace_s: abc}}}\n", "destinations.a.params.kill_grace_s"),
+        ("destinations: {a: {runner: local, params: {kill_grace_s: -5}}}\n",
+         "destinations.a.params.kill_grace_s: must be at least 0"),
+        ("destinations: {a: {runner: mesos, params: {on_agent_lost: maybe}}}\n",
+         "destinations.a.params.on_agent_lost: must be one of requeue, fail"),
+        ("destinations: {a: {runner: drmaa, params: {submit_retries: 1.5}}}\n",
+         "destinations.a.params.submit_retries: must be a whole number"),
         ("destinations: {a: {runner: local, max_cores: -3}}\n", "destinations.a.max_cores"),
         ("destinations: {a: {runner: local, max_memory_mb: 1.5}}\n", "destinations.a.max_memory_mb"),
         ("destinations: {a: {runner: local, max_walltime_s: true}}\n", "destinations.a.max_walltime_s"),
@@ -322,7 +331,7 @@ def test_refuse_reason_is_none_without_limits():
         ("destinations: {a: {runner: local, params: {max_jobs: 0}}}\n", "destinations.a.params.max_jobs"),
         ("destinations: {a: {runner: local, params: {max_jobs: '4'}}}\n", "destinations.a.params.max_jobs"),
         ("destinations: {a: {runner: drmaa, params: {max_jobs: 4}}}\n",
-         "destinations.a.params.max_jobs: only the local runner has job slots"),
+         "destinations.a.params.max_jobs: unknown param of this runner"),
         ("destinations: {a: 3}\n", "destinations.a: must be a runner URL or a mapping"),
         ("destinations: {a: local:///}\nrules: [{tool: x, destination: gpu}]\n",
          "rules[0].destination: unknown destination 'gpu'"),
@@ -369,3 +378,29 @@ def test_example_job_conf_parses():
     assert conf.default in conf.destinations
     for rule in conf.rules:
         assert rule.destination in conf.destinations
+
+
+# -- errors name the file and the line ---------------------------------------------------
+
+
+def test_a_bad_param_names_its_file_and_line(tmp_path):
+    path = tmp_path / "job_conf.yml"
+    path.write_text("destinations:\n  local:\n    runner: local\n    params:\n      kill_grace_s: abc\n")
+    with pytest.raises(ConfigError) as info:
+        routing.load(path)
+    assert str(info.value).startswith(f"{path}:5: destinations.local.params.kill_grace_s: must be a number")
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    path = tmp_path / "job_conf.yml"
+    path.write_text("destinations:\n  a: local:///\n  b: drmaa:///\n  a: drmaa:///\n")
+    with pytest.raises(ConfigError, match=r"job_conf.yml: line 4: key 'a' is given twice \(first on line 2\)"):
+        routing.load(path)
+
+
+def test_an_unknown_key_names_its_line(tmp_path):
+    path = tmp_path / "job_conf.yml"
+    path.write_text("destinations:\n  a:\n    runner: local\n    max_core: 4\n")
+    with pytest.raises(ConfigError) as info:
+        routing.load(path)
+    assert str(info.value) == f"{path}:4: destinations.a: unknown key 'max_core'"

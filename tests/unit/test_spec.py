@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from galaxy_tasks.spec import FIELDS, JobSpec, SpecError, parse, parse_json
+from galaxy_tasks.errors import SpecError
+from galaxy_tasks.spec import FIELDS, JobSpec, parse, parse_json
 
 MINIMAL = {"tool_id": "cat1", "command": "cat input.txt > out.txt"}
 

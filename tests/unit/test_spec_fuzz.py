@@ -11,7 +11,8 @@ import re
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from galaxy_tasks.spec import FIELDS, JobSpec, SpecError, parse, parse_json
+from galaxy_tasks.errors import SpecError
+from galaxy_tasks.spec import FIELDS, JobSpec, parse, parse_json
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,35}")
@@ -99,6 +100,7 @@ FIELD_VALUES = {
     "destination": texts,
     "environment_setup_file": texts,
     "id": job_ids,
+    "events": st.one_of(json_values, st.fixed_dictionaries({"queue": texts}, optional={"client_id": texts})),
 }
 
 
@@ -118,6 +120,8 @@ FIELD_GOOD = {
     "destination": st.text(max_size=20),
     "environment_setup_file": st.text(max_size=20),
     "id": st.from_regex(JOB_ID, fullmatch=True),
+    "events": st.fixed_dictionaries({"queue": st.from_regex(r"[a-z][a-z0-9_.:-]{0,30}", fullmatch=True)},
+                                    optional={"client_id": st.text(max_size=20)}),
 }
 
 
@@ -168,6 +172,9 @@ def check_invariants(spec: JobSpec) -> None:
         joined = posixpath.normpath(posixpath.join("/jobs/42", path))
         assert joined == "/jobs/42" or joined.startswith("/jobs/42/"), path
     assert spec.id is None or (isinstance(spec.id, str) and JOB_ID.fullmatch(spec.id)), repr(spec.id)
+    if spec.events is not None:
+        assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}", spec.events.queue), spec.events
+        assert spec.events.client_id is None or "\x00" not in spec.events.client_id
     # what was accepted once is accepted again, unchanged (the spec is stored as JSON)
     assert parse(json.loads(json.dumps(spec.to_json()))) == spec
 
@@ -225,3 +232,49 @@ def test_parse_json_mangled_specs(data, where, how):
     i = where % (len(text) + 1)
     mangled = [text, text[:i], text[:i] + text, text[:i] + chr((ord(text[i - 1]) ^ 1) if i else 0) + text[i:]][how]
     check_text(mangled)
+
+
+# -- the other half: a parser that refused everything would pass the tests above --------
+
+safe_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
+safe_nonblank = safe_text.filter(lambda s: s.strip())
+relative_paths = st.lists(st.sampled_from(["a", "b c", "x.txt", "dir", "é", "..a"]), min_size=1, max_size=4).map(
+    "/".join)
+
+FIELD_VALID = {
+    "tool_id": safe_nonblank,
+    "command": safe_nonblank,
+    "tool_version": st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                            max_size=64),
+    "user": safe_text,
+    "environment": st.dictionaries(st.from_regex(ENV_NAME, fullmatch=True).filter(lambda s: len(s) < 30),
+                                   safe_text, max_size=5),
+    "inputs": st.lists(safe_nonblank, max_size=5),
+    "outputs": st.lists(relative_paths, max_size=5),
+    "cores": st.integers(min_value=1, max_value=256),
+    "memory_mb": st.integers(min_value=1, max_value=2**31 - 1),
+    "walltime_s": st.integers(min_value=1, max_value=2**31 - 1),
+    "destination": safe_text,
+    "environment_setup_file": safe_text,
+    "id": st.from_regex(JOB_ID, fullmatch=True),
+    "events": st.fixed_dictionaries({"queue": st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,60}", fullmatch=True)},
+                                    optional={"client_id": safe_text}),
+}
+
+
+@st.composite
+def valid_specs(draw):
+    data = {"tool_id": draw(FIELD_VALID["tool_id"]), "command": draw(FIELD_VALID["command"])}
+    for name in draw(st.lists(st.sampled_from(sorted(FIELDS - {"tool_id", "command"})), max_size=12, unique=True)):
+        data[name] = draw(FIELD_VALID[name])
+    return data
+
+
+@SMALLER
+@given(valid_specs())
+def test_specs_of_only_good_values_are_accepted(data):
+    spec = parse(data)  # a SpecError here fails the test: a good spec was refused
+    check_invariants(spec)
+    assert (spec.tool_id, spec.command, spec.cores) == (data["tool_id"], data["command"], data.get("cores", 1))
+    assert spec.environment == data.get("environment", {}) and spec.inputs == data.get("inputs", [])
+    assert parse_json(json.dumps(data)) == spec

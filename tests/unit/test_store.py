@@ -8,15 +8,15 @@ from datetime import timedelta
 from typing import Iterator
 
 import pytest
-from sqlalchemy import select
 
-from galaxy_tasks import config, routing, schema
+from galaxy_tasks import config, routing
 from galaxy_tasks.context import Context
+from galaxy_tasks.errors import SpecError
 from galaxy_tasks.lifecycle import accept
-from galaxy_tasks.model import Job, JobStateChange
-from galaxy_tasks.spec import SpecError, parse
+from galaxy_tasks.model import Job
+from galaxy_tasks.spec import parse
 from galaxy_tasks.states import JobState
-from galaxy_tasks.store import Store
+from galaxy_tasks.store import Store, schema
 from tests.support.services import create_database, drop_database
 
 S = JobState
@@ -32,7 +32,7 @@ def ctx(request, tmp_path) -> Iterator[Context]:
     store = Store(settings.database_url, settings.check_after)
     yield Context(settings, store, routing.default_routing())
     if request.param == "postgresql":
-        store.engine.dispose()
+        store.dispose()
         drop_database(settings.database_url)
 
 
@@ -51,11 +51,7 @@ def move(ctx: Context, job_id: str, target: JobState, **kwargs) -> JobState | No
 
 
 def history(ctx: Context, job_id: str) -> list[tuple[str | None, str]]:
-    with ctx.store.session() as session:
-        rows = session.scalars(
-            select(JobStateChange).where(JobStateChange.job_id == job_id).order_by(JobStateChange.id)
-        ).all()
-        return [(row.from_state, row.to_state) for row in rows]
+    return [(change.from_state, change.to_state) for change in ctx.store.history(job_id)]
 
 
 def running_job(ctx: Context) -> str:
@@ -73,7 +69,7 @@ def test_accept_records_a_new_job(ctx):
                   "environment": {"A": "1"}, "outputs": ["out/x"]})
     job, created = accept(ctx, spec)
     assert created
-    stored = ctx.store.get(job.id)
+    stored = ctx.store.job(job.id)
     assert stored.state == "new"
     assert (stored.tool_id, stored.command, stored.user, stored.cores) == ("bwa", "bwa mem", "alice", 2)
     assert stored.environment == {"A": "1"} and stored.outputs == ["out/x"]
@@ -100,14 +96,14 @@ def test_accept_id_reused_for_another_job_is_refused(ctx):
     with pytest.raises(SpecError) as info:
         accept(ctx, parse({"id": "fixed-2", "tool_id": "t", "command": "echo 2"}))
     assert info.value.field == "id"
-    assert ctx.store.get("fixed-2").command == "echo 1"
+    assert ctx.store.job("fixed-2").command == "echo 1"
 
 
 def test_accept_refused_spec_records_nothing(ctx):
     with pytest.raises(SpecError) as info:
         accept(ctx, parse({"id": "huge", "tool_id": "t", "command": "true", "cores": 100_000}))
     assert info.value.field == "cores"
-    assert ctx.store.get("huge") is None
+    assert ctx.store.job("huge") is None
     assert history(ctx, "huge") == []
 
 
@@ -117,7 +113,7 @@ def test_accept_refused_spec_records_nothing(ctx):
 def test_move_returns_the_state_it_left(ctx):
     job_id = new_job(ctx)
     assert move(ctx, job_id, S.QUEUED, job_dir="/jobs/x") is S.NEW
-    job = ctx.store.get(job_id)
+    job = ctx.store.job(job_id)
     assert job.state == "queued" and job.job_dir == "/jobs/x"
     assert job.queued_at is not None
 
@@ -130,15 +126,15 @@ def test_move_returns_the_row_as_it_left_it(ctx):
     assert (job.id, job.state, job.job_dir, job.command) == (job_id, "queued", "/jobs/y", "echo hi")
     assert job.environment == {"A": "1"} and job.outputs == ["out/x"]
     assert job.queued_at == job.updated_at and job.queued_at.tzinfo is not None
-    assert ctx.store.row(job_id) == job
+    assert ctx.store.job(job_id) == job
 
 
 def test_second_identical_move_does_nothing(ctx):
     job_id = new_job(ctx)
     assert move(ctx, job_id, S.QUEUED) is S.NEW
-    before = ctx.store.get(job_id)
+    before = ctx.store.job(job_id)
     assert move(ctx, job_id, S.QUEUED, job_dir="/elsewhere") is None
-    after = ctx.store.get(job_id)
+    after = ctx.store.job(job_id)
     assert after.state == "queued"
     assert after.job_dir == before.job_dir
     assert after.updated_at == before.updated_at
@@ -163,10 +159,10 @@ def test_illegal_move_changes_nothing(ctx, setup, target):
     job_id = new_job(ctx)
     for state in setup:
         assert move(ctx, job_id, state) is not None
-    before = ctx.store.get(job_id)
+    before = ctx.store.job(job_id)
     rows = history(ctx, job_id)
     assert move(ctx, job_id, target, reason="should not stick", exit_code=9) is None
-    after = ctx.store.get(job_id)
+    after = ctx.store.job(job_id)
     assert after.state == before.state
     assert after.updated_at == before.updated_at
     assert after.reason == before.reason and after.exit_code == before.exit_code
@@ -180,7 +176,7 @@ def test_move_of_an_unknown_job_is_none(ctx):
 def test_explicit_sources_restrict_the_move(ctx):
     job_id = running_job(ctx)
     assert move(ctx, job_id, S.ERROR, sources=frozenset({S.NEW})) is None
-    assert ctx.store.get(job_id).state == "running"
+    assert ctx.store.job(job_id).state == "running"
     assert move(ctx, job_id, S.ERROR, sources=frozenset({S.RUNNING})) is S.RUNNING
 
 
@@ -190,18 +186,15 @@ def test_history_records_every_move(ctx):
     assert history(ctx, job_id) == [
         (None, "new"), ("new", "queued"), ("queued", "submitting"), ("submitting", "running"), ("running", "ok"),
     ]
-    with ctx.store.session() as session:
-        last = session.scalars(select(JobStateChange).where(JobStateChange.job_id == job_id)
-                               .order_by(JobStateChange.id.desc())).first()
-        assert last.reason == "done"
+    assert ctx.store.history(job_id)[-1].reason == "done"
 
 
 def test_terminal_move_stamps_finish_and_stops_checks(ctx):
     job_id = running_job(ctx)
-    running = ctx.store.get(job_id)
+    running = ctx.store.job(job_id)
     assert running.running_at is not None and running.check_at is not None and running.finished_at is None
     move(ctx, job_id, S.OK, exit_code=0, wall_time_s=1.5)
-    done = ctx.store.get(job_id)
+    done = ctx.store.job(job_id)
     assert done.state == "ok" and done.exit_code == 0 and done.wall_time_s == 1.5
     assert done.finished_at is not None and done.check_at is None
 
@@ -209,7 +202,7 @@ def test_terminal_move_stamps_finish_and_stops_checks(ctx):
 def test_active_move_schedules_the_next_check(ctx):
     job_id = new_job(ctx)
     move(ctx, job_id, S.QUEUED)
-    job = ctx.store.get(job_id)
+    job = ctx.store.job(job_id)
     expected = job.updated_at + timedelta(seconds=ctx.settings.check_after)
     assert abs((job.check_at - expected).total_seconds()) < 1
 
@@ -241,7 +234,7 @@ def test_concurrent_completion_has_exactly_one_winner(ctx):
     winners = [i for i, result in enumerate(results) if result is not None]
     assert len(winners) == 1
     assert results[winners[0]] is S.RUNNING
-    job = ctx.store.get(job_id)
+    job = ctx.store.job(job_id)
     assert job.state == "ok" and job.exit_code == winners[0]
     assert history(ctx, job_id).count(("running", "ok")) == 1
 
@@ -252,7 +245,7 @@ def test_concurrent_conflicting_ends_have_one_terminal_state(ctx):
     results = run_threads(8, lambda i: move(ctx, job_id, targets[i], reason=f"thread {i}"))
     winners = [i for i, result in enumerate(results) if result is not None]
     assert len(winners) == 1
-    job = ctx.store.get(job_id)
+    job = ctx.store.job(job_id)
     assert job.state == targets[winners[0]].value and job.reason == f"thread {winners[0]}"
     assert [row for row in history(ctx, job_id) if row[0] == "running"] == [("running", job.state)]
 
@@ -273,35 +266,35 @@ def claim(ctx, job_id, state, seen) -> bool:
 
 def test_claim_stale_only_for_the_caller_that_saw_the_current_row(ctx):
     job_id = submitting_job(ctx)
-    seen = ctx.store.get(job_id).updated_at
+    seen = ctx.store.job(job_id).updated_at
     assert claim(ctx, job_id, S.SUBMITTING, seen) is True
-    assert ctx.store.get(job_id).updated_at > seen
+    assert ctx.store.job(job_id).updated_at > seen
     # a second caller that saw the same (now old) row loses
     assert claim(ctx, job_id, S.SUBMITTING, seen) is False
     # one that looks again may take it over
-    fresh = ctx.store.get(job_id).updated_at
+    fresh = ctx.store.job(job_id).updated_at
     assert claim(ctx, job_id, S.SUBMITTING, fresh) is True
 
 
 def test_claim_stale_refuses_a_wrong_state(ctx):
     job_id = submitting_job(ctx)
-    seen = ctx.store.get(job_id).updated_at
+    seen = ctx.store.job(job_id).updated_at
     assert claim(ctx, job_id, S.RUNNING, seen) is False
     assert claim(ctx, job_id, S.QUEUED, seen) is False
-    assert ctx.store.get(job_id).updated_at == seen
+    assert ctx.store.job(job_id).updated_at == seen
 
 
 def test_claim_stale_refuses_after_the_job_moved(ctx):
     job_id = submitting_job(ctx)
-    seen = ctx.store.get(job_id).updated_at
+    seen = ctx.store.job(job_id).updated_at
     move(ctx, job_id, S.RUNNING)
     assert claim(ctx, job_id, S.SUBMITTING, seen) is False
-    assert ctx.store.get(job_id).state == "running"
+    assert ctx.store.job(job_id).state == "running"
 
 
 def test_claim_stale_concurrently_has_one_winner(ctx):
     job_id = submitting_job(ctx)
-    seen = ctx.store.get(job_id).updated_at
+    seen = ctx.store.job(job_id).updated_at
     results = run_threads(8, lambda i: claim(ctx, job_id, S.SUBMITTING, seen))
     assert results.count(True) == 1 and results.count(False) == 7
 
@@ -309,4 +302,4 @@ def test_claim_stale_concurrently_has_one_winner(ctx):
 def test_schema_upgrade_is_idempotent(ctx):
     schema.upgrade(ctx.settings.database_url)
     assert schema.current(ctx.settings.database_url) is not None
-    assert isinstance(ctx.store.get(new_job(ctx)), Job)
+    assert isinstance(ctx.store.job(new_job(ctx)), Job)

@@ -16,13 +16,12 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import func, select
-
-from galaxy_tasks import context, schema
+from galaxy_tasks import context
+from galaxy_tasks.bench.noop import DONE_QUEUE
 from galaxy_tasks.states import TERMINAL
-
-DONE_QUEUE = "galaxy_tasks.bench.done"
+from galaxy_tasks.store import schema
 
 
 def main(jobs: int, latency_jobs: int, workers: int, as_json: bool, rounds: int = 3) -> int:
@@ -102,7 +101,9 @@ def _bare_chains(count: int) -> float:
     from kombu.simple import SimpleQueue
 
     from galaxy_tasks.celery import app
-    from galaxy_tasks.tasks import noop
+
+    def noop(token: str | None = None) -> Any:
+        return app.signature("galaxy_tasks.noop", args=(token,) if token else (), queue=queue, immutable=True)
 
     queue = context.current().settings.steps_queue
     token = uuid.uuid4().hex
@@ -111,7 +112,7 @@ def _bare_chains(count: int) -> float:
         done.clear()
         started = time.perf_counter()
         for _ in range(count):
-            chain(noop.si(), noop.si(), noop.si(), noop.si(token).set(queue=queue)).apply_async(queue=queue)
+            chain(noop(), noop(), noop(), noop(token)).apply_async(queue=queue)
         for _ in range(count):
             done.get(block=True, timeout=120).ack()
         elapsed = time.perf_counter() - started
@@ -127,20 +128,14 @@ def _jobs(count: int) -> tuple[float, float]:
     ids = [client.submit({"tool_id": "bench_true", "command": "true"}).id for _ in range(count)]
     submitted = time.perf_counter() - started
     store = context.current().store
-    from galaxy_tasks.model import Job
-
-    terminal = [s.value for s in TERMINAL]
+    terminal = {s.value for s in TERMINAL}
     # The measuring must not load the machine it measures: a look at the last job (one
     # key lookup) until it has ended, and only then the count of all of them.
-    while store.row(ids[-1]).state not in terminal:
+    while getattr(store.job(ids[-1]), "state", None) not in terminal:
         time.sleep(0.02)
-    while True:
-        with store.session() as session:
-            ended = session.scalar(select(func.count()).select_from(Job)
-                                   .where(Job.id.in_(ids), Job.state.in_(terminal)))
-        if ended == count:
-            return time.perf_counter() - started, submitted
+    while store.count_ended(ids) != count:
         time.sleep(0.02)
+    return time.perf_counter() - started, submitted
 
 
 def _latency(count: int) -> dict[str, dict[str, float]]:
@@ -150,7 +145,8 @@ def _latency(count: int) -> dict[str, dict[str, float]]:
     to_running, to_terminal = [], []
     for _ in range(count):
         job = client.submit({"tool_id": "bench_latency", "command": "true"})
-        job = client.wait([job.id], timeout=60, interval=0.005)[job.id]
+        job = client.wait([job.id], timeout=60)[job.id]
+        assert job.running_at and job.finished_at and job.ended_at, f"job {job.id} did not end: {job.state}"
         to_running.append((job.running_at - job.created_at).total_seconds() * 1000)
         to_terminal.append((job.finished_at - job.ended_at).total_seconds() * 1000)
     return {"submit_to_running": _percentiles(to_running), "exit_to_terminal": _percentiles(to_terminal)}
@@ -176,7 +172,8 @@ def _rss(procs: list[subprocess.Popen]) -> int:
 
 
 def _print(result: dict) -> None:
-    print(f"{result['jobs']} jobs, {result['workers']} worker processes, median of {result['rounds']} alternating rounds")
+    print(f"{result['jobs']} jobs, {result['workers']} worker processes, "
+          f"median of {result['rounds']} alternating rounds")
     print(f"  bare Celery chain of 4 no-op tasks: {result['baseline_chains_per_s']:8.1f} chains/s")
     print(f"  galaxy-tasks jobs (`true`):         {result['jobs_per_s']:8.1f} jobs/s "
           f"(ratio {result['ratio_to_baseline']:.2f}, target >= 0.5)")

@@ -6,13 +6,14 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
 
-from galaxy_tasks.store import _engine
+from galaxy_tasks.store.engines import engine
 
-MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 
 
-def _config(connection) -> Config:
+def _config(connection: Connection) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
@@ -22,12 +23,12 @@ def _config(connection) -> Config:
 def upgrade(url: str) -> None:
     """Bring the database to the newest schema; safe to run again and from many processes
     one after another."""
-    with _engine(url).begin() as connection:
+    with engine(url).begin() as connection:
         command.upgrade(_config(connection), "head")
 
 
 def current(url: str) -> str | None:
-    with _engine(url).connect() as connection:
+    with engine(url).connect() as connection:
         if not inspect(connection).has_table("alembic_version"):
             return None
         return connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()

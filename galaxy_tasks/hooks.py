@@ -1,0 +1,61 @@
+"""Celery worker signal hooks: a forked pool process opens its own database connections,
+a local worker also takes its host's messages, a starting worker drives again what the
+database says is unfinished, a stopping one closes its runners."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+from celery import signals
+
+from galaxy_tasks import context, lifecycle, messages, runtime, store
+from galaxy_tasks.celery import app
+from galaxy_tasks.logs import event
+
+log = logging.getLogger("galaxy_tasks.tasks")
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    store.dispose_after_fork()
+
+
+@signals.celeryd_after_setup.connect
+def _consume_host_queues(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """A worker of a local destination's queue also takes the messages about the jobs of its
+    own host (kill, status), which only it can act on."""
+    queues = instance.app.amqp.queues
+    consumed = list(queues.consume_from or queues)
+    for extra in messages.with_host_queues(consumed)[len(consumed):]:
+        queues.select_add(extra)
+
+
+@signals.worker_ready.connect
+def _recover(sender: Any = None, **_: Any) -> None:
+    recover(consumed_queues())
+
+
+@signals.worker_shutdown.connect
+def _shutdown(**_: Any) -> None:
+    runtime.close_runners()
+
+
+def consumed_queues() -> set[str]:
+    queues = app.amqp.queues
+    return set(queues.consume_from or queues)
+
+
+def recover(queues: Iterable[str]) -> None:
+    """Re-drive what this worker serves: unfinished steps, and the runners' launched jobs."""
+    ctx = context.current()
+    queues = set(queues)
+    if ctx.settings.steps_queue in queues:
+        plan = lifecycle.startup(ctx)
+        messages.dispatch(plan)
+        event(log, "recovered_steps", prepare=len(plan.prepare), launch=len(plan.launch))
+    for name, destination in ctx.routing.destinations.items():
+        if destination.queue in queues:
+            jobs = lifecycle.held_by(ctx, [name])
+            if jobs:
+                runtime.runner_for(name).recover(jobs)
+                event(log, "recovered_jobs", destination=name, jobs=len(jobs))

@@ -1,0 +1,58 @@
+"""What every part of the store shares: the engines and how a write is run."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql import Executable
+
+from galaxy_tasks.store.engines import engine
+
+
+class StoreBase:
+    """Two pools on PostgreSQL: transactions, and autocommit single statements (a step's
+    write is one statement, atomic by itself, so it needs no BEGIN/COMMIT)."""
+
+    def __init__(self, url: str, check_after: float = 300.0) -> None:
+        self.url = url
+        self.check_after = check_after
+        self.engine: Engine = engine(url)
+        self.dialect = self.engine.dialect.name
+        self._pg = self.dialect == "postgresql"
+        self._single: Engine = engine(url, autocommit=True) if self._pg else self.engine
+        self._statements: dict[tuple[Any, ...], Executable] = {}
+
+    def dispose(self) -> None:
+        """Close this store's pooled connections (before its database is dropped)."""
+        self.engine.dispose()
+        self._single.dispose()
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with self._single.connect() as connection:
+            yield connection
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """One statement on PostgreSQL (autocommit); a transaction elsewhere."""
+        if self._pg:
+            with self._single.connect() as connection:
+                yield connection
+        else:
+            with self.engine.begin() as connection:
+                yield connection
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """Several statements that must commit together."""
+        with self.engine.begin() as connection:
+            yield connection
+
+    def _statement(self, key: tuple[Any, ...], build: Callable[..., Executable], *args: Any) -> Executable:
+        """Statements are built once per shape: building and hashing a statement on every
+        step would cost more than the round trip it makes."""
+        statement = self._statements.get(key)
+        if statement is None:
+            statement = self._statements[key] = build(*args)
+        return statement

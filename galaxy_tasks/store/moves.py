@@ -1,0 +1,182 @@
+"""The steps' hot path: read a job, create it, move it with a compare-and-set.
+
+On PostgreSQL each write is one prebuilt statement: the update and its history row are one
+`WITH ... UPDATE ... RETURNING` statement, so a step costs one round trip and no
+BEGIN/COMMIT. Elsewhere (SQLite) the same two statements run in a transaction.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+from sqlalchemy import String, bindparam, case, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql import Executable
+
+from galaxy_tasks.model import Job, jobs, state_changes, utcnow
+from galaxy_tasks.states import TERMINAL, JobState, sources_of
+from galaxy_tasks.store.base import StoreBase
+
+_STAMPS = {JobState.QUEUED: "queued_at", JobState.RUNNING: "running_at"}
+_CHANGE_COLUMNS = ["job_id", "from_state", "to_state", "at", "reason"]
+
+_ROW = select(jobs).where(jobs.c.id == bindparam("job_id"))
+_STATE = select(jobs.c.state).where(jobs.c.id == bindparam("job_id"))
+_CLAIM_STALE = (update(jobs)
+                .where(jobs.c.id == bindparam("job_id"), jobs.c.state == bindparam("in_state"),
+                       jobs.c.updated_at == bindparam("seen", type_=jobs.c.updated_at.type))
+                .values(updated_at=bindparam("now", type_=jobs.c.updated_at.type)))
+
+
+_PUBLISHED = (update(jobs).where(jobs.c.id == bindparam("job_id"), jobs.c.event_seq == bindparam("seq"))
+              .values(unpublished_at=None))
+
+
+class Moved(NamedTuple):
+    """A move that happened: the state the job left, and its row as the move left it."""
+
+    before: JobState
+    job: Job
+
+
+class Moves(StoreBase):
+    def job(self, job_id: str) -> Job | None:
+        """A job's row, by its exact id."""
+        with self._reading() as connection:
+            row = connection.execute(_ROW, {"job_id": job_id}).mappings().first()
+        return Job.from_row(row) if row is not None else None
+
+    def create(self, values: dict[str, Any]) -> bool:
+        """Insert a new job and its first history row, both or neither; False (and nothing
+        written) if a job with this id exists."""
+        columns = tuple(values)
+        params = {f"v_{name}": value for name, value in values.items()}
+        params.update(c_from=None, c_reason=None)
+        try:
+            with self._writing() as connection:
+                if self._pg:
+                    connection.execute(self._statement(("create", columns), _pg_create, columns), params)
+                else:
+                    connection.execute(self._statement(("create", columns), _create, columns), params)
+                    connection.execute(self._statement(("log",), _log), {
+                        "c_job_id": values["id"], "c_from": None, "c_to": values["state"],
+                        "c_at": values["created_at"], "c_reason": None})
+        except IntegrityError:
+            return False
+        return True
+
+    def move(
+        self,
+        job_id: str,
+        target: JobState,
+        *,
+        reason: str | None = None,
+        sources: frozenset[JobState] | None = None,
+        **values: Any,
+    ) -> Moved | None:
+        """Move the job to `target` if it is in one of `sources` (by default every state
+        the state machine allows `target` from), setting `values` on its row. None when
+        the job was already past this step: the caller then does nothing."""
+        allowed = sources_of(target) if sources is None else sources
+        now = utcnow()
+        assignments: dict[str, Any] = {"state": target.value, "updated_at": now}
+        if reason is not None:
+            assignments["reason"] = reason
+        if target in _STAMPS:
+            assignments[_STAMPS[target]] = now
+        if target in TERMINAL:
+            assignments.update(finished_at=now, check_at=None)
+        else:
+            assignments.update(check_at=now + timedelta(seconds=self.check_after), checks=0)
+        assignments.update(values)  # given values win (a cancel keeps a check on what it stops)
+        columns = tuple(assignments)
+        params = {f"v_{name}": value for name, value in assignments.items()}
+        params.update(job_id=job_id, c_reason=reason)
+        with self._writing() as connection:
+            # The usual source is tried first without reading the row: one round trip per step.
+            current = _likely_source(target, allowed) or connection.scalar(_STATE, {"job_id": job_id})
+            while current is not None and JobState(current) in allowed:
+                params["current"] = current
+                job = self._move_once(connection, columns, params)
+                if job is not None:
+                    return Moved(JobState(current), job)
+                current = connection.scalar(_STATE, {"job_id": job_id})
+        return None
+
+    def mark_published(self, job_id: str, seq: int) -> bool:
+        """The job's state change number `seq` reached its events queue: clear the outbox
+        mark, unless a later change is already waiting to be published."""
+        with self._writing() as connection:
+            return connection.execute(_PUBLISHED, {"job_id": job_id, "seq": seq}).rowcount == 1
+
+    def claim_stale(self, job_id: str, state: JobState, seen: datetime) -> bool:
+        """Take over a job whose step's owner vanished: succeeds for one caller only, the
+        one that saw the row as it still is (same state, same last update)."""
+        with self._writing() as connection:
+            moved = connection.execute(_CLAIM_STALE, {"job_id": job_id, "in_state": state.value, "seen": seen,
+                                                      "now": utcnow()})
+            return moved.rowcount == 1
+
+    def _move_once(self, connection: Connection, columns: tuple[str, ...], params: dict[str, Any]) -> Job | None:
+        if self._pg:
+            row = connection.execute(self._statement(("move", columns), _pg_move, columns), params).mappings().first()
+            return Job.from_row(row) if row is not None else None
+        if connection.execute(self._statement(("move", columns), _update, columns), params).rowcount != 1:
+            return None
+        found = connection.execute(_ROW, params).mappings().first()
+        assert found is not None
+        job = Job.from_row(found)
+        connection.execute(self._statement(("log",), _log), {
+            "c_job_id": job.id, "c_from": params["current"], "c_to": job.state, "c_at": job.updated_at,
+            "c_reason": params["c_reason"]})
+        return job
+
+
+def _likely_source(target: JobState, allowed: frozenset[JobState]) -> str | None:
+    if len(allowed) == 1:
+        return next(iter(allowed)).value
+    if target in TERMINAL and JobState.RUNNING in allowed:
+        return JobState.RUNNING.value
+    return None
+
+
+# -- statements, with named parameters: v_<column> for values, c_* for the history row --
+
+def _update(columns: tuple[str, ...]) -> Any:
+    """Every move also counts the job's state changes (an event's `seq`) and, for a job whose
+    events go to a client, marks the change as not yet published (the outbox)."""
+    current = bindparam("current", type_=String)
+    values: dict[str, Any] = {name: bindparam(f"v_{name}", type_=jobs.c[name].type) for name in columns}
+    values["event_seq"] = jobs.c.event_seq + 1
+    values["unpublished_at"] = case((jobs.c.events_queue.is_(None), None), else_=values["updated_at"])
+    return update(jobs).where(jobs.c.id == bindparam("job_id"), jobs.c.state == current).values(values)
+
+
+def _pg_move(columns: tuple[str, ...]) -> Executable:
+    """WITH moved AS (UPDATE ... RETURNING *), logged AS (INSERT history) SELECT moved.*"""
+    moved = _update(columns).returning(*jobs.c).cte("moved")
+    logged = insert(state_changes).from_select(_CHANGE_COLUMNS, select(
+        moved.c.id, bindparam("current", type_=String), moved.c.state, moved.c.updated_at,
+        bindparam("c_reason", type_=state_changes.c.reason.type),
+    )).cte("logged")
+    return select(moved).add_cte(logged)
+
+
+def _create(columns: tuple[str, ...]) -> Any:
+    return insert(jobs).values({name: bindparam(f"v_{name}", type_=jobs.c[name].type) for name in columns})
+
+
+def _pg_create(columns: tuple[str, ...]) -> Executable:
+    created = _create(columns).returning(jobs.c.id, jobs.c.state, jobs.c.created_at).cte("created")
+    return insert(state_changes).from_select(_CHANGE_COLUMNS, select(
+        created.c.id, bindparam("c_from", type_=String), created.c.state, created.c.created_at,
+        bindparam("c_reason", type_=state_changes.c.reason.type),
+    ))
+
+
+def _log() -> Executable:
+    return insert(state_changes).values(
+        job_id=bindparam("c_job_id"), from_state=bindparam("c_from", type_=String),
+        to_state=bindparam("c_to"), at=bindparam("c_at", type_=state_changes.c.at.type),
+        reason=bindparam("c_reason", type_=state_changes.c.reason.type))
