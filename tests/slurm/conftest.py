@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from galaxy_tasks import jobdir
-from galaxy_tasks.runners.base import Completion, Launch, Tracked
+from galaxy_tasks.runners.base import Launch, Tracked
+from tests.support.events import Events
 from tests.support.slurm import slurm_up
 
 
@@ -29,35 +29,6 @@ def slurm() -> dict[str, str]:
     env = slurm_up()
     os.environ.update(env)
     return env
-
-
-class Events:
-    """The report callback: collects completions, lets a test wait for one."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.items: list[Completion] = []
-
-    def __call__(self, completion: Completion) -> None:
-        with self._cond:
-            self.items.append(completion)
-            self._cond.notify_all()
-
-    def of(self, job_id: str) -> list[Completion]:
-        with self._cond:
-            return [c for c in self.items if c.job_id == job_id]
-
-    def wait_for(self, job_id: str, timeout: float = 90) -> Completion:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                found = [c for c in self.items if c.job_id == job_id]
-                if found:
-                    return found[0]
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"no completion for {job_id} within {timeout}s; got {self.items}")
-                self._cond.wait(left)
 
 
 @pytest.fixture
@@ -107,9 +78,26 @@ def runner_params(tmp_path: Path, **extra: Any) -> dict[str, Any]:
 def runner(slurm: dict[str, str], events: Events, tmp_path: Path) -> Iterator[Any]:
     from galaxy_tasks.runners.slurm import SlurmRunner
 
-    instance = SlurmRunner(runner_params(tmp_path), events)
+    instance = SlurmRunner(runner_params(tmp_path), events, destination="slurm")
     yield instance
     instance.close()
+
+
+@pytest.fixture
+def runner_with(runner: Any, events: Events, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Another runner of the same process and listener (as a second slurm destination would
+    have), with params of its own."""
+    from galaxy_tasks.runners.slurm import SlurmRunner
+
+    made: list[Any] = []
+
+    def make(**params: Any) -> Any:
+        made.append(SlurmRunner(runner_params(tmp_path, **params), events, destination=f"slurm{len(made)}"))
+        return made[-1]
+
+    yield make
+    for instance in made:
+        instance.close()
 
 
 def tracked(launch: Launch, external_id: str) -> Tracked:

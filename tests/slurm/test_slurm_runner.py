@@ -15,15 +15,20 @@ from pathlib import Path
 
 import pytest
 
+from galaxy_tasks.errors import ConfigError, RunnerError, RunnerUnavailable
 from galaxy_tasks.jobdir import JobDir
-from galaxy_tasks.runners.base import Launch, RunnerError, RunnerUnavailable, Tracked
+from galaxy_tasks.runners.base import Launch, Tracked
 from galaxy_tasks.runners.slurm import (
-    CANCELLED, CANCELLED_OUTSIDE, MEMORY_LIMIT_REACHED, NODE_FAILURE, SUBMIT_MARKER, WALLTIME_REACHED, WRAPPER,
-    SlurmRunner, runner_state, sbatch_options,
+    MEMORY_LIMIT_REACHED,
+    SUBMIT_MARKER,
+    UNKNOWN_ERROR,
+    WALLTIME_REACHED,
+    WRAPPER,
+    SlurmRunner,
 )
 from tests.slurm.conftest import runner_params, show_job, slurm_state, started, tracked, wait_until
 from tests.support.ledger import gated, ledger_command, ledger_counts
-from tests.support.slurm import node_state, start_slurm, stop_slurmctld
+from tests.support.slurm import MEMORY_HOG, node_state, start_slurm, stop_slurmctld
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]
@@ -44,37 +49,16 @@ def heard(runner: SlurmRunner) -> int:
     return sum(runner.listener_stats.values())
 
 
-# -- what is submitted ----------------------------------------------------------------------
-
-def test_sbatch_options_map_resources_and_refuse_bad_input(make_launch) -> None:
-    launch = make_launch("true", cores=4, memory_mb=1000, walltime_s=3725)
-    options = sbatch_options(launch, {"partition": "debug", "account": "lab", "qos": "high",
-                                      "native_specification": "--comment='two words' --nice=5"})
-    assert options[:7] == [f"--job-name=gt-{launch.job_id}", f"--chdir={launch.job_dir}",
-                           f"--output={launch.job_dir}/slurm.out", f"--error={launch.job_dir}/slurm.err",
-                           "--no-requeue", "--ntasks=1", "--cpus-per-task=4"]
-    assert options[7:] == ["--mem=1000M", "--time=63", "--partition=debug", "--account=lab", "--qos=high",
-                           "--comment=two words", "--nice=5"]
-    for bad, message in [({"native_specification": "-J other"}, "may not set --job-name"),
-                         ({"native_specification": "--array=1-5"}, "may not set --array"),
-                         ({"native_specification": "--wrap='rm -rf /'"}, "may not set --wrap"),
-                         ({"native_specification": "--comment='unbalanced"}, "cannot be split"),
-                         ({"partition": "debug; rm -rf /"}, "partition must be a name"),
-                         ({"account": 7}, "account must be a name")]:
-        with pytest.raises(RunnerError, match=re.escape(message)):
-            sbatch_options(launch, bad)
-    with pytest.raises(RunnerError, match="cores must be a positive integer, not 0"):
-        sbatch_options(make_launch("true", cores=0), {})
-    with pytest.raises(RunnerError, match="walltime_s must be a positive integer"):
-        sbatch_options(make_launch("true", walltime_s=-5), {})
-
+# -- params ----------------------------------------------------------------------------------
 
 def test_bad_runner_params_are_refused_with_their_name(slurm, events, tmp_path) -> None:
-    for bad, message in [({"command_timeout_s": "soon"}, "command_timeout_s must be a number >= 0.1, not 'soon'"),
-                         ({"command_retries": -1}, "command_retries must be an integer >= 0"),
-                         ({"announce_host": "host; rm"}, "announce_host 'host; rm' is not a host name"),
-                         ({"listen_port": "http"}, "listen_port must be a port number, not 'http'")]:
-        with pytest.raises(RunnerError, match=re.escape(message)):
+    for bad, message in [({"command_timeout_s": "soon"}, "params: command_timeout_s: must be a number, not 'soon'"),
+                         ({"command_retries": -1}, "params: command_retries: must be at least 0, not -1"),
+                         ({"announce_host": "host; rm"}, "params: announce_host: must be a host name or an IPv4 "
+                                                         "address, not 'host; rm'"),
+                         ({"listen_port": "http"}, "params: listen_port: must be a whole number, not 'http'"),
+                         ({"listen_port": 70000}, "params: listen_port: must be a port number (at most 65535)")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
             SlurmRunner(runner_params(tmp_path, **bad), events).close()
     holder = SlurmRunner(runner_params(tmp_path), events)
     try:  # a second process on the same state file: refused, not silently sharing the port
@@ -103,8 +87,8 @@ def test_exit_code_and_stdout_with_one_sbatch_and_nothing_while_it_runs(runner, 
     assert (done.exit_code, done.signal, done.reason, done.external_id) == (0, None, None, external_id)
     assert done.source == "runner" and done.wall_time_s is not None and done.wall_time_s >= 1
     assert JobDir(launch.job_dir).tail("stdout") == "hello\n"
-    # the confirmation: one squeue, a second one if Slurm had not recorded the end yet
-    assert runner.calls["sbatch"] == 1 and runner.calls["squeue"] in (1, 2)
+    # the confirmation: one squeue, or a few more if Slurm had not recorded the end yet
+    assert runner.calls["sbatch"] == 1 and 1 <= runner.calls["squeue"] <= 3
     assert runner.listener_stats == {"accepted": 1}
     assert show_job(external_id)["JobName"] == launch.external_name
 
@@ -126,12 +110,13 @@ def test_job_script_killed_by_a_signal(runner, events, make_launch) -> None:
     assert "SIGTERM" in done.reason
 
 
-def test_resources_are_mapped_to_slurm(runner, events, make_launch, tmp_path) -> None:
+def test_resources_and_destination_params_are_mapped_to_slurm(runner_with, events, make_launch,
+                                                              tmp_path) -> None:
     gate = tmp_path / "gate"
     launch = make_launch(gated(gate, 'echo "$SLURM_CPUS_PER_TASK $SLURM_MEM_PER_NODE"'), cores=2, memory_mb=300,
-                         walltime_s=125, params={"partition": "debug", "account": "gtlab",
-                                                 "native_specification": "--comment=gt-resources"})
-    external_id = runner.submit(launch)
+                         walltime_s=125)
+    destination = runner_with(partition="debug", account="gtlab", native_specification="--comment=gt-resources")
+    external_id = destination.submit(launch)
     wait_until(lambda: started(launch), what="the job to start")
     job = show_job(external_id)
     assert (job["NumCPUs"], job["CPUs/Task"], job["MinMemoryNode"], job["TimeLimit"]) == ("2", "2", "300M", "00:03:00")
@@ -143,14 +128,14 @@ def test_resources_are_mapped_to_slurm(runner, events, make_launch, tmp_path) ->
     assert JobDir(launch.job_dir).tail("stdout") == "2 300\n"
 
 
-def test_refused_submission_is_a_clear_error_without_retries(runner, events, make_launch) -> None:
-    bad = make_launch("true", params={"partition": "nosuchpartition"})
+def test_refused_submission_is_a_clear_error_without_retries(runner, runner_with, events, make_launch) -> None:
+    nowhere = runner_with(partition="nosuchpartition")
     with pytest.raises(RunnerError, match="Slurm refused job gt-.*[Ii]nvalid partition"):
-        runner.submit(bad)
+        nowhere.submit(make_launch("true"))
     too_big = make_launch("true", memory_mb=10 ** 8)
     with pytest.raises(RunnerError, match="Requested node configuration is not available|can not be satisfied"):
         runner.submit(too_big)
-    assert runner.calls["sbatch"] == 2  # no pointless retries
+    assert nowhere.calls["sbatch"] == runner.calls["sbatch"] == 1  # no pointless retries
     good = make_launch("true")  # the runner keeps serving others
     runner.submit(good)
     assert events.wait_for(good.job_id).exit_code == 0
@@ -164,19 +149,21 @@ def test_cancel_running_job(runner, events, make_launch) -> None:
     wait_until(lambda: started(launch), what="the job to start")
     runner.cancel(tracked(launch, external_id))
     done = events.wait_for(launch.job_id)
-    assert runner_state(done) == CANCELLED and done.exit_code is None and done.external_id == external_id
-    assert "cancelled" in done.reason and "outside" not in done.reason
+    assert (done.runner_state, done.exit_code, done.external_id) == (None, None, external_id)
+    assert done.reason == "the job was cancelled (scancel by galaxy-tasks)"
     runner.cancel(tracked(launch, external_id))  # already gone: quietly accepted
     assert len(events.of(launch.job_id)) == 1
 
 
-def test_cancel_pending_job_is_reported_although_it_never_ran(runner, events, make_launch) -> None:
-    launch = make_launch("true", params={"native_specification": "--hold"})  # held: never starts
-    external_id = runner.submit(launch)
+def test_cancel_pending_job_is_reported_although_it_never_ran(runner_with, events, make_launch) -> None:
+    holding = runner_with(native_specification="--hold")  # held: never starts
+    launch = make_launch("true")
+    external_id = holding.submit(launch)
     assert slurm_state(external_id) == "PENDING"
-    runner.cancel(tracked(launch, external_id))
+    holding.cancel(tracked(launch, external_id))
     done = events.wait_for(launch.job_id, timeout=30)
-    assert runner_state(done) == CANCELLED and done.external_id == external_id
+    assert (done.runner_state, done.external_id) == (None, external_id)
+    assert done.reason == "the job was cancelled (scancel by galaxy-tasks)"
     assert not started(launch)
 
 
@@ -186,7 +173,7 @@ def test_scancel_by_an_administrator_is_reported_as_such(runner, events, make_la
     wait_until(lambda: started(launch), what="the job to start")
     subprocess.run(["scancel", external_id], check=True, timeout=60)  # outside the system
     done = events.wait_for(launch.job_id)
-    assert runner_state(done) == CANCELLED_OUTSIDE
+    assert done.runner_state is None  # nothing should run it again
     assert "cancelled outside galaxy-tasks" in done.reason and "administrator" in done.reason
 
 
@@ -197,22 +184,17 @@ def test_walltime_kill_is_reported_as_walltime_reached(runner, events, make_laun
     external_id = runner.submit(launch)
     assert show_job(external_id)["TimeLimit"] == "00:01:00"
     done = events.wait_for(launch.job_id, timeout=150)  # slurmctld checks limits every ~30 s
-    assert runner_state(done) == WALLTIME_REACHED and "walltime" in done.reason
+    assert done.runner_state == WALLTIME_REACHED and "walltime limit" in done.reason
     assert done.signal == signal.SIGTERM and done.exit_code is None
     assert done.source == "runner"  # announced by the batch script's TERM trap, then confirmed
     assert slurm_state(external_id) == "TIMEOUT"
-
-
-# `tail` keeps a line without a newline in memory: 400 MB against a 64 MB limit, held for
-# 5 s (Slurm's polling samples every second: a quicker job could escape it)
-MEMORY_HOG = "{ head -c 400m /dev/zero; sleep 5; } | tail > /dev/null"
 
 
 def test_memory_limit_kill_is_reported_as_memory_limit_reached(runner, events, make_launch, slurm) -> None:
     launch = make_launch(MEMORY_HOG, memory_mb=64)
     external_id = runner.submit(launch)
     done = events.wait_for(launch.job_id, timeout=60)
-    assert runner_state(done) == MEMORY_LIMIT_REACHED, (done, slurm["GT_SLURM_MEMORY_ENFORCEMENT"])
+    assert done.runner_state == MEMORY_LIMIT_REACHED, (done, slurm["GT_SLURM_MEMORY_ENFORCEMENT"])
     assert "memory limit" in done.reason and done.signal == signal.SIGKILL
     expected = "OUT_OF_MEMORY" if slurm["GT_SLURM_MEMORY_ENFORCEMENT"] == "cgroup" else "FAILED"
     assert slurm_state(external_id) == expected
@@ -231,7 +213,7 @@ def test_memory_limit_kill_by_polling_without_cgroups(runner, events, make_launc
         external_id = runner.submit(launch)
         wait_until(lambda: slurm_state(external_id) == "FAILED", 60, "Slurm to kill the job")
         done = runner.status([tracked(launch, external_id)])[launch.job_id]
-        assert runner_state(done) == MEMORY_LIMIT_REACHED and "polling" in done.reason
+        assert done.runner_state == MEMORY_LIMIT_REACHED and "polling" in done.reason
         assert done.signal == signal.SIGKILL and done.source == "reconcile"
         assert events.of(launch.job_id) == []  # the batch script was killed before it could say a word
         assert "exceeded memory limit" in (launch.job_dir / "slurm.err").read_text()
@@ -249,7 +231,8 @@ def test_node_failure_is_reported_as_such(runner, events, make_launch) -> None:
         subprocess.run(["scontrol", "update", "NodeName=localhost", "State=DOWN", "Reason=gt-test-node-failure"],
                        check=True, timeout=60)
         done = events.wait_for(launch.job_id, timeout=60)
-        assert runner_state(done) == NODE_FAILURE and "NODE_FAIL" in done.reason
+        # the cluster's doing, not the job's: Galaxy's unknown_error, which a resubmission may cure
+        assert done.runner_state == UNKNOWN_ERROR and "NODE_FAIL" in done.reason
         assert slurm_state(external_id) == "NODE_FAIL"  # --no-requeue: not run again
     finally:
         if not node_state().startswith(("idle", "mixed", "allocated")):
@@ -338,7 +321,8 @@ def test_restarted_runner_hears_jobs_submitted_before(slurm, events, make_launch
         gate.touch()
         done = events.wait_for(launch.job_id)
         assert (done.exit_code, done.source) == (6, "runner")  # heard, not reconciled
-        assert second.calls["squeue"] == calls["squeue"] + 1 and second.listener_stats == {"accepted": 1}
+        # its confirmation: one squeue, or a few more if Slurm had not recorded the end yet
+        assert 1 <= second.calls["squeue"] - calls["squeue"] <= 3 and second.listener_stats == {"accepted": 1}
     finally:
         second.close()
 
@@ -365,9 +349,9 @@ def test_jobcomp_record_knows_jobs_squeue_has_forgotten(runner, events, make_lau
     launch = make_launch("exit 5")
     external_id = runner.submit(launch)
     events.wait_for(launch.job_id)
-    wait_until(lambda: runner.jobcomp_jobs({external_id}, set(), 0), what="the jobcomp record")
-    by_id = runner.jobcomp_jobs({external_id}, set(), 0)[external_id]
-    by_name = runner.jobcomp_jobs(set(), {launch.external_name}, 0)[launch.external_name]
+    wait_until(lambda: runner.records.jobcomp_jobs({external_id}, set(), 0), what="the jobcomp record")
+    by_id = runner.records.jobcomp_jobs({external_id}, set(), 0)[external_id]
+    by_name = runner.records.jobcomp_jobs(set(), {launch.external_name}, 0)[launch.external_name]
     assert by_id == by_name
     assert (by_id.state, by_id.exit_code, by_id.name, by_id.source) == ("FAILED", 5, launch.external_name, "jobcomp")
 

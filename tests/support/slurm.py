@@ -10,6 +10,9 @@ from tests.support.services import unavailable
 REPO = Path(__file__).resolve().parents[2]
 RUN_DIR = Path(os.environ.get("GT_SLURM_RUN_DIR", "/tmp/galaxy-tasks-slurm"))
 ENV_KEYS = ("SLURM_CONF", "GT_SLURM_JOBCOMP", "GT_SLURM_PARTITION", "GT_SLURM_MEMORY_ENFORCEMENT")
+# A job over a 64 MB limit: `tail` keeps a line without a newline in memory, 400 MB of it, for
+# 5 s (Slurm's polling samples every second: a quicker job could escape it)
+MEMORY_HOG = "{ head -c 400m /dev/zero; sleep 5; } | tail > /dev/null"
 
 
 def env_file_vars() -> dict[str, str]:
