@@ -1,0 +1,335 @@
+"""The Galaxy job runner plugin: Galaxy's jobs run in galaxy-tasks.
+
+    runners:
+      gt:
+        load: galaxy_tasks.galaxy.runner:GalaxyTasksJobRunner
+        workers: 2
+        broker_url: redis://127.0.0.1:6379/0
+        steps_queue: galaxy_tasks        # default
+        events: false                    # true once galaxy-tasks publishes job events
+        events_queue: galaxy.main        # default galaxy.<server_name>
+        environment: {LC_ALL: C}         # variables every job gets (galaxy-tasks jobs inherit none)
+    execution:
+      environments:
+        tasks:
+          runner: gt
+          galaxy_tasks_destination: sge_big  # absent: galaxy-tasks' routing rules decide
+          galaxy_tasks_cores: 4              # or cores, local_slots, env GALAXY_SLOTS
+          galaxy_tasks_memory_mb: 8000       # or memory_mb, mem (GB, as TPV), env GALAXY_MEMORY_MB
+          galaxy_tasks_walltime: "04:00:00"  # or walltime, walltime_s
+          metadata_strategy: directory_celery  # metadata in Galaxy's warm Celery worker, not in the job
+
+Galaxy prepares each job as for its own runners (command line, metadata, job script); the
+plugin submits it through galaxy-tasks' task contract with an id derived from Galaxy's job
+id, and learns that it ended from job events read by one consumer thread. There is no
+monitor thread: nothing here looks at running jobs in a loop (`check_watched_item` is
+never called; `stats_file` shows the count).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Any
+
+from galaxy import model
+from galaxy.jobs.runners import AsynchronousJobRunner, AsynchronousJobState
+from galaxy.util import asbool
+
+from galaxy_tasks.galaxy import settings as runner_settings
+from galaxy_tasks.galaxy.client import TaskClient
+from galaxy_tasks.galaxy.events import Delivery, EventConsumer, JobEvent
+from galaxy_tasks.galaxy.spec import GalaxyJob, MappingError, galaxy_job_id, to_spec
+from galaxy_tasks.galaxy.stats import Stats
+
+log = logging.getLogger(__name__)
+
+__all__ = ("GalaxyTasksJobRunner",)
+
+_STOP = None
+REQUEUE_DELAY_S = 1.0
+_FAIL_MESSAGES = {
+    "walltime_reached": "This job was terminated because it ran longer than its walltime.",
+    "memory_limit_reached": "This job was terminated because it used more memory than it was allocated.",
+    "output_size_limit": "This job was terminated because its output grew too large.",
+}
+
+
+class GalaxyTasksJobRunner(AsynchronousJobRunner):
+    runner_name = "GalaxyTasksRunner"
+    # Galaxy's worker threads (queue_job, stop_job) and our event threads; no monitor thread.
+    start_methods = ["_init_noop_monitor", "_init_worker_threads", "_init_event_threads"]
+
+    def __init__(self, app: Any, nworkers: int, **kwargs: Any) -> None:
+        self.settings = runner_settings.from_kwargs(kwargs, app.config.server_name)
+        super().__init__(app, nworkers)
+        self.client = TaskClient(self.settings)
+        self.stats = Stats(self.settings.stats_file)
+        self._wrappers: dict[str, Any] = {}  # galaxy-tasks job id -> Galaxy's job wrapper
+        self._applied: dict[str, int] = {}  # galaxy-tasks job id -> seq of the last event applied
+        self._lock = threading.Lock()
+        self._to_announce: set[str] = set()
+        self._consumer: EventConsumer | None = None
+        self._event_queues: list[queue.SimpleQueue] = []
+        self._event_threads: list[threading.Thread] = []
+        log.info("galaxy-tasks runner: broker %s, steps queue %s, events %s", self.settings.safe_broker_url,
+                 self.settings.steps_queue, self.settings.events_queue if self.settings.events else "off")
+
+    # -- Galaxy's runner interface -------------------------------------------------------
+
+    def queue_job(self, job_wrapper: Any) -> None:
+        """Prepare the job as Galaxy's own runners do, then submit it to galaxy-tasks."""
+        if not self.prepare_job(job_wrapper, include_metadata=self._embed_metadata(job_wrapper)):
+            return
+        ajs = AsynchronousJobState(job_wrapper, job_wrapper.job_destination, files_dir=job_wrapper.working_directory)
+        try:
+            script = self.get_job_file(job_wrapper, exit_code_path=ajs.exit_code_file, shell=job_wrapper.shell)
+            self.write_executable_script(ajs.job_file, script, job_io=job_wrapper.job_io)
+            spec = self._spec(job_wrapper, ajs)
+        except MappingError as exc:
+            job_wrapper.fail(str(exc))
+            return
+        except Exception:
+            log.exception("(%s) failure preparing the galaxy-tasks job", job_wrapper.get_id_tag())
+            job_wrapper.fail("failure preparing job script", exception=True)
+            return
+        if job_wrapper.get_state() in (model.Job.states.DELETED, model.Job.states.STOPPED):
+            if job_wrapper.cleanup_job in ("always", "onsuccess"):
+                job_wrapper.cleanup()
+            return
+        _write_json(_spec_file(job_wrapper), spec)
+        # The id is recorded before the message is sent: a crash in between leaves a job that
+        # recovery asks galaxy-tasks about (and resends), never one prepared twice.
+        job_wrapper.set_external_id(spec["id"])
+        self._watch(spec["id"], job_wrapper)
+        try:
+            self.client.submit(spec)
+        except Exception:
+            log.exception("(%s) could not submit to galaxy-tasks at %s", job_wrapper.get_id_tag(),
+                          self.settings.safe_broker_url)
+            self._forget(spec["id"])
+            job_wrapper.fail("Unable to submit this job to galaxy-tasks, please retry it later")
+            return
+        self.stats.bump("submitted")
+        log.info("(%s) submitted to galaxy-tasks as %s", job_wrapper.get_id_tag(), spec["id"])
+
+    def stop_job(self, job_wrapper: Any) -> None:
+        external_id = job_wrapper.get_job().get_job_runner_external_id()
+        if not external_id:
+            return
+        self.client.cancel(external_id)
+        self.stats.bump("cancel_sent")
+        log.info("(%s/%s) cancel sent to galaxy-tasks", job_wrapper.get_id_tag(), external_id)
+
+    def recover(self, job: Any, job_wrapper: Any) -> None:
+        """A job Galaxy found unfinished at start: one never submitted is queued again; one
+        submitted is watched, and galaxy-tasks is asked for its current state."""
+        external_id = job.get_job_runner_external_id()
+        if not external_id:
+            self.put(job_wrapper)
+            return
+        self._watch(external_id, job_wrapper)
+        self.stats.bump("recovered")
+        log.info("(%s/%s) recovered: watching for its events", job.id, external_id)
+        if self.settings.events:
+            with self._lock:
+                self._to_announce.add(external_id)
+
+    def check_watched_item(self, job_state: AsynchronousJobState) -> AsynchronousJobState:
+        """Never called: no job is given to Galaxy's monitor. Counted so a test can say so."""
+        self.stats.bump("check_watched_item")
+        return job_state
+
+    def shutdown(self) -> None:
+        if self._consumer is not None:
+            self._consumer.stop()
+        for work in self._event_queues:
+            work.put(_STOP)
+        for thread in self._event_threads:
+            thread.join(self.app.config.monitor_thread_join_timeout or 5)
+        super().shutdown()
+        self.client.close()
+        self.stats.bump("shutdown")
+
+    # -- events ---------------------------------------------------------------------------
+
+    def _init_event_threads(self) -> None:
+        """Event threads (one job's events always go to the same one, in order) and the
+        consumer that feeds them. Off until galaxy-tasks publishes events (`events: true`)."""
+        if not self.settings.events:
+            return
+        for index in range(max(1, self.nworkers)):
+            work: queue.SimpleQueue = queue.SimpleQueue()
+            thread = threading.Thread(target=self._apply_events, args=(work,), daemon=True,
+                                      name=f"{self.runner_name}.events-{index}")
+            thread.start()
+            self._event_queues.append(work)
+            self._event_threads.append(thread)
+        self._consumer = EventConsumer(self.settings.broker_url, self.settings.events_queue, self._dispatch,
+                                       idle=self._announce, name=f"{self.runner_name}.consumer")
+        self._consumer.start()
+
+    def _dispatch(self, delivery: Delivery) -> None:
+        work = self._event_queues[hash(delivery.event.job_id) % len(self._event_queues)]
+        work.put(delivery)
+
+    def _apply_events(self, work: queue.SimpleQueue) -> None:
+        while (delivery := work.get()) is not _STOP:
+            with self.app.model.session():
+                try:
+                    self._apply(delivery.event)
+                except Exception:
+                    log.exception("could not apply galaxy-tasks event %s; it will come again", delivery.event)
+                    time.sleep(REQUEUE_DELAY_S)  # a database that is away is not asked again at once
+                    delivery.requeue()
+                    continue
+            delivery.ack()
+
+    def _apply(self, event: JobEvent) -> None:
+        """Record in Galaxy what one event means; returns once Galaxy has recorded it."""
+        job_id = galaxy_job_id(event.job_id, self.settings.server_name)
+        job = self.sa_session.get(model.Job, job_id) if job_id is not None else None
+        if job is None or job.get_job_runner_external_id() != event.job_id or job.finished:
+            self._ignored(event)
+            return
+        with self._lock:
+            if event.seq and event.seq <= self._applied.get(event.job_id, 0):
+                self._ignored(event)
+                return
+        job_wrapper = self._wrapper(event.job_id, job)
+        if event.state == "running":
+            if job.state == model.Job.states.QUEUED:
+                job_wrapper.change_state(model.Job.states.RUNNING)
+        elif event.state == "unknown":
+            self._resend(job_wrapper, event.job_id)
+        elif event.terminal:
+            self._end(job_wrapper, event)
+        with self._lock:
+            self._applied[event.job_id] = max(event.seq, self._applied.get(event.job_id, 0))
+        if event.terminal:
+            self._forget(event.job_id)
+        self.stats.bump("events_applied")
+
+    def _end(self, job_wrapper: Any, event: JobEvent) -> None:
+        ajs = AsynchronousJobState(job_wrapper, job_wrapper.job_destination,
+                                   files_dir=job_wrapper.working_directory, job_id=event.job_id)
+        ajs.register_cleanup_file_attribute("spec_file")
+        ajs.spec_file = _spec_file(job_wrapper)
+        ajs.stop_job = False  # galaxy-tasks has already ended it
+        script_ended = os.path.exists(ajs.exit_code_file)
+        if event.state == "ok" or (event.state == "error" and script_ended and event.runner_state is None):
+            # Galaxy's own finish reads the exit code and the tool's output and decides
+            # ok or error (and its resubmit rules for tool-detected errors)
+            if not self._embed_metadata(job_wrapper):
+                self._handle_metadata_externally(job_wrapper, resolve_requirements=True)
+            self.finish_job(ajs)
+            self.stats.bump("finished")
+            return
+        ajs.runner_state = event.runner_state or ajs.runner_states.UNKNOWN_ERROR
+        if event.state == "deleted":
+            ajs.fail_message = "This job was cancelled in galaxy-tasks."
+        else:
+            ajs.fail_message = _FAIL_MESSAGES.get(event.runner_state or "", "The job failed in galaxy-tasks: "
+                                                  + (event.reason or "unknown reason"))
+        self.fail_job(ajs)
+        self.stats.bump("failed")
+
+    def _resend(self, job_wrapper: Any, task_id: str) -> None:
+        """galaxy-tasks never recorded the job (its submit message was lost): send the
+        same spec again, with the same id."""
+        try:
+            spec = _read_json(_spec_file(job_wrapper))
+        except (OSError, ValueError):
+            self._forget(task_id)
+            job_wrapper.fail("This job was lost on its way to galaxy-tasks and cannot be sent again.")
+            return
+        self.client.submit(spec)
+        self.stats.bump("resubmitted")
+
+    def _announce(self) -> None:
+        """On the consumer's thread: ask galaxy-tasks about recovered jobs, in one message."""
+        with self._lock:
+            ids, self._to_announce = self._to_announce, set()
+        if ids:
+            try:
+                self.client.announce(ids, self.settings.events_queue)
+            except Exception:
+                log.exception("could not ask galaxy-tasks about %d recovered jobs; will retry", len(ids))
+                with self._lock:
+                    self._to_announce |= ids
+
+    def _ignored(self, event: JobEvent) -> None:
+        log.debug("ignored galaxy-tasks event %s/%s seq %s", event.job_id, event.state, event.seq)
+        self.stats.bump("events_ignored")
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _spec(self, job_wrapper: Any, ajs: AsynchronousJobState) -> dict[str, Any]:
+        job = job_wrapper.get_job()
+        destination = job_wrapper.job_destination
+        galaxy_job = GalaxyJob(
+            server_name=self.settings.server_name,
+            job_id=job.id,
+            tool_id=job.tool_id,
+            tool_version=job.tool_version,
+            user=self._user(job_wrapper, job),
+            attempt=sum(1 for s in job.state_history if s.state == model.Job.states.RESUBMITTED),
+            job_file=ajs.job_file,
+            stdout_file=ajs.output_file,
+            stderr_file=ajs.error_file,
+            exit_code_file=ajs.exit_code_file,
+            params=dict(destination.params or {}),
+            env=tuple(destination.env or ()),
+        )
+        events_queue = self.settings.events_queue if self.settings.events else None
+        return to_spec(galaxy_job, environment=self.settings.environment, events_queue=events_queue)
+
+    def _user(self, job_wrapper: Any, job: Any) -> str | None:
+        """The user's email, or only their id where Galaxy keeps emails out of job names."""
+        if not self.app.config.redact_email_in_job_name:
+            return job_wrapper.user
+        return f"user-{job.user_id}" if job.user_id is not None else None
+
+    def _embed_metadata(self, job_wrapper: Any) -> bool:
+        """Metadata in the job script (Galaxy's default), unless the destination says
+        `embed_metadata_in_job: false` or the metadata strategy runs it in Celery."""
+        if "celery" in (job_wrapper.metadata_strategy or ""):
+            return False
+        return asbool(job_wrapper.job_destination.params.get("embed_metadata_in_job", True))
+
+    def _watch(self, task_id: str, job_wrapper: Any) -> None:
+        with self._lock:
+            self._wrappers[task_id] = job_wrapper
+
+    def _forget(self, task_id: str) -> None:
+        with self._lock:
+            self._wrappers.pop(task_id, None)
+            self._applied.pop(task_id, None)
+
+    def _wrapper(self, task_id: str, job: Any) -> Any:
+        with self._lock:
+            wrapper = self._wrappers.get(task_id)
+        if wrapper is None:
+            # an event that came before Galaxy's start-up recovery handed us the job
+            wrapper = self.app.job_manager.job_handler.job_queue.job_wrapper(job, use_persisted_destination=True)
+            self._watch(task_id, wrapper)
+        return wrapper
+
+
+def _spec_file(job_wrapper: Any) -> str:
+    return os.path.join(job_wrapper.working_directory, f"galaxy_{job_wrapper.get_id_tag()}.gt.json")
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle)
+    os.replace(tmp, path)
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    with open(path) as handle:
+        return json.load(handle)

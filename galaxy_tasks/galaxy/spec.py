@@ -1,0 +1,189 @@
+"""What Galaxy knows about a job, as a galaxy-tasks job spec (the JSON `submit_job` takes).
+
+Plain Python: the runner plugin fills a `GalaxyJob` from Galaxy's job wrapper, and
+everything that decides what galaxy-tasks is asked to run is here, testable without Galaxy.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from galaxy_tasks.spec import JOB_ID, MAX_TEXT
+
+#: destination params read, first match wins (Galaxy's own runners and TPV use these names)
+CORES_PARAMS = ("galaxy_tasks_cores", "cores", "local_slots", "GALAXY_SLOTS")
+MEMORY_MB_PARAMS = ("galaxy_tasks_memory_mb", "memory_mb", "GALAXY_MEMORY_MB")
+MEMORY_GB_PARAMS = ("mem",)  # TPV's `mem` is in GB
+WALLTIME_PARAMS = ("galaxy_tasks_walltime", "walltime", "walltime_s")
+DESTINATION_PARAM = "galaxy_tasks_destination"
+TOOL_VERSION_LIMIT = 64
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+class MappingError(ValueError):
+    """A destination param that cannot be read; the message names it."""
+
+
+@dataclass(frozen=True)
+class GalaxyJob:
+    """The facts about one Galaxy job that its galaxy-tasks job is made from."""
+
+    server_name: str
+    job_id: int
+    tool_id: str
+    job_file: str
+    stdout_file: str
+    stderr_file: str
+    exit_code_file: str
+    tool_version: str | None = None
+    user: str | None = None
+    attempt: int = 0  # how many times Galaxy resubmitted this job before
+    params: Mapping[str, Any] = field(default_factory=dict)
+    env: tuple[Mapping[str, Any], ...] = ()  # the destination's `env:` entries
+
+
+@dataclass(frozen=True)
+class Resources:
+    cores: int = 1
+    memory_mb: int | None = None
+    walltime_s: int | None = None
+
+
+def task_job_id(server_name: str, job_id: int, attempt: int = 0) -> str:
+    """The galaxy-tasks id of a Galaxy job: stable, so resending after a crash finds the same
+    job, and new for each resubmission, which is another run. A server name that does not
+    fit is replaced by a short digest of it."""
+    suffix = f"-{job_id}" + (f"-r{attempt}" if attempt else "")
+    server = _UNSAFE.sub("_", server_name).strip("_-") or "galaxy"
+    candidate = f"g-{server}{suffix}"
+    if not JOB_ID.match(candidate):
+        digest = hashlib.sha256(server_name.encode()).hexdigest()[:10]
+        candidate = f"g-{digest}{suffix}"
+    if not JOB_ID.match(candidate):
+        raise MappingError(f"Galaxy job id {job_id} does not fit a galaxy-tasks job id")
+    return candidate
+
+
+def galaxy_job_id(task_id: str, server_name: str) -> int | None:
+    """The Galaxy job id inside a galaxy-tasks id made by `task_job_id`, or None if the id
+    is not one this server made."""
+    match = re.search(r"-(\d+)(?:-r(\d+))?\Z", task_id)
+    if match is None:
+        return None
+    job_id, attempt = int(match[1]), int(match[2] or 0)
+    try:
+        return job_id if task_job_id(server_name, job_id, attempt) == task_id else None
+    except MappingError:
+        return None
+
+
+def resources(params: Mapping[str, Any], env: Iterable[Mapping[str, Any]] = ()) -> Resources:
+    """Cores, memory and walltime from a destination's params, then from its `env:` entries
+    (GALAXY_SLOTS, GALAXY_MEMORY_MB), as Galaxy's own runners read them."""
+    values = dict(_env_values(env))
+    values.update({k: v for k, v in params.items() if v not in (None, "")})
+    cores = _first(values, CORES_PARAMS, _whole)
+    memory_mb = _first(values, MEMORY_MB_PARAMS, _whole)
+    if memory_mb is None:
+        memory_gb = _first(values, MEMORY_GB_PARAMS, _number)
+        memory_mb = max(1, round(memory_gb * 1024)) if memory_gb is not None else None
+    walltime_s = _first(values, WALLTIME_PARAMS, walltime_seconds)
+    return Resources(cores=cores or 1, memory_mb=memory_mb, walltime_s=walltime_s)
+
+
+def walltime_seconds(value: Any) -> int:
+    """Seconds from a number or from `[[D-]HH:]MM:SS` (the DRM form: 1-12:00:00, 04:00:00)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _positive(int(value))
+    text = str(value).strip()
+    days = 0
+    if "-" in text:
+        day_text, text = text.split("-", 1)
+        days = int(day_text)
+    parts = [int(p) for p in text.split(":")]
+    if not 1 <= len(parts) <= 3:
+        raise ValueError(value)
+    seconds = 0
+    for part in parts:
+        seconds = seconds * 60 + part
+    return _positive(days * 86400 + seconds)
+
+
+def command(job: GalaxyJob) -> str:
+    """Runs Galaxy's job script with its stdout and stderr where Galaxy's finish_job reads
+    them (galaxy_<id>.o/.e). The script writes the tool's exit code to galaxy_<id>.ec and
+    itself ends with the status of its last metrics line; the command exits with the
+    tool's code, so galaxy-tasks records what the tool did."""
+    q = shlex.quote
+    ec = q(job.exit_code_file)
+    return (f"{q(job.job_file)} > {q(job.stdout_file)} 2> {q(job.stderr_file)}; rc=$?; "
+            f"if [ -s {ec} ] && read code < {ec}; then rc=$code; fi; exit \"$rc\"")
+
+
+def to_spec(job: GalaxyJob, *, environment: Mapping[str, str] | None = None,
+            events_queue: str | None = None) -> dict[str, Any]:
+    """The job spec for `galaxy_tasks.submit_job`. `events_queue` asks galaxy-tasks to
+    publish the job's state changes there (the job-event contract)."""
+    needs = resources(job.params, job.env)
+    spec: dict[str, Any] = {
+        "id": task_job_id(job.server_name, job.job_id, job.attempt),
+        "tool_id": job.tool_id[:MAX_TEXT],
+        "tool_version": job.tool_version[:TOOL_VERSION_LIMIT] if job.tool_version else None,
+        "user": job.user[:MAX_TEXT] if job.user else None,
+        "command": command(job),
+        "cores": needs.cores,
+        "memory_mb": needs.memory_mb,
+        "walltime_s": needs.walltime_s,
+        "destination": _destination(job.params),
+        "environment": dict(environment or {}),
+    }
+    if events_queue:
+        spec["events"] = {"queue": events_queue, "client_id": job.server_name[:MAX_TEXT]}
+    return {k: v for k, v in spec.items() if v is not None}
+
+
+def _destination(params: Mapping[str, Any]) -> str | None:
+    value = params.get(DESTINATION_PARAM)
+    return str(value) if value not in (None, "") else None
+
+
+def _env_values(env: Iterable[Mapping[str, Any]]) -> Iterable[tuple[str, Any]]:
+    for entry in env:
+        name, value = entry.get("name"), entry.get("value")
+        if name and value not in (None, "") and not entry.get("execute") and not entry.get("file"):
+            yield str(name), value
+
+
+def _first(values: Mapping[str, Any], names: tuple[str, ...], convert: Any) -> Any:
+    for name in names:
+        if name in values:
+            try:
+                return convert(values[name])
+            except (TypeError, ValueError):
+                raise MappingError(f"destination param {name}={values[name]!r} is not valid") from None
+    return None
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    number = float(value)
+    if number != int(number):
+        raise ValueError(value)
+    return _positive(int(number))
+
+
+def _number(value: Any) -> float:
+    number = float(value)
+    if isinstance(value, bool) or number <= 0:
+        raise ValueError(value)
+    return number
+
+
+def _positive(value: int) -> int:
+    if value < 1:
+        raise ValueError(value)
+    return value

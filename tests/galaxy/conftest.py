@@ -1,0 +1,68 @@
+"""The Galaxy tier: one real Galaxy for the session (its venv from ops/galaxy-venv.sh), a
+Redis of its own as galaxy-tasks' broker, and per test a galaxy-tasks deployment (a fresh
+PostgreSQL database, real workers) on that broker.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import redis
+
+from galaxy_tasks.spec import FIELDS
+from tests.galaxy.api import GalaxyApi
+from tests.galaxy.server import GalaxyServer, ensure_venv
+from tests.support.deployment import Deployment
+from tests.support.redis_server import RedisServer
+from tests.support.services import require, unavailable
+
+#: galaxy-tasks accepts the spec's `events` field (the job-event feature is live)
+EVENTS = "events" in FIELDS
+
+
+@pytest.fixture(scope="session")
+def galaxy_venv() -> Path:
+    try:
+        return ensure_venv()
+    except RuntimeError as exc:
+        unavailable(str(exc))
+
+
+@pytest.fixture(scope="session")
+def galaxy_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    try:
+        server = RedisServer(tmp_path_factory.mktemp("galaxy-broker")).start()
+    except (OSError, RuntimeError) as exc:
+        require("redis-server", exc)
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="session")
+def galaxy(galaxy_venv: Path, galaxy_broker: RedisServer,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[GalaxyServer]:
+    """A running Galaxy; a test may kill it and start it again on the same data."""
+    server = GalaxyServer(galaxy_venv, tmp_path_factory.mktemp("galaxy"), galaxy_broker.url, events=EVENTS)
+    try:
+        server.start()
+    except (RuntimeError, TimeoutError) as exc:
+        server.stop()
+        unavailable(f"Galaxy did not start: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def galaxy_user(galaxy: GalaxyServer) -> GalaxyApi:
+    return galaxy.admin.user_api("tester@example.org")
+
+
+@pytest.fixture
+def tasks(make_deployment, galaxy_broker: RedisServer) -> Deployment:
+    """galaxy-tasks on Galaxy's broker (emptied first: nothing of an earlier test is left to
+    consume) with one worker serving the steps and local queues."""
+    redis.Redis.from_url(galaxy_broker.url).flushall()
+    deployment = make_deployment(broker=galaxy_broker.url)
+    deployment.worker("galaxy_tasks,local")
+    return deployment

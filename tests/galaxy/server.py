@@ -1,0 +1,234 @@
+"""A real Galaxy server for tests: its configuration in a directory of its own, `galaxy-web`
+from the Galaxy venv (ops/galaxy-venv.sh), SQLite, no conda, a bootstrap admin key.
+
+The server can be killed (SIGKILL) and started again on the same data directory, as a
+crashed Galaxy would be.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from tests.galaxy.api import GalaxyApi
+from tests.support.deployment import ROOT
+from tests.support.redis_server import free_port
+
+BOOTSTRAP_KEY = "gt-test-bootstrap-key-0123456789"
+
+CAT = "echo 'probe header' > '$output' && cat '$input' >> '$output'"
+FAIL = "echo 'about to fail' >&2; exit 3"
+#: tool id -> (command, environment: None is Galaxy's local runner, the default)
+TOOLS = {
+    "probe_cat": (CAT, None),
+    "probe_cat_gt": (CAT, "gt_env"),
+    "probe_fail_gt": (FAIL, "gt_env"),
+    "probe_sleep_gt": ("sleep 600 && cat '$input' > '$output'", "gt_env"),
+    "probe_cat_contract": (CAT, "contract_env"),
+    "probe_fail_contract": (FAIL, "contract_env"),
+}
+#: the second plugin runner: events on, a steps queue no galaxy-tasks worker serves, so a
+#: test can play galaxy-tasks' side of the job-event contract (tests/galaxy/test_event_contract.py)
+CONTRACT_STEPS_QUEUE = "galaxy_tasks_contract"
+CONTRACT_EVENTS_QUEUE = "galaxy.main.contract"
+
+
+def ensure_venv() -> Path:
+    """The Galaxy venv, made or reused by ops/galaxy-venv.sh; GT_GALAXY_VENV chooses where
+    (the root conftest clears GALAXY_TASKS_* variables, so it is passed on from here)."""
+    env = dict(os.environ)
+    if os.environ.get("GT_GALAXY_VENV"):
+        env["GALAXY_TASKS_GALAXY_VENV"] = os.environ["GT_GALAXY_VENV"]
+    try:
+        result = subprocess.run(["bash", str(ROOT / "ops" / "galaxy-venv.sh")], env=env, capture_output=True,
+                                text=True, timeout=1800)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"ops/galaxy-venv.sh did not run: {exc}") from exc
+    if result.returncode != 0 or not result.stdout.strip():
+        raise RuntimeError(f"ops/galaxy-venv.sh failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def celery_options(broker_url: str) -> dict[str, Any]:
+    """Galaxy options that set metadata in Galaxy's Celery worker (databases 1 and 2 of the
+    given Redis as its broker and result backend) instead of in the job."""
+    base = broker_url.rsplit("/", 1)[0]
+    return {"enable_celery_tasks": True, "metadata_strategy": "directory_celery",
+            "celery_conf": {"broker_url": f"{base}/1", "result_backend": f"{base}/2"}}
+
+
+def tool_xml(tool_id: str, command: str) -> str:
+    return textwrap.dedent(f"""\
+        <tool id="{tool_id}" name="{tool_id}" version="0.1.0" profile="21.05">
+            <command><![CDATA[{command}]]></command>
+            <inputs><param name="input" type="data" format="txt,tabular" label="Input"/></inputs>
+            <outputs><data name="output" format="txt"/></outputs>
+        </tool>
+        """)
+
+
+class GalaxyServer:
+    def __init__(self, venv: Path, root: Path, broker_url: str, *, events: bool = False,
+                 galaxy_options: Mapping[str, Any] | None = None) -> None:
+        self.venv = venv
+        self.events = events
+        self.root = root
+        self.broker_url = broker_url
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stats_file = root / "gt-stats.json"
+        self.contract_stats_file = root / "gt-contract-stats.json"
+        self.log = root / "galaxy.log"
+        self.proc: subprocess.Popen | None = None
+        self.celery: subprocess.Popen | None = None
+        self._write_config(dict(galaxy_options or {}))
+        self.admin = GalaxyApi(self.url, BOOTSTRAP_KEY)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def _write_config(self, galaxy_options: dict[str, Any]) -> None:
+        config = self.root / "config"
+        tools = self.root / "tools"
+        for directory in (config, tools, self.data_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        for tool_id, (command, _) in TOOLS.items():
+            (tools / f"{tool_id}.xml").write_text(tool_xml(tool_id, command))
+        entries = "\n".join(f'    <tool file="{tools / f"{t}.xml"}"/>' for t in TOOLS)
+        (config / "tool_conf.xml").write_text(
+            f'<?xml version="1.0"?>\n<toolbox>\n  <section id="probe" name="Probe">\n{entries}\n  </section>\n</toolbox>\n')
+        (config / "tool_data_table_conf.xml").write_text("<tables/>\n")  # no data tables fetched from the web
+        routed = "\n".join(f"- id: {t}\n  environment: {env}" for t, (_, env) in TOOLS.items() if env)
+        (config / "job_conf.yml").write_text(textwrap.dedent(f"""\
+            runners:
+              local:
+                load: galaxy.jobs.runners.local:LocalJobRunner
+                workers: 2
+              gt:
+                load: galaxy_tasks.galaxy.runner:GalaxyTasksJobRunner
+                workers: 2
+                broker_url: {self.broker_url}
+                stats_file: {self.stats_file}
+                events: {"true" if self.events else "false"}
+              gt_contract:
+                load: galaxy_tasks.galaxy.runner:GalaxyTasksJobRunner
+                workers: 1
+                broker_url: {self.broker_url}
+                steps_queue: {CONTRACT_STEPS_QUEUE}
+                events: true
+                events_queue: {CONTRACT_EVENTS_QUEUE}
+                stats_file: {self.contract_stats_file}
+            execution:
+              default: local_env
+              environments:
+                local_env:
+                  runner: local
+                gt_env:
+                  runner: gt
+                  galaxy_tasks_cores: 2
+                contract_env:
+                  runner: gt_contract
+            tools:
+            """) + routed + "\n")
+        galaxy = {
+            "server_name": "main",
+            "data_dir": str(self.data_dir),
+            "database_connection": f"sqlite:///{self.data_dir}/universe.sqlite?isolation_level=IMMEDIATE",
+            "tool_config_file": str(config / "tool_conf.xml"),
+            "job_config_file": str(config / "job_conf.yml"),
+            "conda_auto_init": False,
+            "conda_auto_install": False,
+            "dependency_resolvers": [],
+            "admin_users": "admin@example.org",
+            "bootstrap_admin_api_key": BOOTSTRAP_KEY,
+            "id_secret": "gt-test-id-secret-0123456789abcdef",
+            "allow_user_creation": True,
+            "enable_celery_tasks": False,
+            "check_migrate_databases": True,
+            "watch_tools": False,
+            "require_login": False,
+            "cleanup_job": "never",
+            "enable_mulled_containers": False,
+            "involucro_auto_init": False,
+            "tool_data_table_config_path": str(config / "tool_data_table_conf.xml"),
+            **galaxy_options,
+        }
+        (config / "galaxy.yml").write_text(yaml.safe_dump({"gravity": {"galaxy_root": str(self.root)},
+                                                           "galaxy": galaxy}))
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GALAXY_TASKS_", "VIRTUAL_ENV", "PYTHON"))}
+        env["PATH"] = f"{self.venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
+        env["VIRTUAL_ENV"] = str(self.venv)
+        return env
+
+    def start(self, timeout: float = 240) -> GalaxyServer:
+        handle = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [str(self.venv / "bin" / "galaxy-web"), "-c", str(self.root / "config" / "galaxy.yml"),
+             "-b", f"127.0.0.1:{self.port}"],
+            cwd=self.root, env=self.environment(), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        handle.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"galaxy-web exited with {self.proc.returncode}:\n{self.tail()}")
+            if self.admin.reachable():
+                return self
+            time.sleep(0.5)
+        raise TimeoutError(f"Galaxy not up after {timeout} s:\n{self.tail()}")
+
+    def start_celery(self) -> subprocess.Popen:
+        """Galaxy's Celery worker, as gravity starts it (threads pool, Galaxy's queues); for a
+        server made with `celery_options`."""
+        env = self.environment()
+        env["GALAXY_CONFIG_FILE"] = str(self.root / "config" / "galaxy.yml")
+        with open(self.root / "celery.log", "ab") as log:
+            self.celery = subprocess.Popen(
+                [str(self.venv / "bin" / "celery"), "--app", "galaxy.celery", "worker", "--concurrency", "2",
+                 "--loglevel", "INFO", "--pool", "threads", "--queues", "celery,galaxy.internal,galaxy.external"],
+                cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self.celery
+
+    def stop_celery(self) -> None:
+        if self.celery is not None and self.celery.poll() is None:
+            os.killpg(self.celery.pid, signal.SIGTERM)
+            try:
+                self.celery.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.celery.pid, signal.SIGKILL)
+                self.celery.wait(timeout=30)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing of Galaxy's shutdown runs."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        self._signal(signal.SIGTERM, wait=60)
+
+    def _signal(self, sig: int, wait: float = 30) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def tail(self, size: int = 6000) -> str:
+        return self.log.read_text(errors="replace")[-size:] if self.log.exists() else ""
+
+    def working_directory(self, job_id: int) -> Path:
+        """Galaxy's job working directory (jobs_directory/<000>/<id>)."""
+        return self.data_dir / "jobs_directory" / f"{job_id // 1000:03d}" / str(job_id)
