@@ -5,7 +5,7 @@ from celery import Celery
 
 from galaxy_tasks import config, logs, security
 
-app = Celery("galaxy_tasks")
+app = Celery("galaxy_tasks", task_cls="galaxy_tasks.guard:GuardedTask")
 app.config_from_object("celeryconfig")
 security.apply(app, config.load())
 logs.install(config.load().log_level)

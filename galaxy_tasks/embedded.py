@@ -14,7 +14,7 @@ from typing import Iterator
 
 from celery.beat import EmbeddedService
 
-from galaxy_tasks import context
+from galaxy_tasks import context, security
 from galaxy_tasks.store import schema
 
 
@@ -25,6 +25,7 @@ def embedded_worker(concurrency: int = 4, reconcile: bool = True) -> Iterator[ob
     from galaxy_tasks.celery import app
 
     ctx = context.current()
+    security.undumpable()  # the jobs of this process run as its user
     ctx.settings.home.mkdir(parents=True, exist_ok=True)
     ctx.settings.jobs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     schema.upgrade(ctx.settings.database_url)

@@ -8,16 +8,33 @@ from typing import Any, Iterable
 
 from celery import signals
 
-from galaxy_tasks import context, lifecycle, messages, runtime, store
+from galaxy_tasks import context, lifecycle, messages, runtime, security, store
 from galaxy_tasks.celery import app
+from galaxy_tasks.errors import ConfigError
 from galaxy_tasks.logs import event
 
 log = logging.getLogger("galaxy_tasks.tasks")
 
 
+@signals.celeryd_init.connect
+def _check_configuration(**_: Any) -> None:
+    """A worker whose configuration is wrong (an unknown param, a bad value, a key given
+    twice) stops at once, saying why, instead of reporting `ready` and failing each job."""
+    try:
+        context.current()
+    except (ConfigError, ValueError) as exc:
+        raise SystemExit(f"galaxy-tasks worker: {exc}") from None
+
+
+@signals.worker_init.connect
+def _close_to_jobs(**_: Any) -> None:
+    security.undumpable()
+
+
 @signals.worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     store.dispose_after_fork()
+    security.undumpable()
 
 
 @signals.celeryd_after_setup.connect

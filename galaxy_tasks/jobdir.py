@@ -1,29 +1,69 @@
 """A job's working directory and the job script every runner executes.
 
 The same `job.sh` runs under every runner (a local process, a Grid Engine job, a Mesos
-task). It claims the job before running anything (an exclusive create of `claim`), so a second
-copy started by a duplicated submission exits with CLAIMED_EXIT_CODE without running the
-command; and it records the command's exit code atomically (write, then rename) so a
-reader never sees a half-written one.
+task). It claims the job before running anything (an exclusive create of `claim`), so a
+second copy started by a duplicated submission exits with CLAIMED_EXIT_CODE without running
+the command, and it records the command's exit code. It uses shell builtins only and never
+takes the job's own environment: the command's variables are set in the command's shell
+(`env.sh`), so a job whose environment says `IFS=0` or `PATH=/nowhere` cannot stop its exit
+code from being recorded.
+
+A job directory belongs to one row: the token written at prepare (`token`) is in the claim
+and the exit code the script writes, and in the end note a runner writes (`ended`), and a
+reader that is given the row's token takes nothing written for another job, such as a
+directory left by an earlier job with the same id.
+
+Everything in a job directory was within reach of the job's own command, so it is read
+without following links, only from regular files, bounded in size, and never blocking (a
+FIFO in place of a file is refused, not waited on).
 """
 from __future__ import annotations
 
+import errno
+import json
 import os
+import secrets
 import shlex
-from dataclasses import dataclass
+import stat
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 CLAIMED_EXIT_CODE = 75
+#: the exit code of a job whose environment_setup_file could not be read
+SETUP_FAILED_EXIT_CODE = 126
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 OUTPUT_TAIL_BYTES = 64 * 1024
+#: the first line of the job's stderr that starts with this is the job script's own reason
+SCRIPT_REASON_PREFIX = "galaxy-tasks: "
+_SMALL = 4096
+
+
+def new_token() -> str:
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class EndNote:
+    """How a job ended, as the runner that saw it end wrote it down (`ended`)."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    runner_state: str | None = None
+    wall_time_s: float | None = None
+    max_rss_kb: int | None = None
+    ended_at: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
 class JobDir:
-    """Paths inside one job directory; the layout is the contract between the steps."""
+    """Paths inside one job directory, and what the steps read from it. `token` is the
+    row's; without it, the directory's own `token` file says which job it belongs to."""
 
     root: Path
+    token: str | None = None
 
     @property
     def script(self) -> Path:
@@ -32,6 +72,10 @@ class JobDir:
     @property
     def command(self) -> Path:
         return self.root / "command.sh"
+
+    @property
+    def env_script(self) -> Path:
+        return self.root / "env.sh"
 
     @property
     def working(self) -> Path:
@@ -54,43 +98,99 @@ class JobDir:
         return self.root / "exit_code"
 
     @property
+    def token_file(self) -> Path:
+        return self.root / "token"
+
+    @property
+    def end_note_file(self) -> Path:
+        return self.root / "ended"
+
+    @property
     def claim_file(self) -> Path:
         """Created exclusively by the copy of the job script that runs the job; holds its pid."""
         return self.root / "claim"
 
+    def own_token(self) -> str | None:
+        """The token this directory was prepared with (None: an older directory, or none)."""
+        text = read_small(self.token_file, 128)
+        return text.strip() or None if text is not None else None
+
+    def expected_token(self) -> str | None:
+        return self.token if self.token is not None else self.own_token()
+
     def claimed(self) -> bool:
-        return self.claim_file.exists()
+        return os.path.lexists(self.claim_file)
 
     def claimed_pid(self) -> int | None:
         """The pid of the job script that claimed the job, if one did."""
-        try:
-            return int(self.claim_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
+        fields = self._fields(self.claim_file)
+        return int(fields[0]) if fields and fields[0].isdigit() else None
 
     def recorded_exit_code(self) -> int | None:
         """The exit code the job script recorded, or None if it has not finished."""
-        try:
-            text = self.exit_code_file.read_text()
-        except FileNotFoundError:
+        fields = self._fields(self.exit_code_file, complete=True)
+        if not fields or not fields[0].isdigit():
             return None
+        code = int(fields[0])
+        return code if code < 256 else None
+
+    def end_note(self) -> EndNote | None:
+        """What the runner wrote when it saw the job end, if it did (and it is this job's)."""
+        text = read_small(self.end_note_file, _SMALL)
         try:
-            return int(text.strip())
+            data = json.loads(text) if text else None
         except ValueError:
             return None
+        if not isinstance(data, dict) or data.get("token") != self.expected_token():
+            return None
+        try:
+            return EndNote(exit_code=_int(data.get("exit_code")), signal=_int(data.get("signal")),
+                           reason=_text(data.get("reason")), runner_state=_text(data.get("runner_state")),
+                           wall_time_s=_number(data.get("wall_time_s")), max_rss_kb=_int(data.get("max_rss_kb")),
+                           ended_at=_number(data.get("ended_at")) or time.time())
+        except (TypeError, ValueError):
+            return None
+
+    def write_end_note(self, note: EndNote) -> None:
+        """The runner's record of the end (its own observation: the exit status it reaped,
+        the signal, the usage), written whole or not at all, over whatever is there."""
+        data = {"token": self.expected_token(), **note.__dict__}
+        write_file(self.end_note_file, json.dumps(data), 0o600)
 
     def tail(self, which: str, limit: int = OUTPUT_TAIL_BYTES) -> str:
-        """The last `limit` bytes of stdout or stderr (bounded, so a chatty tool cannot
-        fill the database)."""
+        """The last `limit` bytes of stdout or stderr, as text a database column can hold
+        (bounded, so a chatty tool cannot fill the database; NUL and invalid UTF-8 replaced)."""
         path = self.stdout if which == "stdout" else self.stderr
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                size = handle.tell()
-                handle.seek(max(0, size - limit))
-                return handle.read().decode("utf-8", errors="replace")
-        except FileNotFoundError:
+        fd = _open_regular(path)
+        if fd is None:
             return ""
+        try:
+            size = os.fstat(fd).st_size
+            os.lseek(fd, max(0, size - limit), os.SEEK_SET)
+            data = _read_up_to(fd, limit)
+        finally:
+            os.close(fd)
+        return as_text(data)
+
+    def script_reason(self) -> str | None:
+        """The reason the job script itself gave on stderr (a setup file it could not read)."""
+        for line in self.tail("stderr", _SMALL).splitlines():
+            if line.startswith(SCRIPT_REASON_PREFIX):
+                return line[len(SCRIPT_REASON_PREFIX):].strip()[:500]
+        return None
+
+    def _fields(self, path: Path, complete: bool = False) -> list[str] | None:
+        """`<value> <token>` written by the job script; None unless it is this job's (an
+        older directory's files, written before tokens, carry no token and count when the
+        directory has none either). `complete`: only a whole line counts."""
+        text = read_small(path, 256)
+        if text is None or (complete and not text.endswith("\n")):
+            return None
+        fields = text.split()
+        expected = self.expected_token()
+        if expected is None:
+            return fields[:1] if len(fields) == 1 else None
+        return fields[:1] if len(fields) == 2 and fields[1] == expected else None
 
 
 def job_environment(
@@ -103,8 +203,8 @@ def job_environment(
     mesos_url: str,
     job_id: str,
 ) -> dict[str, str]:
-    """The complete environment of a job: what the destination and the spec set, and the
-    variables every Galaxy tool expects; nothing inherited from the worker's own
+    """The complete environment of a job's command: what the destination and the spec set,
+    and the variables every Galaxy tool expects; nothing inherited from the worker's own
     environment (which may hold broker or database passwords)."""
     env: dict[str, str] = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "HOME": str(job_dir.working)}
     env.update(destination_env)
@@ -124,49 +224,163 @@ def job_environment(
     return env
 
 
-def render_script(job_dir: JobDir, env: Mapping[str, str], setup_file: str | None) -> str:
-    """The job script. It exports its whole environment itself, so a runner that cannot
-    pass an environment (a DRM, a Mesos agent) still gives the job exactly this one."""
+def script_environment() -> dict[str, str]:
+    """What a runner starts job.sh with where it chooses (the local runner): nothing of the
+    job's, nothing of the worker's; the command's own environment is set by env.sh."""
+    return {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}
+
+
+def render_script(job_dir: JobDir, token: str) -> str:
+    """The job script: builtins only (`echo`, `printf`, `cd`, `exit`), `/bin/sh` by its
+    full path, quoted expansions, and its own IFS and PATH, whatever it inherited."""
     q = shlex.quote
-    lines = [
+    return "\n".join([
         "#!/bin/sh",
+        "IFS=' \t\n'; PATH=/usr/bin:/bin; export PATH",
         # noclobber makes the redirection an exclusive create: a shell builtin, no process
         "set -C",
-        f"{{ echo $$ > {q(str(job_dir.claim_file))}; }} 2>/dev/null || exit {CLAIMED_EXIT_CODE}",
+        f"{{ echo \"$$ {token}\" > {q(str(job_dir.claim_file))}; }} 2>/dev/null || exit {CLAIMED_EXIT_CODE}",
         "set +C",
         "umask 077",
-    ]
-    for name in sorted(env):
-        lines.append(f"{name}={q(env[name])}; export {name}")
-    if setup_file:
-        lines.append(f". {q(setup_file)}")
-    lines += [
-        f"cd {q(str(job_dir.working))} || exit 1",
-        f"/bin/sh {q(str(job_dir.command))} </dev/null >{q(str(job_dir.stdout))} 2>{q(str(job_dir.stderr))}",
-        "rc=$?",
-        f"echo $rc > {q(str(job_dir.exit_code_file) + '.tmp')} && "
-        f"mv {q(str(job_dir.exit_code_file) + '.tmp')} {q(str(job_dir.exit_code_file))}",
-        "exit $rc",
+        f"if cd {q(str(job_dir.working))}; then",
+        f"  /bin/sh -c '. \"$1\" && exec /bin/sh \"$2\"' job {q(str(job_dir.env_script))} "
+        f"{q(str(job_dir.command))} </dev/null >{q(str(job_dir.stdout))} 2>{q(str(job_dir.stderr))}",
+        "  rc=$?",
+        "else",
+        f"  echo '{SCRIPT_REASON_PREFIX}cannot enter the working directory' >{q(str(job_dir.stderr))}; rc=1",
+        "fi",
+        f"printf '%s %s\\n' \"$rc\" {token} > {q(str(job_dir.exit_code_file))}",
+        "exit \"$rc\"",
         "",
-    ]
-    return "\n".join(lines)
+    ])
 
 
-def create(root: Path, command: str, env: Mapping[str, str], setup_file: str | None) -> JobDir:
-    """Write a job directory (mode 0700: job data is private to the worker's user)."""
-    job_dir = JobDir(root)
+def render_env_script(env: Mapping[str, str], setup_file: str | None) -> str:
+    """The command's environment, sourced by the command's own shell before it runs; then
+    the environment_setup_file, if any, with a reason of its own when it cannot be read."""
+    q = shlex.quote
+    lines = [f"{name}={q(env[name])}; export {name}" for name in sorted(env)]
+    if setup_file:
+        lines += [
+            f"if [ -r {q(setup_file)} ]; then . {q(setup_file)}; else",
+            f"  echo {q(SCRIPT_REASON_PREFIX + 'environment_setup_file ' + setup_file + ' cannot be read')} >&2",
+            f"  exit {SETUP_FAILED_EXIT_CODE}",
+            "fi",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+class ForeignDirectory(Exception):
+    """A job directory exists at this job's path but belongs to another job (another token)."""
+
+
+def create(root: Path, command: str, env: Mapping[str, str], setup_file: str | None,
+           token: str | None = None) -> JobDir:
+    """Write a job directory (mode 0700: job data is private to the worker's user) for the
+    row whose token this is. A directory of another job at that path (an earlier job with
+    the same id, a restored database, a second deployment sharing the jobs directory) is
+    set aside, never taken for this one's; this row's own directory is rewritten in place
+    (a prepare step run again)."""
+    token = token or new_token()
+    job_dir = JobDir(root, token)
+    if os.path.lexists(root) and job_dir.own_token() != token:
+        _set_aside(root)
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(root, 0o700)
     for sub in (job_dir.working, job_dir.tmp):
         sub.mkdir(mode=0o700, exist_ok=True)
-    _write(job_dir.command, command if command.endswith("\n") else command + "\n", 0o600)
-    _write(job_dir.script, render_script(job_dir, env, setup_file), 0o700)
+    write_file(job_dir.token_file, token + "\n", 0o600)
+    write_file(job_dir.command, command if command.endswith("\n") else command + "\n", 0o600)
+    write_file(job_dir.env_script, render_env_script(env, setup_file), 0o600)
+    write_file(job_dir.script, render_script(job_dir, token), 0o700)
     return job_dir
 
 
-def _write(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+def _set_aside(root: Path) -> None:
+    aside = root.with_name(f"{root.name}.stale-{int(time.time())}-{secrets.token_hex(3)}")
+    os.rename(root, aside)
+
+
+# -- reading and writing what a job could have touched -----------------------------------
+
+
+def read_small(path: Path, limit: int) -> str | None:
+    """A small regular file's text (at most `limit` bytes), None if it is missing, not a
+    regular file (a link, a FIFO, a device), or unreadable."""
+    fd = _open_regular(path)
+    if fd is None:
+        return None
+    try:
+        return as_text(_read_up_to(fd, limit))
+    finally:
+        os.close(fd)
+
+
+def as_text(data: bytes) -> str:
+    """Bytes a job wrote, as text any database column can hold."""
+    return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+
+def write_file(path: Path, text: str, mode: int) -> None:
+    """Write whole or not at all: a new file of our own, renamed over the name (rename
+    replaces a link itself, never what it points to)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _open_regular(path: Path) -> int | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EACCES, errno.ENXIO, errno.EISDIR):
+            return None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _read_up_to(fd: int, limit: int) -> bytes:
+    chunks, left = [], limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 65536))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _int(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(value)
+    return value
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(value)
+    return float(value)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(value)
+    return value[:2000]

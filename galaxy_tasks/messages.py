@@ -58,7 +58,7 @@ def wake(destination: str) -> None:
 
 def kill(stop: ToStop) -> None:
     send("kill_job", control_queue(stop.destination, stop.tracked.external_id), destination=stop.destination,
-         job=tracked_json(stop.tracked))
+         job_id=stop.tracked.job_id)
 
 
 class Announcer:
@@ -132,10 +132,6 @@ def with_host_queues(queues: Iterable[str]) -> list[str]:
     return result
 
 
-def tracked_json(tracked: Tracked) -> dict[str, str]:
-    return {"job_id": tracked.job_id, "external_id": tracked.external_id, "job_dir": str(tracked.job_dir)}
-
-
 def _in_batches(task: str, jobs_by_destination: dict[str, list[Tracked]]) -> None:
     """One message per batch of a destination's jobs, to the queue that can act on them."""
     destinations = context.current().routing.destinations
@@ -147,7 +143,7 @@ def _in_batches(task: str, jobs_by_destination: dict[str, list[Tracked]]) -> Non
             by_queue.setdefault(control_queue(destination, job.external_id), []).append(job)
         for queue, tracked in by_queue.items():
             for batch in _chunks(tracked, BATCH):
-                send(task, queue, destination=destination, jobs=[tracked_json(t) for t in batch])
+                send(task, queue, destination=destination, job_ids=[t.job_id for t in batch])
 
 
 def _chunks(items: list[Tracked], size: int) -> Iterator[list[Tracked]]:

@@ -70,6 +70,9 @@ jobs = Table(
     Column("queue", String(255), nullable=False),
     Column("state", String(16), nullable=False),
     Column("job_dir", Text),
+    # written into the job directory at prepare: what the directory holds is this row's only
+    # if it carries this token (a directory left by an earlier job with the same id does not)
+    Column("token", String(64)),
     Column("external_id", String(255)),
     # the message (task id) that holds the SUBMITTING claim: its own redelivery after a
     # crash may take the launch over at once, any other message must wait out the lease
@@ -145,6 +148,7 @@ class Job:
     destination_hint: str | None = None
     environment_setup_file: str | None = None
     job_dir: str | None = None
+    token: str | None = None
     external_id: str | None = None
     owner: str | None = None
     exit_code: int | None = None

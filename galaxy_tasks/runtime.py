@@ -39,17 +39,18 @@ def runner_for(destination: str) -> Runner:
         return _runners[destination]
 
 
-def record_end(completion: Completion) -> Finished:
-    """Record a job's end, then send what follows from it. The finish step runs this, and so
-    does a runner whose report must be durable before it acknowledges its own event."""
-    finished = lifecycle.finish(context.current(), completion)
+def record_end(completion: Completion, confirmed: bool = False) -> Finished:
+    """Record a job's end, then send what follows from it. The finish step runs this (its
+    message a hint, checked against the job's directory); so does a runner's own answer in
+    this process (`confirmed`): a reconciliation check, a runner whose events are durable."""
+    finished = lifecycle.finish(context.current(), completion, confirmed)
     if finished.wake is not None:
         messages.wake(finished.wake)
     return finished
 
 
 def _record_durably(completion: Completion) -> None:
-    record_end(completion)
+    record_end(completion, confirmed=True)
 
 
 def close_runners() -> None:

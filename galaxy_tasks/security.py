@@ -11,6 +11,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu.serialization import disable_insecure_serializers
 
+from galaxy_tasks import closed
 from galaxy_tasks.config import Settings
 
 
@@ -31,3 +32,8 @@ def apply(app: Celery, settings: Settings) -> None:
         accept_content=["auth"],
     )
     app.setup_security(allowed_serializers=["json"], digest="sha256")
+
+
+def undumpable() -> None:
+    """(See galaxy_tasks.closed: this process's memory and /proc entries closed to its jobs.)"""
+    closed.undumpable()

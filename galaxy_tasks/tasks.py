@@ -7,7 +7,6 @@ client that does not import this package submits with
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from galaxy_tasks import context, events, hooks, lifecycle, messages, runtime  # noqa: F401 - hooks connect signals
@@ -16,6 +15,7 @@ from galaxy_tasks.errors import RunnerError, RunnerUnavailable, SpecError
 from galaxy_tasks.logs import event
 from galaxy_tasks.runners.base import Completion, Tracked
 from galaxy_tasks.spec import parse
+from galaxy_tasks.states import JobState
 from galaxy_tasks.store import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
@@ -87,27 +87,39 @@ def cancel_job(job_id: str) -> str:
 
 
 @app.task(name="galaxy_tasks.kill_job", **DB_RETRY)
-def kill_job(destination: str, job: dict[str, Any]) -> None:
-    runtime.runner_for(destination).cancel(_tracked_from(job))
+def kill_job(destination: str, job_id: str) -> bool:
+    """Stop a cancelled job's process: only a job its row says is cancelled, only through
+    the external id its row recorded (a message names no process of its own choosing)."""
+    ctx = context.current()
+    job = ctx.store.job(job_id)
+    if job is None or job.state != JobState.DELETED.value or job.destination != destination or not job.external_id:
+        event(log, "kill_refused", level=logging.WARNING, job_id=job_id, destination=destination,
+              state=job.state if job else None)
+        return False
+    runtime.runner_for(destination).cancel(lifecycle.tracked(ctx, job))
+    return True
 
 
 @app.task(name="galaxy_tasks.check_jobs", **DB_RETRY)
-def check_jobs(destination: str, jobs: list[dict[str, Any]]) -> int:
-    """Ask a runner about overdue jobs in one call; report those that ended."""
-    runner = runtime.runner_for(destination)
-    ended = [c for c in runner.status([_tracked_from(j) for j in jobs]).values() if c is not None]
+def check_jobs(destination: str, job_ids: list[str]) -> int:
+    """Ask a runner about overdue jobs in one call, and record the ends it answers here (its
+    own answer, in this process: confirmed)."""
+    ctx = context.current()
+    tracked = _launched(ctx, destination, job_ids, _LAUNCHED)
+    ended = [c for c in runtime.runner_for(destination).status(tracked).values() if c is not None]
     for completion in ended:
-        runner.report(completion)
-    event(log, "reconcile_check", destination=destination, asked=len(jobs), ended=len(ended))
+        runtime.record_end(completion, confirmed=True)
+    event(log, "reconcile_check", destination=destination, asked=len(tracked), ended=len(ended))
     return len(ended)
 
 
 @app.task(name="galaxy_tasks.stop_jobs", **DB_RETRY)
-def stop_jobs(destination: str, jobs: list[dict[str, Any]]) -> int:
+def stop_jobs(destination: str, job_ids: list[str]) -> int:
     """Cancelled jobs looked at again: stop those still running (their kill message may
     have been lost), and stop looking at those that have ended."""
+    ctx = context.current()
     runner = runtime.runner_for(destination)
-    tracked = [_tracked_from(j) for j in jobs]
+    tracked = _launched(ctx, destination, job_ids, frozenset({JobState.DELETED}))
     statuses = runner.status(tracked)
     alive = [t for t in tracked if statuses.get(t.job_id) is None]
     for job in alive:
@@ -115,7 +127,7 @@ def stop_jobs(destination: str, jobs: list[dict[str, Any]]) -> int:
             runner.cancel(job)
         except RunnerError as exc:
             event(log, "stop_failed", level=logging.WARNING, job_id=job.job_id, error=str(exc))
-    lifecycle.stopped(context.current(), [t.job_id for t in tracked if statuses.get(t.job_id) is not None])
+    lifecycle.stopped(ctx, [t.job_id for t in tracked if statuses.get(t.job_id) is not None])
     event(log, "reconcile_stop", destination=destination, asked=len(tracked), still_running=len(alive))
     return len(alive)
 
@@ -151,5 +163,13 @@ def announce_jobs(job_ids: list[str], queue: str) -> int:
     return len(found)
 
 
-def _tracked_from(data: dict[str, Any]) -> Tracked:
-    return Tracked(data["job_id"], data["external_id"], Path(data["job_dir"]))
+_LAUNCHED = frozenset({JobState.SUBMITTING, JobState.RUNNING})
+
+
+def _launched(ctx: context.Context, destination: str, job_ids: list[str],
+              states: frozenset[JobState]) -> list[Tracked]:
+    """The rows of these jobs that are the destination's, launched (an external id) and in
+    one of `states`: what a message may ask a runner about."""
+    rows = ctx.store.jobs(job_ids[:messages.BATCH])
+    return [lifecycle.tracked(ctx, job) for job in rows.values()
+            if job.destination == destination and job.external_id and JobState(job.state) in states]

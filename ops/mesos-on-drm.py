@@ -152,7 +152,7 @@ def up(args: argparse.Namespace) -> int:
                                                  destination_env={}, mesos_url="", job_id=member["job_id"])
                 created = jobdir.create(root, command, job_env, None)
                 native = args.master_native if member["role"] == "master" else args.agent_native
-                launch = Launch(job_id=member["job_id"], job_dir=root, script=created.script, env=job_env)
+                launch = Launch(job_id=member["job_id"], job_dir=root, script=created.script)
                 if native not in by_native:
                     by_native[native] = drm_runner(report, native) if native else runner
                 member["external_id"] = by_native[native].submit(launch)

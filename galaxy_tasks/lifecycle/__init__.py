@@ -13,8 +13,9 @@ from galaxy_tasks.lifecycle.reconcile import (
     overdue,
     startup,
     stopped,
+    tracked,
     unpublished,
 )
 
 __all__ = ["Finished", "Plan", "ToStop", "accept", "acquire_lease", "cancel", "finish", "held_by", "launch",
-           "launch_for", "next_queued", "overdue", "prepare", "startup", "stopped", "unpublished"]
+           "launch_for", "next_queued", "overdue", "prepare", "startup", "stopped", "tracked", "unpublished"]

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import SpecError
+from galaxy_tasks.jobdir import new_token
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job, utcnow
 from galaxy_tasks.spec import Events, JobSpec
@@ -43,6 +44,7 @@ def accept(ctx: Context, spec: JobSpec) -> tuple[Job, bool]:
         check_at=now + timedelta(seconds=ctx.settings.check_after),
         checks=0,
         environment_setup_file=spec.environment_setup_file,
+        token=new_token(),
         events_queue=events.queue if events else None,
         client_id=events.client_id if events else None,
         event_seq=1,

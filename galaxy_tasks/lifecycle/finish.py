@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
 from galaxy_tasks.context import Context
 from galaxy_tasks.faults import crash_point
-from galaxy_tasks.jobdir import JobDir
+from galaxy_tasks.jobdir import EndNote, JobDir
 from galaxy_tasks.lifecycle.changes import move
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job
@@ -31,8 +33,15 @@ class Finished(NamedTuple):
     wake: str | None
 
 
-def finish(ctx: Context, completion: Completion) -> Finished:
-    """Record the job's end; the returned row has its terminal state."""
+def finish(ctx: Context, completion: Completion, confirmed: bool = False) -> Finished:
+    """Record the job's end; the returned row has its terminal state.
+
+    A completion message only says "look": the end is taken from the job's own directory
+    (the exit code job.sh recorded, the end note of the runner that saw the job end), each
+    carrying the row's token. Only a runner's own answer in this process (`confirmed`:
+    reconciliation's status check, a runner that records its events durably) is taken as
+    it is. A completion with no such evidence (a forged message, or one sent too early)
+    changes nothing, and the job is looked at by reconciliation soon instead."""
     job = ctx.store.job(completion.job_id)
     if job is None:
         return Finished(None, None)
@@ -41,25 +50,38 @@ def finish(ctx: Context, completion: Completion) -> Finished:
     wake = job.destination if job.destination in ctx.routing.limited else None
     if JobState(job.state) not in _LAUNCHED:
         return Finished(None, wake)
-    return Finished(_record(ctx, job, completion), wake)
+    job_dir = JobDir(Path(job.job_dir or ctx.settings.jobs_dir / job.id), job.token)
+    end = _evidence(job_dir, completion, confirmed)
+    if end is None:
+        ctx.store.recheck(job.id)
+        event(log, "completion_unconfirmed", level=logging.WARNING, job_id=job.id, source=completion.source)
+        return Finished(None, None)
+    return Finished(_record(ctx, job, job_dir, completion, end), wake)
 
 
-def _record(ctx: Context, job: Job, completion: Completion) -> Moved | None:
-    job_dir = JobDir(Path(job.job_dir or ctx.settings.jobs_dir / job.id))
+def _evidence(job_dir: JobDir, completion: Completion, confirmed: bool) -> EndNote | None:
+    """The end as the job's directory says it (or, `confirmed`, as the runner said it here)."""
     recorded = job_dir.recorded_exit_code()
-    exit_code = recorded if recorded is not None else completion.exit_code
+    note = completion.note() if confirmed else job_dir.end_note()
+    if note is None:
+        return EndNote(exit_code=recorded, ended_at=completion.ended_at) if recorded is not None else None
+    if recorded is not None and recorded != note.exit_code:
+        return replace(note, exit_code=recorded)  # the job's own record wins
+    return note
+
+
+def _record(ctx: Context, job: Job, job_dir: JobDir, completion: Completion, end: EndNote) -> Moved | None:
     stdout, stderr = job_dir.tail("stdout"), job_dir.tail("stderr")
-    state, reason = _verdict(job, job_dir, completion, exit_code, stderr)
-    ended_at = datetime.fromtimestamp(completion.ended_at, UTC)
+    state, reason = _verdict(job, job_dir, end, stderr)
     values = dict(
-        exit_code=exit_code,
-        signal=completion.signal,
+        exit_code=end.exit_code,
+        signal=end.signal,
         stdout_tail=stdout,
         stderr_tail=stderr,
-        wall_time_s=completion.wall_time_s,
-        max_rss_kb=completion.max_rss_kb,
-        ended_at=ended_at,
-        runner_state=completion.runner_state,
+        wall_time_s=end.wall_time_s,
+        max_rss_kb=end.max_rss_kb,
+        ended_at=datetime.fromtimestamp(end.ended_at, UTC),
+        runner_state=end.runner_state,
     )
     if job.external_id is None and completion.external_id:
         values["external_id"] = completion.external_id
@@ -69,26 +91,40 @@ def _record(ctx: Context, job: Job, completion: Completion) -> Moved | None:
     if moved is None:
         return None
     crash_point("finish", job.id)  # recorded, but the message not yet acknowledged
-    event(log, "state_change", job_id=job.id, to=state, exit_code=exit_code, reason=reason,
+    event(log, "state_change", job_id=job.id, to=state, exit_code=end.exit_code, reason=reason,
           tool_id=job.tool_id, destination=job.destination)
     return moved
 
 
-def _verdict(job: Job, job_dir: JobDir, completion: Completion, exit_code: int | None,
-             stderr: str) -> tuple[JobState, str | None]:
-    if completion.signal is not None:
-        name = signal_name(completion.signal)
-        return JobState.ERROR, completion.reason or f"killed by signal {name}"
+def _verdict(job: Job, job_dir: JobDir, end: EndNote, stderr: str) -> tuple[JobState, str | None]:
+    exit_code = end.exit_code
+    if end.signal is not None:
+        return JobState.ERROR, end.reason or f"killed by signal {signal_name(end.signal)}"
     if exit_code is None:
-        return JobState.ERROR, completion.reason or "the job ended without an exit code"
+        return JobState.ERROR, end.reason or "the job ended without an exit code"
+    if exit_code != 0 and (script_reason := job_dir.script_reason()) is not None:
+        return JobState.ERROR, script_reason
     if exit_code == COMMAND_NOT_FOUND and "not found" in stderr:
         line = next(line for line in stderr.splitlines() if "not found" in line)
         # sh says "<script>: <line>: <name>: not found"
         name = line.rsplit(": not found", 1)[0].rsplit(": ", 1)[-1]
         return JobState.ERROR, f"command not found: {name.strip()}"
     if exit_code != 0:
-        return JobState.ERROR, completion.reason or f"exit code {exit_code}"
-    missing = [path for path in job.outputs or [] if not (job_dir.working / path).exists()]
+        return JobState.ERROR, end.reason or f"exit code {exit_code}"
+    missing = [path for path in job.outputs or [] if not _produced(job_dir, path)]
     if missing:
         return JobState.ERROR, f"declared output not produced: {', '.join(missing)}"
     return JobState.OK, None
+
+
+def _produced(job_dir: JobDir, path: str) -> bool:
+    """A declared output exists in the working directory (a link counts only if it stays in
+    the job's directory: nothing outside it is looked at for the job)."""
+    where = job_dir.working / path
+    if not os.path.lexists(where):
+        return False
+    try:
+        target = where.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return False
+    return target == job_dir.root.resolve() or job_dir.root.resolve() in target.parents

@@ -30,7 +30,7 @@ def prepare(ctx: Context, job_id: str) -> bool:
         if destination is None:
             raise LookupError(f"destination {job.destination!r} is no longer configured")
         jobdir.create(root, job.command, environment(ctx, job, destination, jobdir.JobDir(root)),
-                      job.environment_setup_file)
+                      job.environment_setup_file, token=job.token)
     except (OSError, LookupError) as exc:
         move(ctx, job_id, JobState.ERROR, reason=f"prepare failed: {exc}", sources=_NEW)
         event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
@@ -56,13 +56,11 @@ def environment(ctx: Context, job: Job, destination: Destination, job_dir: jobdi
 
 def launch_for(ctx: Context, job: Job) -> Launch:
     """What the runner is handed for a prepared job."""
-    destination = ctx.routing.destinations[job.destination]
     job_dir = jobdir.JobDir(Path(job.job_dir or ctx.settings.jobs_dir / job.id))
     return Launch(
         job_id=job.id,
         job_dir=job_dir.root,
         script=job_dir.script,
-        env=environment(ctx, job, destination, job_dir),
         cores=job.cores,
         memory_mb=job.memory_mb,
         walltime_s=job.walltime_s,

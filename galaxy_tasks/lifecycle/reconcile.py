@@ -78,7 +78,7 @@ def startup(ctx: Context) -> Plan:
 
 def held_by(ctx: Context, destinations: Iterable[str]) -> list[Tracked]:
     """Launched jobs of these destinations: what a starting runner worker follows again."""
-    return [_tracked(ctx, job) for job in ctx.store.held_by(destinations)]
+    return [tracked(ctx, job) for job in ctx.store.held_by(destinations)]
 
 
 def acquire_lease(ctx: Context, name: str, seconds: float) -> bool:
@@ -93,7 +93,7 @@ def _plan(ctx: Context, jobs: Iterable[Job], now: datetime) -> Plan:
         state = JobState(job.state)
         if state is JobState.DELETED:
             if job.external_id:
-                plan.stop[job.destination].append(_tracked(ctx, job))
+                plan.stop[job.destination].append(tracked(ctx, job))
             else:
                 plan.settled.append(job.id)
         elif state is JobState.NEW:
@@ -102,9 +102,10 @@ def _plan(ctx: Context, jobs: Iterable[Job], now: datetime) -> Plan:
                                           and not job.external_id):
             plan.launch.append((job.id, job.queue))
         elif job.external_id:
-            plan.check[job.destination].append(_tracked(ctx, job))
+            plan.check[job.destination].append(tracked(ctx, job))
     return plan
 
 
-def _tracked(ctx: Context, job: Job) -> Tracked:
+def tracked(ctx: Context, job: Job) -> Tracked:
+    """What a runner is asked about a job: from its row, never from a message."""
     return Tracked(job.id, job.external_id or "", Path(job.job_dir or ctx.settings.jobs_dir / job.id))

@@ -59,8 +59,19 @@ def credentials(environ: Mapping[str, str] | None = None) -> list[str]:
 
 
 def _given(extra: Sequence[str], name: str) -> bool:
+    return _value(extra, name) is not None
+
+
+def _value(extra: Sequence[str], name: str) -> str | None:
+    """The value given to `--name` (`--name=v` or `--name v`); None if not given."""
     names = {f"--{name}", f"--{name.replace('_', '-')}"}
-    return any(arg.partition("=")[0] in names for arg in extra)
+    for index, arg in enumerate(extra):
+        option, sep, value = arg.partition("=")
+        if option in names:
+            if sep:
+                return value
+            return extra[index + 1] if index + 1 < len(extra) else ""
+    return None
 
 
 def flower_argv(extra: Sequence[str], *, port: int, address: str, max_tasks: int | None) -> list[str]:
@@ -80,6 +91,9 @@ def flower_argv(extra: Sequence[str], *, port: int, address: str, max_tasks: int
 def run(extra: Sequence[str], *, port: int, address: str, max_tasks: int | None, unauthenticated: bool) -> int:
     """Start Flower in this process (it serves until SIGTERM)."""
     oauth = _given(extra, "auth")
+    if oauth and not (_value(extra, "auth") or "").strip():
+        raise AuthError("--auth needs a value (a regular expression of the e-mail addresses Flower's OAuth lets in): "
+                        "an empty one would open Flower to anyone")
     if _given(extra, "basic_auth"):
         raise AuthError("give Flower's credentials through GALAXY_TASKS_FLOWER_BASIC_AUTH or "
                         "GALAXY_TASKS_FLOWER_BASIC_AUTH_FILE, not on the command line (ps shows it)")
@@ -97,6 +111,9 @@ def run(extra: Sequence[str], *, port: int, address: str, max_tasks: int | None,
         protect_metrics()
     from flower.options import options
 
+    from galaxy_tasks import security
+
+    security.undumpable()  # Flower's credentials are in this process's environment
     options.format_task = format_task
     from galaxy_tasks.celery import app
 

@@ -11,6 +11,7 @@ Registering it is one line in `galaxy_tasks.runners.REGISTRY`.
 """
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from abc import ABC, abstractmethod
@@ -18,7 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
+from galaxy_tasks.jobdir import EndNote, JobDir
 from galaxy_tasks.runners import params as runner_params
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -27,8 +31,7 @@ class Launch:
 
     job_id: str
     job_dir: Path
-    script: Path
-    env: Mapping[str, str]
+    script: Path  # sets the command's environment itself: a runner starts it as it is
     cores: int = 1
     memory_mb: int | None = None
     walltime_s: int | None = None
@@ -76,8 +79,26 @@ class Completion:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Completion:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        """A completion from a message: only fields of the right kind are taken (the finish
+        step takes the end itself from the job directory; these are hints)."""
+        known: dict[str, Any] = {}
+        for name, kinds in _COMPLETION_FIELDS.items():
+            value = data.get(name)
+            if value is not None and isinstance(value, kinds) and not isinstance(value, bool):
+                known[name] = value[:2000] if isinstance(value, str) else value
         return cls(**known)
+
+    def note(self) -> EndNote:
+        """What the job directory's end note says of this end."""
+        return EndNote(exit_code=self.exit_code, signal=self.signal, reason=self.reason,
+                       runner_state=self.runner_state, wall_time_s=self.wall_time_s, max_rss_kb=self.max_rss_kb,
+                       ended_at=self.ended_at)
+
+
+_COMPLETION_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "job_id": str, "exit_code": int, "signal": int, "reason": str, "wall_time_s": (int, float),
+    "max_rss_kb": int, "ended_at": (int, float), "external_id": str, "source": str, "runner_state": str,
+}
 
 
 @dataclass(frozen=True)
@@ -117,6 +138,16 @@ class Runner(ABC):
         self.report = report
         self.destination = destination or self.name
         self.host = host
+
+    def ended(self, completion: Completion, job_dir: Path) -> None:
+        """Report a job's end this runner saw, first writing it down in the job directory
+        (`ended`): the finish step takes a job's end only from what is in its directory, so
+        a message that merely claims an end (forged, or early) changes nothing."""
+        try:
+            JobDir(job_dir).write_end_note(completion.note())
+        except OSError as exc:  # the exit code job.sh recorded may still say it; else reconciliation
+            log.warning("cannot write the end note of job %s: %s", completion.job_id, exc)
+        self.report(completion)
 
     @classmethod
     def url_params(cls, text: str) -> dict[str, Any]:
@@ -166,9 +197,11 @@ class Runner(ABC):
 
     def recover(self, jobs: Sequence[Tracked]) -> None:
         """Follow jobs started by an earlier process again, reporting those that ended."""
-        for completion in self.status(jobs).values():
+        ended = self.status(jobs)
+        for job in jobs:
+            completion = ended.get(job.job_id)
             if completion is not None:
-                self.report(completion)
+                self.ended(completion, job.job_dir)
 
     def close(self) -> None:  # noqa: B027 - optional: most runners hold nothing
         """Release what the runner holds (threads, sessions); running jobs keep running."""

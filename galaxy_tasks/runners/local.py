@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Sequence, cast
 
 from galaxy_tasks.errors import RunnerError, RunnerFull
-from galaxy_tasks.jobdir import CLAIMED_EXIT_CODE, JobDir
+from galaxy_tasks.jobdir import CLAIMED_EXIT_CODE, JobDir, script_environment
 from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, Tracked, signal_name
 from galaxy_tasks.runners.exitwatch import Exit, ExitWatcher
 from galaxy_tasks.runners.params import param
@@ -44,6 +44,7 @@ class _Watched(NamedTuple):
     job_dir: JobDir
     started: float
     rss_floor: int
+    external_id: str
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class LocalRunner(Runner):
         actions = _DEVNULL_ACTIONS if slot is None else [*_DEVNULL_ACTIONS, (os.POSIX_SPAWN_DUP2, slot, SLOT_FD)]
         try:
             pid = os.posix_spawn(
-                "/bin/sh", ["/bin/sh", str(launch.script)], dict(launch.env),
+                "/bin/sh", ["/bin/sh", str(launch.script)], script_environment(),
                 setsid=True, file_actions=actions,
             )
         except OSError as exc:
@@ -92,13 +93,14 @@ class LocalRunner(Runner):
         # A spawned process inherits our peak RSS as its own starting peak (Linux keeps
         # the larger of the two across exec), so a peak not above ours says nothing.
         floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        self._watch(pid, _Watched(launch.job_id, job_dir, time.time(), floor), child=True)
-        return self._external_id(pid)
+        external_id = self._external_id(pid)
+        self._watch(pid, _Watched(launch.job_id, job_dir, time.time(), floor, external_id), child=True)
+        return external_id
 
     @classmethod
     def control_queue(cls, queue: str, external_id: str | None) -> str:
         """A local job can be killed or looked at only on its own host: `<queue>@<host>`."""
-        host = external_id.rpartition(":")[0] if external_id else ""
+        host = external_id.split(":")[0] if external_id else ""
         return f"{queue}@{host}" if host else queue
 
     @classmethod
@@ -121,14 +123,17 @@ class LocalRunner(Runner):
         return True
 
     def cancel(self, tracked: Tracked) -> None:
-        host, pid = self._parse(tracked.external_id)
+        """Stop the job's process group, only if that process is still the job's: the one
+        that claimed the job, started when the job started (a reused pid is a stranger's),
+        and never this worker's own."""
+        host, pid, started = self._parse(tracked.external_id)
         if host != self.host:
             raise RunnerError(f"job {tracked.job_id} runs on {host}, not on {self.host}")
         job_dir = JobDir(tracked.job_dir)
-        if job_dir.claimed_pid() != pid or not _group_alive(pid):
+        if not self._is_the_jobs(pid, started, job_dir):
             return
         _killpg(pid, signal.SIGTERM)
-        timer = threading.Timer(self.kill_grace_s, self._kill_hard, (pid, job_dir))
+        timer = threading.Timer(self.kill_grace_s, self._kill_hard, (pid, started, job_dir))
         timer.daemon = True
         timer.start()
 
@@ -137,15 +142,16 @@ class LocalRunner(Runner):
 
     def recover(self, jobs: Sequence[Tracked]) -> None:
         for job in jobs:
-            host, pid = self._parse(job.external_id)
+            host, pid, _ = self._parse(job.external_id)
             if host != self.host:
                 continue
             job_dir = JobDir(job.job_dir)
             completion = self._status(job)
             if completion is not None:
-                self.report(completion)
+                self.ended(completion, job.job_dir)
             else:
-                self._follow(job.job_id, job_dir, job_dir.claimed_pid() or pid)
+                claimed = job_dir.claimed_pid()
+                self._follow(job.job_id, job_dir, claimed or pid, job.external_id if claimed in (None, pid) else None)
 
     def close(self) -> None:
         with self._lock:
@@ -177,7 +183,7 @@ class LocalRunner(Runner):
         code = job_dir.recorded_exit_code()
         if code is not None:
             return Completion(job.job_id, exit_code=code, external_id=job.external_id, source="job_dir")
-        host, pid = self._parse(job.external_id)
+        host, pid, _ = self._parse(job.external_id)
         if host != self.host:
             return None
         claimed = job_dir.claimed_pid()
@@ -192,8 +198,9 @@ class LocalRunner(Runner):
             source="reconcile",
         )
 
-    def _follow(self, job_id: str, job_dir: JobDir, pid: int) -> None:
-        tag = _Watched(job_id, job_dir, _mtime(job_dir.claim_file) or time.time(), 0)
+    def _follow(self, job_id: str, job_dir: JobDir, pid: int, external_id: str | None = None) -> None:
+        tag = _Watched(job_id, job_dir, _mtime(job_dir.claim_file) or time.time(), 0,
+                       external_id or self._external_id(pid))
         if not self._watch(pid, tag, child=False):
             self._on_exit(Exit(pid, None, None, time.time()), tag)
 
@@ -212,7 +219,7 @@ class LocalRunner(Runner):
         return watcher.watch(pid, tag, child=child)
 
     def _on_exit(self, exit: Exit, tag: object) -> None:
-        job_id, job_dir, started, rss_floor = cast(_Watched, tag)
+        job_id, job_dir, started, rss_floor, external_id = cast(_Watched, tag)
         with self._lock:
             self._watching.discard(exit.pid)
         if exit.exit_code == CLAIMED_EXIT_CODE and job_dir.recorded_exit_code() is None:
@@ -226,7 +233,7 @@ class LocalRunner(Runner):
             reason = f"killed by signal {signal_name(exit.signal)}"
         elif recorded is None and exit.exit_code is None:
             reason = "the job process ended without recording an exit code"
-        self.report(
+        self.ended(
             Completion(
                 job_id,
                 exit_code=recorded if recorded is not None else exit.exit_code,
@@ -235,25 +242,45 @@ class LocalRunner(Runner):
                 wall_time_s=round(exit.ended_at - started, 3),
                 max_rss_kb=exit.max_rss_kb if (exit.max_rss_kb or 0) > rss_floor else None,
                 ended_at=exit.ended_at,
-                external_id=self._external_id(exit.pid),
-            )
+                external_id=external_id,
+            ),
+            job_dir.root,
         )
 
-    def _kill_hard(self, pid: int, job_dir: JobDir) -> None:
+    def _kill_hard(self, pid: int, started: int | None, job_dir: JobDir) -> None:
         # the script may be gone while children that ignored SIGTERM live on in its group
-        if job_dir.claimed_pid() == pid and _group_alive(pid):
+        if self._is_the_jobs(pid, started, job_dir):
             _killpg(pid, signal.SIGKILL)
 
+    @staticmethod
+    def _is_the_jobs(pid: int, started: int | None, job_dir: JobDir) -> bool:
+        """Whether the process group `pid` is still this job's to signal."""
+        if pid <= 1 or pid in (os.getpid(), os.getppid(), os.getpgrp()):
+            return False
+        if job_dir.claimed_pid() != pid:
+            return False
+        now = _start_time(pid)
+        if now is None:  # the leader is gone; while its group lives its pid cannot be reused
+            return _group_alive(pid)
+        return (started is None or now == started) and _group_alive(pid)
+
     def _external_id(self, pid: int) -> str:
-        return f"{self.host}:{pid}"
+        """`host:pid:start`: the start time (clock ticks since boot) tells the job's process
+        from a later one that got the same pid."""
+        started = _start_time(pid)
+        return f"{self.host}:{pid}" if started is None else f"{self.host}:{pid}:{started}"
 
     @staticmethod
-    def _parse(external_id: str) -> tuple[str, int]:
-        host, _, pid = external_id.rpartition(":")
+    def _parse(external_id: str) -> tuple[str, int, int | None]:
+        parts = external_id.split(":")
         try:
-            return host, int(pid)
+            if len(parts) == 2:
+                return parts[0], int(parts[1]), None
+            if len(parts) == 3:
+                return parts[0], int(parts[1]), int(parts[2])
         except ValueError:
-            raise RunnerError(f"not a local runner job id: {external_id!r}") from None
+            pass
+        raise RunnerError(f"not a local runner job id: {external_id!r}")
 
 
 def _alive(pid: int) -> bool:
@@ -268,6 +295,14 @@ def _alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _group_alive(pgid: int) -> bool:

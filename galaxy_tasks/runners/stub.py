@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from galaxy_tasks.errors import RunnerFull
+from galaxy_tasks.jobdir import JobDir
 from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, Tracked
 from galaxy_tasks.runners.params import param
 
@@ -30,7 +31,7 @@ class StubRunner(Runner):
         super().__init__(params, report, destination=destination, host=host)
         self._lock = threading.Lock()
         self.running: dict[str, Launch] = {}
-        self.ended: dict[str, Completion] = {}
+        self.finished: dict[str, Completion] = {}
         self.starts: dict[str, int] = {}  # job id -> how many times its command started
         self.cancelled: list[str] = []
         #: raised by the next submit (then cleared): RunnerError, RunnerUnavailable, ...
@@ -49,7 +50,7 @@ class StubRunner(Runner):
                 error = RunnerFull(f"all {self.params.slots} stub slots are taken")
             if error is not None:
                 raise error
-            if launch.job_id not in self.running and launch.job_id not in self.ended:
+            if launch.job_id not in self.running and launch.job_id not in self.finished:
                 self.running[launch.job_id] = launch
                 self.starts[launch.job_id] = self.starts.get(launch.job_id, 0) + 1
         if self.during_submit is not None:
@@ -69,20 +70,23 @@ class StubRunner(Runner):
 
     def status(self, jobs: Sequence[Tracked]) -> dict[str, Completion | None]:
         with self._lock:
-            return {job.job_id: None if job.job_id in self.running else self.ended.get(
+            return {job.job_id: None if job.job_id in self.running else self.finished.get(
                 job.job_id, Completion(job.job_id, reason="the stub runner does not know this job",
                                        external_id=job.external_id, source="reconcile"))
                     for job in jobs}
 
     def end(self, job_id: str, exit_code: int | None = None, signal: int | None = None,
             reason: str | None = None, report: bool = True) -> Completion:
-        """The job's "process" ended: its end is reported (unless `report` is False: an
-        event lost on the way, for reconciliation to find)."""
+        """The job's "process" ended: written down in its job directory, as a real runner
+        does, and reported (unless `report` is False: an event lost on the way, for
+        reconciliation to find)."""
         completion = Completion(job_id, exit_code=exit_code, signal=signal, reason=reason,
                                 external_id=self.external_id(job_id))
         with self._lock:
-            self.running.pop(job_id, None)
-            self.ended[job_id] = completion
+            launch = self.running.pop(job_id, None)
+            self.finished[job_id] = completion
+        if launch is not None:
+            JobDir(launch.job_dir).write_end_note(completion.note())
         if report:
             self.report(completion)
         return completion

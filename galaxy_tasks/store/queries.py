@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 
 from sqlalchemy import bindparam, func, select, update
 
-from galaxy_tasks.model import Job, StateChange, jobs, state_changes
+from galaxy_tasks.model import Job, StateChange, jobs, state_changes, utcnow
 from galaxy_tasks.states import ACTIVE, TERMINAL, JobState
 from galaxy_tasks.store.base import StoreBase
 
@@ -17,6 +17,7 @@ from galaxy_tasks.store.base import StoreBase
 DUE_STATES = sorted(s.value for s in ACTIVE | {JobState.DELETED})
 _NOT_HANDED_TO_A_RUNNER = [JobState.NEW.value, JobState.QUEUED.value, JobState.SUBMITTING.value]
 _LAUNCHED = [JobState.SUBMITTING.value, JobState.RUNNING.value]
+_ACTIVE_STATES = sorted(s.value for s in ACTIVE)
 
 _OLDEST = (select(jobs.c.id).where(jobs.c.destination == bindparam("destination"),
                                    jobs.c.state == bindparam("state"))
@@ -98,6 +99,12 @@ class Queries(StoreBase):
         client's events queue (a crash between the two): the outbox to send again."""
         return self._select(select(jobs).where(jobs.c.unpublished_at <= before)
                             .order_by(jobs.c.unpublished_at).limit(limit))
+
+    def recheck(self, job_id: str) -> None:
+        """Have reconciliation look at this active job at its next pass."""
+        with self._transaction() as connection:
+            connection.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.state.in_(_ACTIVE_STATES))
+                               .values(check_at=utcnow()))
 
     def settle(self, job_ids: list[str]) -> None:
         """Cancelled jobs known to have nothing left running: no more looks at them."""

@@ -27,6 +27,15 @@ def upgrade(url: str) -> None:
         command.upgrade(_config(connection), "head")
 
 
+def head() -> str:
+    """The newest revision this code knows."""
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return str(ScriptDirectory.from_config(config).get_current_head())
+
+
 def current(url: str) -> str | None:
     with engine(url).connect() as connection:
         if not inspect(connection).has_table("alembic_version"):

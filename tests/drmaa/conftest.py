@@ -63,7 +63,7 @@ def make_launch(tmp_path: Path) -> Callable[..., Launch]:
             spec_env={}, destination_env={}, mesos_url="", job_id=job_id,
         )
         created = jobdir.create(root, command, env, None)
-        return Launch(job_id=job_id, job_dir=root, script=created.script, env=env, **fields)
+        return Launch(job_id=job_id, job_dir=root, script=created.script, **fields)
 
     return make
 

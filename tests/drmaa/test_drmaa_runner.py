@@ -175,7 +175,7 @@ CHILD = textwrap.dedent(
     runner = DrmaaRunner(json.loads(sys.argv[2]), lambda completion: None)
     ids = {}
     for job_id, root in json.loads(sys.argv[1]).items():
-        ids[job_id] = runner.submit(Launch(job_id, Path(root), Path(root) / "job.sh", {}))
+        ids[job_id] = runner.submit(Launch(job_id, Path(root), Path(root) / "job.sh"))
     print(json.dumps({"contact": runner.contact, "ids": ids}), flush=True)
     os._exit(0)  # die without closing the session
     """

@@ -8,6 +8,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
+from galaxy_tasks.jobdir import JobDir
 from tests.faults.checks import assert_exactly_once, ledger_command
 from tests.support.ledger import gated, ledger_lines
 from tests.support.processes import alive
@@ -103,11 +104,11 @@ def test_a_lost_kill_message_is_made_good_by_reconciliation(make_deployment, tmp
     try:
         deployment.wait_until(lambda: deployment.job(job_id).state == "running", what="running")
         job = deployment.job(job_id)
-        pid = int(Path(job.job_dir, "claim").read_text())
+        pid = JobDir(Path(job.job_dir)).claimed_pid()
         first.stop()  # jobs run on without their worker
         assert deployment.cli("cancel", job_id).returncode == 0
         broker = redis.Redis.from_url(deployment.env["GALAXY_TASKS_BROKER_URL"])
-        host_queue = f"{job.queue}@{job.external_id.rpartition(':')[0]}"
+        host_queue = f"{job.queue}@{job.external_id.split(':')[0]}"
         assert broker.llen(host_queue) == 1, "the kill message waits on the job's host's queue"
         broker.delete(host_queue)  # ... and is lost
         broker.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from galaxy_tasks.jobdir import JobDir
 from tests.faults.checks import assert_exactly_once, gated, ledger_command
 from tests.support.processes import alive
 
@@ -64,7 +65,7 @@ def test_lost_completion_event_is_found_by_reconciliation(make_deployment, tmp_p
     deployment.beat()
     job_id = deployment.submit(ledger_command(ledger, "sleep 2"), "orphaned")
     deployment.wait_until(lambda: deployment.job(job_id).state == "running", what="running")
-    pid = int(deployment.job(job_id).external_id.rsplit(":", 1)[1])
+    pid = int(deployment.job(job_id).external_id.split(":")[1])
     with open(f"/proc/{pid}/stat") as handle:
         spawner = int(handle.read().rsplit(")", 1)[1].split()[1])
     os.kill(spawner, signal.SIGKILL)  # the pool process that launched the job and watches it
@@ -97,7 +98,7 @@ def test_cancel_racing_with_completion(deployment, tmp_path):
         client.send_task("galaxy_tasks.cancel_job", args=[job_id], queue="galaxy_tasks")
         time.sleep(0.1)
     jobs = deployment.wait_terminal(ids)
-    pids = [int(Path(job.job_dir, "claim").read_text()) for job in jobs if Path(job.job_dir, "claim").exists()]
+    pids = [JobDir(Path(job.job_dir)).claimed_pid() for job in jobs if Path(job.job_dir, "claim").exists()]
     deployment.wait_until(lambda: not any(alive(pid) for pid in pids), what="every job process ended")
     deployment.wait_consumed()  # late completion events must not change a cancelled job
     states = [deployment.job(i).state for i in ids]

@@ -102,7 +102,7 @@ def test_cancel_in_galaxy_reaches_galaxy_tasks(galaxy: GalaxyServer, galaxy_user
     ours = task_id(galaxy, job_id)
     wait_for_row(tasks, ours, {JobState.RUNNING})
     workdir = Path(tasks.job(ours).job_dir)
-    pid = int((workdir / "claim").read_text())
+    pid = int((workdir / "claim").read_text().split()[0])
     assert alive(pid)
 
     galaxy_user.cancel(job_id)

@@ -87,7 +87,7 @@ def make_launch(tmp_path: Path) -> Callable[..., Launch]:
         env = jobdir.job_environment(jd, cores=cores, memory_mb=memory_mb, spec_env={},
                                      destination_env={}, mesos_url="", job_id=job_id)
         jobdir.create(root, command, env, None)
-        return Launch(job_id=job_id, job_dir=root, script=jd.script, env=env, cores=cores,
+        return Launch(job_id=job_id, job_dir=root, script=jd.script, cores=cores,
                       memory_mb=memory_mb)
 
     return make

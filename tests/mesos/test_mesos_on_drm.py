@@ -109,7 +109,7 @@ def test_up_makes_a_cluster_of_drm_jobs_that_runs_mesos_tasks_and_down_removes_i
         env = jobdir.job_environment(jobdir.JobDir(root), cores=1, memory_mb=None, spec_env={},
                                      destination_env={}, mesos_url=address, job_id="on-drm-mesos")
         created = jobdir.create(root, 'echo "$MESOS_URL"', env, None)
-        runner.submit(Launch(job_id="on-drm-mesos", job_dir=root, script=created.script, env=env))
+        runner.submit(Launch(job_id="on-drm-mesos", job_dir=root, script=created.script))
         done = reports.wait("on-drm-mesos", timeout=60)
         assert done.exit_code == 0 and "TASK_FINISHED" in done.reason
         assert created.tail("stdout") == address + "\n"

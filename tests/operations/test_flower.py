@@ -83,6 +83,10 @@ def test_flower_refuses_to_start_without_credentials(tmp_path):
     argv = subprocess.run([sys.executable, "-m", "galaxy_tasks.cli", "flower", "--basic-auth=a:b"],
                           capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
     assert argv.returncode == 2 and "not on the command line" in argv.stderr
+    for empty in (["--auth="], ["--auth", ""], ["--auth=  "]):
+        open_to_all = subprocess.run([sys.executable, "-m", "galaxy_tasks.cli", "flower", *empty], capture_output=True,
+                                     text=True, env=env, timeout=60, cwd=ROOT)
+        assert open_to_all.returncode == 2 and "--auth needs a value" in open_to_all.stderr, empty
     shown = subprocess.run([sys.executable, "-m", "galaxy_tasks.cli", "config"], capture_output=True, text=True,
                            env={**env, "GALAXY_TASKS_FLOWER_BASIC_AUTH": "admin:zz9-secret"}, timeout=60, cwd=ROOT)
     assert shown.returncode == 0 and "zz9-secret" not in shown.stdout

@@ -133,6 +133,12 @@ class Deployment:
         self.wait_until(done, timeout, f"terminal state of {len(job_ids)} jobs")
         return [self.job(j) for j in job_ids]
 
+    def worker_pids(self) -> set[int]:
+        """Every process of every worker of this deployment (main processes and pools)."""
+        from tests.support.processes import descendants
+
+        return {pid for worker in self.workers for pid in {worker.proc.pid, *descendants(worker.proc.pid)}}
+
     def wait_consumed(self, queues: tuple[str, ...] = ("galaxy_tasks", "local"), timeout: float = 60) -> None:
         """Until the broker (Redis) holds no message for these queues, delivered or not: every
         message sent so far has been consumed and acknowledged."""

@@ -91,7 +91,7 @@ def test_exit_code_and_output_are_recorded(tmp_path):
     job_dir, env = make(tmp_path, "echo to-out; echo to-err >&2; exit 7")
     assert run(job_dir, env) == 7
     assert job_dir.recorded_exit_code() == 7
-    assert job_dir.exit_code_file.read_text() == "7\n"
+    assert job_dir.exit_code_file.read_text() == f"7 {job_dir.token}\n"
     assert job_dir.stdout.read_text() == "to-out\n"
     assert job_dir.stderr.read_text() == "to-err\n"
     assert job_dir.tail("stdout") == "to-out\n"
@@ -297,3 +297,98 @@ def test_unreadable_exit_code_is_none(tmp_path):
     job_dir, _ = make(tmp_path, "true")
     job_dir.exit_code_file.write_text("")
     assert job_dir.recorded_exit_code() is None
+
+
+# -- what a hostile command leaves in its directory --------------------------------------
+
+
+def test_output_tails_never_follow_links_and_never_block(tmp_path):
+    job_dir, env = make(tmp_path, "true")
+    assert run(job_dir, env) == 0
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the steps host's secret\n")
+    job_dir.stdout.unlink()
+    job_dir.stdout.symlink_to(secret)
+    assert job_dir.tail("stdout") == "", "a link is not followed"
+    job_dir.stdout.unlink()
+    job_dir.stdout.symlink_to("/dev/zero")
+    assert job_dir.tail("stdout") == "", "nor is a device read"
+    job_dir.stderr.unlink()
+    os.mkfifo(job_dir.stderr)
+    started = time.monotonic()
+    assert job_dir.tail("stderr") == "" and time.monotonic() - started < 1, "a FIFO is not waited on"
+
+
+def test_output_with_nul_bytes_and_bad_utf8_becomes_storable_text(tmp_path):
+    job_dir, env = make(tmp_path, r"printf 'a\000b\377c'")
+    assert run(job_dir, env) == 0
+    text = job_dir.tail("stdout")
+    assert "\x00" not in text and text.startswith("a") and text.endswith("c")
+
+
+def test_a_big_output_is_read_only_up_to_its_tail(tmp_path):
+    job_dir, env = make(tmp_path, "head -c 5000000 /dev/zero | tr '\\0' x; echo end")
+    assert run(job_dir, env) == 0
+    tail = job_dir.tail("stdout")
+    assert len(tail) == jobdir.OUTPUT_TAIL_BYTES and tail.endswith("xend\n")
+
+
+def test_an_exit_code_file_replaced_by_a_link_or_fifo_is_no_exit_code(tmp_path):
+    job_dir, env = make(tmp_path, "true")
+    assert run(job_dir, env) == 0
+    real = job_dir.exit_code_file.read_text()
+    job_dir.exit_code_file.unlink()
+    (tmp_path / "elsewhere").write_text(real)
+    job_dir.exit_code_file.symlink_to(tmp_path / "elsewhere")
+    assert job_dir.recorded_exit_code() is None
+    job_dir.exit_code_file.unlink()
+    os.mkfifo(job_dir.exit_code_file)
+    assert job_dir.recorded_exit_code() is None
+
+
+@pytest.mark.parametrize("hostile", [{"IFS": "0"}, {"PATH": "/nonexistent"}, {"IFS": "0", "PATH": "/x"}])
+def test_the_jobs_environment_cannot_stop_its_exit_code_being_recorded(tmp_path, hostile):
+    job_dir, env = make(tmp_path, "exit 10", spec_env=hostile)
+    assert run(job_dir, env) == 10
+    assert job_dir.recorded_exit_code() == 10
+
+
+def test_the_command_still_sees_the_environment_it_asked_for(tmp_path):
+    """(`/bin/sh` itself never takes IFS from its environment: a shell command cannot see it.)"""
+    job_dir, env = make(tmp_path, DUMP, spec_env={"TOOL_OPTS": "a b", "PATH": "/usr/bin:/bin:/opt/tool"})
+    assert run(job_dir, env) == 0
+    dumped = dumped_env(job_dir)
+    assert dumped["TOOL_OPTS"] == "a b" and dumped["PATH"] == "/usr/bin:/bin:/opt/tool"
+
+
+def test_a_missing_environment_setup_file_says_why(tmp_path):
+    job_dir, env = make(tmp_path, "echo ran > ran.txt", setup_file=str(tmp_path / "missing.sh"))
+    assert run(job_dir, env) == jobdir.SETUP_FAILED_EXIT_CODE
+    assert not (job_dir.working / "ran.txt").exists()
+    assert job_dir.script_reason() == f"environment_setup_file {tmp_path / 'missing.sh'} cannot be read"
+
+
+def test_a_directory_of_another_job_is_set_aside_not_taken(tmp_path):
+    """A directory left at this job's path by an earlier job with the same id (a restored
+    database, a second deployment): its claim and exit code are not this job's."""
+    old, env = make(tmp_path, "exit 0")
+    assert run(old, env) == 0 and old.recorded_exit_code() == 0
+    new = jobdir.create(old.root, "exit 3", env, None, token=jobdir.new_token())
+    assert new.recorded_exit_code() is None and new.claimed_pid() is None
+    assert [p.name for p in old.root.parent.iterdir() if ".stale-" in p.name], "the old one is kept aside"
+    assert run(new, env) == 3 and new.recorded_exit_code() == 3
+
+
+def test_preparing_the_same_row_again_keeps_its_directory(tmp_path):
+    first, env = make(tmp_path, "exit 0")
+    again = jobdir.create(first.root, "exit 0", env, None, token=first.token)
+    assert again.root == first.root and not [p for p in first.root.parent.iterdir() if ".stale-" in p.name]
+
+
+def test_a_forged_end_note_of_another_token_is_ignored(tmp_path):
+    job_dir, _ = make(tmp_path, "true")
+    job_dir.end_note_file.write_text('{"token": "not-this-one", "exit_code": 0}')
+    assert job_dir.end_note() is None
+    job_dir.write_end_note(jobdir.EndNote(exit_code=None, signal=9, reason="killed by signal SIGKILL"))
+    note = JobDir(job_dir.root, job_dir.token).end_note()
+    assert note.signal == 9 and note.reason == "killed by signal SIGKILL"

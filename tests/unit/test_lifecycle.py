@@ -162,9 +162,38 @@ def test_finish_records_the_end(ctx, stubs):
 
 def test_the_exit_code_the_job_recorded_wins_over_the_runners(ctx, stubs):
     job_id = running(ctx, stubs)
-    JobDir(Path(job(ctx, job_id).job_dir)).exit_code_file.write_text("0\n")
+    row = job(ctx, job_id)
+    JobDir(Path(row.job_dir)).exit_code_file.write_text(f"0 {row.token}\n")
+    stubs["stub"].end(job_id, exit_code=1, report=False)
     finished = lifecycle.finish(ctx, Completion(job_id, exit_code=1, external_id=f"stub-{job_id}"))
     assert finished.moved.job.state == "ok" and finished.moved.job.exit_code == 0
+
+
+def test_a_completion_without_evidence_changes_nothing(ctx, stubs):
+    """A finish message for a job whose directory says nothing of an end (forged, or early):
+    the job keeps running, and reconciliation looks at it at its next pass."""
+    job_id = running(ctx, stubs)
+    before = job(ctx, job_id)
+    finished = lifecycle.finish(ctx, Completion(job_id, exit_code=0, external_id=f"stub-{job_id}"))
+    assert finished == (None, None)
+    after = job(ctx, job_id)
+    assert after.state == "running" and after.check_at < before.check_at, "looked at by the next pass"
+    assert lifecycle.finish(ctx, stubs["stub"].end(job_id, exit_code=4)).moved.job.exit_code == 4
+
+
+def test_an_exit_code_of_another_job_is_not_this_ones(ctx, stubs):
+    job_id = running(ctx, stubs)
+    job_dir = JobDir(Path(job(ctx, job_id).job_dir))
+    job_dir.exit_code_file.write_text("0 0123456789abcdef0123456789abcdef\n")  # another token
+    assert lifecycle.finish(ctx, Completion(job_id, exit_code=0)).moved is None
+    assert job(ctx, job_id).state == "running"
+
+
+def test_a_confirmed_end_is_taken_as_the_runner_said(ctx, stubs):
+    job_id = running(ctx, stubs)
+    answer = Completion(job_id, signal=9, reason="killed", runner_state="memory_limit_reached", source="reconcile")
+    row = lifecycle.finish(ctx, answer, confirmed=True).moved.job
+    assert (row.state, row.signal, row.runner_state) == ("error", 9, "memory_limit_reached")
 
 
 def test_a_declared_output_that_is_missing_fails_the_job(ctx, stubs):
@@ -258,7 +287,7 @@ def test_an_overdue_running_job_is_checked_with_its_runner(ctx, stubs):
     plan = lifecycle.overdue(ctx, now=later)
     assert [t.job_id for t in plan.check["stub"]] == [job_id]
     completion = stubs["stub"].status(plan.check["stub"])[job_id]
-    assert lifecycle.finish(ctx, completion).moved.job.state == "ok"
+    assert lifecycle.finish(ctx, completion, confirmed=True).moved.job.state == "ok"
     assert lifecycle.overdue(ctx, now=later).size == 0, "the pass pushed its next check out"
 
 

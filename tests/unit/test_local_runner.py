@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from galaxy_tasks import jobdir
-from galaxy_tasks.jobdir import JobDir, job_environment
+from galaxy_tasks.jobdir import JobDir, job_environment, script_environment
 from galaxy_tasks.runners import runner_class
 from galaxy_tasks.runners.base import Completion, Launch, Tracked
 from galaxy_tasks.runners.local import LocalRunner
@@ -99,12 +99,12 @@ def prepared(tmp_path: Path, command: str, job_id: str = "job1", *, cores: int =
     env = job_environment(JobDir(root), cores=cores, memory_mb=memory_mb, spec_env={}, destination_env={},
                           mesos_url="", job_id=job_id)
     job_dir = jobdir.create(root, command, env, None)
-    return Launch(job_id=job_id, job_dir=root, script=job_dir.script, env=env, cores=cores, memory_mb=memory_mb)
+    return Launch(job_id=job_id, job_dir=root, script=job_dir.script, cores=cores, memory_mb=memory_mb)
 
 
 def pid_of(external_id: str) -> int:
-    host, _, pid = external_id.rpartition(":")
-    assert host == HOST
+    host, pid, *started = external_id.split(":")
+    assert host == HOST and len(started) <= 1
     return int(pid)
 
 
@@ -314,7 +314,7 @@ def test_submit_after_the_job_finished_does_not_run_it_again(tmp_path, runner, r
     launch = prepared(tmp_path, f"echo ran >> {ledger}; exit 2")
     first = runner.submit(launch)
     assert reports.wait_for("job1").exit_code == 2
-    assert runner.submit(launch) == first
+    assert runner.submit(launch).split(":")[:2] == first.split(":")[:2]  # the same host and process
     time.sleep(0.3)
     assert ledger.read_text() == "ran\n"
     assert all(c.exit_code == 2 for c in reports.of("job1"))
@@ -397,7 +397,7 @@ def test_status_of_a_vanished_job_says_so(tmp_path, runner, reports):
 
 def start_elsewhere(launch: Launch, groups: list[int]) -> subprocess.Popen:
     """Start the job script as an earlier worker would have, outside the runner."""
-    process = subprocess.Popen(["/bin/sh", str(launch.script)], env=dict(launch.env), start_new_session=True,
+    process = subprocess.Popen(["/bin/sh", str(launch.script)], env=script_environment(), start_new_session=True,
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     groups.append(process.pid)
     return process
@@ -512,10 +512,36 @@ def test_cancel_never_kills_a_stranger_that_took_the_jobs_pid(tmp_path, runner, 
     reports.wait_for(launch.job_id)
     stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
-        host = external_id.rpartition(":")[0]
+        host = external_id.split(":")[0]
         runner.cancel(Tracked(launch.job_id, f"{host}:{stranger.pid}", launch.job_dir))
         time.sleep(runner.kill_grace_s + 0.3)  # past the SIGKILL that would follow a SIGTERM
         assert stranger.poll() is None, "the stranger was killed"
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_cancel_checks_the_processs_start_time_not_only_its_pid(tmp_path, runner, reports):
+    """The pid the job's claim names was reused by a stranger (as after a host's pid space
+    wrapped around): the start time recorded in the external id tells them apart."""
+    launch = prepared(tmp_path, "true")
+    external_id = runner.submit(launch)
+    reports.wait_for(launch.job_id)
+    stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)  # leads a group of its own
+    try:
+        job_dir = JobDir(launch.job_dir)
+        job_dir.claim_file.write_text(f"{stranger.pid} {job_dir.own_token()}\n")
+        host, _, started = external_id.split(":")
+        runner.cancel(Tracked(launch.job_id, f"{host}:{stranger.pid}:{int(started) - 1}", launch.job_dir))
+        time.sleep(runner.kill_grace_s + 0.3)
+        assert stranger.poll() is None, "the stranger was killed"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_cancel_never_signals_the_workers_own_process_group(tmp_path, runner):
+    launch = prepared(tmp_path, "true")
+    job_dir = JobDir(launch.job_dir)
+    job_dir.claim_file.write_text(f"{os.getpgrp()} {job_dir.own_token()}\n")
+    runner.cancel(Tracked(launch.job_id, f"{HOST}:{os.getpgrp()}", launch.job_dir))  # this test survives it

@@ -172,7 +172,7 @@ class DrmaaRunner(Runner):
         for job in jobs:
             completion = ended[job.job_id]
             if completion is not None:
-                self.emit(completion)
+                self.emit(completion, job)
             elif self.reattached:
                 self._session.follow(job, self)  # one that ends from now on: the session keeps it
             else:
@@ -261,7 +261,7 @@ class DrmaaRunner(Runner):
                 return
             completion = self.status([job])[job.job_id]
             if completion is not None:
-                self.emit(completion)
+                self.emit(completion, job)
             else:
                 self._session.unfollow(job, self)
             return
@@ -273,11 +273,12 @@ class DrmaaRunner(Runner):
         """Called by the session's wait-any thread when the job ended."""
         completion = from_info(job, ended.info)
         if completion is not None:
-            self.emit(completion)
+            self.emit(completion, job)
 
-    def emit(self, completion: Completion) -> None:
+    def emit(self, completion: Completion, job: Tracked) -> None:
+        """Write the end down in the job's directory, and report it."""
         try:
-            self.report(completion)
+            self.ended(completion, job.job_dir)
         except Exception:  # the wait thread must outlive a failing callback
             log.exception("reporting the end of job %s failed", completion.job_id)
 

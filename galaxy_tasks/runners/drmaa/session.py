@@ -39,7 +39,7 @@ class Follower(Protocol):
 
     def deliver(self, job: Tracked, ended: Ended) -> None: ...
 
-    def emit(self, completion: Completion) -> None: ...
+    def emit(self, completion: Completion, job: Tracked) -> None: ...
 
     def status(self, jobs: Sequence[Tracked]) -> dict[str, Completion | None]: ...
 
@@ -212,7 +212,7 @@ class Session:
                 completion = ended[job.job_id]
                 if completion is not None:
                     if self.take(job.external_id):
-                        runner.emit(completion)
+                        runner.emit(completion, job)
                     continue
                 with self._lock:  # still running, but not in this session
                     entry = self._jobs.pop(job.external_id, None)
