@@ -47,7 +47,7 @@ def make_launches(root: Path, count: int) -> list[Launch]:
         env = jobdir.job_environment(jobdir.JobDir(job_root), cores=1, memory_mb=None, spec_env={},
                                      destination_env={}, mesos_url="", job_id=job_id)
         created = jobdir.create(job_root, "true", env, None)
-        launches.append(Launch(job_id, job_root, created.script, env))
+        launches.append(Launch(job_id, job_root, created.script))
     return launches
 
 
@@ -100,7 +100,7 @@ def while_running(root: Path, count: int = 8, seconds: float = 3.0) -> dict:
         env = jobdir.job_environment(jobdir.JobDir(job_root), cores=1, memory_mb=None, spec_env={},
                                      destination_env={}, mesos_url="", job_id=job_id)
         created = jobdir.create(job_root, f"sleep {seconds}", env, None)
-        launches.append(Launch(job_id, job_root, created.script, env))
+        launches.append(Launch(job_id, job_root, created.script))
     reported = threading.Semaphore(0)
     runner = SlurmRunner({"listen_host": "127.0.0.1", "announce_host": "127.0.0.1"}, lambda _: reported.release())
     try:

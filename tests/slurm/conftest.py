@@ -52,7 +52,7 @@ class Launches:
             spec_env={}, destination_env={}, mesos_url="", job_id=job_id,
         )
         created = jobdir.create(root, command, env, None)
-        launch = Launch(job_id=job_id, job_dir=root, script=created.script, env=env, **fields)
+        launch = Launch(job_id=job_id, job_dir=root, script=created.script, **fields)
         self.made.append(launch)
         return launch
 

@@ -384,7 +384,7 @@ CHILD = textwrap.dedent(
     from galaxy_tasks.runners.slurm import SlurmRunner
     runner = SlurmRunner(json.loads(sys.argv[2]), lambda completion: None)
     for job_id, root in json.loads(sys.argv[1]).items():
-        runner.submit(Launch(job_id, Path(root), Path(root) / "job.sh", {}))
+        runner.submit(Launch(job_id, Path(root), Path(root) / "job.sh"))
     os._exit(0)  # not reached with the crash point set
     """
 )

@@ -28,7 +28,7 @@ def make_launch(root: Path, command: str = "true", **fields) -> Launch:
                                  memory_mb=fields.get("memory_mb"), spec_env={}, destination_env={}, mesos_url="",
                                  job_id=job_id)
     created = jobdir.create(root / job_id, command, env, None)
-    return Launch(job_id=job_id, job_dir=root / job_id, script=created.script, env=env, **fields)
+    return Launch(job_id=job_id, job_dir=root / job_id, script=created.script, **fields)
 
 
 # -- registered, with a holder and typed params ---------------------------------------------

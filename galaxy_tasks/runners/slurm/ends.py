@@ -10,13 +10,14 @@ cancelled, by us or by an administrator, has no runner_state: nothing should run
 """
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
 
 from galaxy_tasks.jobdir import CLAIMED_EXIT_CODE, JobDir
 from galaxy_tasks.runners.base import Completion, Tracked, signal_name
-from galaxy_tasks.runners.slurm.files import lexists, over_memory, recorded_exit_code
+from galaxy_tasks.runners.slurm.files import over_memory
 from galaxy_tasks.runners.slurm.records import TERMINAL, SlurmJob, real_signal
 from galaxy_tasks.runners.slurm.script import STOOD_DOWN_PREFIX
 
@@ -41,7 +42,7 @@ def completion(job: Tracked, info: SlurmJob, source: str) -> Completion | StoodD
     job_dir = JobDir(Path(job.job_dir))
     if stood_down(info, job_dir.root):
         return STOOD_DOWN
-    recorded = recorded_exit_code(job_dir)
+    recorded = job_dir.recorded_exit_code()
     wall = (info.end_time - info.start_time) if info.start_time and info.end_time else None
     signum = info.signal
     if signum is None and recorded is None and info.exit_code is not None and info.exit_code > 128:
@@ -66,7 +67,7 @@ def completion(job: Tracked, info: SlurmJob, source: str) -> Completion | StoodD
         reason = "the node running the job failed (Slurm NODE_FAIL)"
         exit_code, runner_state = recorded, cluster
     elif state == "CANCELLED":
-        if lexists(job_dir.root / CANCEL_MARKER):
+        if os.path.lexists(job_dir.root / CANCEL_MARKER):
             reason = "the job was cancelled (scancel by galaxy-tasks)"
         else:
             reason = (f"Slurm job {job.external_id} was cancelled outside galaxy-tasks "
@@ -101,13 +102,13 @@ def stood_down(info: SlurmJob, job_dir: Path) -> bool:
     if info.state not in TERMINAL or info.exit_code != CLAIMED_EXIT_CODE:
         return False
     root = JobDir(Path(job_dir))
-    return lexists(root.root / f"{STOOD_DOWN_PREFIX}{info.external_id}") or (
-        recorded_exit_code(root) is None and lexists(root.claim_file))
+    return os.path.lexists(root.root / f"{STOOD_DOWN_PREFIX}{info.external_id}") or (
+        root.recorded_exit_code() is None and root.claimed())
 
 
 def without_record(job: Tracked) -> Completion:
     """A job neither squeue nor the jobcomp record knows: its recorded exit code, if any."""
-    recorded = recorded_exit_code(JobDir(Path(job.job_dir)))
+    recorded = JobDir(Path(job.job_dir)).recorded_exit_code()
     if recorded is not None:
         return Completion(job.job_id, exit_code=recorded, external_id=job.external_id, source="job_dir")
     return Completion(job.job_id, external_id=job.external_id, source="reconcile", runner_state=UNKNOWN_ERROR,

@@ -62,7 +62,7 @@ class Follower(Protocol):
 
     def confirm(self, jobs: Sequence[Tracked]) -> dict[str, Verdict]: ...
 
-    def emit(self, completion: Completion) -> None: ...
+    def emit(self, completion: Completion, job: Tracked) -> None: ...
 
 
 def announcement_token(secret: bytes, job_id: str) -> str:
@@ -398,7 +398,7 @@ class Listener:
                 with self._lock:
                     kept = self._latencies.setdefault(id(runner), deque(maxlen=_KEPT_LATENCIES))
                     kept.append(time.monotonic() - pending.heard_at)
-                runner.emit(verdict)
+                runner.emit(verdict, pending.job)
 
     def close(self) -> None:
         with self._cond:

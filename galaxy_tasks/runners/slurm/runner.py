@@ -18,6 +18,7 @@ durable.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -26,13 +27,13 @@ from typing import Any, Sequence
 
 from galaxy_tasks.errors import RunnerError, RunnerUnavailable
 from galaxy_tasks.faults import crash_point
-from galaxy_tasks.jobdir import JobDir
+from galaxy_tasks.jobdir import JobDir, read_small, write_file
 from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, Tracked, external_name
 from galaxy_tasks.runners.params import param
 from galaxy_tasks.runners.slurm import ends
 from galaxy_tasks.runners.slurm.commands import INVALID_JOB, PERMANENT, TRANSIENT, Commands, tail
 from galaxy_tasks.runners.slurm.ends import CANCEL_MARKER, StoodDown
-from galaxy_tasks.runners.slurm.files import lexists, read_small, recorded_exit_code, write_file
+from galaxy_tasks.runners.slurm.files import write_synced
 from galaxy_tasks.runners.slurm.listener import JOB_ID, Verdict, close_listener, open_listener
 from galaxy_tasks.runners.slurm.options import check_host, check_name, check_native, check_port, sbatch_options
 from galaxy_tasks.runners.slurm.records import SLURM_ID, TERMINAL, SlurmJob, SlurmRecords, not_before
@@ -142,7 +143,7 @@ class SlurmRunner(Runner):
             raise RunnerError(f"job id {launch.job_id!r} cannot name a Slurm job (letters, digits, ._- only)")
         options = sbatch_options(launch, self.params)  # refuse bad input before anything is written
         marker = launch.job_dir / SUBMIT_MARKER
-        if lexists(marker):
+        if os.path.lexists(marker):
             existing, info = self._find_existing(launch, marker)
             if existing is not None:
                 self._adopt(Tracked(launch.job_id, existing, launch.job_dir), info)
@@ -150,7 +151,7 @@ class SlurmRunner(Runner):
         wrapper = launch.job_dir / WRAPPER
         host, port = self.address
         write_file(wrapper, wrapper_script(launch, host, port, self._listener.token(launch.job_id)), 0o700)
-        write_file(marker, "submitting\n", 0o600, sync=True)
+        write_synced(marker, "submitting\n", 0o600)
         external_id = self._sbatch(launch, [*options, str(wrapper)])
         crash_point("slurm_submitted", launch.job_id)  # before anything records Slurm's id
         write_file(marker, external_id + "\n", 0o600)  # if lost, the lookup by name finds it
@@ -198,7 +199,7 @@ class SlurmRunner(Runner):
         for job in jobs:
             completion = ended[job.job_id]
             if completion is not None:
-                self.emit(completion)
+                self.emit(completion, job)
             else:
                 self._listener.check_early(job, self)
 
@@ -220,9 +221,11 @@ class SlurmRunner(Runner):
                 result[job.external_id] = ends.completion(job, info, "runner")
         return result
 
-    def emit(self, completion: Completion) -> None:
+    def emit(self, completion: Completion, job: Tracked) -> None:
+        """Write the end down in the job's directory (the finish step takes it from there),
+        and report it."""
         try:
-            self.report(completion)
+            self.ended(completion, job.job_dir)
         except Exception:  # the listener's threads must outlive a failing callback
             log.exception("reporting the end of job %s failed", completion.job_id)
 
@@ -239,7 +242,7 @@ class SlurmRunner(Runner):
     def _find_existing(self, launch: Launch, marker: Path) -> tuple[str | None, SlurmJob | None]:
         """A previous attempt got at least as far as running sbatch: find its job (and what
         Slurm said of it, if it was asked)."""
-        recorded = read_small(marker).strip()
+        recorded = (read_small(marker, 64) or "").strip()
         if SLURM_ID.match(recorded):
             return recorded, None  # Slurm had accepted it and we had written its id down
         live = [job for job in self.records.squeue_named(launch.external_name)
@@ -248,7 +251,7 @@ class SlurmRunner(Runner):
             newest = max(live, key=lambda job: int(job.external_id))
             return newest.external_id, newest
         job_dir = JobDir(launch.job_dir)
-        if not lexists(job_dir.claim_file) and recorded_exit_code(job_dir) is None:
+        if not job_dir.claimed() and job_dir.recorded_exit_code() is None:
             return None, None  # no copy ever started the script: a new one is safe
         found = self._jobcomp_named(launch.external_name, launch.job_dir, not_before([launch]))
         if found is not None:

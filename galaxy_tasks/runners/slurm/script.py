@@ -48,7 +48,7 @@ def wrapper_script(launch: Launch, host: str, port: int, token: str) -> str:
         "wait $child",
         "rc=$?",
         f"if [ \"$rc\" = {CLAIMED_EXIT_CODE} ]; then  # our job.sh found the job claimed by another copy?",
-        f"  {{ read -r owner < {q(str(launch.job_dir / 'claim'))}; }} 2>/dev/null",
+        f"  {{ read -r owner _ < {q(str(launch.job_dir / 'claim'))}; }} 2>/dev/null",  # "<pid> <token>"
         f"  [ \"$owner\" = \"$child\" ] || : > {q(str(launch.job_dir))}/{STOOD_DOWN_PREFIX}\"${{SLURM_JOB_ID:-0}}\"",
         "fi",
         'announce "$rc"',

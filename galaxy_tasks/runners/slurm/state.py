@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import IO
 
 from galaxy_tasks.errors import RunnerError
-from galaxy_tasks.runners.slurm.files import READ_LIMIT
 
 log = logging.getLogger(__name__)
+
+_READ_LIMIT = 4096
 
 
 class ListenerState:
@@ -42,7 +43,7 @@ class ListenerState:
             raise RunnerError(f"the Slurm listener state file {path} is held by another live process "
                               "(two workers with the same name?)") from None
         self._handle = handle
-        text = handle.read(READ_LIMIT)
+        text = handle.read(_READ_LIMIT)
         try:
             state = json.loads(text) if text.strip() else {}
             if not isinstance(state, dict):
