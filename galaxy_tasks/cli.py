@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
+
+from sqlalchemy.exc import DatabaseError
+
+from galaxy_tasks.errors import NotSent
 
 if TYPE_CHECKING:
     from galaxy_tasks.client import Client
@@ -29,6 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except DatabaseError as exc:
+        reason = str(exc.orig if getattr(exc, "orig", None) is not None else exc).splitlines()[0]
+        print(f"galaxy-tasks: error: the job database refused: {redact(reason)} (is it reachable, and its schema "
+              "current? `galaxy-tasks db upgrade` migrates it)", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `galaxy-tasks list | head`: the reader has gone, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list", help="list jobs, newest first")
     listing.add_argument("--state", choices=[s.value for s in JobState])
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=positive_int, default=100)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_list)
 
@@ -82,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     events = sub.add_parser("events", help="job events: the latest state changes, or (--follow) as they happen")
     events.add_argument("job_ids", nargs="*", help="only these jobs")
     events.add_argument("--follow", "-f", action="store_true", help="print events as they happen until Ctrl-C")
-    events.add_argument("--limit", type=_positive_int, default=20, help="without --follow: how many jobs")
+    events.add_argument("--limit", type=positive_int, default=20, help="without --follow: how many jobs")
     events.add_argument("--json", action="store_true", help="one JSON event per line")
     events.set_defaults(handler=_events)
 
@@ -146,7 +159,13 @@ def _submit(args: argparse.Namespace, _extra: list[str]) -> int:
         from galaxy_tasks.spec import parse
 
         spec = parse(data)
-    job = _client().submit(spec)
+    try:
+        job = _client().submit(spec)
+    except NotSent as exc:
+        print(json.dumps({"id": exc.job.id, "state": exc.job.state, "sent": False}) if args.json else exc.job.id)
+        print(f"galaxy-tasks: the job is recorded but the broker cannot be reached ({exc.cause}); it will be sent "
+              "when a steps worker starts or reconciliation runs. Do not submit it again.", file=sys.stderr)
+        return 0
     print(json.dumps({"id": job.id, "state": job.state, "destination": job.destination}) if args.json else job.id)
     return 0
 
@@ -240,7 +259,7 @@ def _events(args: argparse.Namespace, _extra: list[str]) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")

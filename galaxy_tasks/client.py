@@ -5,13 +5,18 @@ import builtins
 import time
 from typing import Any, Callable, Iterable, Mapping
 
+from kombu.exceptions import OperationalError
+
 from galaxy_tasks import context, lifecycle, messages
 from galaxy_tasks.context import Context
-from galaxy_tasks.errors import UnknownJob
+from galaxy_tasks.errors import NotSent, UnknownJob
 from galaxy_tasks.listen import JobEvents
 from galaxy_tasks.model import Job, StateChange
 from galaxy_tasks.spec import JobSpec, parse
 from galaxy_tasks.states import TERMINAL, JobState
+
+#: what a publish raises when the broker cannot be reached
+BROKER_ERRORS = (OSError, OperationalError)
 
 #: seconds between looks at the rows of the jobs a `wait` still waits for, in case an event
 #: was lost (the events themselves end a wait at once)
@@ -27,7 +32,10 @@ class Client:
         """Validate, record and start a job; a bad spec raises SpecError and records nothing."""
         job, created = lifecycle.accept(self.ctx, spec if isinstance(spec, JobSpec) else parse(spec))
         if created:
-            messages.start(job)
+            try:
+                messages.start(job)
+            except BROKER_ERRORS as exc:
+                raise NotSent(job, exc) from exc
         return job
 
     def get(self, job_id: str) -> Job:

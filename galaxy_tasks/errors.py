@@ -7,6 +7,8 @@ the step without blaming the job.
 """
 from __future__ import annotations
 
+from typing import Any
+
 
 class GalaxyTasksError(Exception):
     """Base of the errors below."""
@@ -43,3 +45,14 @@ class RunnerFull(GalaxyTasksError):
 class RunnerUnavailable(GalaxyTasksError, RuntimeError):
     """The runner cannot act right now (e.g. not connected to its master), through no fault
     of the job: the step is retried, and the job is not failed."""
+
+
+class NotSent(GalaxyTasksError):
+    """A job was recorded but its first message could not be sent (the broker is down): it
+    is sent from the database later (a starting steps worker, reconciliation), so the
+    client must not submit it again."""
+
+    def __init__(self, job: Any, cause: BaseException) -> None:
+        super().__init__(f"job {job.id} recorded, not sent: {cause}")
+        self.job = job
+        self.cause = cause

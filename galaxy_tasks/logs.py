@@ -1,26 +1,51 @@
-"""Structured logs: one `key=value` line per event, with secrets redacted.
+"""Structured logs: one `key=value` line per event, with secrets redacted and control
+characters escaped.
 
 Connection URLs carry passwords; `redact` is applied to every value logged through
-`event()` and by the `RedactingFilter` on every handler the project installs.
+`event()` and by the `RedactingFilter` on every handler the project installs. A value may
+come from a client (a tool id, a reason a job wrote): its newlines and other control
+characters are escaped, so it cannot forge a log line of its own.
 """
 from __future__ import annotations
 
 import logging
 import re
 
-# the password runs to the last "@" before the host: a raw "@" inside it stays hidden
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^/\s]+)@")
+_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<rest>[^\s\"'<>]+)")
+_SECRET_PARAMETER = re.compile(r"(?P<name>(?:^|[?&;])(?:password|passwd|pwd|secret|token|api_key|apikey)=)[^&;#\s]*",
+                               re.I)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def redact(text: str) -> str:
-    """Hide the password of every URL in `text` (`redis://:secret@h` -> `redis://:***@h`)."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    """Hide the password of every URL in `text` (`redis://:secret@h` -> `redis://:***@h`),
+    wherever it is: in the userinfo (up to the last `@`, so `@` and `/` inside it stay
+    hidden) or in a query parameter (`?password=...`)."""
+    return _URL.sub(_redact_url, text)
+
+
+def _redact_url(match: re.Match[str]) -> str:
+    rest = match["rest"]
+    query_at = rest.find("?")
+    authority_and_path, query = (rest, "") if query_at < 0 else (rest[:query_at], rest[query_at:])
+    at = authority_and_path.rfind("@")
+    if at >= 0 and ":" in authority_and_path[:at]:
+        user = authority_and_path[:authority_and_path.index(":")]
+        if "/" not in user:
+            authority_and_path = f"{user}:***{authority_and_path[at:]}"
+    return match["scheme"] + authority_and_path + _SECRET_PARAMETER.sub(lambda m: m["name"] + "***", query)
+
+
+def escape_controls(text: str) -> str:
+    """`\n` for a newline, `\x1b` for an escape, ...: one log line stays one line."""
+    return _CONTROL.sub(lambda m: {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(m[0], f"\\x{ord(m[0]):02x}"),
+                        text)
 
 
 def _value(value: object) -> str:
     text = redact(str(value))
-    if not text or any(c in text for c in ' ="'):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if not text or any(c in text for c in ' ="\\') or _CONTROL.search(text):
+        return '"' + escape_controls(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
     return text
 
 

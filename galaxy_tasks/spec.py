@@ -19,6 +19,14 @@ JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,35}\Z")
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}\Z")
 MAX_COMMAND_BYTES = 256 * 1024
 MAX_TEXT = 255
+#: bounds that keep a spec storable and a job startable: Linux refuses one environment
+#: string over 128 KiB, and the whole of the environment and arguments over ARG_MAX
+MAX_ENV_VALUE = 32 * 1024
+MAX_ENV_TOTAL = 256 * 1024
+MAX_ENV_NAMES = 1000
+MAX_PATHS = 10_000
+MAX_PATH = 4096
+MAX_PATHS_TOTAL = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -143,14 +151,22 @@ def _environment(value: Any) -> dict[str, str]:
         return {}
     if not isinstance(value, Mapping):
         raise SpecError("environment", f"must be an object of names to strings, not {type(value).__name__}")
+    if len(value) > MAX_ENV_NAMES:
+        raise SpecError("environment", f"has {len(value)} variables, more than {MAX_ENV_NAMES}")
     environment: dict[str, str] = {}
+    total = 0
     for name, text in value.items():
         where = f"environment.{name}"
-        if not isinstance(name, str) or not ENV_NAME.match(name):
+        if not isinstance(name, str) or not ENV_NAME.match(name) or len(name) > MAX_TEXT:
             raise SpecError(where, "is not a valid environment variable name")
         if not isinstance(text, str):
             raise SpecError(where, f"must be a string, not {type(text).__name__}")
+        if len(text) > MAX_ENV_VALUE:
+            raise SpecError(where, f"is longer than {MAX_ENV_VALUE} characters")
         _check_chars(where, text)
+        total += len(name) + len(text) + 2
+        if total > MAX_ENV_TOTAL:
+            raise SpecError("environment", f"is larger than {MAX_ENV_TOTAL} characters in all")
         environment[name] = text
     return environment
 
@@ -160,11 +176,19 @@ def _paths(value: Any, name: str, *, relative: bool) -> list[str]:
         return []
     if not isinstance(value, list):
         raise SpecError(name, f"must be a list of paths, not {type(value).__name__}")
+    if len(value) > MAX_PATHS:
+        raise SpecError(name, f"has {len(value)} paths, more than {MAX_PATHS}")
     paths = []
+    total = 0
     for index, path in enumerate(value):
         where = f"{name}[{index}]"
         if not isinstance(path, str) or not path.strip():
             raise SpecError(where, "must be a non-empty string")
+        if len(path) > MAX_PATH:
+            raise SpecError(where, f"is longer than {MAX_PATH} characters")
+        total += len(path)
+        if total > MAX_PATHS_TOTAL:
+            raise SpecError(name, f"is larger than {MAX_PATHS_TOTAL} characters in all")
         _check_chars(where, path)
         if relative:
             normal = posixpath.normpath(path)

@@ -64,7 +64,10 @@ def launch(ctx: Context, job_id: str, runner_for: Callable[[str], Runner], owner
 def _claim(ctx: Context, job_id: str, owner: str | None, lease_s: float) -> Job | None:
     """The job's row if this call now holds its launch. The claim itself returns the row,
     so the usual launch reads nothing before it."""
-    moved = move(ctx, job_id, JobState.SUBMITTING, sources=_QUEUED, owner=owner)
+    # looked at again once the lease is up, not after CHECK_AFTER: a launch whose worker was
+    # killed outright (its message waits out the broker's visibility timeout) is taken over then
+    moved = move(ctx, job_id, JobState.SUBMITTING, sources=_QUEUED, owner=owner,
+                 check_at=utcnow() + timedelta(seconds=lease_s))
     if moved is not None:
         return moved.job
     job = ctx.store.job(job_id)

@@ -32,7 +32,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                          "counts, queue and run times over a window")
     stats.add_argument("--since", default="24h", help="a duration back from now (24h, 7d, 90m) or an ISO date")
     stats.add_argument("--by", default="tool", help="tool, destination, user, or several: user,tool")
-    stats.add_argument("--limit", type=int, default=50, help="most groups shown (the busiest first)")
+    stats.add_argument("--limit", type=_positive_int, default=50, help="most groups shown (the busiest first)")
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(handler=_stats)
 
@@ -41,6 +41,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     health = sub.add_parser("health", parents=[health_parser()], add_help=False,
                             help="ping one worker; exit 0 if it answers (for health checks)")
     health.set_defaults(handler=_health)
+
+
+def _positive_int(text: str) -> int:
+    from galaxy_tasks.cli import positive_int
+
+    return positive_int(text)
 
 
 def _flower(args: argparse.Namespace, extra: list[str]) -> int:

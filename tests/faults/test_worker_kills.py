@@ -40,6 +40,28 @@ def test_sigkill_of_the_pool_process_mid_step(make_deployment, tmp_path, point):
     assert_exactly_once(deployment, ids, ledger, f"SIGKILL during {point}", extra=f"crashes={crashes}")
 
 
+def test_a_launch_whose_whole_worker_died_is_taken_over_after_the_lease(make_deployment, tmp_path):
+    """A solo worker runs the launch in its main process: SIGKILLed right after the runner
+    started the command, nothing requeues its message (the broker holds it, unacknowledged,
+    for its visibility timeout). Reconciliation takes the launch over once the launch lease
+    is up (3 s here), not after CHECK_AFTER (300 s), and the command runs once."""
+    deployment = make_deployment(GALAXY_TASKS_CRASH_POINTS="launch", GALAXY_TASKS_CRASH_DIR=str(tmp_path),
+                                 GALAXY_TASKS_RECONCILE_INTERVAL="1", GALAXY_TASKS_LAUNCH_LEASE="3")
+    ledger = tmp_path / "ledger"
+    deployment.worker("galaxy_tasks", "steps@%h")
+    doomed = deployment.worker("local", "local1@%h", "--pool", "solo")
+    deployment.beat()
+    job_id = deployment.submit(ledger_command(ledger, "sleep 0.2"), "orphaned_launch")
+    deployment.wait_until(lambda: doomed.proc.poll() is not None, 60, "the launching worker killed itself")
+    killed_at = time.monotonic()
+    deployment.worker("local", "local2@%h", "--pool", "solo")  # a worker of the queue, not the dead one
+    [job] = deployment.wait_terminal([job_id], timeout=60)
+    assert job.state == "ok" and time.monotonic() - killed_at < 30, "taken over after the lease, not CHECK_AFTER"
+    assert "launch_takeover" in deployment.logs()
+    assert_exactly_once(deployment, [job_id], ledger, "whole worker SIGKILLed mid-launch",
+                        extra=f"recovered_after_s={time.monotonic() - killed_at:.1f}")
+
+
 def test_sigkill_of_the_whole_worker_during_the_run(deployment, tmp_path):
     """The worker (main process and pool) dies while jobs run; the jobs, in sessions of
     their own, go on, and a new worker follows them again from the database."""

@@ -70,10 +70,14 @@ def test_signed_messages_only_when_signing_is_on(make_deployment, tmp_path):
     (store / "galaxy.pem").write_bytes(cert.read_bytes())
     deployment = make_deployment(GALAXY_TASKS_SIGNING_KEY=str(key), GALAXY_TASKS_SIGNING_CERT=str(cert),
                                  GALAXY_TASKS_SIGNING_CERT_STORE=str(store))
-    deployment.worker()
+    deployment.worker(None, "signer@%h")
     signed = deployment.submit("echo signed", "signed")
     [job] = deployment.wait_terminal([signed])
     assert job.state == "ok", "a signed job runs"
+    health = deployment.cli("health", "--node", "signer@%h", "--timeout", "10")
+    assert health.returncode == 0, health.stderr + health.stdout  # control messages work signed too
+    follow = deployment.cli("wait", signed, "--timeout", "30")
+    assert follow.returncode == 0, follow.stderr  # and the job events wait hears
 
     # unsigned JSON, and a message signed by a key the workers do not trust
     rogue_key, rogue_cert = _certificate(tmp_path / "rogue", "rogue")

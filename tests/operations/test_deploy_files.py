@@ -251,3 +251,34 @@ def _seconds(text: str) -> float:
     match = re.fullmatch(r"(\d+)(s|m|h)?", str(text))
     assert match, text
     return int(match[1]) * {"s": 1, "m": 60, "h": 3600, None: 1}[match[2]]
+
+
+# -- signed by default ------------------------------------------------------------------
+
+SIGNING = ("GALAXY_TASKS_SIGNING_KEY", "GALAXY_TASKS_SIGNING_CERT", "GALAXY_TASKS_SIGNING_CERT_STORE")
+
+
+def test_compose_signs_every_message_by_default(compose):
+    for name, service in project_services(compose).items():
+        environment = service.get("environment") or {}
+        assert all(environment.get(key, "").startswith("/etc/galaxy-tasks/signing/") for key in SIGNING), name
+        assert any(str(volume).endswith(":/etc/galaxy-tasks/signing:ro") for volume in service["volumes"]), name
+
+
+def test_systemd_units_that_speak_to_the_broker_sign_by_default():
+    for unit in ("galaxy-tasks-worker@.service", "galaxy-tasks-drmaa@.service", "galaxy-tasks-mesos.service",
+                 "galaxy-tasks-beat.service", "galaxy-tasks-flower.service", "galaxy-tasks-health@.service"):
+        text = (SYSTEMD / unit).read_text()
+        for key in SIGNING:
+            assert f"Environment={key}=/etc/galaxy-tasks/signing/" in text, (unit, key)
+
+
+def test_signing_keys_script_makes_what_the_settings_name(tmp_path):
+    if shutil.which("openssl") is None:
+        require("openssl", FileNotFoundError("openssl"))
+    result = subprocess.run(["bash", str(ROOT / "ops" / "signing-keys.sh"), str(tmp_path / "signing")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for name in ("key.pem", "cert.pem", "trusted/cert.pem"):
+        assert (tmp_path / "signing" / name).stat().st_size > 0, name
+    assert (tmp_path / "signing" / "key.pem").stat().st_mode & 0o077 == 0

@@ -118,3 +118,26 @@ def test_installed_filter_redacts_foreign_loggers():
         assert "amqp://user:***@rabbit//" in stream.getvalue()
     finally:
         root.removeHandler(handler)
+
+
+@pytest.mark.parametrize("url", [
+    "redis://:pa/ss@host:6379/0",
+    "amqp://guest:gu/e@st@rabbit:5672//",
+    "postgresql://host/db?user=u&password=hunter2",
+    "postgresql://u@host/db?sslmode=require&password=hunter2&x=1",
+    "redis://host:6379/0?password=hunter2",
+])
+def test_redact_finds_the_password_wherever_the_url_keeps_it(url):
+    cleaned = redact(url)
+    assert "hunter2" not in cleaned and "pa/ss" not in cleaned and "gu/e" not in cleaned, cleaned
+    assert "***" in cleaned
+
+
+def test_a_value_with_a_newline_cannot_forge_a_log_line(caplog):
+    logger = logging.getLogger("galaxy_tasks.test_forge")
+    with caplog.at_level(logging.INFO, logger="galaxy_tasks.test_forge"):
+        event(logger, "submit_refused", tool_id="bwa\nevent=state_change job_id=x to=ok\r\x1b[2K")
+    [record] = caplog.records
+    message = record.getMessage()
+    assert "\n" not in message and "\r" not in message and "\x1b" not in message
+    assert message.count("event=") == 2 and '\\nevent=state_change' in message  # the second is inside a quoted value

@@ -252,3 +252,18 @@ def test_text_that_is_not_encodable_is_refused():
     with pytest.raises(SpecError) as info:
         parse_json('{"tool_id": "t", "command": "echo \\ud800"}')
     assert info.value.field == "command"
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("inputs", ["/data/x"] * 20_000, "inputs"),
+    ("inputs", ["/d/" + "x" * 4000] * 300, "inputs"),
+    ("inputs", ["/" + "x" * 5000], "inputs[0]"),
+    ("outputs", ["o"] * 20_000, "outputs"),
+    ("environment", {"BIG": "x" * 128 * 1024}, "environment.BIG"),
+    ("environment", {f"V{i}": "x" * 30_000 for i in range(20)}, "environment"),
+    ("environment", {f"V{i}": "1" for i in range(2000)}, "environment"),
+])
+def test_every_field_is_bounded(field, value, named):
+    with pytest.raises(SpecError) as info:
+        parse({"tool_id": "t", "command": "true", field: value})
+    assert info.value.field == named
