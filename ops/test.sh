@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test tier from nothing, in one command: the local services, the Debian packages the
-# tests drive, a real Grid Engine cell, a virtualenv with the project and its test extras
-# (and pymesos), then ruff, mypy and pytest. Idempotent; options go to pytest:
+# tests drive, a real Grid Engine cell and a real single-node Slurm, a virtualenv with the
+# project and its test extras (and pymesos), then ruff, mypy and pytest. Idempotent; options
+# go to pytest:
 #
 #     ops/test.sh                      # everything
 #     ops/test.sh tests/unit -x        # one tier, stop at the first failure
@@ -16,6 +17,7 @@ if [ "${SKIP_SETUP:-}" != 1 ]; then
   bash ops/services-up.sh                    # PostgreSQL, Redis, RabbitMQ
   bash ops/ci-packages.sh                    # Chromium, redis-server, systemd-analyze, ...
   bash ops/sge-up.sh                         # a single-host Grid Engine cell with DRMAA
+  bash ops/slurm-up.sh                       # a single-node Slurm (munge, slurmctld, slurmd)
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -e '.[test,drmaa,flower]'

@@ -12,6 +12,7 @@ REGISTRY = {
     "local": "galaxy_tasks.runners.local:LocalRunner",
     "drmaa": "galaxy_tasks.runners.drmaa:DrmaaRunner",
     "mesos": "galaxy_tasks.runners.mesos:MesosRunner",
+    "slurm": "galaxy_tasks.runners.slurm:SlurmRunner",
     "stub": "galaxy_tasks.runners.stub:StubRunner",
 }
 

@@ -1,7 +1,8 @@
 """Typed runner params, checked when the job_conf loads.
 
 Each runner declares its params as a frozen dataclass: a type and a default per field, and
-(in the field's metadata, through `param`) a minimum or a set of choices. `load` checks a
+(in the field's metadata, through `param`) a minimum, a set of choices or a check of its
+own (a function that returns what is wrong with a value, or None). `load` checks a
 destination's `params:` against it and names the line of the first bad one, so a typo or a
 wrong value stops the configuration from loading instead of failing the first job (Galaxy's
 `RunnerParams` with `DEFAULT_SPECS` is the precedent).
@@ -11,7 +12,7 @@ from __future__ import annotations
 import types
 import typing
 from dataclasses import MISSING, Field, field, fields
-from typing import Any, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from galaxy_tasks.errors import ConfigError
 from galaxy_tasks.yamlconf import Where
@@ -20,9 +21,10 @@ P = TypeVar("P")
 
 
 def param(default: Any = None, *, minimum: float | None = None, choices: tuple[str, ...] | None = None,
-          doc: str = "") -> Any:
-    """A params field: its default, and the checks `load` applies to a given value."""
-    return field(default=default, metadata={"minimum": minimum, "choices": choices, "doc": doc})
+          check: Callable[[Any], str | None] | None = None, doc: str = "") -> Any:
+    """A params field: its default, and the checks `load` applies to a given value (`check`
+    returns what is wrong with a value of the right type, or None)."""
+    return field(default=default, metadata={"minimum": minimum, "choices": choices, "check": check, "doc": doc})
 
 
 def load(cls: type[P], raw: Mapping[str, Any] | None, where: Where | None = None) -> P:
@@ -94,6 +96,10 @@ def _checked(value: Any, hint: Any, spec: Field[Any], here: Where) -> Any:
     choices = spec.metadata.get("choices")
     if choices and value not in choices:
         raise here.error(f"must be one of {', '.join(choices)}, not {value!r}")
+    check = spec.metadata.get("check")
+    problem = check(value) if check is not None else None
+    if problem:
+        raise here.error(problem)
     return value
 
 

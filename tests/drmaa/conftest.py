@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -22,8 +20,9 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from galaxy_tasks import jobdir
-from galaxy_tasks.runners.base import Completion, Launch
+from galaxy_tasks.runners.base import Launch
 from galaxy_tasks.runners.drmaa.tls import has_static_tls
+from tests.support.events import Events
 from tests.support.grid_engine import cell_env
 from tests.support.services import unavailable
 
@@ -40,35 +39,6 @@ def sge() -> dict[str, str]:
     except Exception as exc:  # OSError, RuntimeError: whatever the library loader says
         unavailable(f"import drmaa failed: {exc}")
     return env
-
-
-class Events:
-    """The report callback: collects completions, lets a test wait for one."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.items: list[Completion] = []
-
-    def __call__(self, completion: Completion) -> None:
-        with self._cond:
-            self.items.append(completion)
-            self._cond.notify_all()
-
-    def of(self, job_id: str) -> list[Completion]:
-        with self._cond:
-            return [c for c in self.items if c.job_id == job_id]
-
-    def wait_for(self, job_id: str, timeout: float = 90) -> Completion:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                found = [c for c in self.items if c.job_id == job_id]
-                if found:
-                    return found[0]
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"no completion for {job_id} within {timeout}s; got {self.items}")
-                self._cond.wait(left)
 
 
 @pytest.fixture

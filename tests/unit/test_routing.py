@@ -150,6 +150,10 @@ def test_load_invalid_yaml_names_the_file(tmp_path):
         ("drmaa://-q all.q -pe smp 4 -l h_vmem=2G/", "drmaa", {"native_specification": "-q all.q -pe smp 4 -l h_vmem=2G"}),
         ("drmaa://-P proj/x/", "drmaa", {"native_specification": "-P proj/x"}),
         ("mesos:///", "mesos", {}),
+        ("slurm:///", "slurm", {}),
+        ("slurm://--partition=debug --qos=high/", "slurm", {"native_specification": "--partition=debug --qos=high"}),
+        ("slurm://native/-p debug -t 60/", "slurm", {"native_specification": "-p debug -t 60"}),
+        ("slurm://--comment=a/b/", "slurm", {"native_specification": "--comment=a/b"}),
     ],
 )
 def test_runner_urls(url, runner, params):
@@ -165,10 +169,15 @@ def test_runner_url_takes_the_name_given():
     assert routing.parse_url("drmaa://-l h_rt=1:00/", "short").name == "short"
 
 
-@pytest.mark.parametrize("url", ["slurm:///", "pbs://x/", "local", "", "http://x/", "LOCAL:///"])
+@pytest.mark.parametrize("url", ["pbs:///", "torque://x/", "local", "", "http://x/", "LOCAL:///", "SLURM:///"])
 def test_bad_runner_url(url):
-    with pytest.raises(ConfigError, match="must start with one of local://, drmaa://, mesos://"):
+    with pytest.raises(ConfigError, match="must start with one of local://, drmaa://, mesos://, slurm://"):
         routing.parse_url(url)
+
+
+def test_a_slurm_url_with_an_option_the_runner_refuses_is_refused():
+    with pytest.raises(ConfigError, match="native_specification: may not set --job-name"):
+        routing.parse_url("slurm://-J mine/")
 
 
 def test_url_in_a_mapping_can_be_refined():
@@ -358,8 +367,8 @@ def test_bad_config_names_the_key(text, named):
 @pytest.mark.parametrize(
     "text",
     [
-        "destinations: {a: 'slurm:///'}\n",
-        "destinations: {a: {url: 'pbs:///'}}\n",
+        "destinations: {a: 'pbs:///'}\n",
+        "destinations: {a: {url: 'torque:///'}}\n",
     ],
 )
 def test_bad_runner_url_in_config_names_the_destination(text):
