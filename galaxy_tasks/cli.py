@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from sqlalchemy.exc import DatabaseError
 
@@ -118,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)
 
+    route = sub.add_parser("route", help="where a job spec would go, and why")
+    route.add_argument("spec", type=Path, help="a JSON job spec file ('-' for standard input)")
+    route.add_argument("--explain", action="store_true", help="the rule that matched, the limits that apply and "
+                                                            "how full they are now, the resubmit rules")
+    route.add_argument("--json", action="store_true")
+    route.set_defaults(handler=_route)
+
     show = sub.add_parser("config", help="show the settings in force (passwords hidden)")
     show.add_argument("--runner-params", action="store_true",
                       help="every registered runner's params, their types and defaults (Markdown tables)")
@@ -189,9 +196,13 @@ def _status(args: argparse.Namespace, _extra: list[str]) -> int:
         return 0
     data = job.to_json()
     for key in ("id", "state", "tool_id", "user", "destination", "external_id", "exit_code", "reason",
-                "wall_time_s", "max_rss_kb", "created_at", "running_at", "finished_at", "job_dir"):
-        if data.get(key) is not None:
+                "runner_state", "waiting_on", "attempt", "wall_time_s", "max_rss_kb", "created_at", "running_at",
+                "finished_at", "job_dir"):
+        if data.get(key) is not None and (key != "attempt" or data[key] > 1):
             print(f"{key:12} {data[key]}")
+    for attempt in data.get("attempts") or []:
+        print(f"attempt {attempt['attempt']:<4} {attempt['destination']}: {attempt['state']} "
+              f"({attempt.get('runner_state') or attempt.get('reason') or ''}) -> {attempt['resubmit']}")
     for stream in ("stdout", "stderr"):
         if data.get(stream):
             print(f"--- {stream} (tail)\n{data[stream].rstrip()}")
@@ -228,6 +239,41 @@ def _wait(args: argparse.Namespace, _extra: list[str]) -> int:
         for job in jobs.values():
             print(f"{job.id} {job.state} exit={_blank(job.exit_code)}")
     return 0 if all(job.state == JobState.OK.value for job in jobs.values()) else 1
+
+
+def _route(args: argparse.Namespace, _extra: list[str]) -> int:
+    """The routing decision for a spec, as an admin asks TPV's `dry-run --explain`."""
+    from galaxy_tasks.spec import parse_json
+
+    ctx = context.current()
+    spec = parse_json(sys.stdin.read() if str(args.spec) == "-" else args.spec.read_text())
+    destination, why = ctx.routing.explain(spec)
+    keys = ctx.routing.limit_keys(spec.user, destination.name)
+    usage = ctx.store.limit_usage(sorted(keys)) if keys and args.explain else {}
+    result: dict[str, Any] = {
+        "destination": destination.name, "runner": destination.runner, "queue": destination.queue, "why": why,
+        "walltime_s": ctx.routing.walltime_s(destination.name, spec.walltime_s),
+        "output_size_bytes": ctx.routing.output_size_bytes(destination.name),
+        "limits": [{"key": key, "limit": limit, "used": usage.get(key)} for key, limit in sorted(keys.items())],
+        "resubmit": [{"condition": r.condition.text if r.condition else None,
+                      "destination": r.destination or destination.name,
+                      "delay": r.delay.text if r.delay else None} for r in destination.policy.resubmit],
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"destination  {destination.name} (runner {destination.runner}, queue {destination.queue})")
+    if args.explain:
+        print(f"why          {why}")
+        for name in ("walltime_s", "output_size_bytes"):
+            if result[name] is not None:
+                print(f"{name:12} {result[name]}")
+        for limit in result["limits"]:
+            print(f"limit        {limit['key']}: {limit['used']} of {limit['limit']} places taken")
+        for rule in result["resubmit"]:
+            print(f"resubmit     if {rule['condition'] or '(always)'} -> {rule['destination']}"
+                  f"{' after ' + rule['delay'] + ' s' if rule['delay'] else ''}")
+    return 0
 
 
 def _events(args: argparse.Namespace, _extra: list[str]) -> int:

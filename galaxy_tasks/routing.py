@@ -74,6 +74,13 @@ class Rule:
     min_memory_mb: int | None = None
     users: tuple[str, ...] = ()
 
+    def describe(self) -> str:
+        parts = [f"tool in {list(self.tools)}" if self.tools else "",
+                 f"user in {list(self.users)}" if self.users else "",
+                 f"cores >= {self.min_cores}" if self.min_cores else "",
+                 f"memory_mb >= {self.min_memory_mb}" if self.min_memory_mb else ""]
+        return " and ".join(p for p in parts if p) or "every job"
+
     def matches(self, spec: JobSpec) -> bool:
         if self.tools and not any(fnmatch.fnmatchcase(spec.tool_id, p) for p in self.tools):
             return False
@@ -112,18 +119,26 @@ class Routing:
 
     def route(self, spec: JobSpec) -> Destination:
         """The destination for a job, or a SpecError naming why there is none."""
+        return self.explain(spec)[0]
+
+    def explain(self, spec: JobSpec) -> tuple[Destination, str]:
+        """The destination for a job and why: the spec named it, which rule matched, or the default."""
         if spec.destination is not None:
             if spec.destination not in self.destinations:
                 known = ", ".join(sorted(self.destinations))
                 raise SpecError("destination", f"unknown destination {spec.destination!r} (known: {known})")
-            chosen = self.destinations[spec.destination]
+            chosen, why = self.destinations[spec.destination], "the job spec names it"
         else:
-            name = next((r.destination for r in self.rules if r.matches(spec)), self.default)
-            chosen = self.destinations[name]
+            index = next((i for i, r in enumerate(self.rules) if r.matches(spec)), None)
+            if index is None:
+                chosen, why = self.destinations[self.default], "no rule matched: the default"
+            else:
+                chosen, why = self.destinations[self.rules[index].destination], f"rules[{index}] matched: " \
+                    f"{self.rules[index].describe()}"
         refusal = chosen.refuse_reason(spec)
         if refusal is not None:
             raise refusal
-        return chosen
+        return chosen, why
 
     @property
     def queues(self) -> list[str]:

@@ -48,9 +48,9 @@ def launch(ctx: Context, job_id: str, runner_for: Callable[[str], Runner], owner
     """Hand the job to the runner of its destination (`runner_for(destination)`); false if
     it was not this call's to launch. `owner` identifies the message (its redelivery
     carries the same one)."""
-    job = _claim(ctx, job_id, owner, ctx.settings.launch_lease)
+    job, passed_on = _claim(ctx, job_id, owner, ctx.settings.launch_lease)
     if job is None:
-        return Launched(False, [])
+        return Launched(False, passed_on)
     runner = runner_for(job.destination)
     try:
         external_id = runner.submit(launch_for(ctx, job))
@@ -74,31 +74,34 @@ def launch(ctx: Context, job_id: str, runner_for: Callable[[str], Runner], owner
     return Launched(False, [])
 
 
-def _claim(ctx: Context, job_id: str, owner: str | None, lease_s: float) -> Job | None:
+def _claim(ctx: Context, job_id: str, owner: str | None, lease_s: float) -> tuple[Job | None, list[tuple[str, str]]]:
     """The job's row if this call now holds its launch. The claim itself returns the row,
     so the usual launch reads nothing before it."""
     # looked at again once the lease is up, not after CHECK_AFTER: a launch whose worker was
     # killed outright (its message waits out the broker's visibility timeout) is taken over then
+    passed_on: list[tuple[str, str]] = []
     if limits.counted(ctx):
         waiting = ctx.store.job(job_id)
         if waiting is None:
-            return None
-        moved = limits.claim(ctx, waiting, owner, lease_s) if JobState(waiting.state) in _WAITING else None
+            return None, []
+        moved = None
+        if JobState(waiting.state) in _WAITING:
+            moved, passed_on = limits.claim(ctx, waiting, owner, lease_s)
     else:
         moved = move(ctx, job_id, JobState.SUBMITTING, sources=_QUEUED, owner=owner,
                      check_at=utcnow() + timedelta(seconds=lease_s))
     if moved is not None:
-        return moved.job
+        return moved.job, []
     job = ctx.store.job(job_id)
     if job is None or job.state != JobState.SUBMITTING.value:
-        return None
+        return None, passed_on
     redelivered = owner is not None and job.owner == owner
     if not redelivered and utcnow() - job.updated_at < timedelta(seconds=lease_s):
-        return None  # another message is launching it right now
+        return None, []  # another message is launching it right now
     if not ctx.store.claim_stale(job_id, JobState.SUBMITTING, job.updated_at):
-        return None
+        return None, []
     event(log, "launch_takeover", job_id=job_id, level=logging.WARNING)
-    return job
+    return job, []
 
 
 def next_queued(ctx: Context, destination: str) -> str | None:

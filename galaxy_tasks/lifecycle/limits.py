@@ -19,20 +19,27 @@ log = logging.getLogger(__name__)
 _WAITING = frozenset({JobState.QUEUED, JobState.LIMITED})
 
 
-def claim(ctx: Context, job: Job, owner: str | None, lease_s: float) -> Moved | None:
+def claim(ctx: Context, job: Job, owner: str | None, lease_s: float) -> tuple[Moved | None, list[tuple[str, str]]]:
     """The launch claim of a job that counts under concurrency limits: SUBMITTING with its
-    places, or LIMITED (None then, as for a job past its launch)."""
+    places, or LIMITED (no move returned then, as for a job past its launch). A job woken
+    for one key and now refused for another passes its wake-up on to the next job waiting
+    on the first (returned, to be sent)."""
     keys = ctx.routing.limit_keys(job.user, job.destination)
-    outcome = ctx.store.claim_places(job.id, keys, _WAITING, check_at=utcnow() + timedelta(seconds=lease_s),
-                                     owner=owner)
+    now = utcnow()
+    outcome = ctx.store.claim_places(job.id, keys, _WAITING, check_at=now + timedelta(seconds=lease_s),
+                                     limited_check_at=now + timedelta(seconds=ctx.settings.check_after), owner=owner)
     if isinstance(outcome, Refused):
+        passed_on: list[tuple[str, str]] = []
         if outcome.moved is not None:
             ctx.announce(outcome.moved.job)
             event(log, "limited", job_id=job.id, key=outcome.key, used=outcome.used, limit=outcome.limit)
-        return None
+            if job.waiting_on and job.waiting_on != outcome.key:
+                nxt = ctx.store.oldest_waiting(job.waiting_on)
+                passed_on = [nxt] if nxt is not None else []
+        return None, passed_on
     if outcome is not None:
         ctx.announce(outcome.job)
-    return outcome
+    return outcome, []
 
 
 def counted(ctx: Context) -> bool:
@@ -49,7 +56,7 @@ def release(ctx: Context, job: Job) -> list[tuple[str, str]]:
     if released.keys:
         event(log, "released", job_id=job.id, keys=",".join(released.keys),
               wake=",".join(job_id for job_id, _ in released.waiting) or None)
-    return released.waiting
+    return list(dict.fromkeys(released.waiting))
 
 
 def keep_checking(ctx: Context, job: Job) -> dict[str, object]:

@@ -41,7 +41,7 @@ class Released(NamedTuple):
 
 class LimitPlaces(Moves):
     def claim_places(self, job_id: str, keys: dict[str, int], sources: frozenset[JobState], *,
-                     check_at: datetime, **values: Any) -> Moved | Refused | None:
+                     check_at: datetime, limited_check_at: datetime, **values: Any) -> Moved | Refused | None:
         """Move the job to SUBMITTING holding a place under every key (`key: limit`), or,
         if one is full, to LIMITED waiting on it. None: the job was past this step."""
         with self._transaction() as connection:
@@ -50,7 +50,7 @@ class LimitPlaces(Moves):
                 if usage[key] >= keys[key]:
                     reason = f"waiting: {key} has {usage[key]} of {keys[key]} places taken"
                     moved = self.move(job_id, JobState.LIMITED, sources=sources, reason=reason, connection=connection,
-                                      waiting_on=key, check_at=check_at, owner=None)
+                                      waiting_on=key, check_at=limited_check_at, owner=None)
                     return Refused(key, usage[key], keys[key], moved)
             moved = self.move(job_id, JobState.SUBMITTING, sources=sources, connection=connection,
                               limit_keys=sorted(keys), waiting_on=None, check_at=check_at, **values)
@@ -64,11 +64,14 @@ class LimitPlaces(Moves):
         """Give back the places the job holds (once: the first caller clears `limit_keys`),
         and find who waits for each freed key."""
         with self._transaction() as connection:
-            row = connection.execute(
-                update(jobs).where(jobs.c.id == job_id, jobs.c.limit_keys.is_not(None))
-                .values(limit_keys=None).returning(jobs.c.limit_keys, jobs.c.state)).first()
+            query = select(jobs.c.limit_keys, jobs.c.state).where(jobs.c.id == job_id)
+            row = connection.execute(query.with_for_update() if self._pg else query).first()
             if row is None or not row.limit_keys:
                 return Released([], [])
+            taken = connection.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.limit_keys.is_not(None))
+                                       .values(limit_keys=None)).rowcount
+            if taken != 1:
+                return Released([], [])  # another caller gave them back a moment ago
             keys = list(row.limit_keys)
             self._lock_counters(connection, dict.fromkeys(keys, 0))
             connection.execute(update(limit_usage).where(limit_usage.c.key.in_(keys), limit_usage.c.used > 0)
@@ -81,6 +84,12 @@ class LimitPlaces(Moves):
                 if found is not None:
                     waiting.append((found.id, found.queue))
             return Released(keys, waiting)
+
+    def oldest_waiting(self, key: str) -> tuple[str, str] | None:
+        """The (id, queue) of the oldest job waiting on `key`."""
+        with self._reading() as connection:
+            found = connection.execute(_OLDEST_WAITING, {"key": key}).first()
+        return (found.id, found.queue) if found is not None else None
 
     def limit_usage(self, keys: list[str]) -> dict[str, int]:
         """How many places are taken under each of these keys now."""

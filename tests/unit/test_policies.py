@@ -1,0 +1,287 @@
+"""Galaxy's job policies: limits and resubmit rules in Galaxy's words, checked when the
+job_conf loads; concurrency counted exactly in the database (SQLite here, PostgreSQL in
+the integration tier); resubmission keeps the job's id and every attempt."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from galaxy_tasks import config, expressions, lifecycle, routing
+from galaxy_tasks.context import Context
+from galaxy_tasks.errors import ConfigError
+from galaxy_tasks.jobdir import JobDir
+from galaxy_tasks.model import Job
+from galaxy_tasks.policies import duration_s, size_bytes
+from galaxy_tasks.runners.stub import StubRunner
+from galaxy_tasks.spec import parse
+from galaxy_tasks.states import JobState
+from galaxy_tasks.store import Store, schema
+
+JOB_CONF = """
+destinations:
+  small: {runner: stub, tags: [cluster]}
+  big:
+    runner: stub
+    tags: [cluster]
+    resubmit:
+      - condition: walltime_reached
+        destination: longer
+  longer:
+    runner: stub
+    resubmit:
+      - condition: memory_limit_reached and attempt < 3
+        delay: attempt * 10
+  plain: {runner: stub}
+default: small
+limits:
+  - type: registered_user_concurrent_jobs
+    value: 2
+  - type: anonymous_user_concurrent_jobs
+    value: 1
+  - type: environment_total_concurrent_jobs
+    tag: cluster
+    value: 3
+  - type: walltime
+    value: '02:00:00'
+"""
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Iterator[Context]:
+    (tmp_path / "job_conf.yml").write_text(JOB_CONF)
+    settings = config.load({"GALAXY_TASKS_HOME": str(tmp_path), "GALAXY_TASKS_JOB_CONF": str(tmp_path / "job_conf.yml")})
+    schema.upgrade(settings.database_url)
+    store = Store(settings.database_url, settings.check_after)
+    yield Context(settings, store, routing.load(settings.job_conf))
+    store.dispose()
+
+
+@pytest.fixture
+def stubs(ctx: Context) -> dict[str, StubRunner]:
+    return {name: StubRunner(d.params, lambda c: None, destination=name) for name, d in ctx.routing.destinations.items()}
+
+
+def queued(ctx: Context, user: str | None, destination: str = "small", **fields: object) -> str:
+    job, _ = lifecycle.accept(ctx, parse({"tool_id": "t", "command": "true", "user": user,
+                                          "destination": destination, **fields}))
+    assert lifecycle.prepare(ctx, job.id)
+    return job.id
+
+
+def row(ctx: Context, job_id: str) -> Job:
+    found = ctx.store.job(job_id)
+    assert found is not None
+    return found
+
+
+def launch(ctx: Context, stubs: dict[str, StubRunner], job_id: str) -> bool:
+    return bool(lifecycle.launch(ctx, job_id, stubs.__getitem__, owner=f"m-{job_id}"))
+
+
+# -- concurrency --------------------------------------------------------------------------
+
+
+def test_a_users_third_job_waits_limited_and_the_end_of_one_releases_it(ctx, stubs):
+    first, second, third = (queued(ctx, "alice") for _ in range(3))
+    assert launch(ctx, stubs, first) and launch(ctx, stubs, second)
+    assert not launch(ctx, stubs, third)
+    waiting = row(ctx, third)
+    assert waiting.state == "limited" and waiting.waiting_on == "user:alice"
+    assert "user:alice has 2 of 2 places taken" in waiting.reason
+    finished = lifecycle.finish(ctx, stubs["small"].end(first, exit_code=0))
+    assert finished.waiting == [(third, waiting.queue)], "the end of a job releases the oldest waiting one"
+    assert launch(ctx, stubs, third)
+    assert row(ctx, third).state == "running"
+
+
+def test_limits_of_a_user_a_tag_and_anonymous_apply_together(ctx, stubs):
+    ids = [queued(ctx, user, destination) for user, destination in
+           (("alice", "small"), ("bob", "big"), ("carol", "small"), ("dave", "big"))]
+    assert [launch(ctx, stubs, job_id) for job_id in ids] == [True, True, True, False]
+    assert row(ctx, ids[3]).waiting_on == "tag:cluster", "three jobs on destinations tagged cluster"
+    anonymous = [queued(ctx, None, "plain") for _ in range(2)]
+    assert [launch(ctx, stubs, job_id) for job_id in anonymous] == [True, False]
+    assert row(ctx, anonymous[1]).waiting_on == "anonymous"
+    assert ctx.store.limit_usage(["tag:cluster", "anonymous", "user:alice"]) == {
+        "tag:cluster": 3, "anonymous": 1, "user:alice": 1}
+
+
+def test_places_are_given_back_exactly_once_whatever_ends_a_job(ctx, stubs):
+    ids = [queued(ctx, "alice") for _ in range(2)]
+    assert all(launch(ctx, stubs, job_id) for job_id in ids)
+    completion = stubs["small"].end(ids[0], exit_code=0)
+    lifecycle.finish(ctx, completion)
+    lifecycle.finish(ctx, completion)  # a duplicate end gives nothing back twice
+    lifecycle.cancel(ctx, ids[1])
+    lifecycle.finish(ctx, stubs["small"].end(ids[1], signal=15))  # the cancelled job's process ended
+    assert ctx.store.limit_usage(["user:alice"]) == {"user:alice": 0}
+
+
+def test_the_limit_holds_exactly_with_threads_racing(ctx, stubs):
+    ids = [queued(ctx, "racer") for _ in range(12)]
+    results: list[bool] = []
+    barrier = threading.Barrier(len(ids))
+
+    def go(job_id: str) -> None:
+        barrier.wait()
+        results.append(launch(ctx, stubs, job_id))
+
+    threads = [threading.Thread(target=go, args=(job_id,)) for job_id in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results.count(True) == 2
+    assert sum(row(ctx, job_id).state == "limited" for job_id in ids) == 10
+
+
+def test_reconciliation_gives_back_what_a_crash_left_and_retries_the_limited(ctx, stubs):
+    first, second = queued(ctx, "alice"), queued(ctx, "alice")
+    third = queued(ctx, "alice")
+    assert launch(ctx, stubs, first) and launch(ctx, stubs, second) and not launch(ctx, stubs, third)
+    # the end was recorded but the worker died before it gave the places back
+    stubs["small"].end(first, exit_code=0, report=False)
+    ctx.store.move(first, JobState.OK, exit_code=0, check_at=row(ctx, first).check_at)
+    later = max(row(ctx, j).check_at for j in (first, third))
+    plan = lifecycle.overdue(ctx, now=later)
+    assert ctx.store.limit_usage(["user:alice"]) == {"user:alice": 1}
+    assert (third, row(ctx, third).queue) in plan.wake or (third, row(ctx, third).queue) in plan.launch
+
+
+# -- resubmission ----------------------------------------------------------------------
+
+
+def test_a_walltime_kill_is_resubmitted_to_the_rules_destination_as_the_next_attempt(ctx, stubs):
+    job_id = queued(ctx, "alice", "big")
+    assert launch(ctx, stubs, job_id)
+    ended = stubs["big"].end(job_id, signal=15, reason="the job reached its walltime and was stopped")
+    JobDir(Path(row(ctx, job_id).job_dir)).write_end_note(ended.note().__class__(
+        signal=15, reason="the job reached its walltime and was stopped", runner_state="walltime_reached"))
+    finished = lifecycle.finish(ctx, ended)
+    again = finished.resubmitted
+    assert again is not None and again.id == job_id and again.state == "new"
+    assert (again.destination, again.attempt) == ("longer", 2)
+    assert again.attempts[0]["runner_state"] == "walltime_reached" and again.attempts[0]["destination"] == "big"
+    assert "resubmitted to longer (attempt 2) because walltime_reached" in again.reason
+    assert lifecycle.prepare(ctx, job_id) and launch(ctx, stubs, job_id)
+    assert stubs["longer"].running[job_id].external_name == f"gt-{job_id}-a2"
+    lifecycle.finish(ctx, stubs["longer"].end(job_id, exit_code=0))
+    done = row(ctx, job_id)
+    assert (done.state, done.attempt, len(done.attempts)) == ("ok", 2, 1)
+    history = [change.to_state for change in ctx.store.history(job_id)]
+    assert history == ["new", "queued", "submitting", "running", "new", "queued", "submitting", "running", "ok"]
+
+
+def test_a_rule_that_does_not_match_lets_the_job_fail(ctx, stubs):
+    job_id = queued(ctx, None, "big")
+    assert launch(ctx, stubs, job_id)
+    finished = lifecycle.finish(ctx, stubs["big"].end(job_id, exit_code=3))
+    assert finished.resubmitted is None and finished.moved.job.state == "error"
+
+
+def test_a_delay_and_attempt_condition_are_evaluated(ctx, stubs):
+    job_id = queued(ctx, None, "longer")
+    for attempt in (1, 2):
+        assert lifecycle.prepare(ctx, job_id) or attempt == 1
+        assert launch(ctx, stubs, job_id)
+        ended = stubs["longer"].end(job_id, signal=9)
+        JobDir(Path(row(ctx, job_id).job_dir)).write_end_note(ended.note().__class__(
+            signal=9, runner_state="memory_limit_reached"))
+        finished = lifecycle.finish(ctx, ended)
+        assert finished.resubmitted is not None and finished.delay_s == attempt * 10
+    assert lifecycle.prepare(ctx, job_id) and launch(ctx, stubs, job_id)
+    ended = stubs["longer"].end(job_id, signal=9)
+    JobDir(Path(row(ctx, job_id).job_dir)).write_end_note(ended.note().__class__(
+        signal=9, runner_state="memory_limit_reached"))
+    assert lifecycle.finish(ctx, ended).resubmitted is None, "attempt < 3 no longer holds"
+    assert row(ctx, job_id).state == "error" and row(ctx, job_id).attempt == 3
+
+
+def test_the_walltime_limit_bounds_what_a_job_gets(ctx):
+    assert ctx.routing.walltime_s("small", None) == 7200
+    assert ctx.routing.walltime_s("small", 60) == 60
+    assert ctx.routing.walltime_s("small", 90000) == 7200
+
+
+# -- expressions: parsed, never eval'ed ------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["__import__('os').system('x')", "attempt.__class__", "open('f')",
+                                  "attempt ** 99999999", "[1][0]", "lambda: 1", "'text' == 'text'",
+                                  "unknown_name > 1", "attempt <", ""])
+def test_an_expression_that_is_not_plain_arithmetic_is_refused(text):
+    with pytest.raises(expressions.ExpressionError):
+        expressions.parse(text, frozenset({"attempt"}))
+
+
+def test_expressions_evaluate_like_galaxys():
+    condition = expressions.parse("memory_limit_reached and attempt < 3 or seconds_running > 3600",
+                                  frozenset({"memory_limit_reached", "attempt", "seconds_running"}))
+    assert condition.evaluate({"memory_limit_reached": True, "attempt": 2, "seconds_running": 1})
+    assert not condition.evaluate({"memory_limit_reached": True, "attempt": 3, "seconds_running": 1})
+    assert expressions.parse("attempt * 30 + 5", frozenset({"attempt"})).evaluate({"attempt": 2}) == 65
+
+
+@pytest.mark.parametrize("text, seconds", [("24:00:00", 86400), ("1-00:00:00", 86400), ("90:00", 5400),
+                                           ("45", 45), (3600, 3600)])
+def test_walltimes_in_galaxys_notation(text, seconds):
+    assert duration_s(text) == seconds
+
+
+@pytest.mark.parametrize("text, size", [("10GB", 10 * 1024**3), ("512M", 512 * 1024**2), ("1.5 TB", int(1.5 * 1024**4)),
+                                        (1000, 1000)])
+def test_sizes_in_galaxys_notation(text, size):
+    assert size_bytes(text) == size
+
+
+# -- bad configuration, refused with its line -------------------------------------------
+
+
+@pytest.mark.parametrize("text, named", [
+    ("destinations: {a: local:///}\nlimits:\n  - type: registered_user_concurrent_jobs\n    value: -1\n",
+     "job_conf.yml:4: limits[0].value: must be a whole number of at least 0"),
+    ("destinations: {a: local:///}\nlimits:\n  - type: gpu_hours\n    value: 1\n",
+     "job_conf.yml:3: limits[0].type: unknown limit type 'gpu_hours'"),
+    ("destinations: {a: local:///}\nlimits:\n  - type: destination_total_concurrent_jobs\n    id: nowhere\n"
+     "    value: 1\n", "job_conf.yml:4: limits[0].id: unknown destination 'nowhere'"),
+    ("destinations: {a: local:///}\nlimits:\n  - type: walltime\n    value: soon\n",
+     "job_conf.yml:4: limits[0].value: must be a duration"),
+    ("destinations:\n  a:\n    runner: local\n    resubmit:\n      - condition: walltime_reached\n"
+     "        destination: nowhere\n", "job_conf.yml:6: destinations.a.resubmit[0].destination: unknown destination"),
+    ("destinations:\n  a:\n    runner: local\n    resubmit:\n      - condition: \"attempt <\"\n",
+     "job_conf.yml:5: destinations.a.resubmit[0].condition: 'attempt <' does not parse"),
+    ("destinations:\n  a:\n    runner: local\n    resubmit:\n      - condition: __import__('os')\n",
+     "destinations.a.resubmit[0].condition"),
+    ("destinations:\n  a:\n    runner: local\n    limits:\n      - type: registered_user_concurrent_jobs\n"
+     "        value: 1\n", "a destination's own limits are walltime and output_size"),
+])
+def test_bad_policies_are_refused_naming_the_line(tmp_path, text, named):
+    path = tmp_path / "job_conf.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        routing.load(path)
+    assert named in str(info.value), str(info.value)
+
+
+# -- the admin's view ---------------------------------------------------------------------
+
+
+def test_route_explain_names_the_rule_the_limits_in_use_and_the_resubmit_path(ctx, stubs, tmp_path,
+                                                                               monkeypatch, capsys):
+    from galaxy_tasks import cli
+
+    launch(ctx, stubs, queued(ctx, "alice", "big"))
+    spec = tmp_path / "spec.json"
+    spec.write_text('{"tool_id": "t", "command": "true", "user": "alice", "destination": "big"}')
+    monkeypatch.setenv("GALAXY_TASKS_HOME", str(tmp_path))
+    monkeypatch.setenv("GALAXY_TASKS_JOB_CONF", str(tmp_path / "job_conf.yml"))
+    assert cli.main(["route", "--explain", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "destination  big (runner stub" in out
+    assert "limit        user:alice: 1 of 2 places taken" in out
+    assert "limit        tag:cluster: 1 of 3 places taken" in out
+    assert "resubmit     if walltime_reached -> longer" in out
+    assert "walltime_s   7200" in out
