@@ -201,8 +201,9 @@ def _status(args: argparse.Namespace, _extra: list[str]) -> int:
         if data.get(key) is not None and (key != "attempt" or data[key] > 1):
             print(f"{key:12} {data[key]}")
     for attempt in data.get("attempts") or []:
-        print(f"attempt {attempt['attempt']:<4} {attempt['destination']}: {attempt['state']} "
-              f"({attempt.get('runner_state') or attempt.get('reason') or ''}) -> {attempt['resubmit']}")
+        print(f"attempt {attempt['attempt']:<4} on {attempt['destination']}: {attempt['state']} "
+              f"({attempt.get('runner_state') or attempt.get('reason') or 'failed'}), "
+              f"resubmitted because {attempt['resubmit']}")
     for stream in ("stdout", "stderr"):
         if data.get(stream):
             print(f"--- {stream} (tail)\n{data[stream].rstrip()}")

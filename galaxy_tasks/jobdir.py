@@ -38,6 +38,8 @@ OUTPUT_TAIL_BYTES = 64 * 1024
 #: the first line of the job's stderr that starts with this is the job script's own reason
 SCRIPT_REASON_PREFIX = "galaxy-tasks: "
 _SMALL = 4096
+#: the most entries of a working directory a size check looks at
+SCAN_ENTRIES = 20_000
 
 
 def new_token() -> str:
@@ -171,6 +173,32 @@ class JobDir:
         finally:
             os.close(fd)
         return as_text(data)
+
+    def file_at_least(self, size: int, max_entries: int = SCAN_ENTRIES) -> tuple[str, int] | None:
+        """A file of the working directory (its path there, its size) of at least `size`
+        bytes, if there is one: Galaxy's output_size limit holds for each file a job writes.
+        Links are not followed and the walk stops after `max_entries` entries, so a job of
+        a million files or a link out of its directory costs no more than that."""
+        seen = 0
+        pending = [self.working]
+        while pending and seen < max_entries:
+            try:
+                entries = os.scandir(pending.pop())
+            except OSError:
+                continue
+            with entries:
+                for entry in entries:
+                    seen += 1
+                    if seen > max_entries:
+                        break
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append(Path(entry.path))
+                        elif entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_size >= size:
+                            return os.path.relpath(entry.path, self.working), entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue
+        return None
 
     def script_reason(self) -> str | None:
         """The reason the job script itself gave on stderr (a setup file it could not read)."""

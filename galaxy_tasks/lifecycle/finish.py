@@ -18,7 +18,7 @@ from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job, utcnow
 from galaxy_tasks.policies import choose, condition_names
 from galaxy_tasks.runners.base import Completion, signal_name
-from galaxy_tasks.states import JobState
+from galaxy_tasks.states import TERMINAL, JobState
 from galaxy_tasks.store import Moved
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,9 @@ def finish(ctx: Context, completion: Completion, confirmed: bool = False) -> Fin
     # finish records nothing): its slot is free, so the oldest waiting job may start
     wake = job.destination if job.destination in ctx.routing.limited else None
     if JobState(job.state) not in _LAUNCHED:
-        # a cancelled job's process ended: the places it held are free now
-        return Finished(None, wake, release(ctx, job) if job.state == JobState.DELETED.value else [])
+        # a cancelled job's process ended, or a finish that recorded the end died before it
+        # gave the places back (its message comes again): the places it held are free now
+        return Finished(None, wake, release(ctx, job) if JobState(job.state) in TERMINAL else [])
     job_dir = JobDir(Path(job.job_dir or ctx.settings.jobs_dir / job.id), job.token)
     end = _evidence(job_dir, completion, confirmed)
     if end is None:
@@ -82,13 +83,8 @@ def _evidence(job_dir: JobDir, completion: Completion, confirmed: bool) -> EndNo
 def _record(ctx: Context, job: Job, job_dir: JobDir, completion: Completion, end: EndNote,
             wake: str | None) -> Finished:
     stdout, stderr = job_dir.tail("stdout"), job_dir.tail("stderr")
-    if end.runner_state is None and ctx.routing.output_size_bytes(job.destination) and (
-            end.signal == signal.SIGXFSZ or end.exit_code == 128 + signal.SIGXFSZ):  # a file grew past the limit
-        end = replace(end, runner_state="output_size_limit",
-                      reason=f"a file of the job grew past the output_size limit of "
-                             f"{ctx.routing.output_size_bytes(job.destination)} bytes")
     state, reason = _verdict(job, job_dir, end, stderr)
-    if state is JobState.OK and (too_large := _over_output_size(ctx, job, job_dir)) is not None:
+    if end.runner_state is None and (too_large := _over_output_size(ctx, job, job_dir, end)) is not None:
         state, reason, end = JobState.ERROR, too_large, replace(end, runner_state="output_size_limit")
     if state is JobState.ERROR:
         resubmitted = _resubmit(ctx, job, end, reason)
@@ -150,20 +146,22 @@ def _resubmit(ctx: Context, job: Job, end: EndNote, reason: str | None) -> Finis
     return Finished(None, None, release(ctx, moved.job), moved.job, choice.delay_s)
 
 
-def _over_output_size(ctx: Context, job: Job, job_dir: JobDir) -> str | None:
-    """Why the job's declared outputs are over its output_size limit, if they are."""
+def _over_output_size(ctx: Context, job: Job, job_dir: JobDir, end: EndNote) -> str | None:
+    """Why the job is over its output_size limit, if it is: a file it wrote reached the
+    limit (Galaxy's check is per output file; the local runner's RLIMIT_FSIZE stops a file
+    at exactly the limit, so reaching it is the sign, whatever the job's shell did next),
+    or the job was ended by SIGXFSZ."""
     limit = ctx.routing.output_size_bytes(job.destination)
-    if limit is None or not job.outputs:
+    if limit is None:
         return None
-    total = 0
-    for path in job.outputs:
-        try:
-            total += os.lstat(job_dir.working / path).st_size
-        except OSError:
-            continue
-    if total <= limit:
-        return None
-    return f"the outputs are {total} bytes, more than the output_size limit of {limit} bytes"
+    found = job_dir.file_at_least(limit)
+    if found is not None:
+        path, size = found
+        return (f"the job's output file {path!r} grew too large ({size} bytes; the output_size limit is "
+                f"{limit} bytes)")
+    if end.signal == signal.SIGXFSZ or end.exit_code == 128 + signal.SIGXFSZ:
+        return f"a file of the job grew past the output_size limit of {limit} bytes"
+    return None
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -35,6 +35,9 @@ destinations:
       - condition: memory_limit_reached and attempt < 3
         delay: attempt * 10
   plain: {runner: stub}
+  capped:
+    runner: stub
+    limits: [{type: output_size, value: 1000}]
 default: small
 limits:
   - type: registered_user_concurrent_jobs
@@ -264,6 +267,30 @@ def test_bad_policies_are_refused_naming_the_line(tmp_path, text, named):
     with pytest.raises(ConfigError) as info:
         routing.load(path)
     assert named in str(info.value), str(info.value)
+
+
+# -- output size ---------------------------------------------------------------------------
+
+
+def test_output_size_holds_for_each_file_the_job_wrote_not_for_links_out_of_it(ctx, stubs, tmp_path):
+    outside = tmp_path / "outside.dat"
+    outside.write_bytes(b"x" * 5000)
+    ids = [queued(ctx, user, "capped") for user in ("ann", "ben", "cat")]
+    for job_id in ids:
+        assert launch(ctx, stubs, job_id)
+    working = [Path(row(ctx, job_id).job_dir or "") / "working" for job_id in ids]
+    (working[0] / "sub").mkdir()
+    (working[0] / "sub" / "big.dat").write_bytes(b"x" * 1500)  # a cluster job: nothing stopped it at the limit
+    (working[1] / "a.dat").write_bytes(b"x" * 900)
+    (working[1] / "b.dat").write_bytes(b"x" * 900)
+    (working[2] / "link.dat").symlink_to(outside)
+    for job_id in ids:
+        lifecycle.finish(ctx, stubs["capped"].end(job_id, exit_code=0))
+    big, pair, linked = (row(ctx, job_id) for job_id in ids)
+    assert big.state == "error" and big.runner_state == "output_size_limit"
+    assert "'sub/big.dat' grew too large (1500 bytes; the output_size limit is 1000 bytes)" in (big.reason or "")
+    assert pair.state == "ok", "the limit is per file, as Galaxy's"
+    assert linked.state == "ok", "a link out of the job's directory is not the job's file"
 
 
 # -- the admin's view ---------------------------------------------------------------------

@@ -1,0 +1,128 @@
+"""Galaxy's job policies through real workers on the real Redis and PostgreSQL: concurrency
+limits held by two workers racing, and jobs the local runner ends at their walltime, memory
+or output size, resubmitted by the destination's rules with their history kept."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.support.deployment import Deployment
+from tests.support.ledger import most_at_once, timed
+
+pytestmark = pytest.mark.integration
+
+LIMITED_CONF = """
+destinations:
+  local: {runner: local, params: {max_jobs: 20}}
+default: local
+limits:
+  - type: registered_user_concurrent_jobs
+    value: 2
+"""
+
+ENDINGS_CONF = """
+destinations:
+  short:
+    runner: local
+    limits: [{type: walltime, value: 2}]
+    resubmit:
+      - condition: walltime_reached
+        destination: long
+  long: {runner: local}
+  small_memory:
+    runner: local
+    params: {memory_limit: MODE}
+    resubmit:
+      - condition: memory_limit_reached and attempt < 2
+        destination: roomy
+  roomy: {runner: local, params: {memory_limit: "off"}}
+  capped:
+    runner: local
+    limits: [{type: output_size, value: 1MB}]
+default: long
+"""
+
+
+def with_conf(make_deployment, tmp_path: Path, conf: str, **env: str) -> Deployment:
+    path = tmp_path / "job_conf.yml"
+    path.write_text(conf)
+    return make_deployment(GALAXY_TASKS_JOB_CONF=str(path), **env)
+
+
+def test_two_workers_racing_never_run_more_of_a_users_jobs_than_the_limit(make_deployment, tmp_path):
+    deployment = with_conf(make_deployment, tmp_path, LIMITED_CONF)
+    ledgers = tmp_path / "ledgers"
+    ledgers.mkdir()
+    deployment.worker(None, "w1@%h", "--concurrency", "2")
+    deployment.worker(None, "w2@%h", "--concurrency", "2")
+    users = [f"user{n}" for n in range(5)]
+    ids = deployment.submit_many([{"tool_id": "t", "command": timed(ledgers, user, 1), "user": user}
+                                  for _ in range(6) for user in users])
+    jobs = deployment.wait_terminal(ids, timeout=180)
+    assert [job.state for job in jobs] == ["ok"] * len(ids), [job.reason for job in jobs if job.state != "ok"]
+    peaks = {user: most_at_once(ledgers / user) for user in users}
+    assert all(peak <= 2 for peak in peaks.values()), f"more than 2 of a user's jobs ran at once: {peaks}"
+    assert any(peak == 2 for peak in peaks.values()), f"the limit, not the workers, held jobs back: {peaks}"
+    limited = sum("limited" in [s.value for s in deployment.history(job_id)] for job_id in ids)
+    assert limited >= len(ids) // 2, "most jobs waited LIMITED for a place"
+    assert set(deployment.store.limit_usage([f"user:{u}" for u in users]).values()) == {0}
+    assert "event=limited" in deployment.logs() and "event=released" in deployment.logs()
+
+
+def test_a_job_past_its_walltime_is_stopped_and_resubmitted_to_the_longer_destination(make_deployment,
+                                                                                      tmp_path):
+    deployment = with_conf(make_deployment, tmp_path, ENDINGS_CONF.replace("MODE", "auto"))
+    deployment.worker()
+    job_id = deployment.submit("sleep 4 & wait; echo finished > out.txt", "slow", "--destination", "short",
+                               "--output", "out.txt")
+    [job] = deployment.wait_terminal([job_id], timeout=60)
+    assert job.state == "ok", job.reason
+    assert job.destination == "long" and job.attempt == 2
+    [first] = job.attempts or []
+    assert first["destination"] == "short" and first["runner_state"] == "walltime_reached"
+    assert first["resubmit"] == "walltime_reached" and first["state"] == "error"
+    pid = int(first["external_id"].split(":")[1])
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)  # the first attempt's whole process group was stopped
+    history = [state.value for state in deployment.history(job_id)]
+    assert history.count("new") == 2 and history.count("running") == 2 and history[-1] == "ok"
+    status = deployment.cli("status", job_id)
+    assert "attempt 1    on short: error (walltime_reached), resubmitted because walltime_reached" in status.stdout
+    assert json.loads(deployment.cli("status", job_id, "--json").stdout)["attempts"][0]["destination"] == "short"
+
+
+@pytest.mark.parametrize("mode", ["auto", "rlimit"])
+def test_a_job_over_its_memory_is_ended_and_resubmitted_where_memory_is_roomy(make_deployment, tmp_path, mode):
+    deployment = with_conf(make_deployment, tmp_path, ENDINGS_CONF.replace("MODE", mode))
+    deployment.worker()
+    hungry = "python3 -c \"b = b'x' * (300 * 1024 * 1024); print(len(b))\""
+    job_id = deployment.submit(hungry, "hungry", "--destination", "small_memory", "--memory-mb", "80")
+    [job] = deployment.wait_terminal([job_id], timeout=60)
+    assert job.state == "ok", job.reason
+    assert job.destination == "roomy" and job.stdout_tail.strip() == str(300 * 1024 * 1024)
+    [first] = job.attempts or []
+    assert first["runner_state"] == "memory_limit_reached", first
+    assert "80 MB" in first["reason"]
+
+
+def test_a_job_whose_file_grows_past_the_output_size_ends_output_size_limit(make_deployment, tmp_path):
+    """Galaxy's output_size holds for each file: the local runner stops a file at the limit
+    (RLIMIT_FSIZE), and the job is ended output_size_limit even when its shell carried on."""
+    deployment = with_conf(make_deployment, tmp_path, ENDINGS_CONF.replace("MODE", "auto"))
+    deployment.worker()
+    carried_on = deployment.submit("head -c 3000000 /dev/zero > big.dat; echo after", "grower",
+                                   "--destination", "capped")
+    last = deployment.submit("mkdir -p deep/er; head -c 3000000 /dev/zero > deep/er/big.dat", "deep",
+                             "--destination", "capped")
+    two_small = deployment.submit("head -c 600000 /dev/zero > a.dat; head -c 600000 /dev/zero > b.dat", "pair",
+                                  "--destination", "capped", "--output", "a.dat", "--output", "b.dat")
+    grown, deep, pair = deployment.wait_terminal([carried_on, last, two_small], timeout=60)
+    assert grown.state == "error" and grown.runner_state == "output_size_limit", grown.reason
+    assert "'big.dat' grew too large" in grown.reason and "1048576 bytes" in grown.reason
+    assert (Path(grown.job_dir) / "working" / "big.dat").stat().st_size == 1024 * 1024, "stopped at the limit"
+    assert deep.state == "error" and deep.runner_state == "output_size_limit", deep.reason
+    assert "deep/er/big.dat" in deep.reason
+    assert pair.state == "ok", pair.reason
