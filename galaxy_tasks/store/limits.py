@@ -53,9 +53,9 @@ class LimitPlaces(Moves):
                                       waiting_on=key, check_at=limited_check_at, owner=None)
                     return Refused(key, usage[key], keys[key], moved)
             moved = self.move(job_id, JobState.SUBMITTING, sources=sources, connection=connection,
-                              limit_keys=sorted(keys), waiting_on=None, check_at=check_at, **values)
-            if moved is None:
-                return None  # (the counters it created, at 0, are harmless)
+                              limit_keys=sorted(keys) or None, waiting_on=None, check_at=check_at, **values)
+            if moved is None or not keys:
+                return moved  # (the counters it created, at 0, are harmless)
             connection.execute(update(limit_usage).where(limit_usage.c.key.in_(list(keys)))
                                .values(used=limit_usage.c.used + 1))
             return moved
@@ -102,6 +102,8 @@ class LimitPlaces(Moves):
         """Create the counters that do not exist yet, lock all of them (in key order) and
         return how many places each has taken."""
         names = sorted(keys)
+        if not names:
+            return {}
         insert = pg_insert if self._pg else sqlite_insert
         connection.execute(insert(limit_usage).values([{"key": key, "used": 0} for key in names])
                            .on_conflict_do_nothing())

@@ -312,3 +312,25 @@ def test_route_explain_names_the_rule_the_limits_in_use_and_the_resubmit_path(ct
     assert "limit        tag:cluster: 1 of 3 places taken" in out
     assert "resubmit     if walltime_reached -> longer" in out
     assert "walltime_s   7200" in out
+
+
+def test_a_job_no_limit_applies_to_launches_beside_limited_ones(tmp_path):
+    (tmp_path / "job_conf.yml").write_text(
+        "destinations:\n  limited: {runner: stub}\n  free: {runner: stub}\ndefault: free\n"
+        "limits:\n  - type: destination_total_concurrent_jobs\n    id: limited\n    value: 1\n")
+    settings = config.load({"GALAXY_TASKS_HOME": str(tmp_path), "GALAXY_TASKS_JOB_CONF": str(tmp_path / "job_conf.yml")})
+    schema.upgrade(settings.database_url)
+    store = Store(settings.database_url, settings.check_after)
+    ctx = Context(settings, store, routing.load(settings.job_conf))
+    stubs = {name: StubRunner(d.params, lambda c: None, destination=name) for name, d in ctx.routing.destinations.items()}
+    try:
+        free = [queued(ctx, "alice", "free") for _ in range(3)]
+        assert all(launch(ctx, stubs, job_id) for job_id in free)
+        assert all(row(ctx, job_id).limit_keys is None for job_id in free)
+        first, second = queued(ctx, "alice", "limited"), queued(ctx, "bob", "limited")
+        assert launch(ctx, stubs, first) and not launch(ctx, stubs, second)
+        assert row(ctx, second).waiting_on == "destination:limited"
+        lifecycle.finish(ctx, stubs["free"].end(free[0], exit_code=0))
+        assert row(ctx, free[0]).state == "ok"
+    finally:
+        store.dispose()

@@ -1,0 +1,164 @@
+"""What Galaxy's per-user concurrency limit costs, against the host's job slots.
+
+    .venv/bin/python ops/bench/limits_bench.py [--jobs 200] [--users 5] [--limit 2] [--rounds 2]
+
+It starts two `galaxy-tasks worker` processes (concurrency 2 each) on the shared Redis
+(database 9) and a scratch PostgreSQL database it creates and drops, with one job_conf of
+two local destinations:
+
+- `limited`: `destination_user_concurrent_jobs` of LIMIT for each user, counted in the
+  database; the end of a job wakes the next waiting one of its user;
+- `slots`: the local runner's host slots (`max_jobs` = USERS x LIMIT), the same number of
+  jobs at once, with no count per user (the baseline).
+
+Each round (the order alternates) runs JOBS jobs (`sleep 0.5`, USERS users in turn) on
+each destination. Each command writes when it started and ended. It prints, per round:
+the total time of each and their ratio; the most of one user's jobs running at once under
+`limited` (must be LIMIT); and, for `limited`, the time from the end of a user's job to
+the start of the job its place released (p50, p99), against the same gap between any end
+and the next start under `slots`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+CONF = """
+destinations:
+  limited: {{runner: local, params: {{max_jobs: 100, slots_dir: {slots}/limited}}}}
+  slots: {{runner: local, params: {{max_jobs: {slots_n}, slots_dir: {slots}/slots}}}}
+default: slots
+limits:
+  - type: destination_user_concurrent_jobs
+    id: limited
+    value: {limit}
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def read_marks(ledger: Path) -> dict[str, list[tuple[float, str]]]:
+    """Per user: (time, 'start'|'end') of every command."""
+    marks: dict[str, list[tuple[float, str]]] = {}
+    for line in ledger.read_text().splitlines():
+        kind, at, user = line.split()
+        marks.setdefault(user, []).append((float(at), kind))
+    return marks
+
+
+def peak(marks: list[tuple[float, str]]) -> int:
+    running = top = 0
+    for _, kind in sorted(marks, key=lambda m: (m[0], m[1] == "start")):
+        running += 1 if kind == "start" else -1
+        top = max(top, running)
+    return top
+
+
+def release_gaps(marks: list[tuple[float, str]], limit: int) -> list[float]:
+    """With a user's jobs waiting on their limit, the k-th start (k > limit) is released by
+    the (k - limit)-th end: the gaps between the two, in ms."""
+    starts = sorted(at for at, kind in marks if kind == "start")
+    ends = sorted(at for at, kind in marks if kind == "end")
+    return [(starts[k] - ends[k - limit]) * 1000 for k in range(limit, len(starts))]
+
+
+def run(client, destination: str, jobs: int, users: int, ledger: Path) -> float:
+    from galaxy_tasks.states import TERMINAL
+
+    started = time.monotonic()
+    ids = []
+    for n in range(jobs):
+        user = f"user{n % users}"
+        line = f'"$(date +%s.%N) {user}" >> {ledger}'
+        ids.append(client.submit({"tool_id": "bench", "user": user, "destination": destination,
+                                  "command": f"echo start {line}; sleep 0.5; echo end {line}"}).id)
+    done = client.wait(ids, timeout=600)
+    elapsed = time.monotonic() - started
+    failed = [job.id for job in done.values() if job.state != "ok" or job.state not in {s.value for s in TERMINAL}]
+    if failed:
+        raise SystemExit(f"{len(failed)} jobs did not end ok on {destination}: {done[failed[0]].reason}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--users", type=int, default=5)
+    parser.add_argument("--limit", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="galaxy-tasks-limits-bench-"))
+    database = f"gt_limits_bench_{uuid.uuid4().hex[:8]}"
+    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"CREATE DATABASE {database}"], check=True)
+    conf = work / "job_conf.yml"
+    conf.write_text(CONF.format(slots=work / "slots", slots_n=args.users * args.limit, limit=args.limit))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GALAXY_TASKS_")}
+    env.update(GALAXY_TASKS_BROKER_URL="redis://127.0.0.1:6379/9",
+               GALAXY_TASKS_DATABASE_URL=f"postgresql+psycopg2://postgres@127.0.0.1/{database}",
+               GALAXY_TASKS_JOBS_DIR=str(work / "jobs"), GALAXY_TASKS_HOME=str(work / "home"),
+               GALAXY_TASKS_JOB_CONF=str(conf), PYTHONPATH=str(ROOT))
+    os.environ.update(env)
+    from galaxy_tasks import context
+    from galaxy_tasks.client import Client
+    from galaxy_tasks.store import schema
+
+    schema.upgrade(env["GALAXY_TASKS_DATABASE_URL"])
+    workers = [subprocess.Popen([sys.executable, "-m", "galaxy_tasks.cli", "worker", "-n", f"bench{i}@%h",
+                                 "--concurrency", "2", "--loglevel", "WARNING"], env=env, cwd=ROOT,
+                                stdout=open(work / f"worker{i}.log", "wb"), stderr=subprocess.STDOUT,
+                                start_new_session=True) for i in (1, 2)]
+    results = []
+    try:
+        time.sleep(8)  # both workers up
+        client = Client(context.current())
+        run(client, "slots", 10, args.users, work / "warm-up")
+        for round_ in range(args.rounds):
+            order = ("limited", "slots") if round_ % 2 == 0 else ("slots", "limited")
+            figures: dict[str, object] = {"round": round_ + 1}
+            for destination in order:
+                ledger = work / f"ledger-{destination}-{round_}"
+                figures[f"{destination}_s"] = round(run(client, destination, args.jobs, args.users, ledger), 2)
+                marks = read_marks(ledger)
+                if destination == "limited":
+                    figures["most_of_a_user_at_once"] = max(peak(m) for m in marks.values())
+                    gaps = [g for m in marks.values() for g in release_gaps(m, args.limit)]
+                else:
+                    everything = [mark for m in marks.values() for mark in m]
+                    figures["most_at_once"] = peak(everything)
+                    gaps = release_gaps(everything, args.users * args.limit)
+                figures[f"{destination}_end_to_next_start_ms_p50"] = round(percentile(gaps, 0.5), 1)
+                figures[f"{destination}_end_to_next_start_ms_p99"] = round(percentile(gaps, 0.99), 1)
+            figures["limited_over_slots"] = round(float(figures["limited_s"]) / float(figures["slots_s"]), 3)
+            results.append(figures)
+            print(json.dumps(figures), flush=True)
+    finally:
+        for worker in workers:
+            os.killpg(worker.pid, 15)
+        for worker in workers:
+            worker.wait(timeout=60)
+        from galaxy_tasks.context import reset
+
+        reset()
+        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"DROP DATABASE {database} WITH (FORCE)"])
+    ratios = [float(r["limited_over_slots"]) for r in results]
+    print(json.dumps({"median_limited_over_slots": round(statistics.median(ratios), 3),
+                      "rounds": len(results)}))
+
+
+if __name__ == "__main__":
+    main()
