@@ -121,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("config", help="show the settings in force (passwords hidden)")
     show.set_defaults(handler=_config)
 
+    schema = sub.add_parser("schema", help="print the JSON Schema of the job spec, the job event or the job_conf "
+                                           "(docs/schemas.md)")
+    schema.add_argument("name", nargs="?", choices=["spec", "event", "job-conf"])
+    schema.add_argument("--write", type=Path, metavar="DIR", help="write all three as DIR/<name>.schema.json")
+    schema.set_defaults(handler=_schema)
+
     from galaxy_tasks.operations import add_commands
 
     add_commands(sub)  # flower, metrics, stats, health
@@ -355,6 +361,19 @@ def _config(args: argparse.Namespace, _extra: list[str]) -> int:
         if value and name in config.SECRET_VARIABLES:
             shown = "(set, hidden)"
         print(f"{config.PREFIX}{name:20} {shown}\n    {meaning}")
+    return 0
+
+
+def _schema(args: argparse.Namespace, _extra: list[str]) -> int:
+    from galaxy_tasks import schemas
+
+    if args.write is not None:
+        for path in schemas.write(args.write):
+            print(path)
+        return 0
+    if args.name is None:
+        raise ValueError("name a schema: spec, event or job-conf (or --write DIR)")
+    sys.stdout.write(schemas.text(args.name))
     return 0
 
 

@@ -143,7 +143,8 @@ Whole = Annotated[int, Field(strict=True, ge=1, le=MAX_WHOLE)]
 EnvName = Annotated[str, StringConstraints(strict=True, max_length=MAX_TEXT, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 EnvValue = Annotated[str, StringConstraints(strict=True, max_length=MAX_ENV_VALUE), AfterValidator(_clean),
                      Field(json_schema_extra=_NO_NUL)]
-Environment = Annotated[dict[EnvName, EnvValue], Field(max_length=MAX_ENV_NAMES), AfterValidator(_environment_total)]
+Environment = Annotated[dict[EnvName, EnvValue], Field(max_length=MAX_ENV_NAMES, json_schema_extra={
+    "additionalProperties": False}), AfterValidator(_environment_total)]
 InputPath = Annotated[str, StringConstraints(strict=True, max_length=MAX_PATH), AfterValidator(_path),
                       Field(json_schema_extra={"pattern": "\\S", **_NO_NUL})]
 OutputPath = Annotated[str, StringConstraints(strict=True, max_length=MAX_PATH), AfterValidator(_relative),
