@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 from galaxy_tasks import config, context
 from galaxy_tasks.errors import ConfigError, SpecError
 from galaxy_tasks.logs import redact
-from galaxy_tasks.render import table
+from galaxy_tasks.render import JobProgress, fields, is_terminal, print_table
 from galaxy_tasks.states import TERMINAL, JobState
 
 
@@ -192,10 +192,9 @@ def _status(args: argparse.Namespace, _extra: list[str]) -> int:
         print(json.dumps(data, indent=2))
         return 0
     data = job.to_json()
-    for key in ("id", "state", "tool_id", "user", "destination", "external_id", "exit_code", "reason",
-                "wall_time_s", "max_rss_kb", "created_at", "running_at", "finished_at", "job_dir"):
-        if data.get(key) is not None:
-            print(f"{key:12} {data[key]}")
+    keys = ("id", "state", "tool_id", "user", "destination", "external_id", "exit_code", "reason", "wall_time_s",
+            "max_rss_kb", "created_at", "running_at", "finished_at", "job_dir")
+    print(fields((key, data[key]) for key in keys if data.get(key) is not None))
     for stream in ("stdout", "stderr"):
         if data.get(stream):
             print(f"--- {stream} (tail)\n{data[stream].rstrip()}")
@@ -207,9 +206,9 @@ def _list(args: argparse.Namespace, _extra: list[str]) -> int:
     if args.json:
         print(json.dumps([job.to_json() for job in jobs], indent=2))
         return 0
-    print(table(["id", "state", "exit", "tool", "destination", "created"],
+    print_table(["id", "state", "exit", "tool", "destination", "created"],
                 [[j.id, j.state, _blank(j.exit_code), j.tool_id, j.destination,
-                  j.created_at.strftime("%Y-%m-%d %H:%M:%S")] for j in jobs]))
+                  j.created_at.strftime("%Y-%m-%d %H:%M:%S")] for j in jobs])
     return 0
 
 
@@ -225,7 +224,11 @@ def _cancel(args: argparse.Namespace, _extra: list[str]) -> int:
 
 
 def _wait(args: argparse.Namespace, _extra: list[str]) -> int:
-    jobs = _client().wait(args.job_ids, timeout=args.timeout)
+    # a live bar on the terminal (standard error, so standard output keeps only the result);
+    # none with --json or when standard error is not a terminal
+    live = not args.json and is_terminal(sys.stderr)
+    with JobProgress(sys.stderr, live=live, changes="ends", title="waiting") as progress:
+        jobs = _client().wait(args.job_ids, timeout=args.timeout, on_event=progress.event if live else None)
     if args.json:
         print(json.dumps([job.to_json() for job in jobs.values()], indent=2))
     else:
