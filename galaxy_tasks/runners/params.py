@@ -14,9 +14,9 @@ import functools
 import types
 import typing
 from dataclasses import MISSING, field, fields
-from typing import Annotated, Any, Literal, Mapping, TypeVar
+from typing import Annotated, Any, Callable, Literal, Mapping, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, create_model
 from pydantic import Field as ModelField
 
 from galaxy_tasks.errors import ConfigError
@@ -26,9 +26,24 @@ P = TypeVar("P")
 
 
 def param(default: Any = None, *, minimum: float | None = None, choices: tuple[str, ...] | None = None,
-          doc: str = "") -> Any:
-    """A params field: its default, and the checks `load` applies to a given value."""
-    return field(default=default, metadata={"minimum": minimum, "choices": choices, "doc": doc})
+          check: Callable[[Any], str | None] | None = None, doc: str = "") -> Any:
+    """A params field: its default, and the checks `load` applies to a given value (`check`
+    returns what is wrong with a value of the right type, or None)."""
+    return field(default=default, metadata={"minimum": minimum, "choices": choices, "check": check, "doc": doc})
+
+
+class _Problem(ValueError):
+    """What a param's own `check` found wrong: the message of the ConfigError."""
+
+
+def _checking(check: Callable[[Any], str | None]) -> Callable[[Any], Any]:
+    def run(value: Any) -> Any:
+        problem = check(value)
+        if problem:
+            raise _Problem(problem)
+        return value
+
+    return run
 
 
 @functools.cache
@@ -46,6 +61,8 @@ def model(cls: type) -> type[BaseModel]:
         choices = f.metadata.get("choices")
         annotated: Any = Literal[tuple(choices)] if choices else Annotated[
             kind, ModelField(strict=kind is not str, ge=f.metadata.get("minimum"))]
+        if f.metadata.get("check") is not None:  # after the type, the minimum and the choices
+            annotated = Annotated[annotated, AfterValidator(_checking(f.metadata["check"]))]
         if type(None) in kinds:
             annotated = annotated | None
         default = None if f.default is MISSING else f.default
@@ -82,6 +99,8 @@ def _message(cls: type, key: str, error: Any) -> str:
         return f"must be {_type_name(hint)}, not null"
     if kind == "greater_than_equal":
         return f"must be at least {known[key].metadata['minimum']:g}, not {value!r}"
+    if kind == "value_error" and isinstance((error.get("ctx") or {}).get("error"), _Problem):
+        return str(error["ctx"]["error"])
     if kind == "literal_error":
         return f"must be one of {', '.join(known[key].metadata['choices'])}, not {value!r}"
     kinds = [k for k in _kinds(hint) if k is not type(None)]

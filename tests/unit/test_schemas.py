@@ -287,3 +287,20 @@ def test_the_docs_link_every_schema():
     for name in schemas.MODELS:
         assert f"(schemas/{name}.schema.json)" in text
     assert "(docs/schemas.md)" in (ROOT / "README.md").read_text()
+
+
+def test_a_params_own_check_runs_after_its_type():
+    from dataclasses import dataclass
+
+    from galaxy_tasks.runners.params import load, param
+    from galaxy_tasks.yamlconf import Where
+
+    @dataclass(frozen=True)
+    class Checked:
+        partition: str | None = param(None, check=lambda v: None if v.isidentifier() else "must be a name")
+
+    assert load(Checked, {"partition": "debug"}).partition == "debug"
+    with pytest.raises(ConfigError, match=r"job_conf: params.partition: must be a name"):
+        load(Checked, {"partition": "not a name"}, Where("job_conf", "params"))
+    with pytest.raises(ConfigError, match="must be a string"):
+        load(Checked, {"partition": True}, Where("job_conf", "params"))
