@@ -20,7 +20,7 @@ COPY pyproject.toml README.md celeryconfig.py ./
 COPY galaxy_tasks ./galaxy_tasks
 COPY workers ./workers
 COPY ops/install-mesos-extra.sh ./ops/install-mesos-extra.sh
-RUN pip install '.[drmaa,flower]' \
+RUN pip install '.[drmaa,flower,metrics]' \
  && PYTHON=python sh ops/install-mesos-extra.sh
 
 RUN groupadd --gid 10001 galaxy \

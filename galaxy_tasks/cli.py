@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 from galaxy_tasks import config, context
 from galaxy_tasks.errors import ConfigError, SpecError
 from galaxy_tasks.logs import redact
-from galaxy_tasks.render import table
+from galaxy_tasks.render import JobProgress, fields, is_terminal, print_table
 from galaxy_tasks.states import TERMINAL, JobState
 
 
@@ -130,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="every registered runner's params, their types and defaults (Markdown tables)")
     show.set_defaults(handler=_config)
 
+    schema = sub.add_parser("schema", help="print the JSON Schema of the job spec, the job event or the job_conf "
+                                           "(docs/schemas.md)")
+    schema.add_argument("name", nargs="?", choices=["spec", "event", "job-conf"])
+    schema.add_argument("--write", type=Path, metavar="DIR", help="write all three as DIR/<name>.schema.json")
+    schema.set_defaults(handler=_schema)
+
     from galaxy_tasks.operations import add_commands
 
     add_commands(sub)  # flower, metrics, stats, health
@@ -195,11 +201,10 @@ def _status(args: argparse.Namespace, _extra: list[str]) -> int:
         print(json.dumps(data, indent=2))
         return 0
     data = job.to_json()
-    for key in ("id", "state", "tool_id", "user", "destination", "external_id", "exit_code", "reason",
-                "runner_state", "waiting_on", "attempt", "wall_time_s", "max_rss_kb", "created_at", "running_at",
-                "finished_at", "job_dir"):
-        if data.get(key) is not None and (key != "attempt" or data[key] > 1):
-            print(f"{key:12} {data[key]}")
+    keys = ("id", "state", "tool_id", "user", "destination", "external_id", "exit_code", "reason", "runner_state",
+            "waiting_on", "attempt", "wall_time_s", "max_rss_kb", "created_at", "running_at", "finished_at", "job_dir")
+    print(fields((key, data[key]) for key in keys
+                 if data.get(key) is not None and (key != "attempt" or data[key] > 1)))
     for attempt in data.get("attempts") or []:
         print(f"attempt {attempt['attempt']:<4} on {attempt['destination']}: {attempt['state']} "
               f"({attempt.get('runner_state') or attempt.get('reason') or 'failed'}), "
@@ -215,9 +220,9 @@ def _list(args: argparse.Namespace, _extra: list[str]) -> int:
     if args.json:
         print(json.dumps([job.to_json() for job in jobs], indent=2))
         return 0
-    print(table(["id", "state", "exit", "tool", "destination", "created"],
+    print_table(["id", "state", "exit", "tool", "destination", "created"],
                 [[j.id, j.state, _blank(j.exit_code), j.tool_id, j.destination,
-                  j.created_at.strftime("%Y-%m-%d %H:%M:%S")] for j in jobs]))
+                  j.created_at.strftime("%Y-%m-%d %H:%M:%S")] for j in jobs])
     return 0
 
 
@@ -233,7 +238,11 @@ def _cancel(args: argparse.Namespace, _extra: list[str]) -> int:
 
 
 def _wait(args: argparse.Namespace, _extra: list[str]) -> int:
-    jobs = _client().wait(args.job_ids, timeout=args.timeout)
+    # a live bar on the terminal (standard error, so standard output keeps only the result);
+    # none with --json or when standard error is not a terminal
+    live = not args.json and is_terminal(sys.stderr)
+    with JobProgress(sys.stderr, live=live, changes="ends", title="waiting") as progress:
+        jobs = _client().wait(args.job_ids, timeout=args.timeout, on_event=progress.event if live else None)
     if args.json:
         print(json.dumps([job.to_json() for job in jobs.values()], indent=2))
     else:
@@ -409,6 +418,19 @@ def _config(args: argparse.Namespace, _extra: list[str]) -> int:
         if value and name in config.SECRET_VARIABLES:
             shown = "(set, hidden)"
         print(f"{config.PREFIX}{name:20} {shown}\n    {meaning}")
+    return 0
+
+
+def _schema(args: argparse.Namespace, _extra: list[str]) -> int:
+    from galaxy_tasks import schemas
+
+    if args.write is not None:
+        for path in schemas.write(args.write):
+            print(path)
+        return 0
+    if args.name is None:
+        raise ValueError("name a schema: spec, event or job-conf (or --write DIR)")
+    sys.stdout.write(schemas.text(args.name))
     return 0
 
 

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from kombu.exceptions import OperationalError
 
-from galaxy_tasks import context, lifecycle, messages
+from galaxy_tasks import context, events, lifecycle, messages
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import NotSent, UnknownJob
 from galaxy_tasks.listen import JobEvents
@@ -81,11 +81,16 @@ class Client:
 
         It hears the jobs' events as they happen (listening before it reads the rows, so
         nothing falls between), and reads the rows of the jobs still pending only every
-        RECHECK_S seconds, in case a broadcast event was lost."""
+        RECHECK_S seconds, in case a broadcast event was lost. `on_event` is called with
+        each job's event: first the one of its row as the wait begins, then each one heard,
+        and the one of its row when a recheck finds it ended unheard."""
         ids = [self.get(job_id).id for job_id in job_ids]
         deadline = None if timeout is None else time.monotonic() + timeout
         with JobEvents() as heard:
             jobs = self.ctx.store.jobs(ids)
+            if on_event is not None:
+                for job in jobs.values():
+                    on_event(events.state_event(job))
             pending = {job_id for job_id, job in jobs.items() if JobState(job.state) not in TERMINAL}
             while pending:
                 left = RECHECK_S if deadline is None else min(RECHECK_S, deadline - time.monotonic())
@@ -99,6 +104,9 @@ class Client:
                         if item.get("state") in TERMINAL_NAMES:
                             pending.discard(item["job_id"])
                 if not got:  # quiet for a while: has anything ended that we did not hear of?
-                    pending &= {job_id for job_id, job in self.ctx.store.jobs(pending).items()
-                                if JobState(job.state) not in TERMINAL}
+                    for job_id, job in self.ctx.store.jobs(pending).items():
+                        if JobState(job.state) in TERMINAL:
+                            pending.discard(job_id)
+                            if on_event is not None:
+                                on_event(events.state_event(job))
         return self.ctx.store.jobs(ids)

@@ -8,8 +8,11 @@ This module parses and decides; it keeps no state. Concurrency is counted in the
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from typing import Annotated, Any, Literal, Mapping, Sequence, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from galaxy_tasks import expressions
 from galaxy_tasks.expressions import Expression, ExpressionError
@@ -105,7 +108,7 @@ class DestinationPolicy:
     resubmit: tuple[ResubmitRule, ...] = ()
     walltime_s: int | None = None
     output_size_bytes: int | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = dataclass_field(default_factory=dict)
 
 
 def condition_names(runner_state: str | None, failed: bool, attempt: int, seconds_since_queued: float,
@@ -272,3 +275,45 @@ def size_bytes(value: Any) -> int:
     if amount <= 0:
         raise ValueError(f"must be larger than zero, not {value!r}")
     return amount
+
+
+
+# -- schema --------------------------------------------------------------------------------
+# The models of the policy keys, for the job_conf's published JSON Schema; the parsing above
+# is what checks a loaded job_conf, expressions and durations included.
+
+_Amount = Annotated[int, Field(strict=True, ge=0)] | Annotated[str, Field(strict=True, min_length=1)]
+LimitType = Literal["registered_user_concurrent_jobs", "anonymous_user_concurrent_jobs",
+                    "destination_user_concurrent_jobs", "destination_total_concurrent_jobs",
+                    "environment_user_concurrent_jobs", "environment_total_concurrent_jobs", "walltime",
+                    "output_size"]
+assert set(get_args(LimitType)) == {*CONCURRENCY, *SIZES}
+
+
+class LimitModel(BaseModel):
+    """A limit of Galaxy's top-level `limits:` list."""
+
+    model_config = ConfigDict(extra="forbid", title="Limit")
+    type: LimitType = Field(description="a concurrency limit (jobs at once), or walltime / output_size")
+    value: _Amount = Field(description="jobs at once; a duration ('24:00:00'); a size ('10GB')")
+    id: str | None = Field(None, description="destination_* limits: the destination they count")
+    tag: str | None = Field(None, description="destination_* limits: every destination with this tag")
+
+
+class DestinationLimitModel(BaseModel):
+    """A destination's own walltime or output_size."""
+
+    model_config = ConfigDict(extra="forbid", title="DestinationLimit")
+    type: Literal["walltime", "output_size"] = Field(description="what is limited")
+    value: _Amount = Field(description="a duration ('24:00:00') or a size ('10GB')")
+
+
+class ResubmitModel(BaseModel):
+    """A resubmit rule: if its condition holds for a failed job, the job runs again there."""
+
+    model_config = ConfigDict(extra="forbid", title="ResubmitRule")
+    condition: str | None = Field(None, description="an expression over " + ", ".join(sorted(CONDITION_NAMES)))
+    destination: str | None = Field(None, description="where to run it again (default: the same destination)")
+    environment: str | None = Field(None, description="the same as destination (Galaxy's newer word)")
+    delay: str | float | None = Field(None, description="seconds to wait first; an expression over attempt")
+    handler: str | None = Field(None, description="accepted for Galaxy compatibility, not used")

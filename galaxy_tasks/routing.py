@@ -7,19 +7,36 @@ URLs (`local:///`, `drmaa://-l h_rt=1:00/`) are accepted wherever a destination 
 
 Everything is checked when the file loads, each runner's params against the types its class
 declares, and an error names the file, the line and the key.
+
+`job_conf_model()` describes the file as pydantic models (one destination model per runner,
+its params' model generated from the runner's Params dataclass): `galaxy-tasks schema
+job-conf` prints their JSON Schema. The params are checked by those models; the rest of the
+file by `parse` below, which also resolves what a schema cannot (a rule's destination must
+exist), and tests/unit/test_schemas.py keeps the two in step.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 from galaxy_tasks import yamlconf
 from galaxy_tasks.errors import SpecError
-from galaxy_tasks.policies import DestinationPolicy, Limits, parse_destination_policy, parse_limits
+from galaxy_tasks.policies import (
+    DestinationLimitModel,
+    DestinationPolicy,
+    LimitModel,
+    Limits,
+    ResubmitModel,
+    parse_destination_policy,
+    parse_limits,
+)
 from galaxy_tasks.runners import REGISTRY, runner_class
 from galaxy_tasks.runners import params as runner_params
 from galaxy_tasks.runners.base import NoParams, Runner
@@ -305,4 +322,90 @@ def _limit(data: Mapping[str, Any], key: str, here: Where) -> int | None:
     return value
 
 
-__all__ = ["Destination", "Routing", "Rule", "default_routing", "load", "parse", "parse_url"]
+# -- the published description ---------------------------------------------------------------
+
+_Whole = Annotated[int, Field(strict=True, ge=1)]
+_Strings = Annotated[str, Field(strict=True)] | list[Annotated[str, Field(strict=True)]]
+_EnvName = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+def url_pattern(runner: str) -> str:
+    """The runner URLs of `runner` as a JSON Schema pattern: a runner whose URL takes no
+    options (`local:///`) and one whose URL's text is its native specification."""
+    cls = runner_class(runner)
+    takes_text = any("url_params" in vars(k) for k in cls.__mro__[:cls.__mro__.index(Runner)])
+    return f"^{runner}://.*$" if takes_text else f"^{runner}://\\s*/?$"
+
+
+def _destination_model(runner: str) -> type[BaseModel]:
+    cls = runner_class(runner)
+    fields: dict[str, Any] = {
+        "runner": (Literal[runner] | None, Field(None, description="the runner (or give `url`)")),
+        "url": (Annotated[str, StringConstraints(pattern=url_pattern(runner))] | None,
+                Field(None, description="a runner URL: the runner, and the params its text stands for")),
+        "queue": (Annotated[str, StringConstraints(strict=True, min_length=1)] | None,
+                  Field(None, description="the queue its workers consume (default: the runner's name, or "
+                                          "<runner>.<destination>)")),
+        "params": (runner_params.model(cls.Params) | None, Field(None, description=f"the {runner} runner's params")),
+        "env": (Annotated[dict[_EnvName, Annotated[str, Field(strict=True)]],
+                          Field(json_schema_extra={"additionalProperties": False})] | None,
+                Field(None, description="added to the environment of the destination's jobs")),
+        "max_cores": (_Whole | None, Field(None, description="the most cores a job may ask for")),
+        "max_memory_mb": (_Whole | None, Field(None, description="the most memory (MB) a job may ask for")),
+        "max_walltime_s": (_Whole | None, Field(None, description="the longest walltime a job may ask for")),
+    }
+    fields.update(
+        tags=(_Strings | None, Field(None, description="tags a limit's `tag:` names (Galaxy's destination tags)")),
+        resubmit=(list[ResubmitModel] | None,
+                  Field(None, description="resubmit rules, in order: the first that matches a failed job")),
+        limits=(list[DestinationLimitModel] | None,
+                Field(None, description="this destination's own walltime and output_size")),
+    )
+    if "native_specification" in {f.name for f in dataclasses.fields(cls.Params)}:
+        fields["native_specification"] = (Annotated[str, Field(strict=True)] | None,
+                                          Field(None, description="the same as params.native_specification"))
+    config = ConfigDict(extra="forbid", title=f"{runner.capitalize()}Destination", json_schema_extra={
+        "anyOf": [{"required": ["runner"]}, {"required": ["url"]}]})
+    model: type[BaseModel] = create_model(f"{runner.capitalize()}Destination", __config__=config, **fields)
+    return model
+
+
+class RuleModel(BaseModel):
+    """A routing rule: every condition given must hold; the first rule that matches wins."""
+
+    model_config = ConfigDict(extra="forbid", title="Rule")
+
+    destination: Annotated[str, Field(strict=True)] = Field(description="a destination's name, or a runner URL")
+    tool: _Strings | None = Field(None, description="tool ids or globs (`bwa*`); `tools` is the same")
+    tools: _Strings | None = Field(None, description="the same as `tool`")
+    user: _Strings | None = Field(None, description="users; `users` is the same")
+    users: _Strings | None = Field(None, description="the same as `user`")
+    min_cores: _Whole | None = Field(None, description="jobs asking for at least this many cores")
+    min_memory_mb: _Whole | None = Field(None, description="jobs asking for at least this much memory (MB)")
+
+
+@functools.cache
+def job_conf_model() -> type[BaseModel]:
+    """The job_conf as a pydantic model (its JSON Schema is the published one)."""
+    urls = "|".join(url_pattern(runner)[1:-1] for runner in REGISTRY)
+    url = Annotated[str, StringConstraints(pattern=f"^(?:{urls})$"), Field(title="RunnerURL")]
+    destination: Any = url
+    for runner in REGISTRY:
+        destination = destination | _destination_model(runner)
+    config = ConfigDict(extra="forbid", title="JobConf")
+    model: type[BaseModel] = create_model(
+        "JobConf", __config__=config,
+        destinations=(Annotated[dict[str, destination], Field(min_length=1)],
+                      Field(description="destinations by name: a runner URL, or a mapping")),
+        rules=(list[RuleModel] | None, Field(None, description="routing rules, in order")),
+        default=(Annotated[str, Field(strict=True)] | None,
+                 Field(None, description="where a job no rule matches goes (a destination or a runner URL; "
+                                         "default: the first destination)")),
+        limits=(list[LimitModel] | None,
+                Field(None, description="Galaxy's limits: concurrency per user, destination or tag; walltime; "
+                                        "output_size")),
+    )
+    return model
+
+
+__all__ = ["Destination", "Routing", "Rule", "default_routing", "job_conf_model", "load", "parse", "parse_url"]

@@ -2,6 +2,13 @@
 
 A spec is either accepted whole, as a valid `JobSpec`, or refused with a `SpecError` that
 names the offending field; nothing is recorded for a refused spec.
+
+`SpecModel` (pydantic) is the validator and the published description at once: `parse`
+validates with it, and `galaxy-tasks schema spec` prints its JSON Schema (docs/schemas.md),
+so a client in another language can check a spec before it sends it. What a JSON Schema
+cannot say (no unpaired surrogates, outputs that stay in the job directory once
+normalised, the bounds on totals) is checked by the model's validators and written in the
+fields' descriptions.
 """
 from __future__ import annotations
 
@@ -9,7 +16,10 @@ import json
 import posixpath
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic_core import ErrorDetails
 
 from galaxy_tasks.errors import SpecError
 
@@ -27,6 +37,7 @@ MAX_ENV_NAMES = 1000
 MAX_PATHS = 10_000
 MAX_PATH = 4096
 MAX_PATHS_TOTAL = 1024 * 1024
+MAX_WHOLE = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,132 @@ class JobSpec:
 
 FIELDS = frozenset(JobSpec.__dataclass_fields__)
 
+# -- the model -----------------------------------------------------------------------------
+#
+# Patterns are given to JSON Schema in the dialect every validator shares (ECMA 262: `$`
+# is the end of the text); pydantic checks them with Rust's regex, where `$` means the same.
+
+
+class _Refused(ValueError):
+    """A check of a validator below: its text is the message of the SpecError."""
+
+
+def _clean(value: str) -> str:
+    """Refuse what no job script or database column can carry."""
+    if "\x00" in value:
+        raise _Refused("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Refused("is not valid Unicode text (unpaired surrogate)") from None
+    return value
+
+
+def _nonblank(value: str) -> str:
+    if not value.strip():
+        raise _Refused("must not be empty")
+    return _clean(value)
+
+
+def _path(value: str) -> str:
+    if not value.strip():
+        raise _Refused("must be a non-empty string")
+    return _clean(value)
+
+
+def _relative(value: str) -> str:
+    normal = posixpath.normpath(_path(value))
+    if posixpath.isabs(value) or normal == ".." or normal.startswith("../"):
+        raise _Refused(f"{value!r} escapes the job directory")
+    if normal == "." or not normal.strip():
+        raise _Refused(f"{value!r} does not name a file in the job directory")
+    return normal
+
+
+def _paths_total(value: list[str]) -> list[str]:
+    if sum(map(len, value)) > MAX_PATHS_TOTAL:
+        raise _Refused(f"is larger than {MAX_PATHS_TOTAL} characters in all")
+    return value
+
+
+def _environment_total(value: dict[str, str]) -> dict[str, str]:
+    if sum(len(name) + len(text) + 2 for name, text in value.items()) > MAX_ENV_TOTAL:
+        raise _Refused(f"is larger than {MAX_ENV_TOTAL} characters in all")
+    return value
+
+
+_NO_NUL = {"not": {"pattern": "\\u0000"}}
+
+
+Text = Annotated[str, StringConstraints(strict=True, max_length=MAX_TEXT), AfterValidator(_clean),
+                 Field(json_schema_extra=_NO_NUL)]
+ShortText = Annotated[str, StringConstraints(strict=True, max_length=64), AfterValidator(_clean),
+                      Field(json_schema_extra=_NO_NUL)]
+PathText = Annotated[str, StringConstraints(strict=True, max_length=MAX_PATH), AfterValidator(_clean),
+                     Field(json_schema_extra=_NO_NUL)]
+RequiredText = Annotated[str, StringConstraints(strict=True, max_length=MAX_TEXT), AfterValidator(_nonblank),
+                         Field(json_schema_extra={"pattern": "\\S", **_NO_NUL})]
+Command = Annotated[str, StringConstraints(strict=True, max_length=MAX_COMMAND_BYTES), AfterValidator(_nonblank),
+                    Field(json_schema_extra={"pattern": "\\S", **_NO_NUL})]
+Whole = Annotated[int, Field(strict=True, ge=1, le=MAX_WHOLE)]
+EnvName = Annotated[str, StringConstraints(strict=True, max_length=MAX_TEXT, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+EnvValue = Annotated[str, StringConstraints(strict=True, max_length=MAX_ENV_VALUE), AfterValidator(_clean),
+                     Field(json_schema_extra=_NO_NUL)]
+Environment = Annotated[dict[EnvName, EnvValue], Field(max_length=MAX_ENV_NAMES, json_schema_extra={
+    "additionalProperties": False}), AfterValidator(_environment_total)]
+InputPath = Annotated[str, StringConstraints(strict=True, max_length=MAX_PATH), AfterValidator(_path),
+                      Field(json_schema_extra={"pattern": "\\S", **_NO_NUL})]
+OutputPath = Annotated[str, StringConstraints(strict=True, max_length=MAX_PATH), AfterValidator(_relative),
+                       Field(json_schema_extra={"pattern": "\\S", "not": {"anyOf": [
+                           {"pattern": "\\u0000"}, {"pattern": "^/"}, {"pattern": "^(\\./)*\\.\\.(/|$)"}]}})]
+Inputs = Annotated[list[InputPath], Field(max_length=MAX_PATHS), AfterValidator(_paths_total)]
+Outputs = Annotated[list[OutputPath], Field(max_length=MAX_PATHS), AfterValidator(_paths_total)]
+JobIdText = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,35}$")]
+QueueText = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")]
+
+
+class EventsModel(BaseModel):
+    """Where the job's events go (docs/events.md)."""
+
+    model_config = ConfigDict(extra="forbid", title="Events")
+
+    queue: QueueText = Field(description="a durable queue of the client's, not one galaxy-tasks consumes")
+    client_id: Text | None = Field(None, description="an id of the client's that every event of the job carries back")
+
+
+class SpecModel(BaseModel):
+    """A job galaxy-tasks is asked to run (docs/task-contract.md); null means the default.
+    The server also refuses text with unpaired surrogates."""
+
+    model_config = ConfigDict(extra="forbid", title="JobSpec")
+
+    tool_id: RequiredText = Field(description="the tool; routing rules match it")
+    command: Command = Field(description="the command line, run by /bin/sh in the job's working directory")
+    tool_version: ShortText | None = Field(None, description="recorded with the job")
+    user: Text | None = Field(None, description="recorded, and matched by routing rules")
+    environment: Environment | None = Field(
+        None, description=f"added to the job's environment (at most {MAX_ENV_TOTAL} characters in all, counting "
+                          "each name and value plus 2)")
+    inputs: Inputs | None = Field(None, description=f"paths recorded with the job (at most {MAX_PATHS_TOTAL} "
+                                                     "characters in all)")
+    outputs: Outputs | None = Field(
+        None, description="paths relative to the job directory that must exist after the command ran, or the job "
+                          "ends `error`; once normalised they must stay inside it "
+                          f"(at most {MAX_PATHS_TOTAL} characters in all)")
+    cores: Whole | None = Field(None, description="cores the job needs (GALAXY_SLOTS); default 1")
+    memory_mb: Whole | None = Field(None, description="memory the job needs, in MB (GALAXY_MEMORY_MB)")
+    walltime_s: Whole | None = Field(None, description="the longest the job may run, in seconds")
+    destination: Text | None = Field(None, description="a destination name, overriding the routing rules")
+    environment_setup_file: PathText | None = Field(None, description="a file the job script sources before "
+                                                                       "the command")
+    id: JobIdText | None = Field(None, description="a job id chosen by the client: a duplicated submission then "
+                                                   "runs once")
+    events: EventsModel | None = Field(None, description="where the job's events go (docs/events.md)")
+
+
+_ORDER = {name: index for index, name in enumerate(SpecModel.model_fields)}
+_KNOWN = ", ".join(sorted(FIELDS))
+
 
 def parse_json(text: str | bytes) -> JobSpec:
     """Parse a spec from JSON text; invalid JSON is refused like any other bad field."""
@@ -74,154 +211,92 @@ def parse_json(text: str | bytes) -> JobSpec:
 def parse(data: Any) -> JobSpec:
     if not isinstance(data, Mapping):
         raise SpecError("spec", f"must be a JSON object, not {type(data).__name__}")
-    unknown = sorted(str(key) for key in data if key not in FIELDS)
-    if unknown:
-        raise SpecError(unknown[0] or "\"\"", f"unknown field (known fields: {', '.join(sorted(FIELDS))})")
-    return JobSpec(
-        tool_id=_required_text(data, "tool_id"),
-        command=_command(data),
-        tool_version=_text(data, "tool_version", limit=64),
-        user=_text(data, "user"),
-        environment=_environment(data.get("environment")),
-        inputs=_paths(data.get("inputs"), "inputs", relative=False),
-        outputs=_paths(data.get("outputs"), "outputs", relative=True),
-        cores=_positive(data, "cores") or 1,
-        memory_mb=_positive(data, "memory_mb"),
-        walltime_s=_positive(data, "walltime_s"),
-        destination=_text(data, "destination"),
-        environment_setup_file=_text(data, "environment_setup_file", limit=4096),
-        id=_job_id(data.get("id")),
-        events=_events(data.get("events")),
-    )
-
-
-def _text(data: Mapping, name: str, *, required: bool = False, limit: int = MAX_TEXT) -> str | None:
-    value = data.get(name)
-    if value is None:
-        if required:
-            raise SpecError(name, "is required")
-        return None
-    if not isinstance(value, str):
-        raise SpecError(name, f"must be a string, not {type(value).__name__}")
-    if required and not value.strip():
-        raise SpecError(name, "must not be empty")
-    if len(value) > limit:
-        raise SpecError(name, f"is longer than {limit} characters")
-    _check_chars(name, value)
-    return value
-
-
-def _required_text(data: Mapping[str, Any], name: str, limit: int = MAX_TEXT) -> str:
-    value = _text(data, name, required=True, limit=limit)
-    assert value is not None
-    return value
-
-
-def _check_chars(name: str, value: str) -> None:
-    """Refuse what no job script or database column can carry."""
-    if "\x00" in value:
-        raise SpecError(name, "must not contain NUL characters")
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise SpecError(name, "is not valid Unicode text (unpaired surrogate)") from None
+        model = SpecModel.model_validate(data if isinstance(data, dict) else dict(data))
+    except ValidationError as exc:
+        raise _spec_error(exc.errors(include_url=False)) from None
+    # The validated fields become the JobSpec as they are: a frozen dataclass's __init__
+    # would set its 14 fields one object.__setattr__ at a time, which costs as much as the
+    # validation itself. Null means the default.
+    fields = dict(model.__dict__)
+    if fields["cores"] is None:
+        fields["cores"] = 1
+    for name in ("environment", "inputs", "outputs"):
+        if fields[name] is None:
+            fields[name] = {} if name == "environment" else []
+    events = fields["events"]
+    if events is not None:
+        fields["events"] = Events(events.queue, events.client_id)
+    spec = object.__new__(JobSpec)
+    spec.__dict__.update(fields)
+    return spec
 
 
-def _command(data: Mapping) -> str:
-    command = _text(data, "command", required=True, limit=MAX_COMMAND_BYTES)
-    assert command is not None
-    return command
+# -- refusals, in the words of a SpecError --------------------------------------------------
 
 
-def _positive(data: Mapping, name: str, default: int | None = None) -> int | None:
-    value = data.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(name, f"must be a whole number, not {value!r}")
-    if value < 1:
-        raise SpecError(name, f"must be at least 1, not {value}")
-    if value > 2**31 - 1:
-        raise SpecError(name, f"is too large: {value}")
-    return value
+def _spec_error(errors: list[ErrorDetails]) -> SpecError:
+    """The first of pydantic's errors, in the order a reader fixes them: unknown fields
+    (sorted) first, then the fields in the spec's order."""
+    def rank(error: ErrorDetails) -> tuple[int, int, str]:
+        loc = error["loc"]
+        unknown = error["type"] in ("extra_forbidden", "invalid_key")
+        top = -1 if unknown and len(loc) == 1 else _ORDER.get(str(loc[0]), len(_ORDER)) if loc else -2
+        return top, 0 if unknown else 1, str(loc[-1]) if unknown else ""
+
+    error = min(errors, key=rank)
+    return SpecError(_field_name(error["loc"]), _message(error))
 
 
-def _environment(value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise SpecError("environment", f"must be an object of names to strings, not {type(value).__name__}")
-    if len(value) > MAX_ENV_NAMES:
-        raise SpecError("environment", f"has {len(value)} variables, more than {MAX_ENV_NAMES}")
-    environment: dict[str, str] = {}
-    total = 0
-    for name, text in value.items():
-        where = f"environment.{name}"
-        if not isinstance(name, str) or not ENV_NAME.match(name) or len(name) > MAX_TEXT:
-            raise SpecError(where, "is not a valid environment variable name")
-        if not isinstance(text, str):
-            raise SpecError(where, f"must be a string, not {type(text).__name__}")
-        if len(text) > MAX_ENV_VALUE:
-            raise SpecError(where, f"is longer than {MAX_ENV_VALUE} characters")
-        _check_chars(where, text)
-        total += len(name) + len(text) + 2
-        if total > MAX_ENV_TOTAL:
-            raise SpecError("environment", f"is larger than {MAX_ENV_TOTAL} characters in all")
-        environment[name] = text
-    return environment
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return "spec"
+    name = str(loc[0]) or '""'
+    for part in loc[1:]:
+        if part == "[key]":
+            continue
+        name += f"[{part}]" if isinstance(part, int) and loc[0] in ("inputs", "outputs") else f".{part}"
+    return name
 
 
-def _paths(value: Any, name: str, *, relative: bool) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise SpecError(name, f"must be a list of paths, not {type(value).__name__}")
-    if len(value) > MAX_PATHS:
-        raise SpecError(name, f"has {len(value)} paths, more than {MAX_PATHS}")
-    paths = []
-    total = 0
-    for index, path in enumerate(value):
-        where = f"{name}[{index}]"
-        if not isinstance(path, str) or not path.strip():
-            raise SpecError(where, "must be a non-empty string")
-        if len(path) > MAX_PATH:
-            raise SpecError(where, f"is longer than {MAX_PATH} characters")
-        total += len(path)
-        if total > MAX_PATHS_TOTAL:
-            raise SpecError(name, f"is larger than {MAX_PATHS_TOTAL} characters in all")
-        _check_chars(where, path)
-        if relative:
-            normal = posixpath.normpath(path)
-            if posixpath.isabs(path) or normal == ".." or normal.startswith("../"):
-                raise SpecError(where, f"{path!r} escapes the job directory")
-            if normal == "." or not normal.strip():
-                raise SpecError(where, f"{path!r} does not name a file in the job directory")
-            path = normal
-        paths.append(path)
-    return paths
-
-
-def _events(value: Any) -> Events | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise SpecError("events", f"must be an object with a 'queue', not {type(value).__name__}")
-    unknown = sorted(str(key) for key in value if key not in ("queue", "client_id"))
-    if unknown:
-        raise SpecError(f"events.{unknown[0]}", "unknown field (known fields: client_id, queue)")
-    queue = value.get("queue")
-    if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
-        raise SpecError("events.queue", "must be a queue name: 1-200 letters, digits, '_', '.', ':' or '-', "
-                                        "starting with a letter or digit")
-    try:
-        return Events(queue, _text(value, "client_id"))
-    except SpecError as exc:
-        raise SpecError(f"events.{exc.field}", exc.message) from None
-
-
-def _job_id(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not JOB_ID.match(value):
-        raise SpecError("id", "must be 1-36 letters, digits, '-' or '_', starting with a letter or digit")
-    return value
+def _message(error: ErrorDetails) -> str:
+    kind, loc, value = error["type"], error["loc"], error.get("input")
+    ctx = error.get("ctx") or {}
+    top = str(loc[0]) if loc else ""
+    if kind in ("extra_forbidden", "invalid_key"):
+        return "unknown field (known fields: client_id, queue)" if top == "events" else \
+            f"unknown field (known fields: {_KNOWN})"
+    if "[key]" in loc:
+        return "is not a valid environment variable name"
+    if kind == "value_error" and isinstance(ctx.get("error"), _Refused):
+        return str(ctx["error"])
+    if kind == "missing" or (value is None and top in ("tool_id", "command") and len(loc) == 1):
+        return "is required"
+    if loc == ("events",) or kind == "model_type":
+        return f"must be an object with a 'queue', not {type(value).__name__}"
+    if loc == ("events", "queue"):
+        return ("must be a queue name: 1-200 letters, digits, '_', '.', ':' or '-', starting with a letter or "
+                "digit")
+    if top == "id":
+        return "must be 1-36 letters, digits, '-' or '_', starting with a letter or digit"
+    if top in ("inputs", "outputs"):
+        if len(loc) == 1:
+            return f"has {len(value)} paths, more than {MAX_PATHS}" if kind == "too_long" else \
+                f"must be a list of paths, not {type(value).__name__}"
+        if kind == "string_too_long":
+            return f"is longer than {MAX_PATH} characters"
+        return "must be a non-empty string"
+    if top == "environment" and len(loc) == 1:
+        return f"has {len(value)} variables, more than {MAX_ENV_NAMES}" if kind == "too_long" else \
+            f"must be an object of names to strings, not {type(value).__name__}"
+    if kind == "int_type":
+        return f"must be a whole number, not {value!r}"
+    if kind == "greater_than_equal":
+        return f"must be at least 1, not {value}"
+    if kind == "less_than_equal":
+        return f"is too large: {value}"
+    if kind == "string_type":
+        return f"must be a string, not {type(value).__name__}"
+    if kind == "string_too_long":
+        return f"is longer than {ctx.get('max_length')} characters"
+    return str(error["msg"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from importlib.metadata import PackageNotFoundError, distribution, version
 
-OURS = ("celery", "kombu", "redis", "SQLAlchemy", "psycopg2-binary", "alembic", "PyYAML")
+OURS = ("celery", "kombu", "redis", "SQLAlchemy", "psycopg2-binary", "alembic", "PyYAML", "pydantic", "rich")
 
 
 def _name(requirement: str) -> str:

@@ -57,17 +57,24 @@ def _flower(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _metrics(args: argparse.Namespace, _extra: list[str]) -> int:
+    try:
+        from galaxy_tasks.operations.metrics import JobMetrics, make_server, scrape
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] != "prometheus_client":
+            raise
+        print("galaxy-tasks: error: `galaxy-tasks metrics` needs prometheus_client, which is not installed here; "
+              "install it with: pip install 'galaxy-tasks[metrics]' (or: pip install 'prometheus_client>=0.17')",
+              file=sys.stderr)
+        return 2
     from galaxy_tasks import context
-    from galaxy_tasks.operations.metrics import JobMetrics, make_server
 
     ctx = context.current()
     metrics = JobMetrics(ctx.store, ctx.routing.destinations)
     if args.once:
-        sys.stdout.write(metrics.collect())
+        sys.stdout.write(scrape(metrics))
         return 0
     server = make_server(metrics, args.address, args.port)
-    host, port = server.server_address[:2]
-    print(f"serving job metrics on http://{host}:{port}/metrics", flush=True)
+    print(f"serving job metrics on http://{args.address}:{server.server_port}/metrics", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

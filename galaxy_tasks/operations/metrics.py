@@ -13,6 +13,9 @@ Flower sees tasks; the database sees jobs. Each scrape runs a few queries:
 
 Counters and histograms start at zero when the exporter starts, as Prometheus expects of
 any exporter; `galaxy-tasks stats` answers questions about the past.
+
+prometheus_client writes the exposition and serves it: `JobMetrics` is a custom collector
+whose `collect()` yields the metric families of one scrape (the `metrics` extra installs it).
 """
 from __future__ import annotations
 
@@ -20,7 +23,14 @@ import threading
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
+from wsgiref import simple_server
+
+from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from galaxy_tasks.states import ACTIVE, TERMINAL, JobState
 from galaxy_tasks.store import Store
@@ -39,7 +49,7 @@ _TERMINAL = sorted(s.value for s in TERMINAL)
 
 
 class Histogram:
-    """One cumulative histogram series, as the text exposition needs it."""
+    """One cumulative histogram series: its bucket counts, count and sum since the start."""
 
     def __init__(self, buckets: Iterable[float]) -> None:
         self.bounds = tuple(buckets)
@@ -55,9 +65,13 @@ class Histogram:
         self.count += 1
         self.sum += value
 
+    def buckets(self) -> list[tuple[str, float]]:
+        bounds: list[tuple[str, float]] = [(floatToGoString(b), c) for b, c in zip(self.bounds, self.counts)]
+        return bounds + [("+Inf", self.count)]
 
-class JobMetrics:
-    """Reads the job database; `collect()` is what one scrape returns."""
+
+class JobMetrics(Collector):
+    """Reads the job database; `collect()` yields the metric families of one scrape."""
 
     def __init__(self, store: Store, destinations: Iterable[str] = ()) -> None:
         self.store = store
@@ -96,51 +110,55 @@ class JobMetrics:
 
     # -- one scrape ------------------------------------------------------------------------
 
-    def collect(self) -> str:
-        """The text exposition format (version 0.0.4)."""
+    def describe(self) -> list[Metric]:
+        """Nothing up front: registering the collector must not query the database."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
         with self._lock:
             started = time.perf_counter()
             self._consume()
-            lines: list[str] = []
             active, overdue, checked = self.store.active_counts(datetime.now(UTC))
             lease_until = self.store.lease_until("reconcile")
             destinations = sorted(set(self.destinations) | {d for _, d in active} | {d for _, d in self._ended})
+            families: list[Metric] = []
 
-            _family(lines, "jobs", "gauge", "Active jobs by state and destination")
+            jobs = GaugeMetricFamily(f"{NAMESPACE}_jobs", "Active jobs by state and destination",
+                                     labels=["state", "destination"])
+            ended = CounterMetricFamily(f"{NAMESPACE}_jobs_ended",
+                                        "Jobs that reached a terminal state since the exporter started",
+                                        labels=["state", "destination"])
+            late = GaugeMetricFamily(f"{NAMESPACE}_jobs_overdue",
+                                     "Active jobs whose expected event is overdue (reconciliation will look at them)",
+                                     labels=["state", "destination"])
             for state in _ACTIVE:
                 for destination in destinations:
-                    _sample(lines, "jobs", {"state": state, "destination": destination},
-                            active.get((state, destination), 0))
-            _family(lines, "jobs_ended", "counter", "Jobs that reached a terminal state since the exporter started")
+                    jobs.add_metric([state, destination], active.get((state, destination), 0))
+                    late.add_metric([state, destination], overdue.get((state, destination), 0))
             for state in _TERMINAL:
                 for destination in destinations:
-                    _sample(lines, "jobs_ended_total", {"state": state, "destination": destination},
-                            self._ended.get((state, destination), 0))
-            _family(lines, "jobs_overdue", "gauge",
-                    "Active jobs whose expected event is overdue (reconciliation will look at them)")
-            for state in _ACTIVE:
-                for destination in destinations:
-                    _sample(lines, "jobs_overdue", {"state": state, "destination": destination},
-                            overdue.get((state, destination), 0))
-            _family(lines, "jobs_reconciling", "gauge", "Active jobs reconciliation has already looked at")
+                    ended.add_metric([state, destination], self._ended.get((state, destination), 0))
+            looked = GaugeMetricFamily(f"{NAMESPACE}_jobs_reconciling", "Active jobs reconciliation has already "
+                                       "looked at", labels=["destination"])
+            after = CounterMetricFamily(f"{NAMESPACE}_jobs_ended_after_reconcile", "Jobs whose end came only after "
+                                        "reconciliation looked at them (a late or lost event)", labels=["destination"])
             for destination in destinations:
-                _sample(lines, "jobs_reconciling", {"destination": destination}, checked.get(destination, 0))
-            _family(lines, "jobs_ended_after_reconcile", "counter",
-                    "Jobs whose end came only after reconciliation looked at them (a late or lost event)")
-            for destination in destinations:
-                _sample(lines, "jobs_ended_after_reconcile_total", {"destination": destination},
-                        self._ended_after_check.get(destination, 0))
-            _family(lines, "reconcile_lease_until_seconds", "gauge",
-                    "Unix time the last reconciliation pass's lease runs until (0: no pass yet)")
-            _sample(lines, "reconcile_lease_until_seconds", {}, lease_until.timestamp() if lease_until else 0)
-            _histograms(lines, "job_queue_wait_seconds", "Seconds from submission to running, per tool and destination",
-                        self._wait)
-            _histograms(lines, "job_run_seconds", "Seconds a job ran (ok or error), per tool and destination",
-                        self._run)
+                looked.add_metric([destination], checked.get(destination, 0))
+                after.add_metric([destination], self._ended_after_check.get(destination, 0))
+            families += [jobs, ended, late, looked, after]
+            families.append(GaugeMetricFamily(
+                f"{NAMESPACE}_reconcile_lease_until_seconds",
+                "Unix time the last reconciliation pass's lease runs until (0: no pass yet)",
+                value=lease_until.timestamp() if lease_until else 0))
+            families.append(_histograms("job_queue_wait_seconds",
+                                        "Seconds from submission to running, per tool and destination", self._wait))
+            families.append(_histograms("job_run_seconds", "Seconds a job ran (ok or error), per tool and "
+                                        "destination", self._run))
             self.scrapes += 1
-            _family(lines, "metrics_scrape_duration_seconds", "gauge", "Seconds this scrape's queries took")
-            _sample(lines, "metrics_scrape_duration_seconds", {}, round(time.perf_counter() - started, 6))
-            return "\n".join(lines) + "\n"
+            families.append(GaugeMetricFamily(f"{NAMESPACE}_metrics_scrape_duration_seconds",
+                                              "Seconds this scrape's queries took",
+                                              value=round(time.perf_counter() - started, 6)))
+        yield from families
 
 
 def _seconds(later: datetime | None, earlier: datetime | None) -> float:
@@ -149,60 +167,52 @@ def _seconds(later: datetime | None, earlier: datetime | None) -> float:
     return (later - earlier).total_seconds()
 
 
-def _family(lines: list[str], name: str, kind: str, help_text: str) -> None:
-    lines.append(f"# HELP {NAMESPACE}_{name} {help_text}")
-    lines.append(f"# TYPE {NAMESPACE}_{name} {kind}")
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _sample(lines: list[str], name: str, labels: dict[str, str], value: float) -> None:
-    text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
-    lines.append(f"{NAMESPACE}_{name}{{{text}}} {_number(value)}" if text else f"{NAMESPACE}_{name} {_number(value)}")
-
-
-def _number(value: float) -> str:
-    if value == float("inf"):
-        return "+Inf"
-    return repr(float(value)) if isinstance(value, float) and not value.is_integer() else str(int(value))
-
-
-def _histograms(lines: list[str], name: str, help_text: str, series: dict[tuple[str, str], Histogram]) -> None:
-    _family(lines, name, "histogram", help_text)
+def _histograms(name: str, help_text: str, series: dict[tuple[str, str], Histogram]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(f"{NAMESPACE}_{name}", help_text, labels=["tool_id", "destination"])
     for (tool_id, destination), histogram in sorted(series.items()):
-        labels = {"tool_id": tool_id, "destination": destination}
-        for bound, count in zip(histogram.bounds, histogram.counts):
-            _sample(lines, f"{name}_bucket", {**labels, "le": repr(float(bound))}, count)
-        _sample(lines, f"{name}_bucket", {**labels, "le": "+Inf"}, histogram.count)
-        _sample(lines, f"{name}_sum", labels, round(histogram.sum, 6))
-        _sample(lines, f"{name}_count", labels, histogram.count)
+        family.add_metric([tool_id, destination], histogram.buckets(), round(histogram.sum, 6))
+    return family
 
 
-def make_server(metrics: JobMetrics, address: str, port: int) -> Any:
-    """An HTTP server answering `/metrics` with one scrape (`serve_forever()` runs it)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+def registry(metrics: JobMetrics) -> CollectorRegistry:
+    """A registry of the job metrics alone (not this process's own: the exporter's CPU and
+    memory are not what an operator scrapes it for)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics)
+    return registry
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?")[0] not in ("/metrics", "/"):
-                self.send_error(404)
-                return
-            try:
-                body = metrics.collect().encode()
-            except Exception as exc:  # noqa: BLE001 - a scrape reports the failure, the server stays up
-                self.send_error(503, f"database unavailable: {type(exc).__name__}")
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
 
-        def log_message(self, *args: object) -> None:
-            pass
+def scrape(metrics: JobMetrics) -> str:
+    """One scrape in the text exposition format."""
+    return generate_latest(registry(metrics)).decode()
 
-    server = ThreadingHTTPServer((address, port), Handler)
+
+def app(metrics: JobMetrics) -> Callable[..., Any]:
+    """The WSGI app: prometheus_client's, answering `/metrics` (and `/`); a scrape whose
+    queries fail answers 503 with the kind of error, never its text (it may name the
+    database's URL)."""
+    serve = make_wsgi_app(registry(metrics))
+
+    def metrics_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO", "/") not in ("/metrics", "/"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: the metrics are at /metrics\n"]
+        try:
+            return serve(environ, start_response)
+        except Exception as exc:  # noqa: BLE001 - a scrape reports the failure, the server stays up
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [f"database unavailable: {type(exc).__name__}\n".encode()]
+
+    return metrics_app
+
+
+class _Quiet(simple_server.WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the name the base class uses
+        pass
+
+
+def make_server(metrics: JobMetrics, address: str, port: int) -> ThreadingWSGIServer:
+    """An HTTP server of `app(metrics)` (`serve_forever()` runs it), one thread per scrape."""
+    server = simple_server.make_server(address, port, app(metrics), ThreadingWSGIServer, handler_class=_Quiet)
     server.daemon_threads = True
     return server

@@ -132,7 +132,7 @@ def test_dockerfile_copies_what_exists_and_installs_the_project(compose):
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), source
-    assert "pip install '.[drmaa,flower]'" in text and "install-mesos-extra.sh" in text
+    assert "pip install '.[drmaa,flower,metrics]'" in text and "install-mesos-extra.sh" in text
     assert re.search(r"^USER 10001", text, re.M), "services do not run as root"
     for volume in ("/srv/galaxy-tasks/jobs", "/srv/galaxy-tasks/home"):
         assert volume in text  # created owned by the service user, so named volumes are too

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -19,13 +20,26 @@ pytestmark = pytest.mark.integration
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
     with urllib.request.urlopen(url, timeout=10) as response:
-        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        text = response.read().decode()
+        # prometheus_client's plain text format (0.0.4 unless the scraper asks for a newer one)
+        assert response.headers["Content-Type"].startswith("text/plain; version=")
+        return samples_of(response.read().decode())
+
+
+def samples_of(text: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of a scrape, read by prometheus_client's own parser (which also proves
+    the exposition is well formed): (name, sorted labels) -> value."""
     samples = {}
-    for family in text_string_to_metric_families(text):  # also proves the format parses
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            assert key not in samples, f"sample {key} given twice"
+            samples[key] = sample.value
     return samples
+
+
+def families_of(text: str) -> dict[str, str]:
+    """Each family's name and type."""
+    return {family.name: family.type for family in text_string_to_metric_families(text)}
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
@@ -42,6 +56,9 @@ def test_job_metrics_scraped_while_jobs_run(deployment, tmp_path):
     try:
         deployment.wait_until(lambda: _answers(url), 30, "the exporter to answer")
         assert value(scrape(url), "galaxy_tasks_reconcile_lease_until_seconds") == 0
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/elsewhere", timeout=10)
+        assert info.value.code == 404
         deployment.worker()
         ok = deployment.submit("echo hi", "cat1")
         failed = deployment.submit("exit 4", "failer")
@@ -105,7 +122,7 @@ def test_a_change_committed_late_below_the_watermark_is_still_counted(tmp_path):
     from sqlalchemy import insert
 
     from galaxy_tasks.model import jobs, state_changes, utcnow
-    from galaxy_tasks.operations.metrics import JobMetrics
+    from galaxy_tasks.operations.metrics import JobMetrics, scrape
     from galaxy_tasks.store import Store, schema
 
     url = f"sqlite:///{tmp_path}/m.sqlite"
@@ -122,12 +139,55 @@ def test_a_change_committed_late_below_the_watermark_is_still_counted(tmp_path):
     with store.engine.begin() as connection:
         connection.execute(insert(state_changes).values(id=2, job_id="j2", from_state="running", to_state="ok",
                                                         at=now))
-    first = metrics.collect()
-    assert 'galaxy_tasks_jobs_ended_total{state="ok",destination="local"} 1' in first
+    first = samples_of(scrape(metrics))
+    ok = {"state": "ok", "destination": "local"}
+    assert value(first, "galaxy_tasks_jobs_ended_total", **ok) == 1
     with store.engine.begin() as connection:  # id 1 becomes visible only now
         connection.execute(insert(state_changes).values(id=1, job_id="j1", from_state="running", to_state="ok",
                                                         at=now))
-    second = metrics.collect()
-    assert 'galaxy_tasks_jobs_ended_total{state="ok",destination="local"} 2' in second
-    assert 'galaxy_tasks_job_run_seconds_count{tool_id="t",destination="local"} 2' in second
-    assert 'galaxy_tasks_jobs_ended_total{state="ok",destination="local"} 2' in metrics.collect()
+    second = samples_of(scrape(metrics))
+    assert value(second, "galaxy_tasks_jobs_ended_total", **ok) == 2
+    assert value(second, "galaxy_tasks_job_run_seconds_count", tool_id="t", destination="local") == 2
+    assert value(second, "galaxy_tasks_job_run_seconds_sum", tool_id="t", destination="local") == 6
+    assert value(samples_of(scrape(metrics)), "galaxy_tasks_jobs_ended_total", **ok) == 2
+
+
+def test_every_family_keeps_its_name_and_type(tmp_path):
+    """The names and types the exporter had before prometheus_client wrote them: a
+    dashboard or an alert written against them keeps working."""
+    from galaxy_tasks.operations.metrics import JobMetrics, scrape
+    from galaxy_tasks.store import Store, schema
+
+    url = f"sqlite:///{tmp_path}/m.sqlite"
+    schema.upgrade(url)
+    text = scrape(JobMetrics(Store(url), ["local", "sge"]))
+    assert families_of(text) == {
+        "galaxy_tasks_jobs": "gauge",
+        "galaxy_tasks_jobs_ended": "counter",
+        "galaxy_tasks_jobs_overdue": "gauge",
+        "galaxy_tasks_jobs_reconciling": "gauge",
+        "galaxy_tasks_jobs_ended_after_reconcile": "counter",
+        "galaxy_tasks_reconcile_lease_until_seconds": "gauge",
+        "galaxy_tasks_job_queue_wait_seconds": "histogram",
+        "galaxy_tasks_job_run_seconds": "histogram",
+        "galaxy_tasks_metrics_scrape_duration_seconds": "gauge",
+    }
+    samples = samples_of(text)
+    for state in ("new", "queued", "submitting", "running"):
+        for destination in ("local", "sge"):
+            assert value(samples, "galaxy_tasks_jobs", state=state, destination=destination) == 0
+            assert ("galaxy_tasks_jobs_overdue", (("destination", destination), ("state", state))) in samples
+    for state in ("ok", "error", "deleted"):
+        assert ("galaxy_tasks_jobs_ended_total", (("destination", "local"), ("state", state))) in samples
+
+
+def test_metrics_without_prometheus_client_says_how_to_install_it(monkeypatch, capsys):
+    import sys
+
+    from galaxy_tasks.cli import main
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "galaxy_tasks.operations.metrics", raising=False)
+    assert main(["metrics", "--once"]) == 2
+    error = capsys.readouterr().err
+    assert "pip install 'galaxy-tasks[metrics]'" in error and "prometheus_client" in error
