@@ -308,6 +308,8 @@ def _events(args: argparse.Namespace, _extra: list[str]) -> int:
         jobs = client.ctx.store.jobs(wanted).values() if wanted else reversed(client.list(limit=args.limit))
         for job in jobs:
             show(events.state_event(job))
+        if args.follow:
+            print("listening for job events (Ctrl-C to stop)", file=sys.stderr, flush=True)
         while args.follow:
             for item in heard.next(3600):
                 if not wanted or item.get("job_id") in wanted:

@@ -23,6 +23,8 @@ KIND = "job_state"
 VERSION = 1
 #: the Celery event type of the broadcast copy (every `galaxy-tasks wait` and `events --follow`)
 CELERY_EVENT = "job-state"
+#: the event a listener sends itself to know it is listening (docs/events.md)
+LISTENER_PROBE = "job-listener-probe"
 #: the state of an event that answers a lookup of an id no job has
 UNKNOWN = "unknown"
 

@@ -4,11 +4,14 @@ use it instead of reading the database over and over.
 
 The broadcast is lossy by design (a listener that was not there misses what happened, and
 Redis fans events out through PUB/SUB), so a listener is opened *before* the database is
-read, and whoever waits reads the rows again on a slow schedule as a safety net.
+read, and whoever waits reads the rows again on a slow schedule as a safety net. Opening
+returns once the listener hears: it sends itself a probe and waits for it, because Redis
+subscribes a consumer only at its first poll and what is published before that is missed.
 """
 from __future__ import annotations
 
 import time
+import uuid
 from collections import deque
 from types import TracebackType
 from typing import Any
@@ -22,6 +25,7 @@ class JobEvents:
 
     def __init__(self) -> None:
         self._heard: deque[dict[str, Any]] = deque()
+        self._probe: str | None = None
 
     def __enter__(self) -> JobEvents:
         self._connection = app.connection_for_read()
@@ -30,7 +34,23 @@ class JobEvents:
         self._consumer = self._connection.Consumer([receiver.queue], callbacks=[self._on_message], no_ack=True,
                                                    accept=receiver.accept)
         self._consumer.consume()
+        self._until_listening()
         return self
+
+    def _until_listening(self, timeout: float = 5.0) -> None:
+        """Return once the queue hears events: a probe sent now is heard (on Redis the
+        subscription is made by the first poll, and events before it are missed)."""
+        from galaxy_tasks import messages
+
+        self._probe = uuid.uuid4().hex
+        messages.probe_listener(self._probe)
+        deadline = time.monotonic() + timeout
+        while self._probe is not None and time.monotonic() < deadline:
+            try:
+                self._connection.drain_events(timeout=min(0.2, max(0.01, deadline - time.monotonic())))
+            except TimeoutError:
+                if self._probe is not None:
+                    messages.probe_listener(self._probe)  # sent before the subscription: again
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
@@ -56,5 +76,9 @@ class JobEvents:
 
     def _on_message(self, body: Any, message: Any) -> None:
         for item in body if isinstance(body, list) else [body]:
-            if isinstance(item, dict) and item.get("type") == events.CELERY_EVENT:
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == events.CELERY_EVENT:
                 self._heard.append(item)
+            elif item.get("type") == events.LISTENER_PROBE and item.get("token") == self._probe:
+                self._probe = None

@@ -111,6 +111,13 @@ def broadcast(body: dict[str, Any]) -> None:
         dispatcher.send(events.CELERY_EVENT, **body)
 
 
+def probe_listener(token: str) -> None:
+    """An event only the listener that sent it looks for: once it hears it, it hears
+    every job event sent after (Redis subscribes a listener lazily, after it starts)."""
+    with app.events.default_dispatcher() as dispatcher:
+        dispatcher.send(events.LISTENER_PROBE, token=token)
+
+
 def dispatch(plan: Plan) -> None:
     """Everything a reconciliation or recovery plan asks for."""
     for job in plan.prepare:

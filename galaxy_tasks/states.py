@@ -29,7 +29,8 @@ ACTIVE = frozenset(JobState) - TERMINAL
 ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.NEW: frozenset({JobState.QUEUED, JobState.ERROR, JobState.DELETED}),
     JobState.QUEUED: frozenset({JobState.SUBMITTING, JobState.LIMITED, JobState.ERROR, JobState.DELETED}),
-    JobState.LIMITED: frozenset({JobState.SUBMITTING, JobState.LIMITED, JobState.ERROR, JobState.DELETED}),
+    JobState.LIMITED: frozenset({JobState.QUEUED, JobState.SUBMITTING, JobState.LIMITED, JobState.ERROR,
+                                 JobState.DELETED}),
     # SUBMITTING -> SUBMITTING is a takeover of a launch whose worker died mid-step;
     # SUBMITTING -> QUEUED is a launch the runner had no room for (a full local host);
     # SUBMITTING/RUNNING -> NEW is a resubmission (a resubmit rule matched how it ended).

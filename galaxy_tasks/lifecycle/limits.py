@@ -34,8 +34,10 @@ def claim(ctx: Context, job: Job, owner: str | None, lease_s: float) -> tuple[Mo
             ctx.announce(outcome.moved.job)
             event(log, "limited", job_id=job.id, key=outcome.key, used=outcome.used, limit=outcome.limit)
             if job.waiting_on and job.waiting_on != outcome.key:
-                nxt = ctx.store.oldest_waiting(job.waiting_on)
-                passed_on = [nxt] if nxt is not None else []
+                nxt = ctx.store.wake_oldest(job.waiting_on)
+                if nxt is not None:
+                    ctx.announce(nxt.job)
+                    passed_on = [(nxt.job.id, nxt.job.queue)]
         return None, passed_on
     if outcome is not None:
         ctx.announce(outcome.job)
@@ -52,9 +54,17 @@ def release(ctx: Context, job: Job) -> list[tuple[str, str]]:
     """Give back the places the job holds, if any; the (id, queue) of each job to wake."""
     if not job.limit_keys:
         return []
-    released = ctx.store.release_places(job.id)
+    return given_back(ctx, job.id)
+
+
+def given_back(ctx: Context, job_id: str) -> list[tuple[str, str]]:
+    """Give back the places of a job (if it still holds any); the (id, queue) of each job
+    that woke."""
+    released = ctx.store.release_places(job_id)
+    for moved in released.woken:
+        ctx.announce(moved.job)
     if released.keys:
-        event(log, "released", job_id=job.id, keys=",".join(released.keys),
+        event(log, "released", job_id=job_id, keys=",".join(released.keys),
               wake=",".join(job_id for job_id, _ in released.waiting) or None)
     return list(dict.fromkeys(released.waiting))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from galaxy_tasks.context import Context
+from galaxy_tasks.lifecycle.limits import given_back
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job, utcnow
 from galaxy_tasks.runners.base import Tracked
@@ -55,7 +56,7 @@ def overdue(ctx: Context, now: datetime | None = None) -> Plan:
     plan = _plan(ctx, jobs, now)
     ctx.store.settle(plan.settled)
     for job_id in plan.settled + plan.release:
-        plan.wake += ctx.store.release_places(job_id).waiting
+        plan.wake += given_back(ctx, job_id)
     if plan.size:
         event(log, "reconcile", overdue=len(jobs), prepare=len(plan.prepare), launch=len(plan.launch),
               check=sum(len(v) for v in plan.check.values()), stop=sum(len(v) for v in plan.stop.values()))
@@ -73,7 +74,7 @@ def stopped(ctx: Context, job_ids: list[str]) -> list[tuple[str, str]]:
     """Cancelled jobs known to have nothing left running: no more looks at them, and the
     places they held are free (the jobs those release: (id, queue))."""
     ctx.store.settle(job_ids)
-    return [waiting for job_id in job_ids for waiting in ctx.store.release_places(job_id).waiting]
+    return [waiting for job_id in job_ids for waiting in given_back(ctx, job_id)]
 
 
 def startup(ctx: Context) -> Plan:

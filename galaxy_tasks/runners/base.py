@@ -43,11 +43,20 @@ class Launch:
         """The name the external system knows the job by: derived from our id (and the
         attempt), so a redelivered launch can look for an existing copy before starting a
         second one, and a resubmission's attempt is never taken for the one before."""
-        return external_name(self.job_id) if self.attempt <= 1 else f"{external_name(self.job_id)}-a{self.attempt}"
+        return external_name(self.job_id, self.attempt)
 
 
-def external_name(job_id: str) -> str:
-    return "gt-" + job_id
+def external_name(job_id: str, attempt: int = 1) -> str:
+    """`gt-<id>`, and `gt-<id>.a<n>` for a later attempt (`.` is in no job id)."""
+    return f"gt-{job_id}" if attempt <= 1 else f"gt-{job_id}.a{attempt}"
+
+
+def job_id_of(name: str) -> str | None:
+    """The job id in a name `external_name` made; None for a name it did not make."""
+    if not name.startswith("gt-"):
+        return None
+    job_id, _, attempt = name[3:].partition(".a")
+    return job_id if job_id and (not attempt or attempt.isdigit()) else None
 
 
 def signal_name(number: int) -> str:

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 from galaxy_tasks.errors import RunnerError, RunnerUnavailable
 from galaxy_tasks.jobdir import JobDir
-from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, Tracked, external_name
+from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, Tracked, external_name, job_id_of
 from galaxy_tasks.runners.params import param
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,10 @@ TERMINAL = frozenset({
 #: the task (or what Mesos knew of it) vanished: whether it ran is read from the job dir
 LOST = frozenset({"TASK_LOST", "TASK_GONE", "TASK_GONE_BY_OPERATOR", "TASK_UNKNOWN"})
 DONE_MEMORY = 10000  # completions kept to answer status() after the event was reported
+#: a terminal update's reason, in the words of Galaxy's resubmit conditions: the task's
+#: max_completion_time (its walltime) or its container's memory limit was reached
+RUNNER_STATES = {"REASON_MAX_COMPLETION_TIME_REACHED": "walltime_reached",
+                 "REASON_CONTAINER_LIMITATION_MEMORY": "memory_limit_reached"}
 _EXIT_STATUS = re.compile(r"exited with status (\d+)")
 
 
@@ -305,7 +309,7 @@ class MesosRunner(Runner):
             job = self._active.get(tid)
             if job is None and tid not in self._done and tid not in self._pending:
                 # a task we did not know (restart without recover): follow it by its name
-                job_id = tid[3:] if tid.startswith(external_name("")) else tid
+                job_id = job_id_of(tid) or tid
                 job = self._active[tid] = _Job(job_id, tid, None, None)
             if job is not None and state not in TERMINAL:
                 job.state = state
@@ -379,7 +383,7 @@ class MesosRunner(Runner):
         wall = ended - job.started_at if ended and job.started_at else None
         text = f"mesos {state}" + (f" ({reason})" if reason else "") + (f": {message}" if message else "")
         return Completion(job.job_id, exit_code=code, reason=text, wall_time_s=wall,
-                          external_id=job.task_id, source="mesos",
+                          external_id=job.task_id, source="mesos", runner_state=RUNNER_STATES.get(reason or ""),
                           **({"ended_at": ended} if ended else {}))
 
     def _finish(self, job: _Job, completion: Completion) -> bool:

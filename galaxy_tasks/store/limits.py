@@ -33,10 +33,17 @@ class Refused(NamedTuple):
 
 
 class Released(NamedTuple):
-    """Places given back, and for each key the oldest job waiting on it: (id, queue)."""
+    """Places given back, and for each key the oldest job that waited on it, woken (moved
+    back to QUEUED in the same transaction, so the next place given back wakes the next
+    job, not this one again): its move, to announce, and its launch to send."""
 
     keys: list[str]
-    waiting: list[tuple[str, str]]
+    woken: list[Moved]
+
+    @property
+    def waiting(self) -> list[tuple[str, str]]:
+        """(id, queue) of each woken job."""
+        return [(moved.job.id, moved.job.queue) for moved in self.woken]
 
 
 class LimitPlaces(Moves):
@@ -78,18 +85,22 @@ class LimitPlaces(Moves):
                                .values(used=limit_usage.c.used - 1))
             if JobState(row.state) in TERMINAL:
                 connection.execute(update(jobs).where(jobs.c.id == job_id).values(check_at=None))
-            waiting = []
-            for key in keys:
-                found = connection.execute(_OLDEST_WAITING, {"key": key}).first()
-                if found is not None:
-                    waiting.append((found.id, found.queue))
-            return Released(keys, waiting)
+            woken = [moved for key in keys if (moved := self._wake_oldest(connection, key)) is not None]
+            return Released(keys, woken)
 
-    def oldest_waiting(self, key: str) -> tuple[str, str] | None:
-        """The (id, queue) of the oldest job waiting on `key`."""
-        with self._reading() as connection:
-            found = connection.execute(_OLDEST_WAITING, {"key": key}).first()
-        return (found.id, found.queue) if found is not None else None
+    def wake_oldest(self, key: str) -> Moved | None:
+        """Wake the oldest job waiting on `key` (a woken job that another limit refused
+        passes its wake-up on)."""
+        with self._transaction() as connection:
+            return self._wake_oldest(connection, key)
+
+    def _wake_oldest(self, connection: Connection, key: str) -> Moved | None:
+        query = _OLDEST_WAITING.with_for_update(skip_locked=True) if self._pg else _OLDEST_WAITING
+        found = connection.execute(query, {"key": key}).first()
+        if found is None:
+            return None
+        return self.move(found.id, JobState.QUEUED, sources=_LIMITED, connection=connection,
+                         reason=f"woken: a place under {key} was given back", stamp=False)
 
     def limit_usage(self, keys: list[str]) -> dict[str, int]:
         """How many places are taken under each of these keys now."""
@@ -114,6 +125,7 @@ class LimitPlaces(Moves):
         return {key: int(used) for key, used in connection.execute(query)}
 
 
+_LIMITED = frozenset({JobState.LIMITED})
 _OLDEST_WAITING = (select(jobs.c.id, jobs.c.queue)
                    .where(and_(jobs.c.state == JobState.LIMITED.value, jobs.c.waiting_on == bindparam("key")))
                    .order_by(jobs.c.created_at).limit(1))

@@ -74,18 +74,21 @@ class Moves(StoreBase):
         reason: str | None = None,
         sources: frozenset[JobState] | None = None,
         connection: Connection | None = None,
+        stamp: bool = True,
         **values: Any,
     ) -> Moved | None:
         """Move the job to `target` if it is in one of `sources` (by default every state
         the state machine allows `target` from), setting `values` on its row. None when
         the job was already past this step: the caller then does nothing. `connection`: as
-        part of a transaction of the caller's (a move that takes a limit's place)."""
+        part of a transaction of the caller's (a move that takes a limit's place). `stamp`:
+        set the time the job reached the state (queued_at, running_at); a woken job keeps
+        the time it was first queued."""
         allowed = sources_of(target) if sources is None else sources
         now = utcnow()
         assignments: dict[str, Any] = {"state": target.value, "updated_at": now}
         if reason is not None:
             assignments["reason"] = reason
-        if target in _STAMPS:
+        if target in _STAMPS and stamp:
             assignments[_STAMPS[target]] = now
         if target in TERMINAL:
             assignments.update(finished_at=now, check_at=None)

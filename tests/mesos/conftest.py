@@ -81,14 +81,15 @@ def make_runner(master: FakeMesosMaster, tmp_path: Path) -> Iterator[Callable[..
 
 @pytest.fixture
 def make_launch(tmp_path: Path) -> Callable[..., Launch]:
-    def make(job_id: str, command: str, cores: int = 1, memory_mb: int | None = None) -> Launch:
+    def make(job_id: str, command: str, cores: int = 1, memory_mb: int | None = None,
+             walltime_s: int | None = None) -> Launch:
         root = tmp_path / "jobs" / job_id
         jd = jobdir.JobDir(root)
         env = jobdir.job_environment(jd, cores=cores, memory_mb=memory_mb, spec_env={},
                                      destination_env={}, mesos_url="", job_id=job_id)
         jobdir.create(root, command, env, None)
         return Launch(job_id=job_id, job_dir=root, script=jd.script, cores=cores,
-                      memory_mb=memory_mb)
+                      memory_mb=memory_mb, walltime_s=walltime_s)
 
     return make
 

@@ -74,6 +74,40 @@ def test_injected_task_failed_and_task_lost_after_start_are_failures(
     assert launches_of(master, "gt-l") == 1
 
 
+def test_a_task_ended_at_its_limits_says_so_in_galaxys_words(master, make_runner, make_launch, make_reports):
+    """Mesos's reasons become the runner_state a resubmit condition matches: the task's
+    max_completion_time (its walltime) reached, its container over its memory."""
+    reports = make_reports()
+    runner = make_runner(reports)
+    slow = make_launch("slow", "sleep 30", walltime_s=1)
+    hungry = make_launch("hungry", "sleep 30", memory_mb=64)
+    runner.submit(slow)
+    runner.submit(hungry)
+    master.wait_for(lambda: master.task("gt-slow") is not None, what="gt-slow launched")
+    sent = next(t for c in master.calls_of("ACCEPT") for op in c["accept"]["operations"]
+                for t in op["launch"]["task_infos"] if t["task_id"]["value"] == "gt-slow")
+    assert sent["max_completion_time"] == {"nanoseconds": 1_000_000_000}
+    wait_state(master, "gt-hungry", "TASK_RUNNING")
+    master.exceed_memory("gt-hungry")
+    timed_out, over = reports.wait("slow"), reports.wait("hungry")
+    assert timed_out.runner_state == "walltime_reached" and "MAX_COMPLETION_TIME" in timed_out.reason
+    assert over.runner_state == "memory_limit_reached" and "CONTAINER_LIMITATION_MEMORY" in over.reason
+
+
+def test_a_later_attempt_is_a_task_of_its_own(master, make_runner, make_launch, make_reports):
+    from dataclasses import replace
+
+    reports = make_reports()
+    runner = make_runner(reports)
+    first = make_launch("again", "exit 0")
+    runner.submit(first)
+    assert reports.wait("again").exit_code == 0
+    second = replace(make_launch("again", "exit 0"), attempt=2)
+    assert runner.submit(second) == "gt-again.a2"
+    master.wait_for(lambda: len(reports.of("again")) == 2, what="the second attempt's end")
+    assert reports.of("again")[1].external_id == "gt-again.a2"
+
+
 @pytest.mark.parametrize("policy", ["requeue", "fail"])
 def test_agent_loss_requeues_a_job_that_had_not_started(
         policy, master, make_runner, make_launch, make_reports):

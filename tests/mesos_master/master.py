@@ -103,6 +103,7 @@ class Task:
     next_send: float = 0.0
     proc: subprocess.Popen[bytes] | None = None
     kill_requested: bool = False
+    limit_reason: str | None = None  # the limit the agent ended it for (REASON_...)
 
 
 @dataclass
@@ -266,6 +267,14 @@ class FakeMesosMaster:
             task = self._task(task_id)
             self._kill_process(task, signal.SIGKILL)
             self._agent_update(task, "TASK_FAILED", message, "REASON_COMMAND_EXECUTOR_FAILED")
+
+    def exceed_memory(self, task_id: str) -> None:
+        """The task's container goes over its memory: the agent kills it and says why, as
+        Mesos's memory isolator does (TASK_FAILED, REASON_CONTAINER_LIMITATION_MEMORY)."""
+        with self._lock:
+            task = self._task(task_id)
+            task.limit_reason = "REASON_CONTAINER_LIMITATION_MEMORY"
+            self._kill_process(task, signal.SIGKILL)
 
     def lose_task(self, task_id: str, message: str = "injected TASK_LOST", kill: bool = True) -> None:
         with self._lock:
@@ -671,13 +680,30 @@ class FakeMesosMaster:
             return
         self._agent_update(task, "TASK_STARTING")
         self._agent_update(task, "TASK_RUNNING")
+        limit_ns = (task.info.get("max_completion_time") or {}).get("nanoseconds")
+        if limit_ns:  # the executor kills a task at its max_completion_time (Mesos >= 1.4)
+            timer = threading.Timer(int(limit_ns) / 1e9, self._complete_time_reached, (task,))
+            timer.daemon = True
+            timer.start()
         threading.Thread(target=self._watch, args=(task, task.proc), daemon=True,
                          name=f"fake-mesos-task-{task.id}").start()
+
+    def _complete_time_reached(self, task: Task) -> None:
+        with self._lock:
+            if task.state not in TERMINAL and not task.kill_requested:
+                task.limit_reason = "REASON_MAX_COMPLETION_TIME_REACHED"
+                self._kill_process(task, signal.SIGKILL)
 
     def _watch(self, task: Task, proc: subprocess.Popen[bytes]) -> None:
         rc = proc.wait()
         with self._lock:
-            if task.kill_requested:
+            if task.limit_reason == "REASON_MAX_COMPLETION_TIME_REACHED":
+                self._agent_update(task, "TASK_FAILED", "Task was killed since it reached its max completion time",
+                                   task.limit_reason)
+            elif task.limit_reason == "REASON_CONTAINER_LIMITATION_MEMORY":
+                self._agent_update(task, "TASK_FAILED", "Memory limit exceeded: Requested: 64MB Maximum Used: 65MB",
+                                   task.limit_reason)
+            elif task.kill_requested:
                 self._agent_update(task, "TASK_KILLED", "Command terminated with signal Terminated")
             elif rc == 0:
                 self._agent_update(task, "TASK_FINISHED", "Command exited with status 0")

@@ -100,6 +100,21 @@ def test_a_users_third_job_waits_limited_and_the_end_of_one_releases_it(ctx, stu
     assert row(ctx, third).state == "running"
 
 
+def test_two_places_given_back_together_wake_two_jobs_not_one_twice(ctx, stubs):
+    running = [queued(ctx, "alice") for _ in range(2)]
+    waiting = [queued(ctx, "alice") for _ in range(3)]
+    assert all(launch(ctx, stubs, job_id) for job_id in running)
+    assert not any(launch(ctx, stubs, job_id) for job_id in waiting)
+    first_queued = row(ctx, waiting[0]).queued_at
+    woken = [lifecycle.finish(ctx, stubs["small"].end(job_id, exit_code=0)).waiting for job_id in running]
+    assert [ids for ids, _ in sum(woken, [])] == waiting[:2], "the two oldest, one each"
+    assert [row(ctx, job_id).state for job_id in waiting] == ["queued", "queued", "limited"]
+    assert [c.to_state for c in ctx.store.history(waiting[0])][-2:] == ["limited", "queued"]
+    assert all(launch(ctx, stubs, job_id) for job_id in waiting[:2])
+    assert row(ctx, waiting[0]).queued_at == first_queued, "a woken job keeps the time it was first queued"
+    assert row(ctx, waiting[0]).waiting_on is None
+
+
 def test_limits_of_a_user_a_tag_and_anonymous_apply_together(ctx, stubs):
     ids = [queued(ctx, user, destination) for user, destination in
            (("alice", "small"), ("bob", "big"), ("carol", "small"), ("dave", "big"))]
@@ -170,7 +185,7 @@ def test_a_walltime_kill_is_resubmitted_to_the_rules_destination_as_the_next_att
     assert again.attempts[0]["runner_state"] == "walltime_reached" and again.attempts[0]["destination"] == "big"
     assert "resubmitted to longer (attempt 2) because walltime_reached" in again.reason
     assert lifecycle.prepare(ctx, job_id) and launch(ctx, stubs, job_id)
-    assert stubs["longer"].running[job_id].external_name == f"gt-{job_id}-a2"
+    assert stubs["longer"].running[job_id].external_name == f"gt-{job_id}.a2"
     lifecycle.finish(ctx, stubs["longer"].end(job_id, exit_code=0))
     done = row(ctx, job_id)
     assert (done.state, done.attempt, len(done.attempts)) == ("ok", 2, 1)

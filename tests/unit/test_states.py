@@ -63,7 +63,7 @@ def test_a_limited_job_waits_then_launches():
 def test_sources_of_running():
     assert sources_of(S.RUNNING) == {S.SUBMITTING}
     assert sources_of(S.OK) == {S.SUBMITTING, S.RUNNING}
-    assert sources_of(S.QUEUED) == {S.NEW, S.SUBMITTING}  # back in line: the runner had no room
+    assert sources_of(S.QUEUED) == {S.NEW, S.SUBMITTING, S.LIMITED}  # back in line: no room, or woken
 
 
 def test_submitting_may_be_taken_over():
