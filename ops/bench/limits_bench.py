@@ -18,7 +18,8 @@ the total time of each (first submission to the last command's end) and their ra
 the start of the job its place released (p50, p99), against the same gap between any end
 and the next start under `slots`; and the same gap as the database recorded it (the end
 recorded by finish to the recorded start of the job it released), which leaves out the job's own
-process exit and shell start-up.
+process exit and shell start-up; and the time from a job's exit (as its runner saw it) to
+its end recorded.
 """
 from __future__ import annotations
 
@@ -162,7 +163,11 @@ def main() -> None:
                     figures["most_at_once"] = peak(everything)
                     gaps = release_gaps(everything, args.users * args.limit)
                     recorded = recorded_gaps(client, ids, dict.fromkeys(ids, "all"), args.users * args.limit)
-                for name, values in (("end_to_next_start", gaps), ("recorded_end_to_next_running", recorded)):
+                rows = client.ctx.store.jobs(ids).values()
+                exit_to_recorded = [(j.finished_at - j.ended_at).total_seconds() * 1000 for j in rows
+                                    if j.finished_at and j.ended_at]
+                for name, values in (("end_to_next_start", gaps), ("recorded_end_to_next_running", recorded),
+                                     ("exit_to_end_recorded", exit_to_recorded)):
                     figures[f"{destination}_{name}_ms_p50"] = round(percentile(values, 0.5), 1)
                     figures[f"{destination}_{name}_ms_p99"] = round(percentile(values, 0.99), 1)
             figures["limited_over_slots"] = round(float(figures["limited_s"]) / float(figures["slots_s"]), 3)
