@@ -1,5 +1,6 @@
-"""A production-shaped deployment for tests: its own PostgreSQL database, a Redis database,
-job directories, real `galaxy-tasks worker` processes and the real CLI."""
+"""A production-shaped deployment for tests: its own PostgreSQL database, a broker of its own
+(Redis or RabbitMQ: tests/support/brokers.py), job directories, real `galaxy-tasks worker`
+processes and the real CLI."""
 from __future__ import annotations
 
 import os
@@ -13,6 +14,7 @@ from typing import Callable
 from galaxy_tasks.model import Job
 from galaxy_tasks.states import TERMINAL, JobState
 from galaxy_tasks.store import Store
+from tests.support.brokers import Broker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,9 +63,13 @@ class Worker:
 
 
 class Deployment:
-    def __init__(self, tmp: Path, database_url: str, broker_url: str, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, database_url: str, broker: Broker | str,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.database_url = database_url
+        #: the broker, when the test started it (a bare URL: a broker the test manages itself)
+        self.broker: Broker | None = None if isinstance(broker, str) else broker
+        broker_url = broker if isinstance(broker, str) else broker.url
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GALAXY_TASKS_")}
         self.env.update(
             GALAXY_TASKS_HOME=str(tmp / "home"),
@@ -134,16 +140,11 @@ class Deployment:
         return [self.job(j) for j in job_ids]
 
     def wait_consumed(self, queues: tuple[str, ...] = ("galaxy_tasks", "local"), timeout: float = 60) -> None:
-        """Until the broker (Redis) holds no message for these queues, delivered or not: every
-        message sent so far has been consumed and acknowledged."""
-        import redis
-
-        broker = redis.Redis.from_url(self.env["GALAXY_TASKS_BROKER_URL"])
-        try:
-            self.wait_until(lambda: not any(broker.llen(q) for q in queues) and not broker.hlen("unacked"),
-                            timeout, f"every message of {', '.join(queues)} consumed")
-        finally:
-            broker.close()
+        """Until the broker holds no message for these queues, delivered or not: every message
+        sent so far has been consumed and acknowledged."""
+        assert self.broker is not None, "a deployment on a broker the test started"
+        broker = self.broker
+        self.wait_until(lambda: broker.held(queues) == 0, timeout, f"every message of {', '.join(queues)} consumed")
 
     def beat(self) -> subprocess.Popen:
         """Celery beat, which sends reconciliation every GALAXY_TASKS_RECONCILE_INTERVAL."""
