@@ -31,7 +31,7 @@ elif _kind == "redis":
     broker_transport = "galaxy_tasks.brokers:RedisTransport"  # kombu's, surviving a Redis restart
     broker_transport_options.update(
         socket_connect_timeout=5,
-        socket_timeout=15,          # no publish or health check waits forever on a dead connection
+        socket_timeout=5,           # no publish or health check waits forever on a dead connection
         socket_keepalive=True,      # the kernel notices a peer that went away (hours by default:
         socket_keepalive_options=_brokers.keepalive_options(),  # ~1 min with these)
         health_check_interval=10,   # PING the pub/sub connection; drop a BRPOP overdue by 1 + 10 s

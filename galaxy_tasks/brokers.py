@@ -14,10 +14,15 @@ after the visibility timeout), and the job's row re-drives it through reconcilia
 """
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+
+from galaxy_tasks.logs import event
+
+log = logging.getLogger(__name__)
 
 
 def kind(broker_url: str) -> str:
@@ -40,6 +45,8 @@ def keepalive_options() -> dict[int, int]:
 class RedisChannel(kombu_redis.Channel):
     def _connparams(self, asynchronous: bool = False) -> Any:
         if self.connection.client is None:  # the transport was detached from its connection
+            event(log, "broker_restore_skipped", level=logging.WARNING,
+                  reason="connection closed; unacknowledged messages stay with Redis or the job rows")
             raise kombu_redis.get_redis_ConnectionError()("the broker connection is closed")
         return super()._connparams(asynchronous=asynchronous)
 

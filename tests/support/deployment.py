@@ -80,7 +80,7 @@ class Deployment:
         )
         self.env.update(extra_env or {})
         self.workers: list[Worker] = []
-        self._beats: list[subprocess.Popen] = []
+        self.beats: list[subprocess.Popen] = []
         self.store = Store(database_url)
         result = self.cli("db", "upgrade")
         assert result.returncode == 0, result.stderr
@@ -90,12 +90,15 @@ class Deployment:
                               capture_output=True, text=True, timeout=timeout, input=input)
 
     def worker(self, queues: str | None = None, name: str | None = None, *args: str,
-               celery_app: str | None = None) -> Worker:
+               celery_app: str | None = None, env: dict[str, str] | None = None, wait: bool = True) -> Worker:
+        """A worker of these queues (all by default), once ready (`wait=False`: at once); `env`
+        adds to the deployment's settings (a broker URL through a proxy, say)."""
         name = name or f"w{len(self.workers) + 1}@%h"
         log = self.tmp / f"worker-{len(self.workers) + 1}.log"
-        worker = Worker(self.env, log, queues, name, list(args) or ["--concurrency", "2"], celery_app)
+        worker = Worker({**self.env, **(env or {})}, log, queues, name, list(args) or ["--concurrency", "2"],
+                        celery_app)
         self.workers.append(worker)
-        return worker.wait_ready()
+        return worker.wait_ready() if wait else worker
 
     def submit(self, command: str, tool_id: str = "test_tool", *args: str) -> str:
         result = self.cli("submit", "--tool-id", tool_id, "--command", command, *args)
@@ -152,7 +155,7 @@ class Deployment:
         proc = subprocess.Popen([sys.executable, "-m", "galaxy_tasks.cli", "beat", "--loglevel", "INFO"],
                                 env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        self._beats.append(proc)
+        self.beats.append(proc)
         return proc
 
     def logs(self) -> str:
@@ -161,7 +164,7 @@ class Deployment:
     def close(self) -> None:
         for worker in self.workers:
             worker.stop()
-        for beat in self._beats:
+        for beat in self.beats:
             if beat.poll() is None:
                 os.killpg(beat.pid, signal.SIGTERM)
                 beat.wait(timeout=30)

@@ -7,6 +7,7 @@ import pytest
 
 from tests.support import brokers
 from tests.support.deployment import Deployment
+from tests.support.postgres_server import PostgresServer
 from tests.support.services import create_database, drop_database, require
 
 
@@ -74,6 +75,22 @@ def make_deployment(tmp_path: Path, make_broker) -> Iterator[Callable[..., Deplo
         deployment.close()
         if database is not None:
             drop_database(database)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster of the test's own, which it may stop and start again."""
+    try:
+        server = PostgresServer()
+    except (OSError, RuntimeError) as exc:
+        require("PostgreSQL server binaries (initdb, pg_ctl)", exc)
+    try:
+        server.init().start()
+    except (OSError, RuntimeError) as exc:
+        server.close()
+        require("a private PostgreSQL cluster", exc)
+    yield server
+    server.close()
 
 
 @pytest.fixture
