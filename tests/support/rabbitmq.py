@@ -82,6 +82,11 @@ class _Counting:
         return _queue_counts(self._ctl("list_queues", "-p", self.vhost, "--no-table-headers", "--quiet",
                                        "name", "messages_ready", "messages_unacknowledged"))
 
+    def queue_types(self) -> dict[str, str]:
+        """queue name -> classic, quorum, ..."""
+        listing = self._ctl("list_queues", "-p", self.vhost, "--no-table-headers", "--quiet", "name", "type")
+        return dict(line.split("\t")[:2] for line in listing.splitlines() if "\t" in line)
+
     def queue_length(self, queue: str) -> int:
         return self.counts().get(queue, (0, 0))[0]
 
