@@ -9,7 +9,7 @@
 - Every task message goes through the default (anonymous) exchange with its queue's name as
   routing key: direct exchanges, which Celery turns into the default exchange when it
   publishes, so no message depends on a binding (Redis loses its bindings when it restarts
-  empty). `galaxy_tasks/messages.py` names the default exchange itself too.
+  empty); the job events of `galaxy_tasks/messages.py` name the default exchange themselves.
 - Broker connections (docs/operations.md, "Brokers"): on RabbitMQ, publisher confirms (a
   publish the broker did not take raises, and is retried, instead of vanishing), heartbeats
   and durable queues of GALAXY_TASKS_QUEUE_TYPE; on Redis, socket timeouts, TCP keepalive and
