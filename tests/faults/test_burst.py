@@ -92,8 +92,10 @@ def test_burst_through_worker_kills_a_broker_restart_and_a_database_restart(
         timeline.append(f"{fault}@{time.monotonic() - started:.0f}s/{deployment.count_terminal()}")
 
     def replace(name: str) -> None:
+        """SIGKILL, and a new worker, ready once it has re-driven every unfinished job (on a
+        large backlog, that takes a while: one confirmed message per job on RabbitMQ)."""
         workers[name].kill(signal.SIGKILL)
-        workers[name] = deployment.worker(None, f"{name}b@%h")
+        workers[name] = deployment.worker(None, f"{name}b@%h", wait=False).wait_ready(timeout=60 + CHAOS_JOBS / 50)
 
     batch_then("kill1")
     replace("chaos1")
