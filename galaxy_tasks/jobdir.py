@@ -9,6 +9,7 @@ reader never sees a half-written one.
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,8 +166,14 @@ def create(root: Path, command: str, env: Mapping[str, str], setup_file: str | N
 
 
 def _write(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    """Write whole, through a temporary file of this writer's own: two prepares of the same
+    job (a redelivered message and the start-up recovery's) may write at once."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -297,3 +297,31 @@ def test_unreadable_exit_code_is_none(tmp_path):
     job_dir, _ = make(tmp_path, "true")
     job_dir.exit_code_file.write_text("")
     assert job_dir.recorded_exit_code() is None
+
+
+def test_two_prepares_of_one_job_may_write_its_directory_at_once(tmp_path):
+    """A redelivered prepare and the start-up recovery's run side by side: both succeed, and
+    the directory holds one whole copy."""
+    import threading
+
+    root = tmp_path / "job"
+    env = job_environment(JobDir(root), cores=1, memory_mb=None, spec_env={}, destination_env={}, mesos_url="",
+                          job_id="job")
+    errors: list[BaseException] = []
+
+    def prepare() -> None:
+        for _ in range(300):
+            try:
+                jobdir.create(root, "echo hi", env, None)
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=prepare) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert JobDir(root).command.read_text() == "echo hi\n"
+    assert not list(root.glob(".*.tmp")), "no temporary file left behind"
