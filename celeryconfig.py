@@ -6,17 +6,45 @@
 - Events on, so Flower sees every task; results off: the job row is the result.
 - No countdown or schedule may be as long as the broker's visibility timeout, or the broker
   would deliver the same message twice while it is still waiting.
+- Every task message goes through the default (anonymous) exchange with its queue's name as
+  routing key: direct exchanges, which Celery turns into the default exchange when it
+  publishes, so no message depends on a binding (Redis loses its bindings when it restarts
+  empty); the job events of `galaxy_tasks/messages.py` name the default exchange themselves.
+- Broker connections (docs/operations.md, "Brokers"): on RabbitMQ, publisher confirms (a
+  publish the broker did not take raises, and is retried, instead of vanishing), heartbeats
+  and durable queues of GALAXY_TASKS_QUEUE_TYPE; on Redis, socket timeouts, TCP keepalive and
+  health checks, so a half-open connection is found and replaced instead of hanging.
 """
+from galaxy_tasks import brokers as _brokers
 from galaxy_tasks import config as _config
 
 _settings = _config.load()
+_kind = _brokers.kind(_settings.broker_url)
 
 broker_url = _settings.broker_url
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None
-broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+broker_transport_options: dict = {"visibility_timeout": _settings.visibility_timeout}
 if _settings.embedded:
     broker_transport_options["polling_interval"] = 0.005
+elif _kind == "redis":
+    broker_transport = "galaxy_tasks.brokers:RedisTransport"  # kombu's, surviving a Redis restart
+    broker_transport_options.update(
+        socket_connect_timeout=5,
+        socket_timeout=5,           # no publish or health check waits forever on a dead connection
+        socket_keepalive=True,      # the kernel notices a peer that went away (hours by default:
+        socket_keepalive_options=_brokers.keepalive_options(),  # ~1 min with these)
+        health_check_interval=10,   # PING the pub/sub connection; drop a BRPOP overdue by 1 + 10 s
+    )
+elif _kind == "amqp":
+    broker_transport_options = {"confirm_publish": True}
+    # A connection silent for two heartbeats is dead (RabbitMQ requeues what it had delivered on
+    # it). 60 s, RabbitMQ's own default: longer than any step, since a solo-pool worker sends no
+    # heartbeat while its step runs.
+    broker_heartbeat = 60
+    task_default_queue_type = _settings.queue_type
+    task_create_missing_queue_type = _settings.queue_type
+    worker_detect_quorum_queues = True  # quorum queues have no global QoS: per-consumer prefetch
 
 task_serializer = "json"
 result_serializer = "json"
@@ -32,6 +60,9 @@ task_acks_on_timeout = True
 worker_prefetch_multiplier = 1
 task_default_queue = _settings.steps_queue
 task_create_missing_queues = True
+task_default_exchange_type = "direct"
+task_create_missing_queue_exchange_type = "direct"
+task_default_delivery_mode = "persistent"
 
 worker_send_task_events = True
 task_send_sent_event = True

@@ -24,6 +24,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "MESOS_URL": ("", "handed to every job as MESOS_URL, for tools that start their own Spark/MPI"),
     "HOST": ("", "this host's name in local jobs' ids and control queue <queue>@<host> (default: hostname)"),
     "VISIBILITY_TIMEOUT": ("43200", "seconds before the broker redelivers an unacknowledged message"),
+    "QUEUE_TYPE": ("classic", "RabbitMQ type of the task queues: classic or quorum (clients must declare the same)"),
     "RECONCILE_INTERVAL": ("60", "seconds between reconciliation passes"),
     "RECONCILE_BATCH": ("500", "most jobs looked at per reconciliation pass"),
     "CHECK_AFTER": ("300", "seconds without an event before an active job counts as overdue"),
@@ -58,6 +59,7 @@ class Settings:
     mesos_url: str
     host: str
     visibility_timeout: int
+    queue_type: str
     reconcile_interval: float
     reconcile_batch: int
     check_after: float
@@ -91,6 +93,12 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             raise ValueError(f"{PREFIX}{name} must be positive, not {value!r}")
         return result
 
+    def choice(name: str, allowed: tuple[str, ...]) -> str:
+        value = _raw(name, env)
+        if value not in allowed:
+            raise ValueError(f"{PREFIX}{name} must be one of {', '.join(allowed)}, not {value!r}")
+        return value
+
     job_conf = _raw("JOB_CONF", env)
     return Settings(
         home=home,
@@ -103,6 +111,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         mesos_url=_raw("MESOS_URL", env),
         host=_raw("HOST", env) or socket.gethostname(),
         visibility_timeout=int(number("VISIBILITY_TIMEOUT", int)),
+        queue_type=choice("QUEUE_TYPE", ("classic", "quorum")),
         reconcile_interval=number("RECONCILE_INTERVAL"),
         reconcile_batch=int(number("RECONCILE_BATCH", int)),
         check_after=number("CHECK_AFTER"),

@@ -44,7 +44,7 @@ def _consume_host_queues(sender: Any = None, instance: Any = None, **_: Any) -> 
     queues = instance.app.amqp.queues
     consumed = list(queues.consume_from or queues)
     for extra in messages.with_host_queues(consumed)[len(consumed):]:
-        queues.select_add(extra)
+        queues.select_add(queues[extra])  # declared as a publisher declares it (its queue type too)
 
 
 @signals.worker_ready.connect

@@ -24,7 +24,9 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import stat
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,25 +315,51 @@ def create(root: Path, command: str, env: Mapping[str, str], setup_file: str | N
     row whose token this is. A directory of another job at that path (an earlier job with
     the same id, a restored database, a second deployment sharing the jobs directory) is
     set aside, never taken for this one's; this row's own directory is rewritten in place
-    (a prepare step run again)."""
+    (a prepare step run again). A new directory is written under a name of its own and
+    renamed into place whole, so two prepares of one job running at once (a redelivered
+    message and the start-up recovery's) never see each other's half-written directory."""
     token = token or new_token()
     job_dir = JobDir(root, token)
-    if os.path.lexists(root) and job_dir.own_token() != token:
-        _set_aside(root)
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(root, 0o700)
+    for _ in range(3):
+        if os.path.lexists(root):
+            if job_dir.own_token() == token:
+                _write_contents(root, job_dir, command, env, setup_file, token)
+                return job_dir
+            _set_aside(root)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".new", dir=root.parent))
+        try:
+            _write_contents(staging, job_dir, command, env, setup_file, token)
+            os.rename(staging, root)
+            return job_dir
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            # another writer put a directory there first: ours if it has our token
+    raise OSError(errno.EEXIST, f"{root} keeps being replaced by another job's directory")
+
+
+def _write_contents(where: Path, job_dir: JobDir, command: str, env: Mapping[str, str], setup_file: str | None,
+                    token: str) -> None:
+    """The files of `job_dir`, written in the directory `where` (itself, or the directory
+    that becomes it)."""
+    where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(where, 0o700)
     for sub in (job_dir.working, job_dir.tmp):
-        sub.mkdir(mode=0o700, exist_ok=True)
-    write_file(job_dir.token_file, token + "\n", 0o600)
-    write_file(job_dir.command, command if command.endswith("\n") else command + "\n", 0o600)
-    write_file(job_dir.env_script, render_env_script(env, setup_file), 0o600)
-    write_file(job_dir.script, render_script(job_dir, token), 0o700)
-    return job_dir
+        (where / sub.name).mkdir(mode=0o700, exist_ok=True)
+    write_file(where / job_dir.token_file.name, token + "\n", 0o600)
+    write_file(where / job_dir.command.name, command if command.endswith("\n") else command + "\n", 0o600)
+    write_file(where / job_dir.env_script.name, render_env_script(env, setup_file), 0o600)
+    write_file(where / job_dir.script.name, render_script(job_dir, token), 0o700)
 
 
 def _set_aside(root: Path) -> None:
     aside = root.with_name(f"{root.name}.stale-{int(time.time())}-{secrets.token_hex(3)}")
-    os.rename(root, aside)
+    try:
+        os.rename(root, aside)
+    except FileNotFoundError:
+        pass  # another writer set it aside a moment ago
 
 
 # -- reading and writing what a job could have touched -----------------------------------

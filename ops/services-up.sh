@@ -15,8 +15,8 @@ fi
 if ! up 5672 && command -v rabbitmq-server >/dev/null; then
   rabbitmq-server -detached
 fi
-for port in 5432 6379; do
-  for _ in $(seq 30); do up $port && break; sleep 1; done
+for port in 5432 6379 5672; do
+  for _ in $(seq 60); do up $port && break; sleep 1; done
   up $port || { echo "service on port $port did not come up" >&2; exit 1; }
 done
-echo "services up: PostgreSQL :5432, Redis :6379"
+echo "services up: PostgreSQL :5432, Redis :6379, RabbitMQ :5672"

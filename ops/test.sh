@@ -14,8 +14,8 @@ VENV=${VENV:-.venv}
 export DEBIAN_FRONTEND=noninteractive
 
 if [ "${SKIP_SETUP:-}" != 1 ]; then
+  bash ops/ci-packages.sh                    # Chromium, redis-server, rabbitmq-server, systemd-analyze, ...
   bash ops/services-up.sh                    # PostgreSQL, Redis, RabbitMQ
-  bash ops/ci-packages.sh                    # Chromium, redis-server, systemd-analyze, ...
   bash ops/sge-up.sh                         # a single-host Grid Engine cell with DRMAA
   bash ops/slurm-up.sh                       # a single-node Slurm (munge, slurmctld, slurmd)
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"

@@ -5,14 +5,12 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 from sqlalchemy import create_engine, text
 
 from galaxy_tasks.jobdir import JobDir
 from tests.faults.checks import assert_exactly_once, ledger_command
 from tests.support.ledger import gated, ledger_lines
 from tests.support.processes import alive
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.faults
 
@@ -20,29 +18,25 @@ RECONCILE_FAST = dict(GALAXY_TASKS_RECONCILE_INTERVAL="1", GALAXY_TASKS_CHECK_AF
                       GALAXY_TASKS_CHECK_AFTER_MAX="6", GALAXY_TASKS_LAUNCH_LEASE="5")
 
 
-def test_broker_restarted_while_jobs_are_queued_and_running(make_deployment, tmp_path):
-    """Redis dies and comes back empty (it keeps nothing on disk): every message in flight is
-    lost. Workers reconnect; reconciliation re-sends lost steps and finds the completion
-    events that could not be sent."""
-    redis = RedisServer(tmp_path).start()
-    deployment = make_deployment(broker=redis.url, **RECONCILE_FAST)
+@pytest.mark.both_brokers
+def test_broker_restarted_while_jobs_are_queued_and_running(make_broker, make_deployment, tmp_path, broker_kind):
+    """The broker dies while jobs are queued and running, and comes back 3 s later: Redis
+    empty (it keeps nothing on disk here: every message in flight is lost), RabbitMQ (a node
+    of the test's own, SIGKILLed) with its durable queues and persistent messages. Workers
+    and beat reconnect; reconciliation re-sends lost steps and finds the completion events
+    that could not be sent."""
+    broker = make_broker(restartable=True)
+    deployment = make_deployment(broker, **RECONCILE_FAST)
     ledger = tmp_path / "ledger"
     deployment.worker()
     deployment.beat()
     ids = [deployment.submit(ledger_command(ledger, "sleep 1"), "through_outage") for _ in range(12)]
     deployment.wait_until(lambda: any(deployment.job(i).state == "running" for i in ids), what="running")
-    redis.kill()
-    time.sleep(3)
-    port = redis.port
-    redis = RedisServer(tmp_path)
-    redis.port = port
-    redis.start()
-    try:
-        deployment.wait_terminal(ids, timeout=180)
-        states = [deployment.job(i).state for i in ids]
-        assert_exactly_once(deployment, ids, ledger, "Redis restarted", extra=f"ok={states.count('ok')}")
-    finally:
-        redis.kill()
+    broker.restart(down_for=3, **({"hard": True} if broker_kind == "rabbitmq" else {}))
+    deployment.wait_terminal(ids, timeout=180)
+    states = [deployment.job(i).state for i in ids]
+    assert all(w.proc.poll() is None for w in deployment.workers), "every worker survived the outage"
+    assert_exactly_once(deployment, ids, ledger, f"{broker_kind} restarted", extra=f"ok={states.count('ok')}")
 
 
 def test_database_connections_killed_while_jobs_finish(make_deployment, tmp_path):
@@ -67,6 +61,7 @@ def test_database_connections_killed_while_jobs_finish(make_deployment, tmp_path
     assert_exactly_once(deployment, ids, ledger, "PostgreSQL connections killed", extra=f"connections_killed={killed}")
 
 
+@pytest.mark.both_brokers
 def test_duplicated_and_late_messages_change_nothing(deployment, tmp_path):
     from celery import Celery
 
@@ -93,6 +88,7 @@ def test_duplicated_and_late_messages_change_nothing(deployment, tmp_path):
     assert_exactly_once(deployment, ["dup-0001"], ledger, "duplicated and late messages")
 
 
+@pytest.mark.both_brokers
 def test_a_lost_kill_message_is_made_good_by_reconciliation(make_deployment, tmp_path):
     """A job is cancelled while no worker serves its queue, and the broker loses the kill
     message. The row says deleted at once; the process would run on. Reconciliation looks
@@ -107,11 +103,9 @@ def test_a_lost_kill_message_is_made_good_by_reconciliation(make_deployment, tmp
         pid = JobDir(Path(job.job_dir)).claimed_pid()
         first.stop()  # jobs run on without their worker
         assert deployment.cli("cancel", job_id).returncode == 0
-        broker = redis.Redis.from_url(deployment.env["GALAXY_TASKS_BROKER_URL"])
         host_queue = f"{job.queue}@{job.external_id.split(':')[0]}"
-        assert broker.llen(host_queue) == 1, "the kill message waits on the job's host's queue"
-        broker.delete(host_queue)  # ... and is lost
-        broker.close()
+        assert deployment.broker.queue_length(host_queue) == 1, "the kill message waits on the job's host's queue"
+        deployment.broker.purge(host_queue)  # ... and is lost
         time.sleep(1)
         assert alive(pid), "nothing else stops the job"
         deployment.worker()

@@ -12,7 +12,7 @@ from galaxy_tasks.jobdir import JobDir
 from tests.faults.checks import assert_exactly_once, gated, ledger_command
 from tests.support.processes import alive
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.both_brokers]
 
 
 def _crashing(make_deployment, tmp_path, point: str):

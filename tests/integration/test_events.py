@@ -17,7 +17,7 @@ from kombu import Connection, Exchange, Queue
 from tests.support.deployment import ROOT, Deployment
 from tests.support.ledger import gated
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_brokers]
 
 TERMINAL = {"ok", "error", "deleted"}
 

@@ -1,4 +1,5 @@
-"""Jobs through real worker processes on the real Redis and PostgreSQL, driven by the CLI."""
+"""Jobs through real worker processes on the real broker (Redis and RabbitMQ) and PostgreSQL,
+driven by the CLI."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from galaxy_tasks.jobdir import JobDir
 from galaxy_tasks.states import JobState, is_legal_path
 from galaxy_tasks.store import schema
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_brokers]
 
 
 def test_jobs_run_end_to_end_through_workers(deployment):
@@ -183,12 +184,9 @@ def test_submit_json_and_spec_file(deployment):
 
 
 def test_unfinished_jobs_are_recovered_from_the_database_when_a_worker_starts(deployment):
-    import redis
-
     ids = [deployment.submit(f"echo {i}", "recovered") for i in range(5)]
     assert {j.state for j in deployment.jobs()} == {"new"}
-    # the broker loses every message (Redis here keeps nothing on disk)
-    redis.Redis.from_url(deployment.env["GALAXY_TASKS_BROKER_URL"]).flushdb()
+    deployment.broker.lose_everything()  # the broker loses every message
     deployment.worker()
     jobs = deployment.wait_terminal(ids)
     assert {j.state for j in jobs} == {"ok"}
@@ -243,8 +241,6 @@ def test_messages_about_a_local_job_go_to_the_worker_of_its_own_host(make_deploy
     """Two hosts serve the local queue (GALAXY_TASKS_HOST names them on this one machine). A
     job runs on host-a; its kill goes to `local@host-a`, which host-b's worker does not take,
     and waits there until host-a's worker is back to act on it."""
-    import redis
-
     from tests.support.deployment import Worker
     from tests.support.ledger import gated
     from tests.support.processes import alive
@@ -270,11 +266,8 @@ def test_messages_about_a_local_job_go_to_the_worker_of_its_own_host(make_deploy
         b = worker_on("host-b")
         assert "local@host-b" in b.log.read_text()  # each worker takes its own host's messages
         assert deployment.cli("cancel", job_id).returncode == 0
-        broker = redis.Redis.from_url(deployment.env["GALAXY_TASKS_BROKER_URL"])
-        try:
-            deployment.wait_until(lambda: broker.llen("local@host-a") == 1, what="the kill waiting for host-a")
-        finally:
-            broker.close()
+        deployment.wait_until(lambda: deployment.broker.queue_length("local@host-a") == 1,
+                              what="the kill waiting for host-a")
         time.sleep(1)
         assert os.path.exists(f"/proc/{pid}") and "runs on host-a" not in b.log.read_text()
         worker_on("host-a")

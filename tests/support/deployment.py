@@ -1,5 +1,6 @@
-"""A production-shaped deployment for tests: its own PostgreSQL database, a Redis database,
-job directories, real `galaxy-tasks worker` processes and the real CLI."""
+"""A production-shaped deployment for tests: its own PostgreSQL database, a broker of its own
+(Redis or RabbitMQ: tests/support/brokers.py), job directories, real `galaxy-tasks worker`
+processes and the real CLI."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ from typing import Callable
 from galaxy_tasks.model import Job
 from galaxy_tasks.states import TERMINAL, JobState
 from galaxy_tasks.store import Store
+from tests.support.brokers import Broker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,9 +64,13 @@ class Worker:
 
 
 class Deployment:
-    def __init__(self, tmp: Path, database_url: str, broker_url: str, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, database_url: str, broker: Broker | str,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.database_url = database_url
+        #: the broker, when the test started it (a bare URL: a broker the test manages itself)
+        self.broker: Broker | None = None if isinstance(broker, str) else broker
+        broker_url = broker if isinstance(broker, str) else broker.url
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GALAXY_TASKS_")}
         self.env.update(
             GALAXY_TASKS_HOME=str(tmp / "home"),
@@ -75,7 +81,7 @@ class Deployment:
         )
         self.env.update(extra_env or {})
         self.workers: list[Worker] = []
-        self._beats: list[subprocess.Popen] = []
+        self.beats: list[subprocess.Popen] = []
         self.store = Store(database_url)
         result = self.cli("db", "upgrade")
         assert result.returncode == 0, result.stderr
@@ -85,12 +91,15 @@ class Deployment:
                               capture_output=True, text=True, timeout=timeout, input=input)
 
     def worker(self, queues: str | None = None, name: str | None = None, *args: str,
-               celery_app: str | None = None) -> Worker:
+               celery_app: str | None = None, env: dict[str, str] | None = None, wait: bool = True) -> Worker:
+        """A worker of these queues (all by default), once ready (`wait=False`: at once); `env`
+        adds to the deployment's settings (a broker URL through a proxy, say)."""
         name = name or f"w{len(self.workers) + 1}@%h"
         log = self.tmp / f"worker-{len(self.workers) + 1}.log"
-        worker = Worker(self.env, log, queues, name, list(args) or ["--concurrency", "2"], celery_app)
+        worker = Worker({**self.env, **(env or {})}, log, queues, name, list(args) or ["--concurrency", "2"],
+                        celery_app)
         self.workers.append(worker)
-        return worker.wait_ready()
+        return worker.wait_ready() if wait else worker
 
     def submit(self, command: str, tool_id: str = "test_tool", *args: str) -> str:
         result = self.cli("submit", "--tool-id", tool_id, "--command", command, *args)
@@ -150,16 +159,11 @@ class Deployment:
         return {pid for worker in self.workers for pid in {worker.proc.pid, *descendants(worker.proc.pid)}}
 
     def wait_consumed(self, queues: tuple[str, ...] = ("galaxy_tasks", "local"), timeout: float = 60) -> None:
-        """Until the broker (Redis) holds no message for these queues, delivered or not: every
-        message sent so far has been consumed and acknowledged."""
-        import redis
-
-        broker = redis.Redis.from_url(self.env["GALAXY_TASKS_BROKER_URL"])
-        try:
-            self.wait_until(lambda: not any(broker.llen(q) for q in queues) and not broker.hlen("unacked"),
-                            timeout, f"every message of {', '.join(queues)} consumed")
-        finally:
-            broker.close()
+        """Until the broker holds no message for these queues, delivered or not: every message
+        sent so far has been consumed and acknowledged."""
+        assert self.broker is not None, "a deployment on a broker the test started"
+        broker = self.broker
+        self.wait_until(lambda: broker.held(queues) == 0, timeout, f"every message of {', '.join(queues)} consumed")
 
     def beat(self) -> subprocess.Popen:
         """Celery beat, which sends reconciliation every GALAXY_TASKS_RECONCILE_INTERVAL."""
@@ -167,7 +171,7 @@ class Deployment:
         proc = subprocess.Popen([sys.executable, "-m", "galaxy_tasks.cli", "beat", "--loglevel", "INFO"],
                                 env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        self._beats.append(proc)
+        self.beats.append(proc)
         return proc
 
     def logs(self) -> str:
@@ -176,7 +180,7 @@ class Deployment:
     def close(self) -> None:
         for worker in self.workers:
             worker.stop()
-        for beat in self._beats:
+        for beat in self.beats:
             if beat.poll() is None:
                 os.killpg(beat.pid, signal.SIGTERM)
                 beat.wait(timeout=30)

@@ -1,4 +1,8 @@
-"""A Redis server of a test's own, on its own port, that the test may kill and restart."""
+"""A Redis server of a test's own, on its own port, that the test may kill and restart.
+
+By default it keeps nothing on disk (a restart comes back empty, as a cache-style Redis
+does); `aof=True` starts it with the append-only file, `appendfsync always`, so a restart
+keeps every message it acknowledged."""
 from __future__ import annotations
 
 import shutil
@@ -15,9 +19,10 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, aof: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.aof = aof
         self.proc: subprocess.Popen | None = None
         self.start_args: list[str] = []
         if shutil.which("redis-server") is None:
@@ -28,8 +33,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        persistence = (["--appendonly", "yes", "--appendfsync", "always", "--appendfilename", f"gt-{self.port}.aof",
+                        "--appenddirname", f"gt-aof-{self.port}"] if self.aof else ["--appendonly", "no"])
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence,
              "--dir", str(self.workdir), *self.start_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -45,3 +52,10 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
+
+    def restart(self, down_for: float = 0) -> None:
+        """Killed (SIGKILL: nothing flushed on the way out) and started again on the same port
+        and directory after `down_for` seconds."""
+        self.kill()
+        time.sleep(down_for)
+        self.start()

@@ -392,3 +392,33 @@ def test_a_forged_end_note_of_another_token_is_ignored(tmp_path):
     job_dir.write_end_note(jobdir.EndNote(exit_code=None, signal=9, reason="killed by signal SIGKILL"))
     note = JobDir(job_dir.root, job_dir.token).end_note()
     assert note.signal == 9 and note.reason == "killed by signal SIGKILL"
+
+
+def test_two_prepares_of_one_job_may_write_its_directory_at_once(tmp_path):
+    """A redelivered prepare and the start-up recovery's run side by side: both succeed, and
+    the directory holds one whole copy."""
+    import threading
+
+    root = tmp_path / "job"
+    env = job_environment(JobDir(root), cores=1, memory_mb=None, spec_env={}, destination_env={}, mesos_url="",
+                          job_id="job")
+    errors: list[BaseException] = []
+
+    def prepare() -> None:
+        for _ in range(300):
+            try:
+                jobdir.create(root, "echo hi", env, None, token="the-rows-token")
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=prepare) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert JobDir(root).command.read_text() == "echo hi\n"
+    assert not list(root.glob(".*.tmp")), "no temporary file left behind"
+    assert not list(tmp_path.glob(".job.*")) and not list(tmp_path.glob("job.stale-*")), \
+        "no staging directory left behind, and nothing set aside: both were this job's"
