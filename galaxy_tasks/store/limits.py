@@ -50,20 +50,30 @@ class LimitPlaces(Moves):
     def claim_places(self, job_id: str, keys: dict[str, int], sources: frozenset[JobState], *,
                      check_at: datetime, limited_check_at: datetime, **values: Any) -> Moved | Refused | None:
         """Move the job to SUBMITTING holding a place under every key (`key: limit`), or,
-        if one is full, to LIMITED waiting on it. None: the job was past this step."""
+        if one is full, to LIMITED waiting on it. None: the job was past this step.
+
+        The job's row is locked before the counters, as when places are given back (one
+        order, no deadlock). Places the job still holds (a give-back lost in a crash) are
+        not taken twice."""
         with self._transaction() as connection:
+            query = select(jobs.c.state, jobs.c.limit_keys).where(jobs.c.id == job_id)
+            row = connection.execute(query.with_for_update() if self._pg else query).first()
+            if row is None or JobState(row.state) not in sources:
+                return None
+            held = set(row.limit_keys or ()) & set(keys)
             usage = self._lock_counters(connection, keys)
             for key in sorted(keys):
-                if usage[key] >= keys[key]:
+                if key not in held and usage[key] >= keys[key]:
                     reason = f"waiting: {key} has {usage[key]} of {keys[key]} places taken"
                     moved = self.move(job_id, JobState.LIMITED, sources=sources, reason=reason, connection=connection,
                                       waiting_on=key, check_at=limited_check_at, owner=None)
                     return Refused(key, usage[key], keys[key], moved)
             moved = self.move(job_id, JobState.SUBMITTING, sources=sources, connection=connection,
                               limit_keys=sorted(keys) or None, waiting_on=None, check_at=check_at, **values)
-            if moved is None or not keys:
+            taken = [key for key in keys if key not in held]
+            if moved is None or not taken:
                 return moved  # (the counters it created, at 0, are harmless)
-            connection.execute(update(limit_usage).where(limit_usage.c.key.in_(list(keys)))
+            connection.execute(update(limit_usage).where(limit_usage.c.key.in_(taken))
                                .values(used=limit_usage.c.used + 1))
             return moved
 

@@ -126,3 +126,24 @@ def test_a_job_whose_file_grows_past_the_output_size_ends_output_size_limit(make
     assert deep.state == "error" and deep.runner_state == "output_size_limit", deep.reason
     assert "deep/er/big.dat" in deep.reason
     assert pair.state == "ok", pair.reason
+
+
+def test_host_slots_and_a_user_limit_apply_together(make_deployment, tmp_path):
+    """max_jobs (the local runner's slots on a host) and a per-user limit both hold: a job
+    refused a slot gives its places back, and the end of a job wakes both kinds of waiter."""
+    conf = LIMITED_CONF.replace("max_jobs: 20", f"max_jobs: 2, slots_dir: {tmp_path / 'slots'}") \
+        .replace("value: 2", "value: 1")
+    deployment = with_conf(make_deployment, tmp_path, conf)
+    ledgers = tmp_path / "ledgers"
+    ledgers.mkdir()
+    deployment.worker(None, "w1@%h", "--concurrency", "2")
+    users = ("ann", "bob", "cy")
+    ids = deployment.submit_many([{"tool_id": "t", "command": timed(ledgers, user, 0.8), "user": user}
+                                  for _ in range(3) for user in users])
+    jobs = deployment.wait_terminal(ids, timeout=120)
+    assert [job.state for job in jobs] == ["ok"] * len(ids)
+    assert {user: most_at_once(ledgers / user) for user in users} == dict.fromkeys(users, 1)
+    everything = tmp_path / "all"
+    everything.write_text("".join((ledgers / user).read_text() for user in users))
+    assert most_at_once(everything) == 2, "two slots on the host, both used"
+    assert set(deployment.store.limit_usage([f"user:{u}" for u in users]).values()) == {0}

@@ -349,3 +349,16 @@ def test_a_job_no_limit_applies_to_launches_beside_limited_ones(tmp_path):
         assert row(ctx, free[0]).state == "ok"
     finally:
         store.dispose()
+
+
+def test_a_job_whose_give_back_was_lost_is_not_counted_twice_when_it_launches_again(ctx, stubs):
+    """A launch that found its runner full went back to queued but died before giving its
+    places back: its next launch keeps the places it holds instead of taking them again."""
+    job_id = queued(ctx, "alice")
+    assert launch(ctx, stubs, job_id)
+    ctx.store.move(job_id, JobState.QUEUED, sources=frozenset({JobState.RUNNING}))  # as if runner-full, then a crash
+    assert row(ctx, job_id).limit_keys == ["tag:cluster", "user:alice"]
+    assert launch(ctx, stubs, job_id)
+    assert ctx.store.limit_usage(["user:alice", "tag:cluster"]) == {"user:alice": 1, "tag:cluster": 1}
+    lifecycle.finish(ctx, stubs["small"].end(job_id, exit_code=0))
+    assert ctx.store.limit_usage(["user:alice", "tag:cluster"]) == {"user:alice": 0, "tag:cluster": 0}
