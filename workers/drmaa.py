@@ -23,12 +23,11 @@ from typing import Any
 from celery import signals
 from celery.worker.control import inspect_command
 
-from galaxy_tasks import context, runtime
 from galaxy_tasks.celery import app
 from galaxy_tasks.logs import event
 from galaxy_tasks.runners.drmaa import DrmaaRunner
 from galaxy_tasks.runners.drmaa.tls import restart_with_static_tls
-from workers.holding import serve_own_queues_by_default, served_destinations, state_file
+from workers.holding import open_runners, serve_own_queues_by_default
 
 __all__ = ["app"]
 
@@ -46,17 +45,8 @@ serve_own_queues_by_default("drmaa")
 @signals.worker_init.connect
 def open_session(sender: Any = None, **_: Any) -> None:
     """Check the pool and the queues, then open the session (or re-attach to it)."""
-    served = served_destinations(sender, "drmaa", "a DRMAA session does not survive fork() and blocks "
-                                                  "green threads")
-    path = state_file(context.current().settings.home, "drmaa", sender.hostname, ".contact")
-    runtime.add_runner_params("drmaa", contact_file=str(path))
-    try:
-        for name in served:
-            runner = runtime.runner_for(name)
-            assert isinstance(runner, DrmaaRunner)
-            _runners[name] = runner
-    except Exception as exc:  # a signal handler's Exception would only be logged: stop here
-        raise SystemExit(f"workers.drmaa: cannot open the DRMAA session: {exc}") from exc
+    _runners.update(open_runners(sender, "drmaa", DrmaaRunner, "a DRMAA session does not survive fork() and blocks "
+                                 "green threads", ("contact_file", ".contact"), "the DRMAA session"))
 
 
 @signals.worker_ready.connect

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from celery import concurrency, signals
 
-from galaxy_tasks import context
+from galaxy_tasks import context, runtime
 from galaxy_tasks.holders import stop_with_supervisor
+from galaxy_tasks.runners.base import Runner
+
+R = TypeVar("R", bound=Runner)
 
 #: pools whose tasks run in the process that holds the session or framework
 POOLS = {"threads": "celery.concurrency.thread", "solo": "celery.concurrency.solo"}
@@ -60,3 +63,22 @@ def served_destinations(sender: Any, runner: str, why: str) -> list[str]:
         raise SystemExit(f"workers.{runner}: -Q {','.join(consumed)} names no {runner} destination's "
                          f"queue (known: {', '.join(sorted(known)) or 'none'})")
     return served
+
+
+def open_runners(sender: Any, runner: str, cls: type[R], why: str, state: tuple[str, str], what: str) -> dict[str, R]:
+    """At worker_init: check the pool and the queues (`why`: what a forking pool would
+    break), give the runner its state file (`state`: the param and the file's suffix),
+    then open one runner per served destination (`what` it holds, for the error)."""
+    served = served_destinations(sender, runner, why)
+    param, suffix = state
+    path = state_file(context.current().settings.home, runner, sender.hostname, suffix)
+    runtime.add_runner_params(runner, **{param: str(path)})
+    opened: dict[str, R] = {}
+    try:
+        for name in served:
+            held = runtime.runner_for(name)
+            assert isinstance(held, cls)
+            opened[name] = held
+    except Exception as exc:  # a signal handler's Exception would only be logged: stop here
+        raise SystemExit(f"workers.{runner}: cannot open {what}: {exc}") from exc
+    return opened

@@ -25,11 +25,10 @@ from typing import Any
 from celery import signals
 from celery.worker.control import inspect_command
 
-from galaxy_tasks import context, runtime
 from galaxy_tasks.celery import app
 from galaxy_tasks.logs import event
 from galaxy_tasks.runners.slurm import SlurmRunner
-from workers.holding import serve_own_queues_by_default, served_destinations, state_file
+from workers.holding import open_runners, serve_own_queues_by_default
 
 __all__ = ["app"]
 
@@ -45,17 +44,8 @@ serve_own_queues_by_default("slurm")
 @signals.worker_init.connect
 def open_listener(sender: Any = None, **_: Any) -> None:
     """Check the pool and the queues, then open the listener (on its earlier port)."""
-    served = served_destinations(sender, "slurm", "the Slurm runner's listener (a port and two threads) "
-                                                  "does not survive fork()")
-    path = state_file(context.current().settings.home, "slurm", sender.hostname, ".listener")
-    runtime.add_runner_params("slurm", state_file=str(path))
-    try:
-        for name in served:
-            runner = runtime.runner_for(name)
-            assert isinstance(runner, SlurmRunner)
-            _runners[name] = runner
-    except Exception as exc:  # a signal handler's Exception would only be logged: stop here
-        raise SystemExit(f"workers.slurm: cannot open the Slurm listener: {exc}") from exc
+    _runners.update(open_runners(sender, "slurm", SlurmRunner, "the Slurm runner's listener (a port and two "
+                                 "threads) does not survive fork()", ("state_file", ".listener"), "the Slurm listener"))
 
 
 @signals.worker_ready.connect

@@ -8,11 +8,11 @@ import re
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, NamedTuple
 
 from galaxy_tasks.errors import RunnerError
 from galaxy_tasks.jobdir import CLAIMED_EXIT_CODE
-from galaxy_tasks.runners.base import Launch, Tracked
+from galaxy_tasks.runners.accounting import reverse_lines
 
 
 class Record(NamedTuple):
@@ -64,7 +64,7 @@ class GridEngineRecords:
         found: dict[str, Record] = {}
         wanted = len(ids) + len(names)
         try:
-            for line in _reverse_lines(Path(self.accounting_file)):
+            for line in reverse_lines(Path(self.accounting_file)):
                 record = parse_record(line)
                 if record is None:
                     continue
@@ -104,30 +104,3 @@ def parse_record(line: bytes) -> Record | None:
         )
     except ValueError:
         return None
-
-
-def _reverse_lines(path: Path, block: int = 1 << 16) -> Iterator[bytes]:
-    """The file's lines, last first: recent jobs are at the end of a long file."""
-    with open(path, "rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        position, rest = handle.tell(), b""
-        while position > 0:
-            size = min(block, position)
-            position -= size
-            handle.seek(position)
-            lines = (handle.read(size) + rest).split(b"\n")
-            rest = lines.pop(0)
-            yield from reversed([line for line in lines if line])
-        if rest:
-            yield rest
-
-
-def not_before(jobs: Sequence[Launch | Tracked]) -> float:
-    """No job can have ended before its job script was written (minus clock skew)."""
-    times = []
-    for job in jobs:
-        try:
-            times.append((Path(job.job_dir) / "job.sh").stat().st_mtime)
-        except OSError:
-            return 0.0
-    return min(times) - 300 if times else 0.0

@@ -28,10 +28,11 @@ from typing import Any, Sequence
 from galaxy_tasks.errors import RunnerError
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.jobdir import JobDir
+from galaxy_tasks.runners.accounting import not_before
 from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, Tracked
 from galaxy_tasks.runners.drmaa.ends import from_info, from_record
 from galaxy_tasks.runners.drmaa.native import native_specification
-from galaxy_tasks.runners.drmaa.records import GridEngineRecords, not_before
+from galaxy_tasks.runners.drmaa.records import GridEngineRecords
 from galaxy_tasks.runners.drmaa.session import close_session, message, open_session
 from galaxy_tasks.runners.drmaa.wait import EXIT_TIMEOUT, INVALID_JOB, Ended, WaitError
 from galaxy_tasks.runners.params import param

@@ -11,10 +11,10 @@ import re
 import signal
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple
 
 from galaxy_tasks.errors import RunnerError, RunnerUnavailable
-from galaxy_tasks.runners.base import Launch, Tracked
+from galaxy_tasks.runners.accounting import reverse_lines
 from galaxy_tasks.runners.slurm.commands import INVALID_JOB, Commands, tail
 
 log = logging.getLogger(__name__)
@@ -98,34 +98,6 @@ def slurm_time(text: str) -> float | None:
         return time.mktime(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S"))
     except ValueError:
         return None
-
-
-def reverse_lines(path: Path, block: int = 1 << 16) -> Iterator[bytes]:
-    """The file's lines, last first: recent jobs are at the end of a long record."""
-    with open(path, "rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        position, rest = handle.tell(), b""
-        while position > 0:
-            size = min(block, position)
-            position -= size
-            handle.seek(position)
-            lines = (handle.read(size) + rest).split(b"\n")
-            rest = lines.pop(0)
-            yield from reversed([line for line in lines if line])
-        if rest:
-            yield rest
-
-
-def not_before(jobs: Sequence[Launch | Tracked]) -> float:
-    """No job can have ended before its job script was written (minus clock skew): where a
-    backwards scan of the jobcomp record may stop."""
-    times = []
-    for job in jobs:
-        try:
-            times.append(os.lstat(Path(job.job_dir) / "job.sh").st_mtime)
-        except OSError:
-            return 0.0
-    return min(times) - 300 if times else 0.0
 
 
 class SlurmRecords:

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 from galaxy_tasks.errors import RunnerError, RunnerUnavailable
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.jobdir import JobDir, read_small, write_file
+from galaxy_tasks.runners.accounting import not_before
 from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, Tracked, external_name
 from galaxy_tasks.runners.params import param
 from galaxy_tasks.runners.slurm import ends
@@ -36,7 +37,7 @@ from galaxy_tasks.runners.slurm.ends import CANCEL_MARKER, StoodDown
 from galaxy_tasks.runners.slurm.files import write_synced
 from galaxy_tasks.runners.slurm.listener import JOB_ID, Verdict, close_listener, open_listener
 from galaxy_tasks.runners.slurm.options import check_host, check_name, check_native, check_port, sbatch_options
-from galaxy_tasks.runners.slurm.records import SLURM_ID, TERMINAL, SlurmJob, SlurmRecords, not_before
+from galaxy_tasks.runners.slurm.records import SLURM_ID, TERMINAL, SlurmJob, SlurmRecords
 from galaxy_tasks.runners.slurm.script import WRAPPER, wrapper_script
 
 log = logging.getLogger(__name__)
