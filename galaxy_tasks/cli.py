@@ -253,6 +253,7 @@ def _wait(args: argparse.Namespace, _extra: list[str]) -> int:
 
 def _route(args: argparse.Namespace, _extra: list[str]) -> int:
     """The routing decision for a spec, as an admin asks TPV's `dry-run --explain`."""
+    from galaxy_tasks.policies import MAX_ATTEMPTS
     from galaxy_tasks.spec import parse_json
 
     ctx = context.current()
@@ -281,8 +282,8 @@ def _route(args: argparse.Namespace, _extra: list[str]) -> int:
         for limit in result["limits"]:
             print(f"limit        {limit['key']}: {limit['used']} of {limit['limit']} places taken")
         for rule in result["resubmit"]:
-            print(f"resubmit     if {rule['condition'] or '(always)'} -> {rule['destination']}"
-                  f"{' after ' + rule['delay'] + ' s' if rule['delay'] else ''}")
+            print(f"resubmit     on a failure, if {rule['condition'] or '(any)'} -> {rule['destination']}"
+                  f"{' after ' + rule['delay'] + ' s' if rule['delay'] else ''} (at most {MAX_ATTEMPTS} attempts)")
     return 0
 
 

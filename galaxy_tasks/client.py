@@ -70,9 +70,10 @@ class Client:
     def cancel(self, job_id: str) -> JobState:
         """Cancel a job; returns the state it was in. The database changes at once; a runner
         that holds the job is told to stop it."""
-        before, stop = lifecycle.cancel(self.ctx, self.get(job_id).id)
+        before, stop, woken = lifecycle.cancel(self.ctx, self.get(job_id).id)
         if stop is not None:
             messages.kill(stop)
+        messages.wake_jobs(woken)
         return before
 
     def wait(self, job_ids: Iterable[str], timeout: float | None = None,

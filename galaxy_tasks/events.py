@@ -30,7 +30,8 @@ UNKNOWN = "unknown"
 
 
 #: why a runner ended a job, in the words of Galaxy's resubmit conditions
-RunnerState = Literal["walltime_reached", "memory_limit_reached", "output_size_limit", "unknown_error"]
+RunnerState = Literal["walltime_reached", "memory_limit_reached", "output_size_limit", "unknown_error",
+                      "global_walltime_reached"]
 RUNNER_STATES = get_args(RunnerState)
 StateName = Literal["new", "queued", "limited", "submitting", "running", "ok", "error", "deleted", "unknown"]
 assert set(get_args(StateName)) == {s.value for s in JobState} | {UNKNOWN}

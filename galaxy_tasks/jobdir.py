@@ -30,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 CLAIMED_EXIT_CODE = 75
 #: the exit code of a job whose environment_setup_file could not be read
@@ -176,30 +176,50 @@ class JobDir:
             os.close(fd)
         return as_text(data)
 
-    def file_at_least(self, size: int, max_entries: int = SCAN_ENTRIES) -> tuple[str, int] | None:
-        """A file of the working directory (its path there, its size) of at least `size`
-        bytes, if there is one: Galaxy's output_size limit holds for each file a job writes.
-        Links are not followed and the walk stops after `max_entries` entries, so a job of
-        a million files or a link out of its directory costs no more than that."""
-        seen = 0
-        pending = [self.working]
-        while pending and seen < max_entries:
+    def file_larger_than(self, size: int, first: Sequence[str] = (),
+                         max_entries: int = SCAN_ENTRIES) -> tuple[str, int] | None:
+        """A file of the working directory (its path there, its size) larger than `size`
+        bytes, if there is one: Galaxy's output_size limit holds for each file a job
+        writes. The declared outputs (`first`) are looked at first, then the walk: links
+        are never followed (the working directory itself included), and it stops after
+        `max_entries` entries, so a job of a million files or of links out of its directory
+        costs no more than that."""
+        for path in first:
             try:
-                entries = os.scandir(pending.pop())
+                found = os.lstat(self.working / path)
             except OSError:
                 continue
-            with entries:
-                for entry in entries:
-                    seen += 1
-                    if seen > max_entries:
-                        break
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            pending.append(Path(entry.path))
-                        elif entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_size >= size:
-                            return os.path.relpath(entry.path, self.working), entry.stat(follow_symlinks=False).st_size
-                    except OSError:
-                        continue
+            if stat.S_ISREG(found.st_mode) and found.st_size > size:
+                return path, found.st_size
+        try:
+            top = os.open(self.working, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        seen, pending = 0, [(top, "")]
+        try:
+            while pending:
+                fd, prefix = pending.pop()
+                try:
+                    with os.scandir(fd) as entries:
+                        for entry in entries:
+                            seen += 1
+                            if seen > max_entries:
+                                return None
+                            found = entry.stat(follow_symlinks=False)
+                            if stat.S_ISDIR(found.st_mode):
+                                try:
+                                    sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                                  | os.O_CLOEXEC, dir_fd=fd)
+                                except OSError:
+                                    continue
+                                pending.append((sub, f"{prefix}{entry.name}/"))
+                            elif stat.S_ISREG(found.st_mode) and found.st_size > size:
+                                return prefix + entry.name, found.st_size
+                finally:
+                    os.close(fd)
+        finally:
+            for fd, _ in pending:
+                os.close(fd)
         return None
 
     def script_reason(self) -> str | None:

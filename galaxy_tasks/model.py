@@ -105,7 +105,7 @@ jobs = Table(
     # concurrency-limit keys this job holds a place under, and the key it waits on
     Column("attempt", Integer, nullable=False, default=1, server_default="1"),
     Column("attempts", JSON),
-    Column("limit_keys", JSON),
+    Column("limit_keys", JSON(none_as_null=True)),
     Column("waiting_on", String(255)),
     Index("ix_gt_job_state_check_at", "state", "check_at"),
     Index("ix_gt_job_waiting", "state", "waiting_on", "created_at"),

@@ -29,14 +29,20 @@ CONCURRENCY = {
 }
 SIZES = ("walltime", "output_size")
 #: what a resubmit condition may name: Galaxy's conditions and its attempt/time variables
-CONDITION_NAMES = frozenset({"walltime_reached", "memory_limit_reached", "output_size_limit", "unknown_error",
-                             "any_failure", "attempt", "seconds_since_queued", "seconds_running"})
+CONDITION_NAMES = frozenset({"walltime_reached", "memory_limit_reached", "unknown_error", "tool_detected_failure",
+                             "tool_timelimit_reached", "any_failure", "any_potential_job_failure", "attempt",
+                             "seconds_since_queued", "seconds_running"})
 DELAY_NAMES = frozenset({"attempt"})
 #: the runner states a job can end with (Galaxy's JobState.runner_states)
-RUNNER_STATES = frozenset({"walltime_reached", "memory_limit_reached", "output_size_limit", "unknown_error"})
+RUNNER_STATES = frozenset({"walltime_reached", "memory_limit_reached", "output_size_limit", "unknown_error",
+                           "global_walltime_reached"})
+#: the ends Galaxy's resubmit handler acts on (`tool_detected`: the tool's own non-zero
+#: exit); an output too large or the global walltime is never resubmitted
+RESUBMITTABLE = frozenset({"walltime_reached", "memory_limit_reached", "unknown_error", "tool_detected"})
 MAX_ATTEMPTS = 10
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3,
-          "t": 1024**4, "tb": 1024**4}
+#: Galaxy's sizes (galaxy.util.size_to_bytes): decimal multiples, binary with `iB`
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
 
 
 @dataclass(frozen=True)
@@ -84,13 +90,21 @@ class ResubmitRule:
     delay: Expression | None = None
 
     def matches(self, names: Mapping[str, Any]) -> bool:
-        return True if self.condition is None else bool(self.condition.evaluate(names))
+        if self.condition is None:
+            return True
+        try:
+            return bool(self.condition.evaluate(names))
+        except ArithmeticError:  # an overflow, a division by zero: the condition does not hold
+            return False
 
     def delay_s(self, attempt: int) -> float:
         if self.delay is None:
             return 0.0
-        value = self.delay.evaluate({"attempt": attempt})
-        return max(0.0, min(float(value), 86400.0)) if isinstance(value, (int, float)) else 0.0
+        try:
+            value = self.delay.evaluate({"attempt": attempt})
+            return max(0.0, min(float(value), 86400.0)) if isinstance(value, (int, float)) else 0.0
+        except ArithmeticError:
+            return 86400.0
 
 
 @dataclass(frozen=True)
@@ -111,15 +125,29 @@ class DestinationPolicy:
     extra: Mapping[str, Any] = dataclass_field(default_factory=dict)
 
 
-def condition_names(runner_state: str | None, failed: bool, attempt: int, seconds_since_queued: float,
-                    seconds_running: float) -> dict[str, Any]:
-    """What a resubmit condition sees of a job that ended."""
+def ended_as(runner_state: str | None, exit_code: int | None, signal: int | None) -> str:
+    """How a failed job ended, in Galaxy's runner states: what its runner said, else
+    `tool_detected` for the tool's own non-zero exit, else `unknown_error`."""
+    if runner_state:
+        return runner_state
+    if exit_code not in (None, 0) and signal is None:
+        return "tool_detected"
+    return "unknown_error"
+
+
+def condition_names(runner_state: str | None, exit_code: int | None, signal: int | None, attempt: int,
+                    seconds_since_queued: float, seconds_running: float) -> dict[str, Any]:
+    """What a resubmit condition sees of a job that failed (as Galaxy's resubmit handler)."""
+    ended = ended_as(runner_state, exit_code, signal)
     return {
-        "walltime_reached": runner_state == "walltime_reached",
-        "memory_limit_reached": runner_state == "memory_limit_reached",
-        "output_size_limit": runner_state == "output_size_limit",
-        "unknown_error": failed and runner_state in (None, "unknown_error"),
-        "any_failure": failed,
+        "ended_as": ended,
+        "walltime_reached": ended == "walltime_reached",
+        "memory_limit_reached": ended == "memory_limit_reached",
+        "unknown_error": ended == "unknown_error",
+        "tool_detected_failure": ended == "tool_detected",
+        "tool_timelimit_reached": False,  # tools here have no time limit of their own
+        "any_failure": True,
+        "any_potential_job_failure": True,
         "attempt": attempt,
         "seconds_since_queued": seconds_since_queued,
         "seconds_running": seconds_running,
@@ -128,7 +156,7 @@ def condition_names(runner_state: str | None, failed: bool, attempt: int, second
 
 def choose(rules: Sequence[ResubmitRule], names: Mapping[str, Any], destination: str) -> Resubmission | None:
     """The first rule that matches, as a resubmission; None if none does (or too many tries)."""
-    if names["attempt"] >= MAX_ATTEMPTS:
+    if names["attempt"] >= MAX_ATTEMPTS or names["ended_as"] not in RESUBMITTABLE:
         return None
     for rule in rules:
         if rule.matches(names):
@@ -165,6 +193,8 @@ def parse_limits(items: Any, here: Where, destinations: Mapping[str, Any]) -> Li
                 raise where.key(item, "id").error(f"unknown destination {destination!r}")
             if tag is not None and not isinstance(tag, str):
                 raise where.key(item, "tag").error("must be a tag name")
+        if value == 0 and kind in ("registered_user_concurrent_jobs", "anonymous_user_concurrent_jobs"):
+            continue  # as in Galaxy: 0 is no limit for users (a destination's 0 lets none run)
         concurrency.append(ConcurrencyLimit(kind, value, destination, tag))
     return Limits(tuple(concurrency), sizes.get("walltime"), sizes.get("output_size"))
 
@@ -263,14 +293,14 @@ def duration_s(value: Any) -> int:
 
 
 def size_bytes(value: Any) -> int:
-    """`'10GB'`, `'512M'`, `'1.5 TB'`, or bytes."""
+    """`'10GB'` (10^10 bytes, as Galaxy reads it), `'512MiB'`, `'1.5 TB'`, or bytes."""
     if isinstance(value, bool):
         raise ValueError(f"must be a size like '10GB', not {value!r}")
     if isinstance(value, int) and value > 0:
         return value
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
     if not match or match.group(2).lower() not in _UNITS:
-        raise ValueError(f"must be a size like '10GB' or '512MB', not {value!r}")
+        raise ValueError(f"must be a size like '10GB' or '512MiB', not {value!r}")
     amount = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     if amount <= 0:
         raise ValueError(f"must be larger than zero, not {value!r}")

@@ -129,6 +129,14 @@ class Routing:
         bounds = [b for b in (asked, spec.policy.walltime_s if spec else None, self.limits.walltime_s) if b]
         return min(bounds) if bounds else None
 
+    def global_walltime_binds(self, destination: str, asked: int | None) -> bool:
+        """Whether the global `walltime` limit, not the job's or its destination's own, is
+        the walltime it got: reaching it is Galaxy's global_walltime_reached, which is never
+        resubmitted (another destination would not give more)."""
+        spec = self.destinations.get(destination)
+        others = [b for b in (asked, spec.policy.walltime_s if spec else None) if b]
+        return self.limits.walltime_s is not None and (not others or self.limits.walltime_s < min(others))
+
     def output_size_bytes(self, destination: str) -> int | None:
         spec = self.destinations.get(destination)
         bounds = [b for b in (spec.policy.output_size_bytes if spec else None, self.limits.output_size_bytes) if b]

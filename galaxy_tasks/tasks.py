@@ -84,9 +84,10 @@ def launch_next(self: Any, destination: str) -> str | None:
 
 @app.task(name="galaxy_tasks.cancel_job", **DB_RETRY)
 def cancel_job(job_id: str) -> str:
-    before, stop = lifecycle.cancel(context.current(), job_id)
+    before, stop, woken = lifecycle.cancel(context.current(), job_id)
     if stop is not None:
         messages.kill(stop)
+    messages.wake_jobs(woken)
     return before.value
 
 

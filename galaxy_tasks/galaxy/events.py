@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 STATES = frozenset({"new", "queued", "running", "ok", "error", "deleted", "unknown"})
 TERMINAL = frozenset({"ok", "error", "deleted"})
-RUNNER_STATES = frozenset({None, "walltime_reached", "memory_limit_reached", "output_size_limit", "unknown_error"})
+RUNNER_STATES = frozenset({None, "walltime_reached", "memory_limit_reached", "output_size_limit", "unknown_error",
+                           "global_walltime_reached"})
 
 
 class EventError(ValueError):

@@ -55,6 +55,7 @@ _FAIL_MESSAGES = {
     "walltime_reached": "This job was terminated because it ran longer than its walltime.",
     "memory_limit_reached": "This job was terminated because it used more memory than it was allocated.",
     "output_size_limit": "This job was terminated because its output grew too large.",
+    "global_walltime_reached": "This job was terminated because it ran longer than the maximum allowed job run time.",
 }
 
 

@@ -2,7 +2,7 @@
 task, the embedded runner or a test alike. A step returns what must follow (a message to
 send, a job to wake) and the tasks layer sends it: policy lives here, sending there."""
 from galaxy_tasks.lifecycle.accept import accept
-from galaxy_tasks.lifecycle.cancel import ToStop, cancel
+from galaxy_tasks.lifecycle.cancel import Cancelled, ToStop, cancel
 from galaxy_tasks.lifecycle.finish import Finished, finish
 from galaxy_tasks.lifecycle.launch import launch, next_queued
 from galaxy_tasks.lifecycle.prepare import launch_for, prepare
@@ -17,5 +17,5 @@ from galaxy_tasks.lifecycle.reconcile import (
     unpublished,
 )
 
-__all__ = ["Finished", "Plan", "ToStop", "accept", "acquire_lease", "cancel", "finish", "held_by", "launch",
-           "launch_for", "next_queued", "overdue", "prepare", "startup", "stopped", "tracked", "unpublished"]
+__all__ = ["Cancelled", "Finished", "Plan", "ToStop", "accept", "acquire_lease", "cancel", "finish", "held_by",
+           "launch", "launch_for", "next_queued", "overdue", "prepare", "startup", "stopped", "tracked", "unpublished"]

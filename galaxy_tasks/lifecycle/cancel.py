@@ -10,6 +10,7 @@ from typing import NamedTuple
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import UnknownJob
 from galaxy_tasks.lifecycle.changes import move
+from galaxy_tasks.lifecycle.limits import pass_on
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import utcnow
 from galaxy_tasks.runners.base import Tracked
@@ -28,9 +29,17 @@ class ToStop(NamedTuple):
     queue: str
 
 
-def cancel(ctx: Context, job_id: str) -> tuple[JobState, ToStop | None]:
-    """Returns the job's state before the cancel and, for a job its runner holds, what the
-    runner must stop. A job that had already ended is left as it is."""
+class Cancelled(NamedTuple):
+    """The job's state before the cancel; for a job its runner holds, what the runner must
+    stop; and the jobs to launch that a place it was woken for now wakes (id, queue)."""
+
+    before: JobState
+    stop: ToStop | None
+    woken: list[tuple[str, str]]
+
+
+def cancel(ctx: Context, job_id: str) -> Cancelled:
+    """Cancel the job (one that had already ended is left as it is)."""
     # The row stays due for one more look: if the kill message is lost, reconciliation
     # finds the job's process still there and stops it (see reconcile.overdue).
     check_at = utcnow() + timedelta(seconds=ctx.settings.check_after)
@@ -39,10 +48,12 @@ def cancel(ctx: Context, job_id: str) -> tuple[JobState, ToStop | None]:
         current = ctx.store.job(job_id)
         if current is None:
             raise UnknownJob(f"no job {job_id!r}")
-        return JobState(current.state), None
+        return Cancelled(JobState(current.state), None, [])
     event(log, "state_change", job_id=job_id, to=JobState.DELETED, reason="cancelled")
     job = moved.job
     if job.external_id and moved.before in _HELD:
         job_dir = Path(job.job_dir or ctx.settings.jobs_dir / job.id)
-        return moved.before, ToStop(Tracked(job.id, job.external_id, job_dir), job.destination, job.queue)
-    return moved.before, None
+        return Cancelled(moved.before, ToStop(Tracked(job.id, job.external_id, job_dir), job.destination, job.queue),
+                         [])
+    # a job woken for a freed place, cancelled before it took it: the next one may
+    return Cancelled(moved.before, None, pass_on(ctx, job) if moved.before is JobState.QUEUED else [])

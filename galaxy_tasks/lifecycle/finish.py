@@ -12,8 +12,7 @@ from typing import NamedTuple
 from galaxy_tasks.context import Context
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.jobdir import EndNote, JobDir, new_token
-from galaxy_tasks.lifecycle.changes import move
-from galaxy_tasks.lifecycle.limits import keep_checking, release
+from galaxy_tasks.lifecycle.limits import move_giving_back, release
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job, utcnow
 from galaxy_tasks.policies import choose, condition_names
@@ -25,6 +24,9 @@ log = logging.getLogger(__name__)
 
 _LAUNCHED = frozenset({JobState.SUBMITTING, JobState.RUNNING})
 COMMAND_NOT_FOUND = 127
+#: the longest resubmit delay sent as a message's countdown (a broker holds such a message
+#: unacknowledged until it is due); a longer one is left to reconciliation at `check_at`
+MAX_COUNTDOWN_S = 60.0
 
 
 class Finished(NamedTuple):
@@ -56,17 +58,35 @@ def finish(ctx: Context, completion: Completion, confirmed: bool = False) -> Fin
     # the process of a destination with job slots ended (a cancelled job's too, whose
     # finish records nothing): its slot is free, so the oldest waiting job may start
     wake = job.destination if job.destination in ctx.routing.limited else None
-    if JobState(job.state) not in _LAUNCHED:
-        # a cancelled job's process ended, or a finish that recorded the end died before it
-        # gave the places back (its message comes again): the places it held are free now
-        return Finished(None, wake, release(ctx, job) if JobState(job.state) in TERMINAL else [])
     job_dir = JobDir(Path(job.job_dir or ctx.settings.jobs_dir / job.id), job.token)
+    if JobState(job.state) not in _LAUNCHED:
+        return Finished(None, wake, _ended_before(ctx, job, job_dir, completion, confirmed))
+    if completion.external_id and job.external_id and completion.external_id != job.external_id:
+        # the end of another attempt (a resubmitted job's earlier one), heard late
+        event(log, "completion_of_another_attempt", level=logging.WARNING, job_id=job.id,
+              heard=completion.external_id, running=job.external_id)
+        return Finished(None, None)
     end = _evidence(job_dir, completion, confirmed)
     if end is None:
         ctx.store.recheck(job.id)
         event(log, "completion_unconfirmed", level=logging.WARNING, job_id=job.id, source=completion.source)
         return Finished(None, None)
     return _record(ctx, job, job_dir, completion, end, wake)
+
+
+def _ended_before(ctx: Context, job: Job, job_dir: JobDir, completion: Completion,
+                  confirmed: bool) -> list[tuple[str, str]]:
+    """A completion for a job past its launch: a finish that recorded the end but died
+    before the places came back (an older release, its message come again), or the end of
+    a cancelled job's process, which frees its places only with evidence (the job's own
+    exit code or its runner's end note): a bare message frees nothing, and the stop check
+    of reconciliation stays."""
+    state = JobState(job.state)
+    if state in (JobState.OK, JobState.ERROR):
+        return release(ctx, job)
+    if state is JobState.DELETED and job.limit_keys and _evidence(job_dir, completion, confirmed) is not None:
+        return release(ctx, job)
+    return []
 
 
 def _evidence(job_dir: JobDir, completion: Completion, confirmed: bool) -> EndNote | None:
@@ -83,6 +103,8 @@ def _evidence(job_dir: JobDir, completion: Completion, confirmed: bool) -> EndNo
 def _record(ctx: Context, job: Job, job_dir: JobDir, completion: Completion, end: EndNote,
             wake: str | None) -> Finished:
     stdout, stderr = job_dir.tail("stdout"), job_dir.tail("stderr")
+    if end.runner_state == "walltime_reached" and ctx.routing.global_walltime_binds(job.destination, job.walltime_s):
+        end = replace(end, runner_state="global_walltime_reached")
     state, reason = _verdict(job, job_dir, end, stderr)
     if end.runner_state is None and (too_large := _over_output_size(ctx, job, job_dir, end)) is not None:
         state, reason, end = JobState.ERROR, too_large, replace(end, runner_state="output_size_limit")
@@ -104,24 +126,35 @@ def _record(ctx: Context, job: Job, job_dir: JobDir, completion: Completion, end
         values["external_id"] = completion.external_id
     if job.running_at is None:
         values["running_at"] = job.updated_at  # it ended before its launch was recorded
-    moved = move(ctx, job.id, state, reason=reason, sources=_LAUNCHED, **values, **keep_checking(ctx, job))
+    moved, woken = move_giving_back(ctx, job, state, reason=reason, sources=_LAUNCHED, **values)
     if moved is None:
-        return Finished(None, None)
+        return _raced(ctx, job, wake)
     crash_point("finish", job.id)  # recorded, but the message not yet acknowledged
     event(log, "state_change", job_id=job.id, to=state, exit_code=end.exit_code, reason=reason,
           tool_id=job.tool_id, destination=job.destination)
-    return Finished(moved, wake, release(ctx, moved.job))
+    return Finished(moved, wake, woken)
+
+
+def _raced(ctx: Context, job: Job, wake: str | None) -> Finished:
+    """The end found the job moved on meanwhile (a cancel won): its process has ended all
+    the same, so its slot and places are free."""
+    now = ctx.store.job(job.id)
+    if now is None or JobState(now.state) not in TERMINAL:
+        return Finished(None, None)
+    return Finished(None, wake, release(ctx, now))
 
 
 def _resubmit(ctx: Context, job: Job, end: EndNote, reason: str | None) -> Finished | None:
     """If a resubmit rule of the job's destination matches how it ended: the job, with its
     id, back to NEW as its next attempt (on the rule's destination), this attempt kept in
-    its `attempts`; its chain is sent again after the rule's delay."""
+    its `attempts` and its places given back in the same transaction; its chain is sent
+    again after the rule's delay (a long delay is left to reconciliation, at `check_at`)."""
     destination = ctx.routing.destinations.get(job.destination)
     if destination is None or not destination.policy.resubmit:
         return None
     now = utcnow()
-    names = condition_names(end.runner_state, True, job.attempt, (now - job.created_at).total_seconds(),
+    since_queued = (now - (job.queued_at or job.created_at)).total_seconds()
+    names = condition_names(end.runner_state, end.exit_code, end.signal, job.attempt, since_queued,
                             (now - job.running_at).total_seconds() if job.running_at else 0.0)
     choice = choose(destination.policy.resubmit, names, job.destination)
     target = ctx.routing.destinations.get(choice.destination) if choice else None
@@ -135,26 +168,28 @@ def _resubmit(ctx: Context, job: Job, end: EndNote, reason: str | None) -> Finis
     }]
     why = (f"resubmitted to {target.name} (attempt {job.attempt + 1}) because {choice.rule}: "
            f"{reason or end.runner_state}")
-    moved = move(ctx, job.id, JobState.NEW, reason=why, sources=_LAUNCHED, destination=target.name,
-                 queue=target.queue, attempt=job.attempt + 1, attempts=attempts, token=new_token(), job_dir=None,
-                 external_id=None, owner=None, exit_code=None, signal=None, runner_state=None,
-                 check_at=now + timedelta(seconds=choice.delay_s + ctx.settings.check_after), checks=0)
+    later = choice.delay_s > MAX_COUNTDOWN_S
+    check_at = now + timedelta(seconds=choice.delay_s + (0 if later else ctx.settings.check_after))
+    moved, woken = move_giving_back(
+        ctx, job, JobState.NEW, reason=why, sources=_LAUNCHED, destination=target.name, queue=target.queue,
+        attempt=job.attempt + 1, attempts=attempts, token=new_token(), job_dir=None, external_id=None, owner=None,
+        exit_code=None, signal=None, runner_state=None, check_at=check_at, checks=0)
     if moved is None:
-        return Finished(None, None)
+        return _raced(ctx, job, None)
     event(log, "resubmitted", job_id=job.id, attempt=job.attempt + 1, destination=target.name, rule=choice.rule,
           delay_s=choice.delay_s)
-    return Finished(None, None, release(ctx, moved.job), moved.job, choice.delay_s)
+    return Finished(None, None, woken, None if later else moved.job, choice.delay_s)
 
 
 def _over_output_size(ctx: Context, job: Job, job_dir: JobDir, end: EndNote) -> str | None:
-    """Why the job is over its output_size limit, if it is: a file it wrote reached the
-    limit (Galaxy's check is per output file; the local runner's RLIMIT_FSIZE stops a file
-    at exactly the limit, so reaching it is the sign, whatever the job's shell did next),
-    or the job was ended by SIGXFSZ."""
+    """Why the job is over its output_size limit, if it is: a file it wrote is larger than
+    the limit (Galaxy's check, per output file; the local runner's RLIMIT_FSIZE stops a file
+    one byte past it, so that is the sign whatever the job's shell did next), or the job
+    was ended by SIGXFSZ."""
     limit = ctx.routing.output_size_bytes(job.destination)
     if limit is None:
         return None
-    found = job_dir.file_at_least(limit)
+    found = job_dir.file_larger_than(limit, first=job.outputs or ())
     if found is not None:
         path, size = found
         return (f"the job's output file {path!r} grew too large ({size} bytes; the output_size limit is "

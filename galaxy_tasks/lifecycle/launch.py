@@ -20,7 +20,7 @@ from galaxy_tasks.errors import RunnerError, RunnerFull
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.lifecycle import limits
 from galaxy_tasks.lifecycle.changes import move
-from galaxy_tasks.lifecycle.limits import keep_checking, release
+from galaxy_tasks.lifecycle.limits import move_giving_back
 from galaxy_tasks.lifecycle.prepare import launch_for
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job, utcnow
@@ -51,19 +51,24 @@ def launch(ctx: Context, job_id: str, runner_for: Callable[[str], Runner], owner
     job, passed_on = _claim(ctx, job_id, owner, ctx.settings.launch_lease)
     if job is None:
         return Launched(False, passed_on)
+    if job.destination not in ctx.routing.destinations:
+        why = f"destination {job.destination!r} is no longer configured"
+        _, woken = move_giving_back(ctx, job, JobState.ERROR, reason=why, sources=_SUBMITTING)
+        event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=why)
+        return Launched(False, woken)
     runner = runner_for(job.destination)
     try:
         external_id = runner.submit(launch_for(ctx, job))
         crash_point("launch", job_id)
     except RunnerFull as exc:
-        # back in line; the end of a running job of this destination wakes the next one
-        moved = move(ctx, job_id, JobState.QUEUED, sources=_SUBMITTING)
+        # back in line, holding no place; the end of a running job of this destination wakes it
+        _, woken = move_giving_back(ctx, job, JobState.QUEUED, sources=_SUBMITTING, waiting_on=None)
         event(log, "launch_deferred", job_id=job_id, destination=job.destination, reason=str(exc))
-        return Launched(False, release(ctx, moved.job) if moved else [])
+        return Launched(False, woken)
     except RunnerError as exc:
-        moved = move(ctx, job_id, JobState.ERROR, reason=str(exc), sources=_SUBMITTING, **keep_checking(ctx, job))
+        _, woken = move_giving_back(ctx, job, JobState.ERROR, reason=str(exc), sources=_SUBMITTING)
         event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
-        return Launched(False, release(ctx, moved.job) if moved else [])
+        return Launched(False, woken)
     if move(ctx, job_id, JobState.RUNNING, sources=_SUBMITTING, external_id=external_id):
         event(log, "state_change", job_id=job_id, to=JobState.RUNNING, external_id=external_id)
         return Launched(True, [])
@@ -88,7 +93,8 @@ def _claim(ctx: Context, job_id: str, owner: str | None, lease_s: float) -> tupl
         if JobState(waiting.state) in _WAITING:
             moved, passed_on = limits.claim(ctx, waiting, owner, lease_s)
     else:
-        moved = move(ctx, job_id, JobState.SUBMITTING, sources=_QUEUED, owner=owner,
+        # (LIMITED too: a job left waiting when the limits were taken out of the job_conf)
+        moved = move(ctx, job_id, JobState.SUBMITTING, sources=_WAITING, owner=owner,
                      check_at=utcnow() + timedelta(seconds=lease_s))
     if moved is not None:
         return moved.job, []

@@ -54,9 +54,9 @@ def overdue(ctx: Context, now: datetime | None = None) -> Plan:
 
     jobs = ctx.store.take_due(now, settings.reconcile_batch, delay)
     plan = _plan(ctx, jobs, now)
-    ctx.store.settle(plan.settled)
-    for job_id in plan.settled + plan.release:
+    for job_id in plan.settled + plan.release:  # places first: a crash after them leaves the row due
         plan.wake += given_back(ctx, job_id)
+    ctx.store.settle(plan.settled)
     if plan.size:
         event(log, "reconcile", overdue=len(jobs), prepare=len(plan.prepare), launch=len(plan.launch),
               check=sum(len(v) for v in plan.check.values()), stop=sum(len(v) for v in plan.stop.values()))
@@ -73,14 +73,19 @@ def unpublished(ctx: Context, now: datetime | None = None) -> list[Job]:
 def stopped(ctx: Context, job_ids: list[str]) -> list[tuple[str, str]]:
     """Cancelled jobs known to have nothing left running: no more looks at them, and the
     places they held are free (the jobs those release: (id, queue))."""
+    woken = [waiting for job_id in job_ids for waiting in given_back(ctx, job_id)]
     ctx.store.settle(job_ids)
-    return [waiting for job_id in job_ids for waiting in given_back(ctx, job_id)]
+    return woken
 
 
 def startup(ctx: Context) -> Plan:
     """Jobs the steps must drive again after a restart: the broker is transport, not
     storage, so every job not yet handed to a runner is re-sent (duplicates are no-ops)."""
-    return _plan(ctx, ctx.store.startup(), utcnow())
+    now = utcnow()
+    # a resubmission waiting out its rule's delay starts when the delay is over, not now
+    due = [j for j in ctx.store.startup()
+                   if not (j.state == JobState.NEW.value and j.attempt > 1 and j.check_at and j.check_at > now)]
+    return _plan(ctx, due, now)
 
 
 def held_by(ctx: Context, destinations: Iterable[str]) -> list[Tracked]:

@@ -127,7 +127,8 @@ class LocalRunner(Runner):
             else:
                 env["GT_RLIMIT_AS_KB"] = str(memory_mb * 1024)
         if launch.output_size_bytes:
-            env["GT_RLIMIT_FSIZE"] = str(max(1, -(-launch.output_size_bytes // 512)))
+            # one byte past the limit, so a file stopped by it is larger than the limit
+            env["GT_RLIMIT_FSIZE"] = str(-(-(launch.output_size_bytes + 1) // 512))
         return env, memory_mb
 
     def _end_at(self, when: float, pid: int, external_id: str, job_dir: JobDir) -> None:

@@ -45,8 +45,12 @@ class StoreBase:
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
-        """Several statements that must commit together."""
+        """Several statements that must commit together. On SQLite the transaction takes
+        the database's write lock at once (`BEGIN IMMEDIATE`): pysqlite would begin only at
+        the first write, and a read before it would see what another writer then changes."""
         with self.engine.begin() as connection:
+            if not self._pg:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
             yield connection
 
     def _statement(self, key: tuple[Any, ...], build: Callable[..., Executable], *args: Any) -> Executable:

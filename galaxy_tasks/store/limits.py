@@ -9,6 +9,7 @@ give a place back, and whoever gives one back then finds it: no wake-up is lost.
 """
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -17,9 +18,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+from galaxy_tasks.logs import event
 from galaxy_tasks.model import jobs, limit_usage
-from galaxy_tasks.states import TERMINAL, JobState
+from galaxy_tasks.states import JobState
 from galaxy_tasks.store.moves import Moved, Moves
+
+log = logging.getLogger(__name__)
 
 
 class Refused(NamedTuple):
@@ -54,63 +58,81 @@ class LimitPlaces(Moves):
 
         The job's row is locked before the counters, as when places are given back (one
         order, no deadlock). Places the job still holds (a give-back lost in a crash) are
-        not taken twice."""
+        not taken twice, and those it no longer needs, or all of them when it must wait, are
+        given back: a waiting job holds nothing. A job refused again on the key it already
+        waits on is left as it is (no new state change: reconciliation's backoff stands)."""
         with self._transaction() as connection:
-            query = select(jobs.c.state, jobs.c.limit_keys).where(jobs.c.id == job_id)
-            row = connection.execute(query.with_for_update() if self._pg else query).first()
+            row = self._lock_job(connection, job_id)
             if row is None or JobState(row.state) not in sources:
                 return None
-            held = set(row.limit_keys or ()) & set(keys)
-            usage = self._lock_counters(connection, keys)
+            held = set(row.limit_keys or ())
+            usage = self._lock_counters(connection, {**keys, **dict.fromkeys(held - set(keys), 0)})
             for key in sorted(keys):
                 if key not in held and usage[key] >= keys[key]:
+                    if held:
+                        self._give_back(connection, sorted(held))
+                    if row.state == JobState.LIMITED.value and row.waiting_on == key and not held:
+                        return Refused(key, usage[key], keys[key], None)
                     reason = f"waiting: {key} has {usage[key]} of {keys[key]} places taken"
                     moved = self.move(job_id, JobState.LIMITED, sources=sources, reason=reason, connection=connection,
-                                      waiting_on=key, check_at=limited_check_at, owner=None)
+                                      waiting_on=key, check_at=limited_check_at, owner=None, limit_keys=None)
                     return Refused(key, usage[key], keys[key], moved)
             moved = self.move(job_id, JobState.SUBMITTING, sources=sources, connection=connection,
                               limit_keys=sorted(keys) or None, waiting_on=None, check_at=check_at, **values)
+            if moved is None:
+                return None
+            self._give_back(connection, sorted(held - set(keys)))  # (its destination's limits changed)
             taken = [key for key in keys if key not in held]
-            if moved is None or not taken:
-                return moved  # (the counters it created, at 0, are harmless)
-            connection.execute(update(limit_usage).where(limit_usage.c.key.in_(taken))
-                               .values(used=limit_usage.c.used + 1))
+            if taken:
+                connection.execute(update(limit_usage).where(limit_usage.c.key.in_(taken))
+                                   .values(used=limit_usage.c.used + 1))
             return moved
+
+    def move_giving_back(self, job_id: str, target: JobState, *, sources: frozenset[JobState],
+                         reason: str | None = None, **values: Any) -> tuple[Moved | None, Released]:
+        """Move the job on and give back every place it holds, in one transaction: no crash
+        leaves a job that moved on (ended, resubmitted, back in line) holding places."""
+        with self._transaction() as connection:
+            row = self._lock_job(connection, job_id)
+            if row is None or JobState(row.state) not in sources:
+                return None, Released([], [])
+            keys = sorted(row.limit_keys or ())
+            moved = self.move(job_id, target, sources=sources, reason=reason, connection=connection,
+                              **{**values, "limit_keys": None})
+            if moved is None or not keys:
+                return moved, Released([], [])
+            self._lock_counters(connection, dict.fromkeys(keys, 0))
+            self._give_back(connection, keys)
+            return moved, Released(keys, [w for key in keys if (w := self._wake_oldest(connection, key)) is not None])
 
     def release_places(self, job_id: str) -> Released:
         """Give back the places the job holds (once: the first caller clears `limit_keys`),
-        and find who waits for each freed key."""
+        and wake the oldest job waiting on each freed key."""
         with self._transaction() as connection:
-            query = select(jobs.c.limit_keys, jobs.c.state).where(jobs.c.id == job_id)
-            row = connection.execute(query.with_for_update() if self._pg else query).first()
+            row = self._lock_job(connection, job_id)
             if row is None or not row.limit_keys:
                 return Released([], [])
-            taken = connection.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.limit_keys.is_not(None))
-                                       .values(limit_keys=None)).rowcount
-            if taken != 1:
-                return Released([], [])  # another caller gave them back a moment ago
-            keys = list(row.limit_keys)
+            keys = sorted(row.limit_keys)
+            connection.execute(update(jobs).where(jobs.c.id == job_id).values(limit_keys=None))
             self._lock_counters(connection, dict.fromkeys(keys, 0))
-            connection.execute(update(limit_usage).where(limit_usage.c.key.in_(keys), limit_usage.c.used > 0)
-                               .values(used=limit_usage.c.used - 1))
-            if JobState(row.state) in TERMINAL:
+            self._give_back(connection, keys)
+            if JobState(row.state) in (JobState.OK, JobState.ERROR):  # a cancelled job's stop is still checked
                 connection.execute(update(jobs).where(jobs.c.id == job_id).values(check_at=None))
-            woken = [moved for key in keys if (moved := self._wake_oldest(connection, key)) is not None]
-            return Released(keys, woken)
+            return Released(keys, [w for key in keys if (w := self._wake_oldest(connection, key)) is not None])
 
-    def wake_oldest(self, key: str) -> Moved | None:
-        """Wake the oldest job waiting on `key` (a woken job that another limit refused
-        passes its wake-up on)."""
+    def wake_oldest(self, key: str, why: str | None = None) -> Moved | None:
+        """Wake the oldest job waiting on `key` (a wake-up passed on: `why` begins the
+        reason, PASSED_ON)."""
         with self._transaction() as connection:
-            return self._wake_oldest(connection, key)
+            return self._wake_oldest(connection, key, why)
 
-    def _wake_oldest(self, connection: Connection, key: str) -> Moved | None:
+    def _wake_oldest(self, connection: Connection, key: str, why: str | None = None) -> Moved | None:
         query = _OLDEST_WAITING.with_for_update(skip_locked=True) if self._pg else _OLDEST_WAITING
         found = connection.execute(query, {"key": key}).first()
         if found is None:
             return None
         return self.move(found.id, JobState.QUEUED, sources=_LIMITED, connection=connection,
-                         reason=f"woken: a place under {key} was given back", stamp=False)
+                         reason=f"{why or 'woken'}: a place under {key} was given back", stamp=False)
 
     def limit_usage(self, keys: list[str]) -> dict[str, int]:
         """How many places are taken under each of these keys now."""
@@ -118,6 +140,21 @@ class LimitPlaces(Moves):
             found = dict(connection.execute(select(limit_usage.c.key, limit_usage.c.used)
                                             .where(limit_usage.c.key.in_(keys))).all())
         return {key: int(found.get(key, 0)) for key in keys}
+
+    def _lock_job(self, connection: Connection, job_id: str) -> Any:
+        query = select(jobs.c.state, jobs.c.limit_keys, jobs.c.waiting_on).where(jobs.c.id == job_id)
+        return connection.execute(query.with_for_update() if self._pg else query).first()
+
+    def _give_back(self, connection: Connection, keys: list[str]) -> None:
+        """One place under each key (the counters locked already). A counter already at 0
+        stays there and is logged: a place given back twice would let the limit be passed."""
+        if not keys:
+            return
+        done = connection.execute(update(limit_usage).where(limit_usage.c.key.in_(keys), limit_usage.c.used > 0)
+                                  .values(used=limit_usage.c.used - 1)).rowcount
+        if done != len(keys):
+            event(log, "limit_counter_at_zero", level=logging.ERROR, keys=",".join(keys),
+                  why="a place was given back that was not taken")
 
     def _lock_counters(self, connection: Connection, keys: dict[str, int]) -> dict[str, int]:
         """Create the counters that do not exist yet, lock all of them (in key order) and
@@ -136,6 +173,8 @@ class LimitPlaces(Moves):
 
 
 _LIMITED = frozenset({JobState.LIMITED})
+#: the reason of a job woken by a wake-up another job passed on (it passes nothing on itself)
+PASSED_ON = "woken (passed on)"
 _OLDEST_WAITING = (select(jobs.c.id, jobs.c.queue)
                    .where(and_(jobs.c.state == JobState.LIMITED.value, jobs.c.waiting_on == bindparam("key")))
                    .order_by(jobs.c.created_at).limit(1))

@@ -232,15 +232,15 @@ def test_the_end_of_a_slotted_job_wakes_its_destination_even_when_cancelled(ctx,
 
 def test_cancel_of_a_queued_job_needs_no_runner(ctx, stubs):
     job_id = queued(ctx)
-    before, stop = lifecycle.cancel(ctx, job_id)
+    before, stop, _ = lifecycle.cancel(ctx, job_id)
     assert before is S.QUEUED and stop is None and job(ctx, job_id).state == "deleted"
 
 
 def test_cancel_of_a_running_job_says_what_to_stop(ctx, stubs):
     job_id = running(ctx, stubs)
-    before, stop = lifecycle.cancel(ctx, job_id)
+    before, stop, _ = lifecycle.cancel(ctx, job_id)
     assert before is S.RUNNING and stop.tracked.external_id == f"stub-{job_id}" and stop.destination == "stub"
-    assert lifecycle.cancel(ctx, job_id) == (S.DELETED, None), "cancelling again changes nothing"
+    assert lifecycle.cancel(ctx, job_id) == (S.DELETED, None, []), "cancelling again changes nothing"
 
 
 # -- prepare ------------------------------------------------------------------------------

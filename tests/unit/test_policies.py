@@ -14,7 +14,7 @@ from galaxy_tasks.context import Context
 from galaxy_tasks.errors import ConfigError
 from galaxy_tasks.jobdir import JobDir
 from galaxy_tasks.model import Job
-from galaxy_tasks.policies import duration_s, size_bytes
+from galaxy_tasks.policies import condition_names, duration_s, size_bytes
 from galaxy_tasks.runners.stub import StubRunner
 from galaxy_tasks.spec import parse
 from galaxy_tasks.states import JobState
@@ -26,8 +26,14 @@ destinations:
   big:
     runner: stub
     tags: [cluster]
+    limits: [{type: walltime, value: '01:00:00'}]
     resubmit:
       - condition: walltime_reached
+        destination: longer
+  global_only:
+    runner: stub
+    resubmit:
+      - condition: walltime_reached or tool_detected_failure
         destination: longer
   longer:
     runner: stub
@@ -193,6 +199,52 @@ def test_a_walltime_kill_is_resubmitted_to_the_rules_destination_as_the_next_att
     assert history == ["new", "queued", "submitting", "running", "new", "queued", "submitting", "running", "ok"]
 
 
+def _walltime_end(ctx, stubs, job_id, destination):
+    ended = stubs[destination].end(job_id, signal=15, reason="the job reached its walltime and was stopped")
+    JobDir(Path(row(ctx, job_id).job_dir)).write_end_note(ended.note().__class__(
+        signal=15, reason="the job reached its walltime and was stopped", runner_state="walltime_reached"))
+    return lifecycle.finish(ctx, ended)
+
+
+def test_the_global_walltime_is_not_resubmitted_as_in_galaxy(ctx, stubs):
+    """Its destination has no walltime of its own: the global one stopped it, and no other
+    destination would give it more."""
+    job_id = queued(ctx, "alice", "global_only")
+    assert launch(ctx, stubs, job_id)
+    finished = _walltime_end(ctx, stubs, job_id, "global_only")
+    assert finished.resubmitted is None
+    assert (row(ctx, job_id).state, row(ctx, job_id).runner_state) == ("error", "global_walltime_reached")
+
+
+def test_a_tools_own_failure_is_tool_detected_not_unknown_error(ctx, stubs):
+    job_id = queued(ctx, "alice", "global_only")
+    assert launch(ctx, stubs, job_id)
+    finished = lifecycle.finish(ctx, stubs["global_only"].end(job_id, exit_code=2))
+    assert finished.resubmitted is not None and "tool_detected_failure" in finished.resubmitted.reason
+    names = condition_names(None, 2, None, 1, 0.0, 0.0)
+    assert names["tool_detected_failure"] and not names["unknown_error"]
+    assert condition_names(None, None, 9, 1, 0.0, 0.0)["unknown_error"], "killed, no exit code: unknown"
+
+
+def test_an_output_too_large_is_never_resubmitted(tmp_path):
+    (tmp_path / "job_conf.yml").write_text(
+        "destinations:\n  a:\n    runner: stub\n    limits: [{type: output_size, value: 100}]\n"
+        "    resubmit: [{destination: a}]\n")
+    settings = config.load({"GALAXY_TASKS_HOME": str(tmp_path), "GALAXY_TASKS_JOB_CONF": str(tmp_path / "job_conf.yml")})
+    schema.upgrade(settings.database_url)
+    store = Store(settings.database_url, settings.check_after)
+    ctx = Context(settings, store, routing.load(settings.job_conf))
+    stub = StubRunner(ctx.routing.destinations["a"].params, lambda c: None, destination="a")
+    try:
+        job_id = queued(ctx, "alice", "a")
+        assert lifecycle.launch(ctx, job_id, lambda _: stub, owner="o")
+        (Path(row(ctx, job_id).job_dir or "") / "working" / "big.dat").write_bytes(b"x" * 101)
+        finished = lifecycle.finish(ctx, stub.end(job_id, exit_code=0))
+        assert finished.resubmitted is None and row(ctx, job_id).runner_state == "output_size_limit"
+    finally:
+        store.dispose()
+
+
 def test_a_rule_that_does_not_match_lets_the_job_fail(ctx, stubs):
     job_id = queued(ctx, None, "big")
     assert launch(ctx, stubs, job_id)
@@ -249,10 +301,28 @@ def test_walltimes_in_galaxys_notation(text, seconds):
     assert duration_s(text) == seconds
 
 
-@pytest.mark.parametrize("text, size", [("10GB", 10 * 1024**3), ("512M", 512 * 1024**2), ("1.5 TB", int(1.5 * 1024**4)),
-                                        (1000, 1000)])
+@pytest.mark.parametrize("text, size", [("10GB", 10 * 10**9), ("512M", 512 * 10**6), ("1.5 TB", int(1.5 * 10**12)),
+                                        ("4 KiB", 4096), ("1MiB", 1024**2), (1000, 1000)])
 def test_sizes_in_galaxys_notation(text, size):
+    """Decimal, as galaxy.util.size_to_bytes reads them; `iB` for binary."""
     assert size_bytes(text) == size
+
+
+def test_a_user_limit_of_zero_is_no_limit_as_in_galaxy():
+    limits = routing.parse({"destinations": {"a": "local:///"},
+                            "limits": [{"type": "registered_user_concurrent_jobs", "value": 0},
+                                       {"type": "destination_total_concurrent_jobs", "id": "a", "value": 0}]}).limits
+    assert [limit.kind for limit in limits.concurrency] == ["destination_total_concurrent_jobs"]
+
+
+def test_an_expression_that_overflows_does_not_hold():
+    from galaxy_tasks.policies import ResubmitRule
+
+    huge = " * ".join(["999999999999"] * 27)  # 10^324: past the largest float
+    rule = ResubmitRule(expressions.parse(f"attempt / ({huge} * 1.0) > 1", frozenset({"attempt"})), None,
+                        expressions.parse(f"attempt * {huge} * 1.0", frozenset({"attempt"})))
+    assert rule.matches({"attempt": 1}) is False
+    assert rule.delay_s(1) == 86400.0
 
 
 # -- bad configuration, refused with its line -------------------------------------------
@@ -325,8 +395,8 @@ def test_route_explain_names_the_rule_the_limits_in_use_and_the_resubmit_path(ct
     assert "destination  big (runner stub" in out
     assert "limit        user:alice: 1 of 2 places taken" in out
     assert "limit        tag:cluster: 1 of 3 places taken" in out
-    assert "resubmit     if walltime_reached -> longer" in out
-    assert "walltime_s   7200" in out
+    assert "resubmit     on a failure, if walltime_reached -> longer (at most 10 attempts)" in out
+    assert "walltime_s   3600" in out, "the destination's own walltime, within the global one"
 
 
 def test_a_job_no_limit_applies_to_launches_beside_limited_ones(tmp_path):
