@@ -7,6 +7,7 @@ This module parses and decides; it keeps no state. Concurrency is counted in the
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -55,7 +56,7 @@ class ConcurrencyLimit:
     def key(self, user: str | None, destination: str, tags: Sequence[str]) -> str | None:
         """The counter a job of `user` on `destination` takes a place under, if any."""
         if self.kind == "registered_user_concurrent_jobs":
-            return f"user:{user}" if user else None
+            return bounded(f"user:{user}") if user else None
         if self.kind == "anonymous_user_concurrent_jobs":
             return "anonymous" if not user else None
         if self.destination is not None and self.destination != destination:
@@ -63,7 +64,15 @@ class ConcurrencyLimit:
         if self.tag is not None and self.tag not in tags:
             return None
         scope = f"destination:{destination}" if self.destination else f"tag:{self.tag}"
-        return f"{scope}:user:{user or '-'}" if self.kind == "destination_user_concurrent_jobs" else scope
+        return bounded(f"{scope}:user:{user or '-'}" if self.kind == "destination_user_concurrent_jobs" else scope)
+
+
+def bounded(key: str, most: int = 200) -> str:
+    """A counter key that fits its column: a long one (a long user name) keeps its start
+    and ends in a digest of the whole."""
+    if len(key) <= most:
+        return key
+    return f"{key[:most - 18]}#{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from galaxy_tasks.states import JobState
 
 log = logging.getLogger(__name__)
 
-_QUEUED = frozenset({JobState.QUEUED})
+#: how long after its walltime a running job is looked at by reconciliation
+WALLTIME_MARGIN_S = 30.0
 _WAITING = frozenset({JobState.QUEUED, JobState.LIMITED})
 _SUBMITTING = frozenset({JobState.SUBMITTING})
 
@@ -57,8 +58,9 @@ def launch(ctx: Context, job_id: str, runner_for: Callable[[str], Runner], owner
         event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=why)
         return Launched(False, woken)
     runner = runner_for(job.destination)
+    launch = launch_for(ctx, job)
     try:
-        external_id = runner.submit(launch_for(ctx, job))
+        external_id = runner.submit(launch)
         crash_point("launch", job_id)
     except RunnerFull as exc:
         # back in line, holding no place; the end of a running job of this destination wakes it
@@ -69,7 +71,11 @@ def launch(ctx: Context, job_id: str, runner_for: Callable[[str], Runner], owner
         _, woken = move_giving_back(ctx, job, JobState.ERROR, reason=str(exc), sources=_SUBMITTING)
         event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
         return Launched(False, woken)
-    if move(ctx, job_id, JobState.RUNNING, sources=_SUBMITTING, external_id=external_id):
+    # a job with a walltime is looked at soon after it, whichever process keeps its deadline
+    check_s = min(ctx.settings.check_after, launch.walltime_s + WALLTIME_MARGIN_S) if launch.walltime_s \
+        else ctx.settings.check_after
+    if move(ctx, job_id, JobState.RUNNING, sources=_SUBMITTING, external_id=external_id,
+            check_at=utcnow() + timedelta(seconds=check_s)):
         event(log, "state_change", job_id=job_id, to=JobState.RUNNING, external_id=external_id)
         return Launched(True, [])
     after = ctx.store.job(job_id)

@@ -124,4 +124,4 @@ def tracked(ctx: Context, job: Job) -> Tracked:
     """What a runner is asked about a job: from its row, never from a message."""
     return Tracked(job.id, job.external_id or "", Path(job.job_dir or ctx.settings.jobs_dir / job.id),
                    ctx.routing.walltime_s(job.destination, job.walltime_s),
-                   job.running_at.timestamp() if job.running_at else None)
+                   job.running_at.timestamp() if job.running_at else None, job.attempt)

@@ -123,6 +123,7 @@ class Tracked:
     job_dir: Path
     walltime_s: int | None = None
     running_since: float | None = None
+    attempt: int = 1
 
 
 Report = Callable[[Completion], None]

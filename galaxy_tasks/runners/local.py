@@ -48,6 +48,7 @@ class _Watched(NamedTuple):
     rss_floor: int
     external_id: str
     memory_mb: int | None = None  # the memory limit the job runs under (None: none)
+    cgroup: Path | None = None  # the job's memory cgroup, where it has one
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,16 @@ class LocalRunner(Runner):
     def submit(self, launch: Launch) -> str:
         job_dir = JobDir(launch.job_dir)
         claimed = job_dir.claimed_pid()
-        if claimed is not None:
-            self._follow(launch.job_id, job_dir, claimed)
-            return self._external_id(claimed)
+        if claimed is not None:  # a launch taken over: the job runs already
+            external_id = self._external_id(claimed)
+            self._follow(launch.job_id, job_dir, claimed, external_id, launch.attempt)
+            if launch.walltime_s:
+                self._end_at((_mtime(job_dir.claim_file) or time.time()) + launch.walltime_s, claimed, external_id,
+                             job_dir)
+            return external_id
         slot = self._take_slot()
         actions = _DEVNULL_ACTIONS if slot is None else [*_DEVNULL_ACTIONS, (os.POSIX_SPAWN_DUP2, slot, SLOT_FD)]
-        env, memory_mb = self._limits(launch)
+        env, memory_mb, cgroup = self._limits(launch)
         try:
             pid = os.posix_spawn(
                 "/bin/sh", ["/bin/sh", str(launch.script)], env,
@@ -109,18 +114,20 @@ class LocalRunner(Runner):
         floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         external_id = self._external_id(pid)
         started = time.time()
-        self._watch(pid, _Watched(launch.job_id, job_dir, started, floor, external_id, memory_mb), child=True)
+        self._watch(pid, _Watched(launch.job_id, job_dir, started, floor, external_id, memory_mb, cgroup), child=True)
         if launch.walltime_s:
             self._end_at(started + launch.walltime_s, pid, external_id, job_dir)
         return external_id
 
-    def _limits(self, launch: Launch) -> tuple[dict[str, str], int | None]:
-        """The job script's environment with the limits it applies to itself, and the
-        memory limit it runs under."""
+    def _limits(self, launch: Launch) -> tuple[dict[str, str], int | None, Path | None]:
+        """The job script's environment with the limits it applies to itself, the memory
+        limit it runs under, and its memory cgroup (one per attempt: an earlier attempt's
+        count of OOM kills is not this one's)."""
         env = script_environment()
         memory_mb = launch.memory_mb if self.params.memory_limit != "off" else None
+        cgroup = None
         if memory_mb:
-            cgroup = self._cgroups.create(_cgroup_name(launch.job_id), memory_mb * 1024 * 1024) \
+            cgroup = self._cgroups.create(_cgroup_name(launch.job_id, launch.attempt), memory_mb * 1024 * 1024) \
                 if self.params.memory_limit != "rlimit" else None
             if cgroup is not None:
                 env["GT_CGROUP"] = str(cgroup)
@@ -129,7 +136,7 @@ class LocalRunner(Runner):
         if launch.output_size_bytes:
             # one byte past the limit, so a file stopped by it is larger than the limit
             env["GT_RLIMIT_FSIZE"] = str(-(-(launch.output_size_bytes + 1) // 512))
-        return env, memory_mb
+        return env, memory_mb, cgroup
 
     def _end_at(self, when: float, pid: int, external_id: str, job_dir: JobDir) -> None:
         """At its walltime, the job is stopped (as a cancel stops it) and its end says why."""
@@ -206,7 +213,7 @@ class LocalRunner(Runner):
                 claimed = job_dir.claimed_pid()
                 followed = claimed or pid
                 external_id = job.external_id if claimed in (None, pid) else self._external_id(followed)
-                self._follow(job.job_id, job_dir, followed, external_id)
+                self._follow(job.job_id, job_dir, followed, external_id, job.attempt)
                 if job.walltime_s and job.running_since:  # its walltime goes on from when it started
                     self._end_at(job.running_since + job.walltime_s, followed, external_id, job_dir)
 
@@ -247,9 +254,15 @@ class LocalRunner(Runner):
         if host != self.host:
             return None
         claimed = job_dir.claimed_pid()
-        if claimed is not None and _alive(claimed):
-            return None
-        if claimed is None and _alive(pid):
+        alive = claimed if claimed is not None and _alive(claimed) else pid if claimed is None and _alive(pid) else None
+        if alive is not None:
+            overdue = job.running_since + job.walltime_s + self.kill_grace_s + 10 if job.walltime_s \
+                and job.running_since else None
+            if overdue is not None and time.time() > overdue:
+                # past its walltime, and the process that kept its deadline is gone: stop it here
+                external_id = self._external_id(alive)
+                self._follow(job.job_id, job_dir, alive, external_id, job.attempt)
+                self._end_at(time.time(), alive, external_id, job_dir)
             return None
         return Completion(
             job.job_id,
@@ -258,9 +271,11 @@ class LocalRunner(Runner):
             source="reconcile",
         )
 
-    def _follow(self, job_id: str, job_dir: JobDir, pid: int, external_id: str | None = None) -> None:
+    def _follow(self, job_id: str, job_dir: JobDir, pid: int, external_id: str | None = None,
+                attempt: int = 1) -> None:
+        cgroup = self._cgroups.parent / _cgroup_name(job_id, attempt) if self._cgroups.parent is not None else None
         tag = _Watched(job_id, job_dir, _mtime(job_dir.claim_file) or time.time(), 0,
-                       external_id or self._external_id(pid))
+                       external_id or self._external_id(pid), None, cgroup)
         if not self._watch(pid, tag, child=False):
             self._on_exit(Exit(pid, None, None, time.time()), tag)
 
@@ -279,7 +294,7 @@ class LocalRunner(Runner):
         return watcher.watch(pid, tag, child=child)
 
     def _on_exit(self, exit: Exit, tag: object) -> None:
-        job_id, job_dir, started, rss_floor, external_id, memory_mb = cast(_Watched, tag)
+        job_id, job_dir, started, rss_floor, external_id, memory_mb, cgroup = cast(_Watched, tag)
         with self._lock:
             self._watching.discard(exit.pid)
             out_of_time = exit.pid in self._walltime_killed
@@ -288,6 +303,7 @@ class LocalRunner(Runner):
             claimed = _wait_for_claim(job_dir)
             if claimed not in (None, exit.pid):
                 self._follow(job_id, job_dir, claimed)  # a duplicate copy stood down
+                # (its cgroup, if any, is the one the running copy joined: named by the same attempt)
                 return
         recorded = job_dir.recorded_exit_code()
         reason = runner_state = None
@@ -295,11 +311,11 @@ class LocalRunner(Runner):
             reason = f"killed by signal {signal_name(exit.signal)}"
         elif recorded is None and exit.exit_code is None:
             reason = "the job process ended without recording an exit code"
-        cgroup = self._cgroups.parent / _cgroup_name(job_id) if self._cgroups.parent is not None else None
+        limit = f" ({memory_mb} MB)" if memory_mb else ""
         if out_of_time:
             runner_state, reason = "walltime_reached", "the job reached its walltime and was stopped"
         elif cgroup is not None and cgroup.exists() and memlimit.Cgroups.oom_killed(cgroup):
-            runner_state, reason = "memory_limit_reached", f"the job reached its memory limit ({memory_mb} MB)"
+            runner_state, reason = "memory_limit_reached", f"the job reached its memory limit{limit}"
         elif memory_mb and recorded not in (None, 0) and memlimit.said_out_of_memory(job_dir.tail("stderr", 8192)):
             runner_state, reason = "memory_limit_reached", f"the job ran out of memory (limit {memory_mb} MB)"
         if cgroup is not None and cgroup.exists():
@@ -320,8 +336,18 @@ class LocalRunner(Runner):
         )
 
     def _kill_hard(self, pid: int, started: int | None, job_dir: JobDir) -> None:
-        # the script may be gone while children that ignored SIGTERM live on in its group
-        if self._is_the_jobs(pid, started, job_dir):
+        """SIGKILL for the group SIGTERM was sent to (checked then to be the job's), if it is
+        still that group: the job's directory may have been taken by its next attempt since,
+        so the claim is not asked again. The script may be gone while children that ignored
+        SIGTERM live on in its group."""
+        if pid <= 1 or pid in (os.getpid(), os.getppid(), os.getpgrp()):
+            return
+        now = _start_time(pid)
+        if now is None:  # the leader is gone; while its group lives its pid cannot be reused
+            same = _group_alive(pid)
+        else:
+            same = started is not None and now == started and _group_alive(pid)
+        if same:
             _killpg(pid, signal.SIGKILL)
 
     @staticmethod
@@ -369,8 +395,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _cgroup_name(job_id: str) -> str:
-    return f"galaxy-tasks-{job_id}"
+def _cgroup_name(job_id: str, attempt: int = 1) -> str:
+    return f"galaxy-tasks-{job_id}" if attempt <= 1 else f"galaxy-tasks-{job_id}.a{attempt}"
 
 
 def _start_time(pid: int) -> int | None:

@@ -50,12 +50,14 @@ class StubRunner(Runner):
                 error = RunnerFull(f"all {self.params.slots} stub slots are taken")
             if error is not None:
                 raise error
-            if launch.job_id not in self.running and launch.job_id not in self.finished:
+            ended = self.finished.get(launch.job_id)
+            if launch.job_id not in self.running and (
+                    ended is None or ended.external_id != self.external_id(launch.job_id, launch.attempt)):
                 self.running[launch.job_id] = launch
                 self.starts[launch.job_id] = self.starts.get(launch.job_id, 0) + 1
         if self.during_submit is not None:
             self.during_submit(launch)
-        return self.external_id(launch.job_id)
+        return self.external_id(launch.job_id, launch.attempt)
 
     def has_room(self) -> bool:
         with self._lock:
@@ -80,10 +82,10 @@ class StubRunner(Runner):
         """The job's "process" ended: written down in its job directory, as a real runner
         does, and reported (unless `report` is False: an event lost on the way, for
         reconciliation to find)."""
-        completion = Completion(job_id, exit_code=exit_code, signal=signal, reason=reason,
-                                external_id=self.external_id(job_id))
         with self._lock:
             launch = self.running.pop(job_id, None)
+            completion = Completion(job_id, exit_code=exit_code, signal=signal, reason=reason,
+                                    external_id=self.external_id(job_id, launch.attempt if launch else 1))
             self.finished[job_id] = completion
         if launch is not None:
             JobDir(launch.job_dir).write_end_note(completion.note())
@@ -92,8 +94,8 @@ class StubRunner(Runner):
         return completion
 
     @staticmethod
-    def external_id(job_id: str) -> str:
-        return f"stub-{job_id}"
+    def external_id(job_id: str, attempt: int = 1) -> str:
+        return f"stub-{job_id}" if attempt <= 1 else f"stub-{job_id}.a{attempt}"
 
     def _has_room(self) -> bool:
         return self.params.slots is None or len(self.running) < self.params.slots

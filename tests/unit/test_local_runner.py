@@ -545,3 +545,56 @@ def test_cancel_never_signals_the_workers_own_process_group(tmp_path, runner):
     job_dir = JobDir(launch.job_dir)
     job_dir.claim_file.write_text(f"{os.getpgrp()} {job_dir.own_token()}\n")
     runner.cancel(Tracked(launch.job_id, f"{HOST}:{os.getpgrp()}", launch.job_dir))  # this test survives it
+
+
+# -- walltime ------------------------------------------------------------------------------
+
+
+def test_walltime_stops_even_children_that_ignore_sigterm_after_the_directory_is_taken(
+        tmp_path, runner, reports, subreaper):
+    """At its walltime the job is stopped; the kill that follows SIGTERM must not depend on
+    the job's directory, which the next attempt of a resubmitted job may already have
+    taken (rewritten at the same path) within the grace period."""
+    launch = prepared(tmp_path, "trap '' TERM; sleep 100 & sleep 100; wait")
+    launch = Launch(**{**launch.__dict__, "walltime_s": 1})
+    external_id = runner.submit(launch)
+    pgid = pid_of(external_id)
+    wait_until(lambda: len(live(pgid)) >= 3, 10, "the job's processes to start")
+    done = reports.wait_for("job1", timeout=10)
+    assert done.runner_state == "walltime_reached"
+    again = prepared(tmp_path, "sleep 1", "job1")  # the next attempt's directory, at the same path
+    assert JobDir(again.job_dir).claimed_pid() is None
+    wait_until(lambda: not live(pgid), 5, "every process of the first attempt's group to die")
+
+
+def test_a_launch_taken_over_keeps_the_jobs_walltime(tmp_path, reports, groups):
+    """A second runner (another pool process) takes over a launch whose job already runs:
+    the walltime still holds, counted from when the job started."""
+    first = LocalRunner({"kill_grace_s": 0.5}, lambda c: None)
+    second = LocalRunner({"kill_grace_s": 0.5}, reports)
+    try:
+        launch = prepared(tmp_path, "sleep 100")
+        groups.append(pid_of(first.submit(launch)))  # no walltime: its deadline keeper is lost
+        wait_claimed(launch)
+        second.submit(Launch(**{**launch.__dict__, "walltime_s": 1}))
+        assert reports.wait_for("job1", timeout=10).runner_state == "walltime_reached"
+    finally:
+        first.close()
+        second.close()
+
+
+def test_reconciliation_stops_a_job_past_its_walltime_that_nobody_stopped(tmp_path, reports, groups):
+    first = LocalRunner({"kill_grace_s": 0.5}, lambda c: None)
+    second = LocalRunner({"kill_grace_s": 0.5}, reports)
+    try:
+        launch = prepared(tmp_path, "sleep 100")
+        external_id = first.submit(launch)
+        groups.append(pid_of(external_id))
+        wait_claimed(launch)
+        long_ago = time.time() - 100
+        looked = Tracked(launch.job_id, external_id, launch.job_dir, walltime_s=5, running_since=long_ago)
+        assert second.status([looked]) == {"job1": None}, "still running when looked at"
+        assert reports.wait_for("job1", timeout=10).runner_state == "walltime_reached"
+    finally:
+        first.close()
+        second.close()

@@ -15,6 +15,7 @@ from galaxy_tasks.errors import ConfigError
 from galaxy_tasks.jobdir import JobDir
 from galaxy_tasks.model import Job
 from galaxy_tasks.policies import condition_names, duration_s, size_bytes
+from galaxy_tasks.runners.base import Completion
 from galaxy_tasks.runners.stub import StubRunner
 from galaxy_tasks.spec import parse
 from galaxy_tasks.states import JobState
@@ -136,12 +137,126 @@ def test_limits_of_a_user_a_tag_and_anonymous_apply_together(ctx, stubs):
 def test_places_are_given_back_exactly_once_whatever_ends_a_job(ctx, stubs):
     ids = [queued(ctx, "alice") for _ in range(2)]
     assert all(launch(ctx, stubs, job_id) for job_id in ids)
+    usage = lambda: ctx.store.limit_usage(["user:alice"])["user:alice"]  # noqa: E731
+    assert usage() == 2
     completion = stubs["small"].end(ids[0], exit_code=0)
     lifecycle.finish(ctx, completion)
+    assert usage() == 1
     lifecycle.finish(ctx, completion)  # a duplicate end gives nothing back twice
+    assert usage() == 1
     lifecycle.cancel(ctx, ids[1])
-    lifecycle.finish(ctx, stubs["small"].end(ids[1], signal=15))  # the cancelled job's process ended
-    assert ctx.store.limit_usage(["user:alice"]) == {"user:alice": 0}
+    assert usage() == 1, "a cancelled job holds its place until its process has ended"
+    lifecycle.finish(ctx, Completion(ids[1], signal=15))  # a bare message is no evidence of that
+    assert usage() == 1
+    lifecycle.finish(ctx, stubs["small"].end(ids[1], signal=15))  # its runner saw the process end
+    assert usage() == 0
+    lifecycle.finish(ctx, stubs["small"].end(ids[1], signal=15))
+    assert usage() == 0
+
+
+def test_a_place_given_back_by_two_at_once_is_given_back_once(ctx, stubs):
+    """(SQLite: a transaction takes the write lock at once; PostgreSQL: the row is locked.)"""
+    for trial in range(20):
+        holder, ended = queued(ctx, f"u{trial}", "plain"), queued(ctx, f"u{trial}", "plain")
+        assert launch(ctx, stubs, holder) and launch(ctx, stubs, ended)
+        ctx.store.move(ended, JobState.OK, sources=frozenset({JobState.RUNNING}))  # as a finish that died
+        barrier = threading.Barrier(2)
+
+        def give_back() -> None:
+            barrier.wait()
+            ctx.store.release_places(ended)
+
+        threads = [threading.Thread(target=give_back) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert ctx.store.limit_usage([f"user:u{trial}"]) == {f"user:u{trial}": 1}, f"trial {trial}"
+
+
+def test_one_end_launches_a_bounded_number_of_jobs_however_many_wait(tmp_path):
+    """40 of alice's jobs wait on her limit. One of hers ends, but before the one it woke
+    launches, a newcomer takes the destination's last place: the woken job, refused, passes
+    its wake-up on once, and the chain stops there instead of running down the queue."""
+    (tmp_path / "job_conf.yml").write_text(
+        "destinations:\n  d: {runner: stub}\nlimits:\n  - {type: registered_user_concurrent_jobs, value: 2}\n"
+        "  - {type: destination_total_concurrent_jobs, id: d, value: 3}\n")
+    settings = config.load({"GALAXY_TASKS_HOME": str(tmp_path), "GALAXY_TASKS_JOB_CONF": str(tmp_path / "job_conf.yml")})
+    schema.upgrade(settings.database_url)
+    store = Store(settings.database_url, settings.check_after)
+    ctx = Context(settings, store, routing.load(settings.job_conf))
+    stub = StubRunner(ctx.routing.destinations["d"].params, lambda c: None, destination="d")
+
+    def start(job_id: str) -> lifecycle.Launched:
+        return lifecycle.launch(ctx, job_id, lambda _: stub, owner=f"m-{job_id}-{len(stub.starts)}")
+
+    try:
+        alice = [queued(ctx, "alice", "d") for _ in range(42)]
+        assert start(alice[0]) and start(alice[1])
+        assert not any(start(job_id) for job_id in alice[2:])
+        assert {row(ctx, job_id).waiting_on for job_id in alice[2:]} == {"user:alice"}
+        bob = queued(ctx, "bob", "d")
+        assert start(bob)  # d: 3 of 3
+        woken = lifecycle.finish(ctx, stub.end(alice[0], exit_code=0)).waiting  # d: 2 of 3, alice: 1 of 2
+        assert [job_id for job_id, _ in woken] == [alice[2]]
+        assert start(queued(ctx, "cy", "d"))  # the newcomer: d 3 of 3
+        launches, sent = 0, woken
+        while sent and launches < 50:
+            following = []
+            for job_id, _queue in sent:
+                launches += 1
+                following += start(job_id).wake
+            sent = following
+        assert launches == 2, "the woken job, and the one it passed its wake-up on to"
+        assert sum(row(ctx, job_id).state == "limited" for job_id in alice) == 40
+    finally:
+        store.dispose()
+
+
+def test_a_job_refused_again_on_the_key_it_waits_on_records_no_new_change(ctx, stubs):
+    ids = [queued(ctx, "alice") for _ in range(3)]
+    assert launch(ctx, stubs, ids[0]) and launch(ctx, stubs, ids[1]) and not launch(ctx, stubs, ids[2])
+    before = len(ctx.store.history(ids[2]))
+    assert not launch(ctx, stubs, ids[2])  # reconciliation's look, with the limit still full
+    assert len(ctx.store.history(ids[2])) == before and row(ctx, ids[2]).state == "limited"
+
+
+def test_a_woken_job_cancelled_before_its_launch_passes_the_wake_up_on(ctx, stubs):
+    ids = [queued(ctx, "alice") for _ in range(4)]
+    assert launch(ctx, stubs, ids[0]) and launch(ctx, stubs, ids[1])
+    assert not launch(ctx, stubs, ids[2]) and not launch(ctx, stubs, ids[3])
+    finished = lifecycle.finish(ctx, stubs["small"].end(ids[0], exit_code=0))
+    assert [job_id for job_id, _ in finished.waiting] == [ids[2]]
+    cancelled = lifecycle.cancel(ctx, ids[2])
+    assert [job_id for job_id, _ in cancelled.woken] == [ids[3]]
+    assert launch(ctx, stubs, ids[3])
+
+
+def test_a_late_end_of_the_earlier_attempt_is_not_taken_for_this_ones(ctx, stubs):
+    job_id = queued(ctx, "alice", "big")
+    assert launch(ctx, stubs, job_id)
+    first = row(ctx, job_id).external_id
+    assert _walltime_end(ctx, stubs, job_id, "big").resubmitted is not None
+    assert lifecycle.prepare(ctx, job_id) and launch(ctx, stubs, job_id)
+    late = Completion(job_id, exit_code=1, external_id=first)
+    assert lifecycle.finish(ctx, late, confirmed=True).moved is None
+    assert row(ctx, job_id).state == "running" and row(ctx, job_id).attempt == 2
+
+
+def test_jobs_left_limited_launch_once_the_limits_are_gone(ctx, stubs, tmp_path):
+    ids = [queued(ctx, "alice") for _ in range(3)]
+    assert launch(ctx, stubs, ids[0]) and launch(ctx, stubs, ids[1]) and not launch(ctx, stubs, ids[2])
+    unlimited = Context(ctx.settings, ctx.store, routing.parse({"destinations": {"small": {"runner": "stub"}}}))
+    assert lifecycle.launch(unlimited, ids[2], stubs.__getitem__, owner="after")
+
+
+def test_a_launch_for_a_destination_no_longer_configured_ends_the_job(ctx, stubs):
+    job_id = queued(ctx, "alice", "plain")
+    gone = Context(ctx.settings, ctx.store, routing.parse({"destinations": {"small": {"runner": "stub"}},
+                                                           "limits": [{"type": "registered_user_concurrent_jobs",
+                                                                       "value": 2}]}))
+    assert not lifecycle.launch(gone, job_id, stubs.__getitem__, owner="o")
+    assert row(ctx, job_id).state == "error" and "no longer configured" in (row(ctx, job_id).reason or "")
 
 
 def test_the_limit_holds_exactly_with_threads_racing(ctx, stubs):
