@@ -155,12 +155,18 @@ class Runner(ABC):
         self.destination = destination or self.name
         self.host = host
 
-    def ended(self, completion: Completion, job_dir: Path) -> None:
+    def ended(self, completion: Completion, job_dir: Path, token: str | None = None) -> None:
         """Report a job's end this runner saw, first writing it down in the job directory
         (`ended`): the finish step takes a job's end only from what is in its directory, so
-        a message that merely claims an end (forged, or early) changes nothing."""
+        a message that merely claims an end (forged, or early) changes nothing. `token`: the
+        directory's token when the runner started the job; the note carries it, so a late
+        note of an earlier attempt is never taken for the next one's, which has another."""
         try:
-            JobDir(job_dir).write_end_note(completion.note())
+            if token is not None and JobDir(job_dir).own_token() != token:
+                log.warning("the directory of job %s now belongs to another attempt: its end is not noted there",
+                            completion.job_id)
+            else:
+                JobDir(job_dir, token).write_end_note(completion.note())
         except OSError as exc:  # the exit code job.sh recorded may still say it; else reconciliation
             log.warning("cannot write the end note of job %s: %s", completion.job_id, exc)
         self.report(completion)

@@ -49,6 +49,7 @@ class _Watched(NamedTuple):
     external_id: str
     memory_mb: int | None = None  # the memory limit the job runs under (None: none)
     cgroup: Path | None = None  # the job's memory cgroup, where it has one
+    token: str | None = None  # the job directory's token when the job was started or followed
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,8 @@ class LocalRunner(Runner):
         floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         external_id = self._external_id(pid)
         started = time.time()
-        self._watch(pid, _Watched(launch.job_id, job_dir, started, floor, external_id, memory_mb, cgroup), child=True)
+        self._watch(pid, _Watched(launch.job_id, job_dir, started, floor, external_id, memory_mb, cgroup,
+                                  job_dir.own_token()), child=True)
         if launch.walltime_s:
             self._end_at(started + launch.walltime_s, pid, external_id, job_dir)
         return external_id
@@ -275,7 +277,7 @@ class LocalRunner(Runner):
                 attempt: int = 1) -> None:
         cgroup = self._cgroups.parent / _cgroup_name(job_id, attempt) if self._cgroups.parent is not None else None
         tag = _Watched(job_id, job_dir, _mtime(job_dir.claim_file) or time.time(), 0,
-                       external_id or self._external_id(pid), None, cgroup)
+                       external_id or self._external_id(pid), None, cgroup, job_dir.own_token())
         if not self._watch(pid, tag, child=False):
             self._on_exit(Exit(pid, None, None, time.time()), tag)
 
@@ -294,7 +296,7 @@ class LocalRunner(Runner):
         return watcher.watch(pid, tag, child=child)
 
     def _on_exit(self, exit: Exit, tag: object) -> None:
-        job_id, job_dir, started, rss_floor, external_id, memory_mb, cgroup = cast(_Watched, tag)
+        job_id, job_dir, started, rss_floor, external_id, memory_mb, cgroup, token = cast(_Watched, tag)
         with self._lock:
             self._watching.discard(exit.pid)
             out_of_time = exit.pid in self._walltime_killed
@@ -333,6 +335,7 @@ class LocalRunner(Runner):
                 external_id=external_id,
             ),
             job_dir.root,
+            token,
         )
 
     def _kill_hard(self, pid: int, started: int | None, job_dir: JobDir) -> None:
