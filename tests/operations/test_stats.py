@@ -65,7 +65,7 @@ def test_stats_by_tool_destination_user(store):
     fill(store)
     result = stats(store, NOW - timedelta(hours=24), ["tool"], until=NOW)
     assert result["jobs"] == 7
-    assert result["states"] == {"new": 1, "queued": 0, "submitting": 0, "running": 1, "ok": 3, "error": 1,
+    assert result["states"] == {"new": 1, "queued": 0, "limited": 0, "submitting": 0, "running": 1, "ok": 3, "error": 1,
                                 "deleted": 1}
     bwa, cat = result["groups"]
     assert (bwa["tool"], bwa["jobs"], bwa["ok"], bwa["error"], bwa["active"], bwa["users"]) == ("bwa_mem", 4, 2, 1, 1, 2)
