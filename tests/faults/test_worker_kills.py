@@ -96,7 +96,9 @@ def test_lost_completion_event_is_found_by_reconciliation(make_deployment, tmp_p
     ended = exit_file.stat().st_mtime
     [job] = deployment.wait_terminal([job_id], timeout=60)
     found_after = job.finished_at.timestamp() - ended
-    assert "event=reconcile_check" in deployment.logs()
+    # the check logs its line after it has recorded the end: wait for it, do not race it
+    deployment.wait_until(lambda: "event=reconcile_check" in deployment.logs(), timeout=10,
+                          what="reconciliation's check in the worker's log")
     assert found_after < 15, f"reconciliation took {found_after:.1f} s"
     assert_exactly_once(deployment, [job_id], ledger, "lost completion event",
                         extra=f"found_after_s={found_after:.1f} (interval 1 s, check_after 2 s)")
