@@ -10,15 +10,11 @@ from typing import Iterator
 import pytest
 import redis
 
-from galaxy_tasks.spec import FIELDS
 from tests.galaxy.api import GalaxyApi
 from tests.galaxy.server import GalaxyServer, ensure_venv
 from tests.support.deployment import Deployment
 from tests.support.redis_server import RedisServer
 from tests.support.services import require, unavailable
-
-#: galaxy-tasks accepts the spec's `events` field (the job-event feature is live)
-EVENTS = "events" in FIELDS
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +39,7 @@ def galaxy_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
 def galaxy(galaxy_venv: Path, galaxy_broker: RedisServer,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[GalaxyServer]:
     """A running Galaxy; a test may kill it and start it again on the same data."""
-    server = GalaxyServer(galaxy_venv, tmp_path_factory.mktemp("galaxy"), galaxy_broker.url, events=EVENTS)
+    server = GalaxyServer(galaxy_venv, tmp_path_factory.mktemp("galaxy"), galaxy_broker.url)
     try:
         server.start()
     except (RuntimeError, TimeoutError) as exc:

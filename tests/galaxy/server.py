@@ -74,10 +74,9 @@ def tool_xml(tool_id: str, command: str) -> str:
 
 
 class GalaxyServer:
-    def __init__(self, venv: Path, root: Path, broker_url: str, *, events: bool = False,
+    def __init__(self, venv: Path, root: Path, broker_url: str, *,
                  galaxy_options: Mapping[str, Any] | None = None) -> None:
         self.venv = venv
-        self.events = events
         self.root = root
         self.broker_url = broker_url
         self.port = free_port()
@@ -116,7 +115,6 @@ class GalaxyServer:
                 workers: 2
                 broker_url: {self.broker_url}
                 stats_file: {self.stats_file}
-                events: {"true" if self.events else "false"}
               gt_contract:
                 load: galaxy_tasks.galaxy.runner:GalaxyTasksJobRunner
                 workers: 1

@@ -1,12 +1,11 @@
 """Galaxy's side of the job-event contract, against a real Galaxy, with the test in
 galaxy-tasks' place.
 
-Until galaxy-tasks publishes job events (being built on main), the test plays its part of
-the written contract: it takes the plugin's `submit_job` message off the steps queue, runs
-the job's command as a galaxy-tasks runner would, and publishes the job events (plain JSON,
+The test plays galaxy-tasks' part of the written contract, so Galaxy's side is checked on
+its own: it takes the plugin's `submit_job` message off the steps queue, runs the job's
+command as a galaxy-tasks runner would, and publishes the job events (plain JSON,
 default exchange, routing key = the events queue). Galaxy's real finish and fail paths do
-the rest. The tests in test_galaxy.py that need events cover the real publisher once it
-is live.
+the rest. test_galaxy.py covers the same with the real publisher.
 """
 from __future__ import annotations
 
