@@ -1,5 +1,5 @@
 """Galaxy's own figures with and without galaxy-tasks, from one run of one real Galaxy (its
-Celery worker up) and one real galaxy-tasks deployment (PostgreSQL, a worker of the steps
+Celery worker up, PostgreSQL) and one real galaxy-tasks deployment (PostgreSQL, a worker of the steps
 and local queues) on a Redis of its own:
 
 - submit -> ok of the trivial tool, one job at a time (median of N), on Galaxy's local
@@ -78,7 +78,7 @@ def wait_states(user: GalaxyApi, job_ids: list[str], wanted: set[str], timeout: 
 def handler_cpu(galaxy: GalaxyServer, user: GalaxyApi, history: str, dataset: str, tool: str, burst: int,
                 window: float) -> float:
     """Galaxy's CPU seconds over `window` while `burst` jobs of the tool run; then cancels them."""
-    with ThreadPoolExecutor(8) as pool:
+    with ThreadPoolExecutor(4) as pool:
         job_ids = [job_id for job_id, _ in pool.map(lambda _: user.run_tool(history, tool, dataset), range(burst))]
     try:
         wait_states(user, job_ids, {"running"}, timeout=540)
@@ -110,11 +110,14 @@ def main() -> None:
     venv = ensure_venv()
     scratch = Path(tempfile.mkdtemp(prefix="galaxy-measure-"))
     redis_server = RedisServer(scratch).start()
-    database = create_database()
+    database, galaxy_database = create_database(), create_database()
     (scratch / "tasks").mkdir()
     tasks = Deployment(scratch / "tasks", database, redis_server.url)
+    # PostgreSQL for Galaxy too: SQLite refuses Galaxy's concurrent writes ("database is locked")
+    options = {**celery_options(redis_server.url, metadata_strategy="directory"),
+               "database_connection": galaxy_database}
     galaxy = GalaxyServer(venv, scratch / "galaxy", redis_server.url, local_workers=max(2, args.burst),
-                          galaxy_options=celery_options(redis_server.url, metadata_strategy="directory"))
+                          galaxy_options=options)
     try:
         tasks.worker("galaxy_tasks,local", "measure@%h", "--concurrency", "2")
         galaxy.start_celery()
@@ -138,6 +141,7 @@ def main() -> None:
         galaxy.stop_celery()
         tasks.close()
         drop_database(database)
+        drop_database(galaxy_database)
         redis_server.kill()
         print(f"logs and job directories: {scratch}")
 

@@ -7,7 +7,6 @@ directory_celery` in their environments), so a job's time is the job's own."""
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -119,17 +118,18 @@ def test_a_walltime_kill_is_resubmitted_by_galaxys_rule_and_ends_ok(
 
 def test_fifty_jobs_submitted_at_once_all_end_ok(galaxy: GalaxyServer, galaxy_user: GalaxyApi,
                                                  history: tuple[str, str], tasks: Deployment) -> None:
+    """One request (Galaxy's batch mode, one job per value): Galaxy on SQLite refuses writes
+    from many requests at once ("database is locked"), which is Galaxy's limit, not ours."""
     history_id, dataset_id = history
-    with ThreadPoolExecutor(10) as pool:
-        runs = list(pool.map(lambda _: galaxy_user.run_tool(history_id, "probe_cat_fast", dataset_id), range(BURST)))
-    job_ids = [job_id for job_id, _ in runs]
+    job_ids, output_ids = galaxy_user.run_batch(history_id, "probe_cat_fast", [dataset_id] * BURST)
+    assert len(set(job_ids)) == BURST
 
     states = wait_all(galaxy_user, job_ids, timeout=150)
     assert states == {job_id: "ok" for job_id in job_ids}
     ours = {task_id(galaxy, job_id) for job_id in job_ids}
     rows = {job.id: job.state for job in tasks.jobs() if job.id in ours}
     assert rows == {job: "ok" for job in ours}
-    assert {galaxy_user.dataset_text(output_id) for _, output_id in runs[:5]} == {CATTED}
+    assert {galaxy_user.dataset_text(output_id) for output_id in output_ids[:5]} == {CATTED}
     assert stats.read(galaxy.stats_file).get("check_watched_item", 0) == 0
 
 
