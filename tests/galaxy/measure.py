@@ -91,7 +91,8 @@ def handler_cpu(galaxy: GalaxyServer, user: GalaxyApi, history: str, dataset: st
     finally:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(user.cancel, job_ids))
-        wait_states(user, job_ids, {"deleted", "deleting", "error", "ok"}, timeout=300)
+        # `deleting` is not enough: Galaxy kills a local job's process after it says so
+        wait_states(user, job_ids, {"deleted", "error", "ok"}, timeout=600)
     return used
 
 
