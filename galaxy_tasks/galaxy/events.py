@@ -16,12 +16,9 @@ from typing import Any, Callable, Mapping
 
 from kombu import Connection, Consumer, Exchange, Message, Queue
 
-log = logging.getLogger(__name__)
+from galaxy_tasks.galaxy.states import RUNNER_STATES, STATES, TERMINAL
 
-STATES = frozenset({"new", "queued", "running", "ok", "error", "deleted", "unknown"})
-TERMINAL = frozenset({"ok", "error", "deleted"})
-RUNNER_STATES = frozenset({None, "walltime_reached", "memory_limit_reached", "output_size_limit", "unknown_error",
-                           "global_walltime_reached"})
+log = logging.getLogger(__name__)
 
 
 class EventError(ValueError):
@@ -61,7 +58,7 @@ def parse(body: Any) -> JobEvent:
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
         raise EventError(f"seq must be a whole number, not {seq!r}")
     runner_state = body.get("runner_state")
-    if runner_state not in RUNNER_STATES:
+    if runner_state is not None and runner_state not in RUNNER_STATES:
         raise EventError(f"unknown runner_state {runner_state!r}")
     return JobEvent(
         job_id=job_id, state=state, seq=seq, client_id=_optional(body, "client_id", str),

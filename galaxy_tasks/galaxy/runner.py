@@ -6,7 +6,7 @@
         workers: 2
         broker_url: redis://127.0.0.1:6379/0
         steps_queue: galaxy_tasks        # default
-        events: false                    # true once galaxy-tasks publishes job events
+        events: true                     # default; false: submit only, nothing ends in Galaxy
         events_queue: galaxy.main        # default galaxy.<server_name>
         environment: {LC_ALL: C}         # variables every job gets (galaxy-tasks jobs inherit none)
     execution:
@@ -43,6 +43,7 @@ from galaxy_tasks.galaxy import settings as runner_settings
 from galaxy_tasks.galaxy.client import TaskClient
 from galaxy_tasks.galaxy.events import Delivery, EventConsumer, JobEvent
 from galaxy_tasks.galaxy.spec import GalaxyJob, MappingError, galaxy_job_id, to_spec
+from galaxy_tasks.galaxy.states import UNKNOWN, fail_message, galaxy_runner_state, galaxy_state
 from galaxy_tasks.galaxy.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,6 @@ __all__ = ("GalaxyTasksJobRunner",)
 
 _STOP = None
 REQUEUE_DELAY_S = 1.0
-_FAIL_MESSAGES = {
-    "walltime_reached": "This job was terminated because it ran longer than its walltime.",
-    "memory_limit_reached": "This job was terminated because it used more memory than it was allocated.",
-    "output_size_limit": "This job was terminated because its output grew too large.",
-    "global_walltime_reached": "This job was terminated because it ran longer than the maximum allowed job run time.",
-}
 
 
 class GalaxyTasksJobRunner(AsynchronousJobRunner):
@@ -159,7 +154,7 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
 
     def _init_event_threads(self) -> None:
         """Event threads (one job's events always go to the same one, in order) and the
-        consumer that feeds them. Off until galaxy-tasks publishes events (`events: true`)."""
+        consumer that feeds them; `events: false` leaves them off (jobs are submitted only)."""
         if not self.settings.events:
             return
         for index in range(max(1, self.nworkers)):
@@ -201,13 +196,12 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
                 self._ignored(event)
                 return
         job_wrapper = self._wrapper(event.job_id, job)
-        if event.state == "running":
-            if job.state == model.Job.states.QUEUED:
-                job_wrapper.change_state(model.Job.states.RUNNING)
-        elif event.state == "unknown":
+        if event.state == UNKNOWN:
             self._resend(job_wrapper, event.job_id)
         elif event.terminal:
             self._end(job_wrapper, event)
+        elif galaxy_state(event.state) == model.Job.states.RUNNING and job.state == model.Job.states.QUEUED:
+            job_wrapper.change_state(model.Job.states.RUNNING)
         with self._lock:
             self._applied[event.job_id] = max(event.seq, self._applied.get(event.job_id, 0))
         if event.terminal:
@@ -229,12 +223,11 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
             self.finish_job(ajs)
             self.stats.bump("finished")
             return
-        ajs.runner_state = event.runner_state or ajs.runner_states.UNKNOWN_ERROR
+        ajs.runner_state = galaxy_runner_state(event.runner_state, ajs.runner_states)
         if event.state == "deleted":
             ajs.fail_message = "This job was cancelled in galaxy-tasks."
         else:
-            ajs.fail_message = _FAIL_MESSAGES.get(event.runner_state or "", "The job failed in galaxy-tasks: "
-                                                  + (event.reason or "unknown reason"))
+            ajs.fail_message = fail_message(event.runner_state, event.reason)
         self.fail_job(ajs)
         self.stats.bump("failed")
 

@@ -26,7 +26,7 @@ class RunnerSettings:
     broker_url: str
     server_name: str
     steps_queue: str = "galaxy_tasks"
-    events: bool = False  # off until galaxy-tasks accepts the spec's `events` field
+    events: bool = True  # false: jobs are only submitted, nothing ends them in Galaxy
     events_queue: str = ""
     environment: Mapping[str, str] = field(default_factory=dict)
     signing_key: str | None = None
@@ -63,7 +63,7 @@ def from_kwargs(kwargs: Mapping[str, Any], server_name: str) -> RunnerSettings:
         broker_url=broker_url,
         server_name=server_name,
         steps_queue=_text(kwargs, "steps_queue", "galaxy_tasks"),
-        events=_bool(kwargs, "events", False),
+        events=_bool(kwargs, "events", True),
         events_queue=_text(kwargs, "events_queue", f"galaxy.{server_name}"),
         environment=_environment(kwargs.get("environment")),
         signing_key=signing[0],

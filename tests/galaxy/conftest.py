@@ -1,6 +1,7 @@
-"""The Galaxy tier: one real Galaxy for the session (its venv from ops/galaxy-venv.sh), a
-Redis of its own as galaxy-tasks' broker, and per test a galaxy-tasks deployment (a fresh
-PostgreSQL database, real workers) on that broker.
+"""The Galaxy tier: one real Galaxy for the session (its venv from ops/galaxy-venv.sh) and
+its Celery worker, a Redis of its own (database 0 is galaxy-tasks' broker, 1 and 2 Galaxy's
+Celery), and per test a galaxy-tasks deployment (a fresh PostgreSQL database, real
+workers) on that broker.
 """
 from __future__ import annotations
 
@@ -10,15 +11,11 @@ from typing import Iterator
 import pytest
 import redis
 
-from galaxy_tasks.spec import FIELDS
 from tests.galaxy.api import GalaxyApi
-from tests.galaxy.server import GalaxyServer, ensure_venv
+from tests.galaxy.server import GalaxyServer, celery_options, ensure_venv
 from tests.support.deployment import Deployment
 from tests.support.redis_server import RedisServer
 from tests.support.services import require, unavailable
-
-#: galaxy-tasks accepts the spec's `events` field (the job-event feature is live)
-EVENTS = "events" in FIELDS
 
 
 @pytest.fixture(scope="session")
@@ -42,15 +39,20 @@ def galaxy_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
 @pytest.fixture(scope="session")
 def galaxy(galaxy_venv: Path, galaxy_broker: RedisServer,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[GalaxyServer]:
-    """A running Galaxy; a test may kill it and start it again on the same data."""
-    server = GalaxyServer(galaxy_venv, tmp_path_factory.mktemp("galaxy"), galaxy_broker.url, events=EVENTS)
+    """A running Galaxy; a test may kill it and start it again on the same data. Metadata is
+    set in the job unless a tool's environment says `metadata_strategy: directory_celery`."""
+    server = GalaxyServer(galaxy_venv, tmp_path_factory.mktemp("galaxy"), galaxy_broker.url,
+                          galaxy_options=celery_options(galaxy_broker.url, metadata_strategy="directory"))
+    server.start_celery()
     try:
         server.start()
     except (RuntimeError, TimeoutError) as exc:
         server.stop()
+        server.stop_celery()
         unavailable(f"Galaxy did not start: {exc}")
     yield server
     server.stop()
+    server.stop_celery()
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +62,10 @@ def galaxy_user(galaxy: GalaxyServer) -> GalaxyApi:
 
 @pytest.fixture
 def tasks(make_deployment, galaxy_broker: RedisServer) -> Deployment:
-    """galaxy-tasks on Galaxy's broker (emptied first: nothing of an earlier test is left to
-    consume) with one worker serving the steps and local queues."""
-    redis.Redis.from_url(galaxy_broker.url).flushall()
+    """galaxy-tasks on Galaxy's broker (its database emptied first: nothing of an earlier test
+    is left to consume; Galaxy's Celery keeps its own) with one worker serving the steps and
+    local queues."""
+    redis.Redis.from_url(galaxy_broker.url).flushdb()
     deployment = make_deployment(broker=galaxy_broker.url)
     deployment.worker("galaxy_tasks,local")
     return deployment

@@ -24,18 +24,32 @@ BOOTSTRAP_KEY = "gt-test-bootstrap-key-0123456789"
 
 CAT = "echo 'probe header' > '$output' && cat '$input' >> '$output'"
 FAIL = "echo 'about to fail' >&2; exit 3"
+#: a command that records each run in the ledger, then waits for the gate (files in the
+#: server's root, @ROOT@ in a command)
+LEDGER_CAT = "echo '$output' >> @ROOT@/ledger && until [ -e @ROOT@/gate ]; do sleep 0.2; done && cat '$input' > '$output'"
 #: tool id -> (command, environment: None is Galaxy's local runner, the default)
 TOOLS = {
     "probe_cat": (CAT, None),
     "probe_cat_gt": (CAT, "gt_env"),
     "probe_fail_gt": (FAIL, "gt_env"),
     "probe_sleep_gt": ("sleep 600 && cat '$input' > '$output'", "gt_env"),
+    "probe_sleep_local": ("sleep 600 && cat '$input' > '$output'", None),
+    "probe_cat_local_celery": (CAT, "local_celery"),
     "probe_cat_contract": (CAT, "contract_env"),
     "probe_fail_contract": (FAIL, "contract_env"),
+    "probe_cat_contract_celery": (CAT, "contract_celery_env"),
+    "probe_cat_fast": (CAT, "gt_fast"),
+    "probe_cat_sge": (CAT, "sge_env"),
+    "probe_ledger_gt": (LEDGER_CAT, "gt_fast"),
+    "probe_slow_gt": ("sleep 4 && cat '$input' > '$output'", "gt_short"),
 }
 #: the second plugin runner: events on, a steps queue no galaxy-tasks worker serves, so a
 #: test can play galaxy-tasks' side of the job-event contract (tests/galaxy/test_event_contract.py)
 CONTRACT_STEPS_QUEUE = "galaxy_tasks_contract"
+#: the galaxy-tasks destination of the tool routed to Grid Engine (sge_env)
+SGE_DESTINATION = "sge"
+#: the walltime of gt_short, whose resubmit rule sends a job that reached it to gt_long
+SHORT_WALLTIME_S = 2
 CONTRACT_EVENTS_QUEUE = "galaxy.main.contract"
 
 
@@ -55,11 +69,12 @@ def ensure_venv() -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
-def celery_options(broker_url: str) -> dict[str, Any]:
-    """Galaxy options that set metadata in Galaxy's Celery worker (databases 1 and 2 of the
-    given Redis as its broker and result backend) instead of in the job."""
+def celery_options(broker_url: str, metadata_strategy: str = "directory_celery") -> dict[str, Any]:
+    """Galaxy options that turn on Galaxy's Celery (databases 1 and 2 of the given Redis as
+    its broker and result backend) and by default set metadata in its worker instead of in
+    the job; an environment's own `metadata_strategy` wins."""
     base = broker_url.rsplit("/", 1)[0]
-    return {"enable_celery_tasks": True, "metadata_strategy": "directory_celery",
+    return {"enable_celery_tasks": True, "metadata_strategy": metadata_strategy,
             "celery_conf": {"broker_url": f"{base}/1", "result_backend": f"{base}/2"}}
 
 
@@ -74,10 +89,10 @@ def tool_xml(tool_id: str, command: str) -> str:
 
 
 class GalaxyServer:
-    def __init__(self, venv: Path, root: Path, broker_url: str, *, events: bool = False,
-                 galaxy_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, venv: Path, root: Path, broker_url: str, *,
+                 galaxy_options: Mapping[str, Any] | None = None, local_workers: int = 2) -> None:
         self.venv = venv
-        self.events = events
+        self.local_workers = local_workers
         self.root = root
         self.broker_url = broker_url
         self.port = free_port()
@@ -94,13 +109,23 @@ class GalaxyServer:
     def data_dir(self) -> Path:
         return self.root / "data"
 
+    @property
+    def ledger(self) -> Path:
+        """One line for each run of probe_ledger_gt's command."""
+        return self.root / "ledger"
+
+    @property
+    def gate(self) -> Path:
+        """probe_ledger_gt's command waits until this file exists."""
+        return self.root / "gate"
+
     def _write_config(self, galaxy_options: dict[str, Any]) -> None:
         config = self.root / "config"
         tools = self.root / "tools"
         for directory in (config, tools, self.data_dir):
             directory.mkdir(parents=True, exist_ok=True)
         for tool_id, (command, _) in TOOLS.items():
-            (tools / f"{tool_id}.xml").write_text(tool_xml(tool_id, command))
+            (tools / f"{tool_id}.xml").write_text(tool_xml(tool_id, command.replace("@ROOT@", str(self.root))))
         entries = "\n".join(f'    <tool file="{tools / f"{t}.xml"}"/>' for t in TOOLS)
         (config / "tool_conf.xml").write_text(
             f'<?xml version="1.0"?>\n<toolbox>\n  <section id="probe" name="Probe">\n{entries}\n  </section>\n</toolbox>\n')
@@ -110,13 +135,12 @@ class GalaxyServer:
             runners:
               local:
                 load: galaxy.jobs.runners.local:LocalJobRunner
-                workers: 2
+                workers: {self.local_workers}
               gt:
                 load: galaxy_tasks.galaxy.runner:GalaxyTasksJobRunner
                 workers: 2
                 broker_url: {self.broker_url}
                 stats_file: {self.stats_file}
-                events: {"true" if self.events else "false"}
               gt_contract:
                 load: galaxy_tasks.galaxy.runner:GalaxyTasksJobRunner
                 workers: 1
@@ -130,11 +154,35 @@ class GalaxyServer:
               environments:
                 local_env:
                   runner: local
+                local_celery:
+                  runner: local
+                  metadata_strategy: directory_celery
                 gt_env:
                   runner: gt
                   galaxy_tasks_cores: 2
+                gt_fast:
+                  runner: gt
+                  metadata_strategy: directory_celery
+                sge_env:
+                  runner: gt
+                  galaxy_tasks_destination: {SGE_DESTINATION}
+                  metadata_strategy: directory_celery
+                gt_short:
+                  runner: gt
+                  galaxy_tasks_walltime: {SHORT_WALLTIME_S}
+                  metadata_strategy: directory_celery
+                  resubmit:
+                    - condition: walltime_reached
+                      environment: gt_long
+                gt_long:
+                  runner: gt
+                  galaxy_tasks_walltime: 600
+                  metadata_strategy: directory_celery
                 contract_env:
                   runner: gt_contract
+                contract_celery_env:
+                  runner: gt_contract
+                  metadata_strategy: directory_celery
             tools:
             """) + routed + "\n")
         galaxy = {

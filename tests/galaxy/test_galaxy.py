@@ -11,14 +11,11 @@ import pytest
 from galaxy_tasks.galaxy import stats
 from galaxy_tasks.states import JobState
 from tests.galaxy.api import GalaxyApi
-from tests.galaxy.conftest import EVENTS
 from tests.galaxy.server import GalaxyServer
 from tests.support.deployment import Deployment
 from tests.support.processes import alive
 
 pytestmark = pytest.mark.galaxy
-
-NEEDS_EVENTS = pytest.mark.xfail(not EVENTS, reason="needs job events", strict=False, run=EVENTS)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +112,6 @@ def test_cancel_in_galaxy_reaches_galaxy_tasks(galaxy: GalaxyServer, galaxy_user
     assert stats.read(galaxy.stats_file).get("cancel_sent", 0) >= 1
 
 
-@NEEDS_EVENTS
 def test_galaxy_marks_the_job_ok_from_its_event(galaxy: GalaxyServer, galaxy_user: GalaxyApi,
                                                 history: tuple[str, str], tasks: Deployment) -> None:
     history_id, dataset_id = history
@@ -125,7 +121,6 @@ def test_galaxy_marks_the_job_ok_from_its_event(galaxy: GalaxyServer, galaxy_use
     assert stats.read(galaxy.stats_file).get("check_watched_item", 0) == 0
 
 
-@NEEDS_EVENTS
 def test_a_failing_tool_ends_in_error_in_galaxy(galaxy_user: GalaxyApi, history: tuple[str, str],
                                                 tasks: Deployment) -> None:
     history_id, dataset_id = history

@@ -2,11 +2,14 @@
 job, the runner settings, and which messages count as job events."""
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from galaxy_tasks import spec as task_spec
 from galaxy_tasks.galaxy import events, settings
@@ -144,3 +147,23 @@ def test_a_job_event_is_parsed() -> None:
 def test_anything_else_is_refused(body) -> None:
     with pytest.raises(events.EventError):
         events.parse(body)
+
+
+def test_the_job_conf_of_docs_galaxy_md_is_what_the_plugin_accepts() -> None:
+    """Galaxy's job_conf in the admin's page: the plugin's runner keys are known, each
+    galaxy-tasks environment's params map to a spec, and a resubmit rule names an environment
+    that exists."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "galaxy.md").read_text()
+    confs = [yaml.safe_load(body) for body in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+    [conf] = [c for c in confs if "runners" in c]
+    runner = {k: v for k, v in conf["runners"]["gt"].items() if k not in ("load", "workers")}
+    assert conf["runners"]["gt"]["load"] == "galaxy_tasks.galaxy.runner:GalaxyTasksJobRunner"
+    made = settings.from_kwargs(runner, "main")
+    environments = conf["execution"]["environments"]
+    assert conf["execution"]["default"] in environments
+    for name, environment in environments.items():
+        for rule in environment.get("resubmit", ()):
+            assert rule["environment"] in environments, name
+        if environment["runner"] == "gt":
+            params = {k: v for k, v in environment.items() if k not in ("runner", "resubmit")}
+            task_spec.parse(to_spec(job(params=params), environment=made.environment, events_queue=made.events_queue))
