@@ -139,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     from galaxy_tasks.operations import add_commands
 
     add_commands(sub)  # flower, metrics, stats, health
+    from galaxy_tasks.workflows.cli import add_commands as add_workflow_commands
+
+    add_workflow_commands(sub)
     return parser
 
 
