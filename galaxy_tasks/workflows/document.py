@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from galaxy_tasks.errors import SpecError
-from galaxy_tasks.spec import parse
+from galaxy_tasks.spec import JOB_ID, parse
 
 STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -50,16 +50,21 @@ class Workflow:
     steps: list[Step]  # each after every step it needs
     user: str | None = None
     document: dict[str, Any] = field(default_factory=dict)
+    #: chosen by the client: a duplicated submission then records the workflow once
+    id: str | None = None
 
 
 def parse_workflow(data: Any) -> Workflow:
     """Check a workflow document and expand its steps into elements."""
     if not isinstance(data, Mapping):
         raise WorkflowError("workflow", f"must be an object, not {type(data).__name__}")
-    unknown = set(data) - {"name", "user", "steps"}
+    unknown = set(data) - {"id", "name", "user", "steps"}
     if unknown:
-        raise WorkflowError(sorted(unknown)[0], "unknown field (known fields: name, steps, user)")
+        raise WorkflowError(sorted(unknown)[0], "unknown field (known fields: id, name, steps, user)")
     name, user, steps = data.get("name"), data.get("user"), data.get("steps")
+    workflow_id = data.get("id")
+    if workflow_id is not None and (not isinstance(workflow_id, str) or not JOB_ID.match(workflow_id)):
+        raise WorkflowError("id", "must be 1-36 letters, digits, '-' or '_', starting with a letter or digit")
     if not isinstance(name, str) or not name.strip() or len(name) > 255:
         raise WorkflowError("name", "is required: a name of at most 255 characters")
     if user is not None and (not isinstance(user, str) or len(user) > 255):
@@ -73,7 +78,7 @@ def parse_workflow(data: Any) -> Workflow:
     built: dict[str, Step] = {}
     for step_name in order:
         built[step_name] = _build(step_name, raw[step_name], built)
-    return Workflow(name, [built[n] for n in order], user, dict(data))
+    return Workflow(name, [built[n] for n in order], user, dict(data), workflow_id)
 
 
 def _step_fields(name: str, body: Any) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from sqlalchemy.exc import IntegrityError
+
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import SpecError
 from galaxy_tasks.lifecycle.accept import job_values
@@ -23,7 +25,7 @@ from galaxy_tasks.logs import event
 from galaxy_tasks.model import ElementRecord, Job, StepRecord, WorkflowRecord, utcnow
 from galaxy_tasks.spec import parse
 from galaxy_tasks.states import ACTIVE, JobState
-from galaxy_tasks.workflows.document import EACH, parse_workflow, render
+from galaxy_tasks.workflows.document import EACH, WorkflowError, parse_workflow, render
 from galaxy_tasks.workflows.states import WorkflowState, sources
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,9 @@ def submit(ctx: Context, data: Any) -> tuple[WorkflowRecord, list[Job]]:
     """Check and record a workflow, then create the jobs of the steps that need nothing.
     A refused workflow raises WorkflowError and nothing is recorded."""
     workflow = parse_workflow(data)
-    workflow_id = str(uuid.uuid4())
+    workflow_id = workflow.id or str(uuid.uuid4())
+    if workflow.id is not None and (known := _known(ctx, workflow.id, workflow.name)) is not None:
+        return known, []  # a duplicated submission: the workflow is recorded once
     now = utcnow()
     values = dict(id=workflow_id, name=workflow.name, user=workflow.user, state=WorkflowState.RUNNING.value,
                   document=workflow.document, reason=None, created_at=now, updated_at=now,
@@ -57,11 +61,24 @@ def submit(ctx: Context, data: Any) -> tuple[WorkflowRecord, list[Job]]:
                            params={k: v for k, v in params.items() if k != "fanned"},
                            job_id=element_job_id(workflow_id, step.name, index, 1))
 
-    ctx.store.create_workflow(values, steps, elements())
+    try:
+        ctx.store.create_workflow(values, steps, elements())
+    except IntegrityError:
+        known = _known(ctx, workflow_id, workflow.name)
+        if known is None:
+            raise
+        return known, []
     event(log, "workflow_submitted", workflow_id=workflow_id, workflow=workflow.name, steps=len(steps))
     record = ctx.store.workflow(workflow_id)
     assert record is not None
     return record, advance(ctx, workflow_id)
+
+
+def _known(ctx: Context, workflow_id: str, name: str) -> WorkflowRecord | None:
+    known = ctx.store.workflow(workflow_id)
+    if known is not None and known.name != name:
+        raise WorkflowError("id", f"workflow id {workflow_id!r} is already used by another workflow")
+    return known
 
 
 def after_end(ctx: Context, job: Job) -> list[Job]:

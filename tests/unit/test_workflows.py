@@ -11,6 +11,7 @@ import pytest
 
 from galaxy_tasks import config, lifecycle, routing
 from galaxy_tasks.context import Context
+from galaxy_tasks.errors import SpecError
 from galaxy_tasks.model import Job, utcnow
 from galaxy_tasks.runners.stub import StubRunner
 from galaxy_tasks.store import Store, schema
@@ -206,3 +207,12 @@ def test_rerun_of_a_cancelled_workflow(ctx, stub):
     assert [j.command for j in again] == ["echo ref > ref.fa"] and again[0].id != created[0].id
     drain(ctx, stub, again)
     assert state(ctx, workflow.id) == "ok"
+
+
+def test_a_workflow_submitted_twice_with_its_id_is_recorded_once(ctx, stub):
+    first, created = schedule.submit(ctx, {**DIAMOND, "id": "wf-1"})
+    again, more = schedule.submit(ctx, {**DIAMOND, "id": "wf-1"})
+    assert first.id == again.id == "wf-1" and len(created) == 1 and more == []
+    assert len(ctx.store.recent_workflows()) == 1 and len(ctx.store.recent()) == 1
+    with pytest.raises(SpecError):
+        schedule.submit(ctx, {**DIAMOND, "name": "other", "id": "wf-1"})
