@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -109,6 +111,14 @@ jobs = Table(
     Column("waiting_on", String(255)),
     # the workflow whose step element this job is (None: a job submitted on its own)
     Column("workflow_id", String(36), index=True),
+    # provenance: whether the spec allows reuse of an earlier job's result; the key of what
+    # the job computes (tool, version, command, environment, its inputs' content hashes),
+    # set at prepare for a job that allows reuse; the size and sha256 of each declared output,
+    # recorded at finish; the job whose outputs this one reused instead of running
+    Column("reuse", Boolean, nullable=False, default=False, server_default=false()),
+    Column("provenance", String(64), index=True),
+    Column("output_files", JSON(none_as_null=True)),
+    Column("reused_from", String(36)),
     Index("ix_gt_job_state_check_at", "state", "check_at"),
     Index("ix_gt_job_waiting", "state", "waiting_on", "created_at"),
     Index("ix_gt_job_created_at", "created_at"),
@@ -248,6 +258,10 @@ class Job:
     limit_keys: list[str] | None = None
     waiting_on: str | None = None
     workflow_id: str | None = None
+    reuse: bool = False
+    provenance: str | None = None
+    output_files: dict[str, dict[str, Any]] | None = None
+    reused_from: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Job:
@@ -266,6 +280,8 @@ class Job:
             "attempts": self.attempts or [],
             "waiting_on": self.waiting_on,
             "workflow_id": self.workflow_id,
+            "reused_from": self.reused_from,
+            "output_files": self.output_files,
             "tool_id": self.tool_id,
             "tool_version": self.tool_version,
             "user": self.user,

@@ -87,7 +87,12 @@ def control_workflow(workflow_id: str, action: str) -> bool:
 
 @app.task(name="galaxy_tasks.prepare_job", **DB_RETRY)
 def prepare_job(job_id: str, tool_id: str | None = None) -> bool:
-    return lifecycle.prepare(context.current(), job_id)
+    ctx = context.current()
+    job = lifecycle.prepare(ctx, job_id)
+    if job is not None and job.state == JobState.OK.value:  # reused: it ended here, not in a finish
+        for created in schedule.after_end(ctx, job):
+            messages.start(created)
+    return job is not None
 
 
 @app.task(name="galaxy_tasks.launch_job", bind=True, **DB_RETRY)

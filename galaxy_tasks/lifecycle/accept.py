@@ -65,6 +65,7 @@ def job_values(ctx: Context, spec: JobSpec, job_id: str, now: datetime) -> dict[
         client_id=events.client_id if events else None,
         event_seq=1,
         unpublished_at=now if events else None,
+        reuse=spec.reuse,
     )
 
 

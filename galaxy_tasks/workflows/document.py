@@ -262,11 +262,15 @@ def _check_placeholders(where: str, spec: Mapping[str, Any], sample: Mapping[str
 def render(spec: Mapping[str, Any], element: Mapping[str, Any], resolve: Resolver) -> dict[str, Any]:
     """One element's job spec: its placeholders replaced. An output of a reduced step is every
     element's path (shell-quoted in the command; an `inputs` entry that is only such a
-    reference becomes one entry per path)."""
+    reference becomes one entry per path). Every path a reference became is one of the job's
+    inputs (its provenance, and the key of its reuse)."""
+    used: list[str] = []
+
     def fill(text: str, quote: bool) -> str:
         def one(m: re.Match[str]) -> str:
             if m["step"]:
                 paths = resolve(m["step"], m["output"])
+                used.extend(paths)
                 return " ".join(shlex.quote(p) for p in paths) if quote else " ".join(paths)
             if m["param"]:
                 return str(element["params"][m["param"]])
@@ -290,4 +294,7 @@ def render(spec: Mapping[str, Any], element: Mapping[str, Any], resolve: Resolve
     if isinstance(spec.get("environment"), Mapping):
         result["environment"] = {k: fill(v, False) if isinstance(v, str) else v
                                  for k, v in spec["environment"].items()}
+    if used:
+        listed: list[Any] = result["inputs"] if isinstance(result.get("inputs"), list) else []
+        result["inputs"] = list(dict.fromkeys([*listed, *used]))
     return result

@@ -1,4 +1,5 @@
-"""workflows: a workflow, its history, its steps and their elements; a job's workflow
+"""workflows: a workflow, its history, its steps and their elements; a job's workflow;
+provenance: reuse allowed, the provenance key, the outputs' sizes and hashes, reused from
 
 Revision ID: 0005
 Revises: 0004
@@ -66,10 +67,18 @@ def upgrade() -> None:
     with op.batch_alter_table("gt_job", schema=None) as batch_op:
         batch_op.add_column(sa.Column("workflow_id", sa.String(length=36), nullable=True))
         batch_op.create_index("ix_gt_job_workflow_id", ["workflow_id"], unique=False)
+        batch_op.add_column(sa.Column("reuse", sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch_op.add_column(sa.Column("provenance", sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column("output_files", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("reused_from", sa.String(length=36), nullable=True))
+        batch_op.create_index("ix_gt_job_provenance", ["provenance"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("gt_job", schema=None) as batch_op:
+        batch_op.drop_index("ix_gt_job_provenance")
+        for column in ("reused_from", "output_files", "provenance", "reuse"):
+            batch_op.drop_column(column)
         batch_op.drop_index("ix_gt_job_workflow_id")
         batch_op.drop_column("workflow_id")
     op.drop_table("gt_workflow_element")
