@@ -110,7 +110,7 @@ jobs = Table(
     Column("limit_keys", JSON(none_as_null=True)),
     Column("waiting_on", String(255)),
     # the workflow whose step element this job is (None: a job submitted on its own)
-    Column("workflow_id", String(36), index=True),
+    Column("workflow_id", String(36)),
     # provenance: whether the spec allows reuse of an earlier job's result; the key of what
     # the job computes (tool, version, command, environment, its inputs' content hashes),
     # set at prepare for a job that allows reuse; the size and sha256 of each declared output,
@@ -123,6 +123,7 @@ jobs = Table(
     Index("ix_gt_job_waiting", "state", "waiting_on", "created_at"),
     Index("ix_gt_job_created_at", "created_at"),
     Index("ix_gt_job_unpublished_at", "unpublished_at"),
+    Index("ix_gt_job_workflow_id", "workflow_id", "state"),
 )
 
 #: one row per transition: the job's history, and the audit that it was legal

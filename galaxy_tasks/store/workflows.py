@@ -73,11 +73,20 @@ class Workflows(StoreBase):
                 select(workflow_steps).where(workflow_steps.c.workflow_id == workflow_id)
                 .order_by(workflow_steps.c.position)).mappings()]
 
-    def elements(self, workflow_id: str, steps: Iterable[str] | None = None) -> list[ElementRecord]:
-        """The elements of a workflow (or of some of its steps), each with its job's state."""
+    def workflow_state(self, workflow_id: str) -> str | None:
+        """Only the state (the document of a large workflow is not read on every pass)."""
+        with self._reading() as connection:
+            return connection.scalar(select(workflows.c.state).where(workflows.c.id == workflow_id))
+
+    def elements(self, workflow_id: str, steps: Iterable[str] | None = None,
+                 index: int | None = None) -> list[ElementRecord]:
+        """The elements of a workflow (or of some of its steps, or only those of one index),
+        each with its job's state."""
         query = _ELEMENTS.where(workflow_elements.c.workflow_id == workflow_id)
         if steps is not None:
             query = query.where(workflow_elements.c.step.in_(list(steps)))
+        if index is not None:
+            query = query.where(workflow_elements.c.index == index)
         with self._reading() as connection:
             return [ElementRecord(**row) for row in connection.execute(
                 query.order_by(workflow_elements.c.step, workflow_elements.c.index)).mappings()]
@@ -162,6 +171,12 @@ class Workflows(StoreBase):
     def push_check(self, workflow_id: str, at: datetime) -> None:
         with self._transaction() as connection:
             connection.execute(update(workflows).where(workflows.c.id == workflow_id).values(check_at=at))
+
+    def has_active_jobs(self, workflow_id: str) -> bool:
+        """Whether a job of the workflow has not yet ended (one index lookup)."""
+        with self._reading() as connection:
+            return connection.scalar(select(jobs.c.id).where(jobs.c.workflow_id == workflow_id,
+                                                             jobs.c.state.in_(_ACTIVE)).limit(1)) is not None
 
     def active_workflow_jobs(self, workflow_id: str) -> list[str]:
         """The ids of the workflow's jobs not yet ended."""

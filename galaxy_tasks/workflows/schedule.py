@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import OrderedDict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -82,11 +83,13 @@ def _known(ctx: Context, workflow_id: str, name: str) -> WorkflowRecord | None:
 
 
 def after_end(ctx: Context, job: Job) -> list[Job]:
-    """The pass that follows the end of a workflow's job: only the steps that need its step."""
+    """The pass that follows the end of a workflow's job: only the elements that need its
+    element (the one of the same index in a `foreach` step, every one in a step that needs
+    all of its step)."""
     if job.workflow_id is None:
         return []
     found = ctx.store.element_of(job.id)
-    return advance(ctx, job.workflow_id, found[1] if found is not None else None)
+    return advance(ctx, job.workflow_id, (found[1], found[2]) if found is not None else None)
 
 
 def overdue(ctx: Context) -> list[Job]:
@@ -100,59 +103,88 @@ def overdue(ctx: Context) -> list[Job]:
     return created
 
 
-def advance(ctx: Context, workflow_id: str, ended_step: str | None = None) -> list[Job]:
-    """One scheduling pass: the jobs it created (to be started). `ended_step`: look only at
-    the steps that need it; a pass that finds nothing left running looks at every step
-    before it ends the workflow."""
-    workflow = ctx.store.workflow(workflow_id)
-    if workflow is None or workflow.state != WorkflowState.RUNNING.value:
+def advance(ctx: Context, workflow_id: str, ended: tuple[str, int] | None = None) -> list[Job]:
+    """One scheduling pass: the jobs it created (to be started). `ended`: the (step, index)
+    of the element whose job just ended, to look only at what needs it; a pass that finds
+    nothing of the workflow left running looks at every step before it ends the workflow."""
+    if ctx.store.workflow_state(workflow_id) != WorkflowState.RUNNING.value:
         return []
-    steps = ctx.store.steps(workflow_id)
-    candidates = steps if ended_step is None else [s for s in steps if ended_step in s.needs]
+    user, steps = _steps(ctx, workflow_id)
     created: list[Job] = []
-    if candidates:
-        wanted = None if ended_step is None else {s.name for s in candidates} | {n for s in candidates for n in s.needs}
-        try:
-            created = _create_ready(ctx, workflow, candidates, _by_step(ctx.store.elements(workflow_id, wanted)))
-        except SpecError as exc:
-            ctx.store.move_workflow(workflow_id, WorkflowState.ERROR.value, sources(WorkflowState.ERROR),
-                                    reason=str(exc))
-            event(log, "workflow_refused_step", level=logging.ERROR, workflow_id=workflow_id, error=str(exc))
-            return []
-    if created:
-        return created
-    counts = ctx.store.element_counts(workflow_id)
-    if any(state in _ACTIVE for per_step in counts.values() for state in per_step):
+    try:
+        if ended is None:
+            created = _create_ready(ctx, workflow_id, user, steps, _by_step(ctx.store.elements(workflow_id)))
+        else:
+            for step in steps:
+                if ended[0] in step.needs:
+                    created += _create_ready(ctx, workflow_id, user, [step], _needed(ctx, workflow_id, step, ended))
+    except SpecError as exc:
+        ctx.store.move_workflow(workflow_id, WorkflowState.ERROR.value, sources(WorkflowState.ERROR), reason=str(exc))
+        event(log, "workflow_refused_step", level=logging.ERROR, workflow_id=workflow_id, error=str(exc))
         return []
-    if ended_step is not None:
+    if created or ctx.store.has_active_jobs(workflow_id):
+        return created
+    if ended is not None:
         return advance(ctx, workflow_id)
-    _end(ctx, workflow_id, counts)
+    _end(ctx, workflow_id, ctx.store.element_counts(workflow_id))
     return []
 
 
-def _by_step(elements: list[ElementRecord]) -> dict[str, list[ElementRecord]]:
-    grouped: dict[str, list[ElementRecord]] = {}
-    for element in elements:  # in (step, index) order
-        grouped.setdefault(element.step, []).append(element)
+#: the steps of recent workflows, and their users: neither changes once recorded
+_STEPS: OrderedDict[tuple[str, str], tuple[str | None, list[StepRecord]]] = OrderedDict()
+_STEPS_KEPT = 256
+
+
+def _steps(ctx: Context, workflow_id: str) -> tuple[str | None, list[StepRecord]]:
+    key = (ctx.store.url, workflow_id)
+    found = _STEPS.get(key)
+    if found is None:
+        workflow = ctx.store.workflow(workflow_id)
+        found = (workflow.user if workflow else None, ctx.store.steps(workflow_id))
+        _STEPS[key] = found
+        while len(_STEPS) > _STEPS_KEPT:
+            _STEPS.popitem(last=False)
+    return found
+
+
+def _needed(ctx: Context, workflow_id: str, step: StepRecord, ended: tuple[str, int]) -> Grouped:
+    """The elements a pass after `ended` must read for `step`: the one of the same index
+    (and of the steps it needs each of) if it needs the ended step element by element,
+    else all of them; every element of the steps it needs all of."""
+    each = [step.name] + [name for name, how in step.needs.items() if how == EACH]
+    whole = [name for name, how in step.needs.items() if how != EACH]
+    if step.needs[ended[0]] == EACH:
+        rows = ctx.store.elements(workflow_id, each, ended[1])
+    else:
+        rows = ctx.store.elements(workflow_id, each)
+    return _by_step(rows + (ctx.store.elements(workflow_id, whole) if whole else []))
+
+
+Grouped = dict[str, dict[int, ElementRecord]]
+
+
+def _by_step(elements: list[ElementRecord]) -> Grouped:
+    grouped: Grouped = {}
+    for element in elements:
+        grouped.setdefault(element.step, {})[element.index] = element
     return grouped
 
 
-def _create_ready(ctx: Context, workflow: WorkflowRecord, candidates: list[StepRecord],
-                  grouped: dict[str, list[ElementRecord]]) -> list[Job]:
+def _create_ready(ctx: Context, workflow_id: str, user: str | None, candidates: list[StepRecord],
+                  grouped: Grouped) -> list[Job]:
     now = utcnow()
     rows: list[dict[str, Any]] = []
     for step in candidates:
-        whole = {other: all(e.job_state == _OK for e in grouped.get(other, [])) for other, how in step.needs.items()
-                 if how != EACH}
-        if not all(whole.values()):
+        if not all(all(e.job_state == _OK for e in grouped.get(other, {}).values())
+                   for other, how in step.needs.items() if how != EACH):
             continue
-        for element in grouped.get(step.name, []):
+        for element in grouped.get(step.name, {}).values():
             if element.job_state is not None:
                 continue
             if not all(grouped[other][element.index].job_state == _OK
                        for other, how in step.needs.items() if how == EACH):
                 continue
-            rows.append(_job_row(ctx, workflow, step, element, grouped, now))
+            rows.append(_job_row(ctx, workflow_id, user, step, element, grouped, now))
     if not rows:
         return []
     made = ctx.store.create_jobs(rows)
@@ -160,31 +192,31 @@ def _create_ready(ctx: Context, workflow: WorkflowRecord, candidates: list[StepR
     for job in jobs:
         ctx.announce(job)
     if jobs:
-        event(log, "workflow_jobs_created", workflow_id=workflow.id, jobs=len(jobs))
-    again = ctx.store.workflow(workflow.id)
-    if again is not None and again.state == WorkflowState.CANCELLED.value:
+        event(log, "workflow_jobs_created", workflow_id=workflow_id, jobs=len(jobs))
+    if ctx.store.workflow_state(workflow_id) == WorkflowState.CANCELLED.value:
         for job in jobs:  # cancelled while this pass created them: they never start
             cancel(ctx, job.id)
         return []
     return jobs
 
 
-def _job_row(ctx: Context, workflow: WorkflowRecord, step: StepRecord, element: ElementRecord,
-             grouped: dict[str, list[ElementRecord]], now: Any) -> dict[str, Any]:
+def _job_row(ctx: Context, workflow_id: str, user: str | None, step: StepRecord, element: ElementRecord,
+             grouped: Grouped, now: Any) -> dict[str, Any]:
     def resolve(other: str, output: str) -> list[str]:
-        producers = grouped[other]
         if step.needs.get(other) == EACH:
-            producers = [producers[element.index]]
+            producers = [grouped[other][element.index]]
+        else:
+            producers = [grouped[other][index] for index in sorted(grouped[other])]
         return [str(Path(p.job_dir or ctx.settings.jobs_dir / p.job_id) / "working" / output) for p in producers]
 
     filled = render(step.spec, {**element.params, "index": element.index}, resolve)
-    if workflow.user and not filled.get("user"):
-        filled["user"] = workflow.user
+    if user and not filled.get("user"):
+        filled["user"] = user
     try:
         spec = parse(filled)
     except SpecError as exc:
         raise SpecError(f"steps.{step.name}[{element.index}].spec.{exc.field}", exc.message) from None
-    return {**job_values(ctx, spec, element.job_id, now), "workflow_id": workflow.id}
+    return {**job_values(ctx, spec, element.job_id, now), "workflow_id": workflow_id}
 
 
 def _end(ctx: Context, workflow_id: str, counts: Mapping[str, Mapping[str, int]]) -> None:

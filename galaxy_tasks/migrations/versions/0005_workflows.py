@@ -66,7 +66,7 @@ def upgrade() -> None:
     op.create_index("ix_gt_workflow_element_job_id", "gt_workflow_element", ["job_id"], unique=True)
     with op.batch_alter_table("gt_job", schema=None) as batch_op:
         batch_op.add_column(sa.Column("workflow_id", sa.String(length=36), nullable=True))
-        batch_op.create_index("ix_gt_job_workflow_id", ["workflow_id"], unique=False)
+        batch_op.create_index("ix_gt_job_workflow_id", ["workflow_id", "state"], unique=False)
         batch_op.add_column(sa.Column("reuse", sa.Boolean(), nullable=False, server_default=sa.false()))
         batch_op.add_column(sa.Column("provenance", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("output_files", sa.JSON(), nullable=True))
