@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=_status)
 
+    provenance = sub.add_parser("provenance", help="the chain of jobs that produced a job's outputs")
+    provenance.add_argument("job_id")
+    provenance.add_argument("--json", action="store_true")
+    provenance.set_defaults(handler=_provenance)
+
     listing = sub.add_parser("list", help="list jobs, newest first")
     listing.add_argument("--state", choices=[s.value for s in JobState])
     listing.add_argument("--limit", type=positive_int, default=100)
@@ -139,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     from galaxy_tasks.operations import add_commands
 
     add_commands(sub)  # flower, metrics, stats, health
+    from galaxy_tasks.workflows.cli import add_commands as add_workflow_commands
+
+    add_workflow_commands(sub)
     return parser
 
 
@@ -201,7 +209,8 @@ def _status(args: argparse.Namespace, _extra: list[str]) -> int:
         print(json.dumps(data, indent=2))
         return 0
     data = job.to_json()
-    keys = ("id", "state", "tool_id", "user", "destination", "external_id", "exit_code", "reason", "runner_state",
+    keys = ("id", "state", "reused_from", "tool_id", "user", "destination", "external_id", "exit_code", "reason",
+            "runner_state",
             "waiting_on", "attempt", "wall_time_s", "max_rss_kb", "created_at", "running_at", "finished_at", "job_dir")
     print(fields((key, data[key]) for key in keys
                  if data.get(key) is not None and (key != "attempt" or data[key] > 1)))
@@ -212,6 +221,25 @@ def _status(args: argparse.Namespace, _extra: list[str]) -> int:
     for stream in ("stdout", "stderr"):
         if data.get(stream):
             print(f"--- {stream} (tail)\n{data[stream].rstrip()}")
+    return 0
+
+
+def _provenance(args: argparse.Namespace, _extra: list[str]) -> int:
+    from galaxy_tasks.lifecycle.reuse import chain
+
+    client = _client()
+    found = chain(client.ctx, client.get(args.job_id).id)
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    for entry in found:
+        reused = f"  (reused from {entry['reused_from']})" if entry["reused_from"] else ""
+        print(f"{entry['id']}  {entry['tool_id']} {entry['tool_version'] or ''}  {entry['state']}{reused}")
+        for name, output in entry["outputs"].items():
+            print(f"  -> {name}  {output['size']} bytes  sha256:{output['sha256'][:16]}")
+        for item in entry["inputs"]:
+            source = f"from {item['from']}" if item["from"] else "(no recorded job)"
+            print(f"  <- {item['path']}  {source}")
     return 0
 
 

@@ -11,9 +11,11 @@ from galaxy_tasks import context, events, lifecycle, messages
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import NotSent, UnknownJob
 from galaxy_tasks.listen import JobEvents
-from galaxy_tasks.model import Job, StateChange
+from galaxy_tasks.model import Job, StateChange, WorkflowRecord
 from galaxy_tasks.spec import JobSpec, parse
 from galaxy_tasks.states import TERMINAL, JobState
+from galaxy_tasks.workflows import control, schedule
+from galaxy_tasks.workflows.states import ENDED
 
 #: what a publish raises when the broker cannot be reached
 BROKER_ERRORS = (OSError, OperationalError)
@@ -22,6 +24,8 @@ BROKER_ERRORS = (OSError, OperationalError)
 #: was lost (the events themselves end a wait at once)
 RECHECK_S = 10.0
 TERMINAL_NAMES = frozenset(state.value for state in TERMINAL)
+#: the shortest time between two reads of a workflow's element states while waiting
+REFRESH_S = 0.2
 
 
 class Client:
@@ -111,3 +115,92 @@ class Client:
                             if on_event is not None:
                                 on_event(events.state_event(job))
         return self.ctx.store.jobs(ids)
+
+    # -- workflows (docs/workflows.md) ---------------------------------------------------
+
+    def submit_workflow(self, document: Mapping[str, Any]) -> WorkflowRecord:
+        """Check, record and start a workflow; a refused one raises WorkflowError (a
+        SpecError naming the step) and records nothing."""
+        workflow, created = schedule.submit(self.ctx, document)
+        self._start(created)
+        return workflow
+
+    def workflow(self, workflow_id: str) -> WorkflowRecord:
+        """A workflow by id, or by an unambiguous prefix of at least 4 characters."""
+        return control.find(self.ctx, workflow_id)
+
+    def workflows(self, limit: int = 100) -> builtins.list[WorkflowRecord]:
+        return self.ctx.store.recent_workflows(limit)
+
+    def workflow_status(self, workflow_id: str) -> dict[str, Any]:
+        """The workflow, each step with its element count and the count in each state
+        (`waiting`: no job yet), and its history."""
+        workflow = self.workflow(workflow_id)
+        counts = self.ctx.store.element_counts(workflow.id)
+        steps = [{"name": step.name, "elements": step.elements, "needs": step.needs,
+                  "states": counts.get(step.name, {})} for step in self.ctx.store.steps(workflow.id)]
+        total: dict[str, int] = {}
+        for per_step in counts.values():
+            for state, count in per_step.items():
+                total[state] = total.get(state, 0) + count
+        return {"id": workflow.id, "name": workflow.name, "state": workflow.state, "reason": workflow.reason,
+                "user": workflow.user, "created_at": workflow.created_at.isoformat(), "states": total, "steps": steps,
+                "history": [{**change, "at": change["at"].isoformat()}
+                            for change in self.ctx.store.workflow_history(workflow.id)]}
+
+    def element_states(self, workflow_id: str) -> dict[str, str]:
+        """`step[index]` -> the state of its job (`waiting`: not yet created)."""
+        return {f"{e.step}[{e.index}]": e.job_state or "waiting" for e in self.ctx.store.elements(workflow_id)}
+
+    def pause_workflow(self, workflow_id: str) -> None:
+        control.pause(self.ctx, workflow_id)
+
+    def resume_workflow(self, workflow_id: str) -> None:
+        self._start(control.resume(self.ctx, workflow_id))
+
+    def rerun_workflow(self, workflow_id: str) -> int:
+        """Rerun what failed or was cancelled; returns how many jobs started at once."""
+        created = control.rerun(self.ctx, workflow_id)
+        self._start(created)
+        return len(created)
+
+    def cancel_workflow(self, workflow_id: str) -> int:
+        """Cancel the workflow and its jobs not yet ended; returns how many were cancelled."""
+        cancelled = control.cancel(self.ctx, workflow_id)
+        for each in cancelled:
+            if each.stop is not None:
+                messages.kill(each.stop)
+            messages.wake_jobs(each.woken)
+        return len(cancelled)
+
+    def wait_workflow(self, workflow_id: str, timeout: float | None = None,
+                      on_states: Callable[[dict[str, str]], None] | None = None) -> WorkflowRecord:
+        """Wait until the workflow has ended (or is paused, or the timeout passes). The
+        elements' states are read again when one of its jobs' events is heard (at most
+        every REFRESH_S), a second after the last event heard (the workflow's own end is
+        recorded just after its last job's), or after RECHECK_S of quiet in case an event
+        was lost."""
+        workflow = self.workflow(workflow_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        quiet = RECHECK_S
+        with JobEvents() as heard:
+            while True:
+                if on_states is not None:
+                    on_states(self.element_states(workflow.id))
+                workflow = self.workflow(workflow.id)
+                if workflow.state in ENDED or workflow.state == "paused":
+                    return workflow
+                left = quiet if deadline is None else min(quiet, deadline - time.monotonic())
+                if left <= 0:
+                    return workflow
+                got = heard.next(left)
+                quiet = 1.0 if got else RECHECK_S
+                if got:
+                    time.sleep(REFRESH_S)
+
+    def _start(self, created: builtins.list[Job]) -> None:
+        for job in created:
+            try:
+                messages.start(job)
+            except BROKER_ERRORS as exc:  # recorded: a starting steps worker or reconciliation sends it
+                raise NotSent(job, exc) from exc

@@ -20,6 +20,7 @@ FIFO in place of a file is refused, not waited on).
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -222,6 +223,23 @@ class JobDir:
                 os.close(fd)
         return None
 
+    def output_digests(self, paths: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The size and sha256 of each declared output that is a regular file inside the job
+        directory (a link is followed only if it stays inside it), each read once."""
+        root = self.root.resolve()
+        found: dict[str, dict[str, Any]] = {}
+        for path in paths:
+            try:
+                target = (self.working / path).resolve(strict=True)
+            except (OSError, RuntimeError):
+                continue
+            if root not in target.parents:
+                continue
+            digest = file_digest(target)
+            if digest is not None:
+                found[path] = {"size": digest[0], "sha256": digest[1]}
+        return found
+
     def script_reason(self) -> str | None:
         """The reason the job script itself gave on stderr (a setup file it could not read)."""
         for line in self.tail("stderr", _SMALL).splitlines():
@@ -417,6 +435,21 @@ def write_file(path: Path, text: str, mode: int) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def file_digest(path: Path) -> tuple[int, str] | None:
+    """A regular file's size and sha256, from one read of it (None: not a regular file)."""
+    fd = _open_regular(path)
+    if fd is None:
+        return None
+    digest, size = hashlib.sha256(), 0
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    return size, digest.hexdigest()
 
 
 def _open_regular(path: Path) -> int | None:

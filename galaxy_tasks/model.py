@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -107,10 +109,21 @@ jobs = Table(
     Column("attempts", JSON),
     Column("limit_keys", JSON(none_as_null=True)),
     Column("waiting_on", String(255)),
+    # the workflow whose step element this job is (None: a job submitted on its own)
+    Column("workflow_id", String(36)),
+    # provenance: whether the spec allows reuse of an earlier job's result; the key of what
+    # the job computes (tool, version, command, environment, its inputs' content hashes),
+    # set at prepare for a job that allows reuse; the size and sha256 of each declared output,
+    # recorded at finish; the job whose outputs this one reused instead of running
+    Column("reuse", Boolean, nullable=False, default=False, server_default=false()),
+    Column("provenance", String(64), index=True),
+    Column("output_files", JSON(none_as_null=True)),
+    Column("reused_from", String(36)),
     Index("ix_gt_job_state_check_at", "state", "check_at"),
     Index("ix_gt_job_waiting", "state", "waiting_on", "created_at"),
     Index("ix_gt_job_created_at", "created_at"),
     Index("ix_gt_job_unpublished_at", "unpublished_at"),
+    Index("ix_gt_job_workflow_id", "workflow_id", "state"),
 )
 
 #: one row per transition: the job's history, and the audit that it was legal
@@ -139,6 +152,61 @@ leases = Table(
     Column("name", String(64), primary_key=True),
     Column("holder", String(255), nullable=False),
     Column("until", UTCDateTime(), nullable=False),
+)
+
+
+#: a workflow: a named DAG of job specs (docs/workflows.md), its document as submitted, and
+#: its own state; `check_at` is when reconciliation next runs a scheduling pass over it
+workflows = Table(
+    "gt_workflow", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("user", String(255)),
+    Column("state", String(16), nullable=False),
+    Column("document", JSON, nullable=False),
+    Column("reason", Text),
+    Column("created_at", UTCDateTime(), nullable=False, default=utcnow),
+    Column("updated_at", UTCDateTime(), nullable=False, default=utcnow),
+    Column("check_at", UTCDateTime()),
+    Index("ix_gt_workflow_state_check_at", "state", "check_at"),
+    Index("ix_gt_workflow_created_at", "created_at"),
+)
+
+workflow_changes = Table(
+    "gt_workflow_state_change", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("workflow_id", String(36), ForeignKey("gt_workflow.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("from_state", String(16)),
+    Column("to_state", String(16), nullable=False),
+    Column("at", UTCDateTime(), nullable=False, default=utcnow),
+    Column("reason", Text),
+)
+
+#: a step: its job spec template, how many elements it has, and the steps it needs
+#: (`needs`: step name -> "each" (the element of the same index) or "all")
+workflow_steps = Table(
+    "gt_workflow_step", metadata,
+    Column("workflow_id", String(36), ForeignKey("gt_workflow.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("elements", Integer, nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("needs", JSON, nullable=False),
+)
+
+#: one element of a step: its parameters and the id its job has (or will have) in this run
+#: of it; the job's row, once it exists, is the element's state. The primary key is the
+#: element, and the job id is derived from it: a job is never created twice for one element.
+workflow_elements = Table(
+    "gt_workflow_element", metadata,
+    Column("workflow_id", String(36), ForeignKey("gt_workflow.id", ondelete="CASCADE"), primary_key=True),
+    Column("step", String(64), primary_key=True),
+    Column("index", Integer, primary_key=True),
+    Column("params", JSON, nullable=False),
+    Column("run", Integer, nullable=False),
+    Column("job_id", String(36), nullable=False),
+    Index("ix_gt_workflow_element_job_id", "job_id", unique=True),
 )
 
 
@@ -190,6 +258,11 @@ class Job:
     attempts: list[dict[str, Any]] | None = None
     limit_keys: list[str] | None = None
     waiting_on: str | None = None
+    workflow_id: str | None = None
+    reuse: bool = False
+    provenance: str | None = None
+    output_files: dict[str, dict[str, Any]] | None = None
+    reused_from: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Job:
@@ -207,6 +280,9 @@ class Job:
             "attempt": self.attempt,
             "attempts": self.attempts or [],
             "waiting_on": self.waiting_on,
+            "workflow_id": self.workflow_id,
+            "reused_from": self.reused_from,
+            "output_files": self.output_files,
             "tool_id": self.tool_id,
             "tool_version": self.tool_version,
             "user": self.user,
@@ -244,6 +320,55 @@ class StateChange:
 
     def to_json(self) -> dict[str, Any]:
         return {"from": self.from_state, "to": self.to_state, "at": _iso(self.at), "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRecord:
+    """A workflow's row as the store read it."""
+
+    id: str
+    name: str
+    state: str
+    document: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    user: str | None = None
+    reason: str | None = None
+    check_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> WorkflowRecord:
+        return cls(**row)
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """A step's row: its spec template, its number of elements, the steps it needs."""
+
+    workflow_id: str
+    name: str
+    position: int
+    elements: int
+    spec: dict[str, Any]
+    needs: dict[str, str]
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> StepRecord:
+        return cls(**row)
+
+
+@dataclass(frozen=True, slots=True)
+class ElementRecord:
+    """One element of a step, with the state and directory of its job in this run of it
+    (`job_state` None: its job has not been created)."""
+
+    step: str
+    index: int
+    params: dict[str, Any]
+    run: int
+    job_id: str
+    job_state: str | None
+    job_dir: str | None
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -10,9 +10,11 @@ import threading
 from typing import Any
 
 from galaxy_tasks import context, lifecycle, messages
+from galaxy_tasks.faults import crash_point
 from galaxy_tasks.lifecycle import Finished
 from galaxy_tasks.runners import Runner
 from galaxy_tasks.runners.base import Completion
+from galaxy_tasks.workflows import schedule
 
 _runners: dict[str, Runner] = {}
 _lock = threading.Lock()
@@ -43,7 +45,12 @@ def record_end(completion: Completion, confirmed: bool = False) -> Finished:
     """Record a job's end, then send what follows from it. The finish step runs this (its
     message a hint, checked against the job's directory); so does a runner's own answer in
     this process (`confirmed`): a reconciliation check, a runner whose events are durable."""
-    finished = lifecycle.finish(context.current(), completion, confirmed)
+    ctx = context.current()
+    finished = lifecycle.finish(ctx, completion, confirmed)
+    if finished.moved is not None and finished.moved.job.workflow_id is not None:
+        crash_point("workflow-pass", finished.moved.job.id)  # the end recorded, its dependents not yet created
+        for job in schedule.after_end(ctx, finished.moved.job):
+            messages.start(job)
     if finished.wake is not None:
         messages.wake(finished.wake)
     messages.wake_jobs(finished.waiting)

@@ -65,6 +65,7 @@ class JobSpec:
     environment_setup_file: str | None = None
     id: str | None = None
     events: Events | None = None
+    reuse: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -193,6 +194,9 @@ class SpecModel(BaseModel):
     id: JobIdText | None = Field(None, description="a job id chosen by the client: a duplicated submission then "
                                                    "runs once")
     events: EventsModel | None = Field(None, description="where the job's events go (docs/events.md)")
+    reuse: bool | None = Field(None, strict=True, description=(
+        "allow an earlier ok job with the same tool, version, command, environment and input contents (that also "
+        "allowed reuse) to stand for this one: its outputs are linked in and the job ends ok without running"))
 
 
 _ORDER = {name: index for index, name in enumerate(SpecModel.model_fields)}
@@ -221,6 +225,8 @@ def parse(data: Any) -> JobSpec:
     fields = dict(model.__dict__)
     if fields["cores"] is None:
         fields["cores"] = 1
+    if fields["reuse"] is None:
+        fields["reuse"] = False
     for name in ("environment", "inputs", "outputs"):
         if fields[name] is None:
             fields[name] = {} if name == "environment" else []

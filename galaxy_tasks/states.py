@@ -27,7 +27,8 @@ TERMINAL = frozenset({JobState.OK, JobState.ERROR, JobState.DELETED})
 ACTIVE = frozenset(JobState) - TERMINAL
 
 ALLOWED: dict[JobState, frozenset[JobState]] = {
-    JobState.NEW: frozenset({JobState.QUEUED, JobState.ERROR, JobState.DELETED}),
+    # NEW -> OK: a job whose result an earlier job computed ends without running (reuse)
+    JobState.NEW: frozenset({JobState.QUEUED, JobState.OK, JobState.ERROR, JobState.DELETED}),
     JobState.QUEUED: frozenset({JobState.SUBMITTING, JobState.LIMITED, JobState.ERROR, JobState.DELETED}),
     JobState.LIMITED: frozenset({JobState.QUEUED, JobState.SUBMITTING, JobState.LIMITED, JobState.ERROR,
                                  JobState.DELETED}),

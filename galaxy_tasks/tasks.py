@@ -17,6 +17,7 @@ from galaxy_tasks.runners.base import Completion, Tracked
 from galaxy_tasks.spec import parse
 from galaxy_tasks.states import JobState
 from galaxy_tasks.store import TRANSIENT_ERRORS
+from galaxy_tasks.workflows import control, schedule
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,53 @@ def submit_job(**spec: Any) -> str | None:
     return job.id
 
 
+@app.task(name="galaxy_tasks.submit_workflow", **DB_RETRY)
+def submit_workflow(workflow: dict[str, Any]) -> str | None:
+    """Accept a workflow document (docs/workflows.md) from a client that does not import
+    this package; a refused one is logged with the step it names, and nothing recorded."""
+    try:
+        record, created = schedule.submit(context.current(), workflow)
+    except SpecError as exc:
+        event(log, "workflow_refused", level=logging.ERROR, field=exc.field, error=exc.message)
+        return None
+    for job in created:
+        messages.start(job)
+    return record.id
+
+
+@app.task(name="galaxy_tasks.control_workflow", **DB_RETRY)
+def control_workflow(workflow_id: str, action: str) -> bool:
+    """pause, resume, cancel or rerun a workflow; False if it is not in a state the action
+    applies to (or no such workflow)."""
+    ctx = context.current()
+    try:
+        if action == "pause":
+            control.pause(ctx, workflow_id)
+        elif action == "cancel":
+            for cancelled in control.cancel(ctx, workflow_id):
+                if cancelled.stop is not None:
+                    messages.kill(cancelled.stop)
+                messages.wake_jobs(cancelled.woken)
+        elif action in ("resume", "rerun"):
+            for job in (control.resume if action == "resume" else control.rerun)(ctx, workflow_id):
+                messages.start(job)
+        else:
+            raise control.NotMoved(f"unknown workflow action {action!r}")
+    except (control.NotMoved, LookupError) as exc:
+        event(log, "workflow_action_refused", level=logging.WARNING, workflow_id=workflow_id, action=action,
+              error=str(exc))
+        return False
+    return True
+
+
 @app.task(name="galaxy_tasks.prepare_job", **DB_RETRY)
 def prepare_job(job_id: str, tool_id: str | None = None) -> bool:
-    return lifecycle.prepare(context.current(), job_id)
+    ctx = context.current()
+    job = lifecycle.prepare(ctx, job_id)
+    if job is not None and job.state == JobState.OK.value:  # reused: it ended here, not in a finish
+        for created in schedule.after_end(ctx, job):
+            messages.start(created)
+    return job is not None
 
 
 @app.task(name="galaxy_tasks.launch_job", bind=True, **DB_RETRY)
@@ -147,7 +192,10 @@ def reconcile() -> int:
     unpublished = lifecycle.unpublished(ctx)
     for job in unpublished:
         ctx.announce(job)
-    return plan.size + len(unpublished)
+    scheduled = schedule.overdue(ctx)
+    for job in scheduled:
+        messages.start(job)
+    return plan.size + len(unpublished) + len(scheduled)
 
 
 @app.task(name="galaxy_tasks.announce_jobs", **DB_RETRY)

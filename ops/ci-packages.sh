@@ -2,10 +2,11 @@
 # Debian packages the test suite drives for real: Chromium and its WebDriver (Flower's UI
 # test), redis-server (tests start Redis servers of their own), systemd (systemd-analyze
 # verifies the units), rabbitmq-server (the RabbitMQ tests: a vhost per test on the shared
-# node, private nodes for restarts), postgresql (initdb/pg_ctl for a private cluster). Idempotent.
+# node, private nodes for restarts), postgresql (initdb/pg_ctl for a private cluster), bwa samtools bcftools (the workflow
+# example: ops/workflow-example.sh). Idempotent.
 set -euo pipefail
 need=()
-for pkg in chromium chromium-driver redis-server systemd rabbitmq-server postgresql; do
+for pkg in chromium chromium-driver redis-server systemd rabbitmq-server postgresql bwa samtools bcftools; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -13,4 +14,5 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive timeout 900 apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
     --no-install-recommends "${need[@]}" >/dev/null
 fi
-echo "Debian packages present: chromium chromium-driver redis-server systemd rabbitmq-server postgresql"
+echo "Debian packages present: chromium chromium-driver redis-server systemd rabbitmq-server postgresql bwa samtools" \
+  "bcftools"

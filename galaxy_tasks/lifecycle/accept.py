@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import SpecError
@@ -19,11 +20,26 @@ log = logging.getLogger(__name__)
 def accept(ctx: Context, spec: JobSpec) -> tuple[Job, bool]:
     """Record a new job. Returns the job and whether it was created now; a spec whose
     client-chosen id is already recorded (a duplicated submit message) returns that job."""
+    job_id = spec.id or str(uuid.uuid4())
+    values = job_values(ctx, spec, job_id, utcnow())
+    destination = values["destination"]
+    if not ctx.store.create(values):
+        existing = ctx.store.job(job_id)
+        if existing is None or existing.command != spec.command:
+            raise SpecError("id", f"job id {job_id!r} is already used by another job") from None
+        return existing, False
+    event(log, "state_change", job_id=job_id, to=JobState.NEW, tool_id=spec.tool_id,
+          destination=destination)
+    job = Job.from_row(values)
+    ctx.announce(job)
+    return job, True
+
+
+def job_values(ctx: Context, spec: JobSpec, job_id: str, now: datetime) -> dict[str, Any]:
+    """A new job's row, routed (a workflow creates many of them at once)."""
     destination = ctx.routing.route(spec)
     events = _events(ctx, spec)
-    job_id = spec.id or str(uuid.uuid4())
-    now = utcnow()
-    values = dict(
+    return dict(
         id=job_id,
         tool_id=spec.tool_id,
         tool_version=spec.tool_version,
@@ -49,17 +65,8 @@ def accept(ctx: Context, spec: JobSpec) -> tuple[Job, bool]:
         client_id=events.client_id if events else None,
         event_seq=1,
         unpublished_at=now if events else None,
+        reuse=spec.reuse,
     )
-    if not ctx.store.create(values):
-        existing = ctx.store.job(job_id)
-        if existing is None or existing.command != spec.command:
-            raise SpecError("id", f"job id {job_id!r} is already used by another job") from None
-        return existing, False
-    event(log, "state_change", job_id=job_id, to=JobState.NEW, tool_id=spec.tool_id,
-          destination=destination.name)
-    job = Job.from_row(values)
-    ctx.announce(job)
-    return job, True
 
 
 def _events(ctx: Context, spec: JobSpec) -> Events | None:

@@ -7,7 +7,7 @@ import signal
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from galaxy_tasks.context import Context
 from galaxy_tasks.faults import crash_point
@@ -112,7 +112,7 @@ def _record(ctx: Context, job: Job, job_dir: JobDir, completion: Completion, end
         resubmitted = _resubmit(ctx, job, end, reason)
         if resubmitted is not None:
             return resubmitted._replace(wake=wake)
-    values = dict(
+    values: dict[str, Any] = dict(
         exit_code=end.exit_code,
         signal=end.signal,
         stdout_tail=stdout,
@@ -122,6 +122,8 @@ def _record(ctx: Context, job: Job, job_dir: JobDir, completion: Completion, end
         ended_at=datetime.fromtimestamp(end.ended_at, UTC),
         runner_state=end.runner_state,
     )
+    if state is JobState.OK and job.outputs:
+        values["output_files"] = job_dir.output_digests(job.outputs)  # provenance: sizes and sha256
     if job.external_id is None and completion.external_id:
         values["external_id"] = completion.external_id
     if job.running_at is None:

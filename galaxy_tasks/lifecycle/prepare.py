@@ -7,6 +7,7 @@ from pathlib import Path
 from galaxy_tasks import jobdir
 from galaxy_tasks.context import Context
 from galaxy_tasks.faults import crash_point
+from galaxy_tasks.lifecycle import reuse
 from galaxy_tasks.lifecycle.changes import move
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job
@@ -19,11 +20,13 @@ log = logging.getLogger(__name__)
 _NEW = frozenset({JobState.NEW})
 
 
-def prepare(ctx: Context, job_id: str) -> bool:
-    """Write the job directory and move NEW -> QUEUED; False if the job is past this step."""
+def prepare(ctx: Context, job_id: str) -> Job | None:
+    """Write the job directory and move NEW -> QUEUED (or, a job that allows reuse whose
+    result an earlier job computed, NEW -> OK: see `reuse`); the row as the move left it,
+    None if the job is past this step."""
     job = ctx.store.job(job_id)
     if job is None or job.state != JobState.NEW.value:
-        return False
+        return None
     destination = ctx.routing.destinations.get(job.destination)
     root = ctx.settings.jobs_dir / job.id
     try:
@@ -34,12 +37,15 @@ def prepare(ctx: Context, job_id: str) -> bool:
     except (OSError, LookupError) as exc:
         move(ctx, job_id, JobState.ERROR, reason=f"prepare failed: {exc}", sources=_NEW)
         event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
-        return False
+        return None
     crash_point("prepare", job_id)
-    moved = move(ctx, job_id, JobState.QUEUED, sources=_NEW, job_dir=str(root))
+    key = reuse.provenance_key(ctx, job) if job.reuse else None
+    if key is not None and (reused := reuse.reuse_earlier(ctx, job, jobdir.JobDir(root), key)) is not None:
+        return reused
+    moved = move(ctx, job_id, JobState.QUEUED, sources=_NEW, job_dir=str(root), provenance=key)
     if moved:
         event(log, "state_change", job_id=job_id, to=JobState.QUEUED, queue=job.queue)
-    return moved is not None
+    return moved.job if moved is not None else None
 
 
 def environment(ctx: Context, job: Job, destination: Destination, job_dir: jobdir.JobDir) -> dict[str, str]:

@@ -11,13 +11,14 @@ from galaxy_tasks.store.limits import LimitPlaces, Refused, Released
 from galaxy_tasks.store.moves import Moved
 from galaxy_tasks.store.queries import Queries
 from galaxy_tasks.store.reports import ActiveCounts, ChangesRead, Reports
+from galaxy_tasks.store.workflows import Workflows
 
 #: errors of a database that went away for a while (restart, failover, a killed
 #: connection): a step that meets one is retried on fresh connections
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 
 
-class Store(LimitPlaces, Queries, Leases, Reports):
+class Store(LimitPlaces, Queries, Leases, Reports, Workflows):
     """One per database URL per process (see `galaxy_tasks.context`)."""
 
 

@@ -51,6 +51,11 @@ class Queries(StoreBase):
             query = query.where(jobs.c.state == state.value)
         return self._select(query)
 
+    def reusable(self, key: str, limit: int = 3) -> list[Job]:
+        """Ended-ok jobs with this provenance key, oldest first (the first that computed it)."""
+        return self._select(select(jobs).where(jobs.c.provenance == key, jobs.c.state == JobState.OK.value)
+                            .order_by(jobs.c.finished_at).limit(limit))
+
     def unfinished(self) -> list[Job]:
         """Every job not yet in a terminal state, oldest first."""
         return self._select(select(jobs).where(jobs.c.state.not_in([s.value for s in TERMINAL]))

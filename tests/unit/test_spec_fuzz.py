@@ -101,6 +101,7 @@ FIELD_VALUES = {
     "environment_setup_file": texts,
     "id": job_ids,
     "events": st.one_of(json_values, st.fixed_dictionaries({"queue": texts}, optional={"client_id": texts})),
+    "reuse": st.one_of(json_values, st.booleans()),
 }
 
 
@@ -122,6 +123,7 @@ FIELD_GOOD = {
     "id": st.from_regex(JOB_ID, fullmatch=True),
     "events": st.fixed_dictionaries({"queue": st.from_regex(r"[a-z][a-z0-9_.:-]{0,30}", fullmatch=True)},
                                     optional={"client_id": st.text(max_size=20)}),
+    "reuse": st.booleans(),
 }
 
 
@@ -259,6 +261,7 @@ FIELD_VALID = {
     "id": st.from_regex(JOB_ID, fullmatch=True),
     "events": st.fixed_dictionaries({"queue": st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,60}", fullmatch=True)},
                                     optional={"client_id": safe_text}),
+    "reuse": st.booleans(),
 }
 
 

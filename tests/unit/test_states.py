@@ -62,7 +62,7 @@ def test_a_limited_job_waits_then_launches():
 
 def test_sources_of_running():
     assert sources_of(S.RUNNING) == {S.SUBMITTING}
-    assert sources_of(S.OK) == {S.SUBMITTING, S.RUNNING}
+    assert sources_of(S.OK) == {S.NEW, S.SUBMITTING, S.RUNNING}  # NEW: a job whose result is reused
     assert sources_of(S.QUEUED) == {S.NEW, S.SUBMITTING, S.LIMITED}  # back in line: no room, or woken
 
 
@@ -84,6 +84,7 @@ def test_states_are_their_values():
         [S.NEW, S.DELETED],
         [S.NEW, S.ERROR],
         [S.NEW, S.QUEUED, S.SUBMITTING, S.OK],
+        [S.NEW, S.OK],  # a job whose result an earlier job computed: reused, not run
         [S.NEW, S.QUEUED, S.SUBMITTING, S.SUBMITTING, S.RUNNING, S.OK],
         [S.NEW, S.QUEUED, S.SUBMITTING, S.QUEUED, S.SUBMITTING, S.RUNNING, S.OK],
         [S.NEW, S.QUEUED, S.DELETED],
@@ -100,7 +101,6 @@ def test_legal_paths(path):
         [],
         [S.NEW, S.QUEUED, S.SUBMITTING, S.RUNNING, S.OK, S.RUNNING],
         [S.NEW, S.RUNNING, S.OK],
-        [S.NEW, S.OK],
         [S.NEW, S.SUBMITTING],
         [S.QUEUED, S.SUBMITTING, S.RUNNING, S.OK],
         [S.RUNNING, S.OK],

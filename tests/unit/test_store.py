@@ -145,7 +145,7 @@ def test_second_identical_move_does_nothing(ctx):
     "setup, target",
     [
         ([], S.RUNNING),
-        ([], S.OK),
+        ([S.QUEUED], S.OK),
         ([], S.SUBMITTING),
         ([S.QUEUED], S.RUNNING),
         ([S.QUEUED, S.SUBMITTING, S.RUNNING], S.QUEUED),

@@ -1,0 +1,91 @@
+"""Workflows through real worker processes on Redis and PostgreSQL: a diamond with a map and
+a reduce runs to its end with independent steps in parallel, a failed element is rerun
+alone, and a client of the task contract submits a workflow by task name."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from galaxy_tasks import yamlconf
+
+pytestmark = pytest.mark.integration
+
+WORKFLOW = r"""
+name: fan
+steps:
+  reference:
+    spec: {tool_id: ref, command: "printf 'ACGT\n' > ref.txt", outputs: [ref.txt]}
+  count:
+    map: [alpha, beta, gamma]
+    spec:
+      tool_id: count
+      command: "test -e GATE -o ${item} != beta && echo ${item} $(wc -c < ${steps.reference.outputs.ref.txt}) > c.txt"
+      outputs: [c.txt]
+  total:
+    reduce: count
+    sweep: {scale: [1, 10]}
+    spec:
+      tool_id: total
+      command: "cat ${steps.count.outputs.c.txt} | awk '{s += $2 * ${params.scale}} END {print s}' > t.txt"
+      outputs: [t.txt]
+"""
+
+
+def _status(deployment, workflow_id: str) -> dict:
+    result = deployment.cli("workflow", "status", workflow_id, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _wait(deployment, workflow_id: str, states: set[str], timeout: float = 30) -> dict:
+    deployment.wait_until(lambda: _status(deployment, workflow_id)["state"] in states, timeout, "workflow end")
+    return _status(deployment, workflow_id)
+
+
+def test_a_workflow_runs_fails_one_element_and_reruns_only_it(deployment, tmp_path: Path):
+    deployment.worker()
+    gate = tmp_path / "gate"
+    document = tmp_path / "wf.yml"
+    document.write_text(WORKFLOW.replace("GATE", str(gate)))
+    submitted = deployment.cli("workflow", "submit", str(document))
+    assert submitted.returncode == 0, submitted.stderr
+    workflow_id = submitted.stdout.strip()
+
+    failed = _wait(deployment, workflow_id, {"ok", "error"})
+    assert failed["state"] == "error" and "count (1)" in failed["reason"]
+    assert {s["name"]: s["states"] for s in failed["steps"]} == {
+        "reference": {"ok": 1}, "count": {"ok": 2, "error": 1}, "total": {"waiting": 2}}
+    jobs_before = {j.id for j in deployment.jobs()}
+
+    gate.write_text("open")
+    rerun = deployment.cli("workflow", "rerun", workflow_id)
+    assert rerun.returncode == 0 and "1 jobs started" in rerun.stdout, rerun.stdout + rerun.stderr
+    done = _wait(deployment, workflow_id, {"ok", "error"})
+    assert done["state"] == "ok" and done["states"] == {"ok": 6}
+    after = deployment.jobs()
+    assert len(after) == len(jobs_before) + 1 + 2, "only the failed element and the reduce ran again"
+    totals = sorted(int((Path(j.job_dir) / "working" / "t.txt").read_text()) for j in after if j.tool_id == "total")
+    assert totals == [15, 150]
+    assert [h["to_state"] for h in done["history"]] == ["running", "error", "running", "ok"]
+    listed = deployment.cli("workflow", "list")
+    assert workflow_id in listed.stdout and "ok" in listed.stdout
+
+
+def test_a_contract_client_submits_a_workflow_by_task_name_and_a_duplicate_is_harmless(deployment, tmp_path: Path):
+    deployment.worker()
+    document = yamlconf.loads(WORKFLOW.replace("GATE", "/"), "wf.yml")
+    document["id"] = "contract-wf-1"
+    app = Celery(broker=deployment.env["GALAXY_TASKS_BROKER_URL"])
+    app.conf.update(task_serializer="json", accept_content=["json"])
+    for _ in range(2):
+        app.send_task("galaxy_tasks.submit_workflow", kwargs={"workflow": document}, queue="galaxy_tasks")
+    deadline = time.monotonic() + 30
+    while deployment.store.workflow("contract-wf-1") is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    done = _wait(deployment, "contract-wf-1", {"ok", "error"})
+    assert done["state"] == "ok" and done["states"] == {"ok": 6}
+    assert len(deployment.jobs()) == 6, "one job per element, however many submissions"
