@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
+
+from deployment import deployment  # ops/bench/deployment.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -86,30 +85,8 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="galaxy-tasks-workflow-bench-"))
-    database = f"gt_workflow_bench_{uuid.uuid4().hex[:8]}"
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"CREATE DATABASE {database}"], check=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GALAXY_TASKS_")}
-    env.update(GALAXY_TASKS_BROKER_URL="redis://127.0.0.1:6379/11",
-               GALAXY_TASKS_DATABASE_URL=f"postgresql+psycopg2://postgres@127.0.0.1/{database}",
-               GALAXY_TASKS_JOBS_DIR=str(work / "jobs"), GALAXY_TASKS_HOME=str(work / "home"), PYTHONPATH=str(ROOT))
-    os.environ.update(env)
-    from galaxy_tasks import context
-    from galaxy_tasks.client import Client
-    from galaxy_tasks.store import schema
-
-    schema.upgrade(env["GALAXY_TASKS_DATABASE_URL"])
-    workers = [subprocess.Popen([sys.executable, "-m", "galaxy_tasks.cli", "worker", "-n", f"wfbench{i}@%h",
-                                 "--concurrency", "2", "--loglevel", "INFO"], env=env, cwd=ROOT,
-                                stdout=open(work / f"worker{i}.log", "wb"), stderr=subprocess.STDOUT,
-                                start_new_session=True) for i in (1, 2)]
     results = []
-    try:
-        deadline = time.monotonic() + 60
-        while not all(b" ready." in (work / f"worker{i}.log").read_bytes() for i in (1, 2)):
-            if any(w.poll() is not None for w in workers) or time.monotonic() > deadline:
-                raise SystemExit(f"a worker did not start; see {work}/worker*.log")
-            time.sleep(0.2)
-        client = Client(context.current())
+    with deployment(work, "workflow", 11) as client:
         run_workflow(client, 5, 2)  # warm-up
         total = args.inputs * args.steps
         for round_ in range(args.rounds):
@@ -127,15 +104,6 @@ def main() -> None:
             figures["workflow_over_independent"] = round(figures["workflow_s"] / figures["independent_s"], 3)
             results.append(figures)
             print(json.dumps(figures), flush=True)
-    finally:
-        for worker in workers:
-            os.killpg(worker.pid, 15)
-        for worker in workers:
-            worker.wait(timeout=60)
-        from galaxy_tasks.context import reset
-
-        reset()
-        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"DROP DATABASE {database} WITH (FORCE)"])
     ratios = [float(r["workflow_over_independent"]) for r in results]
     print(json.dumps({"median_workflow_over_independent": round(statistics.median(ratios), 3),
                       "median_delay_ms_p50": statistics.median(r["delay_ms_p50"] for r in results),

@@ -19,7 +19,7 @@ from galaxy_tasks.runners.base import Completion
 from galaxy_tasks.runners.stub import StubRunner
 from galaxy_tasks.spec import parse
 from galaxy_tasks.states import JobState
-from galaxy_tasks.store import Store, schema
+from tests.support.embedded import embedded_context
 
 S = JobState
 JOB_CONF = """
@@ -32,13 +32,8 @@ default: stub
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> Iterator[Context]:
-    (tmp_path / "job_conf.yml").write_text(JOB_CONF)
-    settings = config.load({"GALAXY_TASKS_HOME": str(tmp_path), "GALAXY_TASKS_LAUNCH_LEASE": "0.3",
-                            "GALAXY_TASKS_JOB_CONF": str(tmp_path / "job_conf.yml")})
-    schema.upgrade(settings.database_url)
-    store = Store(settings.database_url, settings.check_after)
-    yield Context(settings, store, routing.load(settings.job_conf))
-    store.dispose()
+    with embedded_context(tmp_path, JOB_CONF, LAUNCH_LEASE="0.3") as context:
+        yield context
 
 
 class Reports(list[Completion]):

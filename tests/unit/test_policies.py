@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from galaxy_tasks import config, expressions, lifecycle, routing
+from galaxy_tasks import expressions, lifecycle, routing
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import ConfigError
 from galaxy_tasks.jobdir import JobDir
@@ -19,7 +19,7 @@ from galaxy_tasks.runners.base import Completion
 from galaxy_tasks.runners.stub import StubRunner
 from galaxy_tasks.spec import parse
 from galaxy_tasks.states import JobState
-from galaxy_tasks.store import Store, schema
+from tests.support.embedded import embedded_context
 
 JOB_CONF = """
 destinations:
@@ -61,12 +61,8 @@ limits:
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> Iterator[Context]:
-    (tmp_path / "job_conf.yml").write_text(JOB_CONF)
-    settings = config.load({"GALAXY_TASKS_HOME": str(tmp_path), "GALAXY_TASKS_JOB_CONF": str(tmp_path / "job_conf.yml")})
-    schema.upgrade(settings.database_url)
-    store = Store(settings.database_url, settings.check_after)
-    yield Context(settings, store, routing.load(settings.job_conf))
-    store.dispose()
+    with embedded_context(tmp_path, JOB_CONF) as context:
+        yield context
 
 
 @pytest.fixture
@@ -178,19 +174,15 @@ def test_one_end_launches_a_bounded_number_of_jobs_however_many_wait(tmp_path):
     """40 of alice's jobs wait on her limit. One of hers ends, but before the one it woke
     launches, a newcomer takes the destination's last place: the woken job, refused, passes
     its wake-up on once, and the chain stops there instead of running down the queue."""
-    (tmp_path / "job_conf.yml").write_text(
+    with embedded_context(tmp_path, (
         "destinations:\n  d: {runner: stub}\nlimits:\n  - {type: registered_user_concurrent_jobs, value: 2}\n"
-        "  - {type: destination_total_concurrent_jobs, id: d, value: 3}\n")
-    settings = config.load({"GALAXY_TASKS_HOME": str(tmp_path), "GALAXY_TASKS_JOB_CONF": str(tmp_path / "job_conf.yml")})
-    schema.upgrade(settings.database_url)
-    store = Store(settings.database_url, settings.check_after)
-    ctx = Context(settings, store, routing.load(settings.job_conf))
-    stub = StubRunner(ctx.routing.destinations["d"].params, lambda c: None, destination="d")
+        "  - {type: destination_total_concurrent_jobs, id: d, value: 3}\n"
+    )) as ctx:
+        stub = StubRunner(ctx.routing.destinations["d"].params, lambda c: None, destination="d")
 
-    def start(job_id: str) -> lifecycle.Launched:
-        return lifecycle.launch(ctx, job_id, lambda _: stub, owner=f"m-{job_id}-{len(stub.starts)}")
+        def start(job_id: str) -> lifecycle.Launched:
+            return lifecycle.launch(ctx, job_id, lambda _: stub, owner=f"m-{job_id}-{len(stub.starts)}")
 
-    try:
         alice = [queued(ctx, "alice", "d") for _ in range(42)]
         assert start(alice[0]) and start(alice[1])
         assert not any(start(job_id) for job_id in alice[2:])
@@ -209,8 +201,6 @@ def test_one_end_launches_a_bounded_number_of_jobs_however_many_wait(tmp_path):
             sent = following
         assert launches == 2, "the woken job, and the one it passed its wake-up on to"
         assert sum(row(ctx, job_id).state == "limited" for job_id in alice) == 40
-    finally:
-        store.dispose()
 
 
 def test_a_job_refused_again_on_the_key_it_waits_on_records_no_new_change(ctx, stubs):
@@ -342,22 +332,15 @@ def test_a_tools_own_failure_is_tool_detected_not_unknown_error(ctx, stubs):
 
 
 def test_an_output_too_large_is_never_resubmitted(tmp_path):
-    (tmp_path / "job_conf.yml").write_text(
+    with embedded_context(tmp_path, (
         "destinations:\n  a:\n    runner: stub\n    limits: [{type: output_size, value: 100}]\n"
-        "    resubmit: [{destination: a}]\n")
-    settings = config.load({"GALAXY_TASKS_HOME": str(tmp_path), "GALAXY_TASKS_JOB_CONF": str(tmp_path / "job_conf.yml")})
-    schema.upgrade(settings.database_url)
-    store = Store(settings.database_url, settings.check_after)
-    ctx = Context(settings, store, routing.load(settings.job_conf))
-    stub = StubRunner(ctx.routing.destinations["a"].params, lambda c: None, destination="a")
-    try:
+        "    resubmit: [{destination: a}]\n")) as ctx:
+        stub = StubRunner(ctx.routing.destinations["a"].params, lambda c: None, destination="a")
         job_id = queued(ctx, "alice", "a")
         assert lifecycle.launch(ctx, job_id, lambda _: stub, owner="o")
         (Path(row(ctx, job_id).job_dir or "") / "working" / "big.dat").write_bytes(b"x" * 101)
         finished = lifecycle.finish(ctx, stub.end(job_id, exit_code=0))
         assert finished.resubmitted is None and row(ctx, job_id).runner_state == "output_size_limit"
-    finally:
-        store.dispose()
 
 
 def test_a_rule_that_does_not_match_lets_the_job_fail(ctx, stubs):
@@ -515,15 +498,10 @@ def test_route_explain_names_the_rule_the_limits_in_use_and_the_resubmit_path(ct
 
 
 def test_a_job_no_limit_applies_to_launches_beside_limited_ones(tmp_path):
-    (tmp_path / "job_conf.yml").write_text(
+    with embedded_context(tmp_path, (
         "destinations:\n  limited: {runner: stub}\n  free: {runner: stub}\ndefault: free\n"
-        "limits:\n  - type: destination_total_concurrent_jobs\n    id: limited\n    value: 1\n")
-    settings = config.load({"GALAXY_TASKS_HOME": str(tmp_path), "GALAXY_TASKS_JOB_CONF": str(tmp_path / "job_conf.yml")})
-    schema.upgrade(settings.database_url)
-    store = Store(settings.database_url, settings.check_after)
-    ctx = Context(settings, store, routing.load(settings.job_conf))
-    stubs = {name: StubRunner(d.params, lambda c: None, destination=name) for name, d in ctx.routing.destinations.items()}
-    try:
+        "limits:\n  - type: destination_total_concurrent_jobs\n    id: limited\n    value: 1\n")) as ctx:
+        stubs = {name: StubRunner(d.params, lambda c: None, destination=name) for name, d in ctx.routing.destinations.items()}
         free = [queued(ctx, "alice", "free") for _ in range(3)]
         assert all(launch(ctx, stubs, job_id) for job_id in free)
         assert all(row(ctx, job_id).limit_keys is None for job_id in free)
@@ -532,8 +510,6 @@ def test_a_job_no_limit_applies_to_launches_beside_limited_ones(tmp_path):
         assert row(ctx, second).waiting_on == "destination:limited"
         lifecycle.finish(ctx, stubs["free"].end(free[0], exit_code=0))
         assert row(ctx, free[0]).state == "ok"
-    finally:
-        store.dispose()
 
 
 def test_a_job_whose_give_back_was_lost_is_not_counted_twice_when_it_launches_again(ctx, stubs):

@@ -7,11 +7,9 @@ from typing import Any
 
 import pytest
 
-from galaxy_tasks import config, routing
-from galaxy_tasks.context import Context
-from galaxy_tasks.store import Store, schema
 from galaxy_tasks.workflows import schedule
 from galaxy_tasks.workflows.document import WorkflowError, parse_workflow
+from tests.support.embedded import embedded_context
 
 
 def step(command: str = "true", outputs: list[str] | None = None, **fan: Any) -> dict[str, Any]:
@@ -89,12 +87,7 @@ def test_shell_variables_are_left_to_the_shell():
 
 
 def test_nothing_is_recorded_for_a_refused_workflow(tmp_path: Path):
-    (tmp_path / "job_conf.yml").write_text("destinations:\n  stub: {runner: stub}\ndefault: stub\n")
-    settings = config.load({"GALAXY_TASKS_HOME": str(tmp_path), "GALAXY_TASKS_JOB_CONF": str(tmp_path / "job_conf.yml")})
-    schema.upgrade(settings.database_url)
-    store = Store(settings.database_url, settings.check_after)
-    ctx = Context(settings, store, routing.load(settings.job_conf))
-    with pytest.raises(WorkflowError):
-        schedule.submit(ctx, {"name": "w", "steps": {"a": step(), "b": step(sweep={"q": []})}})
-    assert store.recent_workflows() == [] and store.recent() == []
-    store.dispose()
+    with embedded_context(tmp_path, "destinations:\n  stub: {runner: stub}\ndefault: stub\n") as ctx:
+        with pytest.raises(WorkflowError):
+            schedule.submit(ctx, {"name": "w", "steps": {"a": step(), "b": step(sweep={"q": []})}})
+        assert ctx.store.recent_workflows() == [] and ctx.store.recent() == []

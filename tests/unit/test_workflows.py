@@ -9,13 +9,13 @@ from typing import Any, Iterator
 
 import pytest
 
-from galaxy_tasks import config, lifecycle, routing
+from galaxy_tasks import lifecycle
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import SpecError
 from galaxy_tasks.model import Job, utcnow
 from galaxy_tasks.runners.stub import StubRunner
-from galaxy_tasks.store import Store, schema
 from galaxy_tasks.workflows import control, schedule
+from tests.support.embedded import embedded_context
 
 JOB_CONF = """
 destinations:
@@ -26,12 +26,8 @@ default: stub
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> Iterator[Context]:
-    (tmp_path / "job_conf.yml").write_text(JOB_CONF)
-    settings = config.load({"GALAXY_TASKS_HOME": str(tmp_path), "GALAXY_TASKS_JOB_CONF": str(tmp_path / "job_conf.yml")})
-    schema.upgrade(settings.database_url)
-    store = Store(settings.database_url, settings.check_after)
-    yield Context(settings, store, routing.load(settings.job_conf))
-    store.dispose()
+    with embedded_context(tmp_path, JOB_CONF) as context:
+        yield context
 
 
 @pytest.fixture

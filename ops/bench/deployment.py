@@ -1,0 +1,61 @@
+"""A bench's own small production deployment: a scratch PostgreSQL database, a Redis
+database of the bench's choosing and two `galaxy-tasks worker` processes (concurrency 2),
+torn down whatever happens. The limits and workflow benches measure against it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from galaxy_tasks.client import Client
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _psql(statement: str, check: bool = True) -> None:
+    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", statement], check=check)
+
+
+@contextmanager
+def deployment(work: Path, name: str, redis_db: int, job_conf: Path | None = None) -> Iterator[Client]:
+    """A client of two fresh workers; `name` prefixes the database and the workers' names."""
+    database = f"gt_{name}_bench_{uuid.uuid4().hex[:8]}"
+    _psql(f"CREATE DATABASE {database}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GALAXY_TASKS_")}
+    env.update(GALAXY_TASKS_BROKER_URL=f"redis://127.0.0.1:6379/{redis_db}",
+               GALAXY_TASKS_DATABASE_URL=f"postgresql+psycopg2://postgres@127.0.0.1/{database}",
+               GALAXY_TASKS_JOBS_DIR=str(work / "jobs"), GALAXY_TASKS_HOME=str(work / "home"),
+               PYTHONPATH=str(ROOT))
+    if job_conf is not None:
+        env["GALAXY_TASKS_JOB_CONF"] = str(job_conf)
+    os.environ.update(env)  # before galaxy_tasks reads its settings
+    sys.path.insert(0, str(ROOT))
+    from galaxy_tasks import context
+    from galaxy_tasks.client import Client
+    from galaxy_tasks.store import schema
+
+    schema.upgrade(env["GALAXY_TASKS_DATABASE_URL"])
+    workers = [subprocess.Popen([sys.executable, "-m", "galaxy_tasks.cli", "worker", "-n", f"{name}{i}@%h",
+                                 "--concurrency", "2", "--loglevel", "INFO"], env=env, cwd=ROOT,
+                                stdout=open(work / f"worker{i}.log", "wb"), stderr=subprocess.STDOUT,
+                                start_new_session=True) for i in (1, 2)]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(b" ready." in (work / f"worker{i}.log").read_bytes() for i in (1, 2)):
+            if any(w.poll() is not None for w in workers) or time.monotonic() > deadline:
+                raise SystemExit(f"a worker did not start; see {work}/worker*.log")
+            time.sleep(0.2)
+        yield Client(context.current())
+    finally:
+        for worker in workers:
+            os.killpg(worker.pid, 15)
+        for worker in workers:
+            worker.wait(timeout=60)
+        context.reset()
+        _psql(f"DROP DATABASE {database} WITH (FORCE)", check=False)
