@@ -10,10 +10,13 @@ import threading
 from typing import Any
 
 from galaxy_tasks import context, lifecycle, messages
+from galaxy_tasks.context import Context
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.lifecycle import Finished
+from galaxy_tasks.model import Job
 from galaxy_tasks.runners import Runner
 from galaxy_tasks.runners.base import Completion
+from galaxy_tasks.states import JobState
 from galaxy_tasks.workflows import schedule
 
 _runners: dict[str, Runner] = {}
@@ -47,16 +50,32 @@ def record_end(completion: Completion, confirmed: bool = False) -> Finished:
     this process (`confirmed`): a reconciliation check, a runner whose events are durable."""
     ctx = context.current()
     finished = lifecycle.finish(ctx, completion, confirmed)
-    if finished.moved is not None and finished.moved.job.workflow_id is not None:
-        crash_point("workflow-pass", finished.moved.job.id)  # the end recorded, its dependents not yet created
-        for job in schedule.after_end(ctx, finished.moved.job):
-            messages.start(job)
+    ended = finished.moved.job if finished.moved is not None else finished.ended_before
+    if ended is not None and ended.workflow_id is not None:
+        # a repeated end passes again: the pass of the first may have died before it created
+        # the dependents (a pass creates each element's job once, whoever runs it)
+        crash_point("workflow-pass", ended.id)  # the end recorded, its dependents not yet created
+        after_end(ctx, ended)
     if finished.wake is not None:
         messages.wake(finished.wake)
     messages.wake_jobs(finished.waiting)
     if finished.resubmitted is not None:
         messages.start(finished.resubmitted, countdown=finished.delay_s)
     return finished
+
+
+def after_end(ctx: Context, job: Job) -> None:
+    """Start what a workflow's job ending (or being cancelled) lets start."""
+    for created in schedule.after_end(ctx, job):
+        messages.start(created)
+
+
+def after_cancel(ctx: Context, job_id: str) -> None:
+    """A workflow's job cancelled on its own: the pass decides what that leaves of the
+    workflow (its dependents cannot start; the workflow ends when nothing else runs)."""
+    job = ctx.store.job(job_id)
+    if job is not None and job.workflow_id is not None and job.state == JobState.DELETED.value:
+        after_end(ctx, job)
 
 
 def _record_durably(completion: Completion) -> None:

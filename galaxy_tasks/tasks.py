@@ -15,7 +15,7 @@ from galaxy_tasks.errors import RunnerError, RunnerUnavailable, SpecError
 from galaxy_tasks.logs import event
 from galaxy_tasks.runners.base import Completion, Tracked
 from galaxy_tasks.spec import parse
-from galaxy_tasks.states import JobState
+from galaxy_tasks.states import TERMINAL, JobState
 from galaxy_tasks.store import TRANSIENT_ERRORS
 from galaxy_tasks.workflows import control, schedule
 
@@ -129,10 +129,13 @@ def launch_next(self: Any, destination: str) -> str | None:
 
 @app.task(name="galaxy_tasks.cancel_job", **DB_RETRY)
 def cancel_job(job_id: str) -> str:
-    before, stop, woken = lifecycle.cancel(context.current(), job_id)
+    ctx = context.current()
+    before, stop, woken = lifecycle.cancel(ctx, job_id)
     if stop is not None:
         messages.kill(stop)
     messages.wake_jobs(woken)
+    if before not in TERMINAL:
+        runtime.after_cancel(ctx, job_id)
     return before.value
 
 

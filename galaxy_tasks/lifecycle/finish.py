@@ -41,6 +41,9 @@ class Finished(NamedTuple):
     waiting: list[tuple[str, str]] = []
     resubmitted: Job | None = None
     delay_s: float = 0.0
+    #: the job's row if it had ended before this completion (a late or repeated end, such as
+    #: the finish redelivered after a crash that followed its record)
+    ended_before: Job | None = None
 
 
 def finish(ctx: Context, completion: Completion, confirmed: bool = False) -> Finished:
@@ -60,7 +63,8 @@ def finish(ctx: Context, completion: Completion, confirmed: bool = False) -> Fin
     wake = job.destination if job.destination in ctx.routing.limited else None
     job_dir = JobDir(Path(job.job_dir or ctx.settings.jobs_dir / job.id), job.token)
     if JobState(job.state) not in _LAUNCHED:
-        return Finished(None, wake, _ended_before(ctx, job, job_dir, completion, confirmed))
+        return Finished(None, wake, _ended_before(ctx, job, job_dir, completion, confirmed),
+                        ended_before=job if JobState(job.state) in TERMINAL else None)
     if completion.external_id and job.external_id and completion.external_id != job.external_id:
         # the end of another attempt (a resubmitted job's earlier one), heard late
         event(log, "completion_of_another_attempt", level=logging.WARNING, job_id=job.id,

@@ -89,3 +89,22 @@ def test_a_contract_client_submits_a_workflow_by_task_name_and_a_duplicate_is_ha
     done = _wait(deployment, "contract-wf-1", {"ok", "error"})
     assert done["state"] == "ok" and done["states"] == {"ok": 6}
     assert len(deployment.jobs()) == 6, "one job per element, however many submissions"
+
+
+def test_a_workflow_whose_job_is_cancelled_on_its_own_ends_at_once(deployment, tmp_path: Path):
+    """A user cancels one job of a workflow (galaxy-tasks cancel ID): what needs it cannot
+    start, and the workflow ends then, not at reconciliation's next look (300 s here)."""
+    deployment.worker()
+    document = tmp_path / "wf.json"
+    document.write_text(json.dumps({"name": "cancelled", "steps": {
+        "slow": {"spec": {"tool_id": "slow", "command": "sleep 60"}},
+        "next": {"after": "slow", "spec": {"tool_id": "next", "command": "true"}}}}))
+    submitted = deployment.cli("workflow", "submit", str(document))
+    assert submitted.returncode == 0, submitted.stderr
+    workflow_id = submitted.stdout.strip()
+    deployment.wait_until(lambda: any(j.state == "running" for j in deployment.jobs()), 30, "the first job running")
+    [job] = deployment.jobs()
+    assert deployment.cli("cancel", job.id).returncode == 0
+    ended = _wait(deployment, workflow_id, {"ok", "error", "cancelled"}, timeout=30)
+    assert ended["state"] == "error" and "slow (1)" in ended["reason"], ended
+    assert [j.id for j in deployment.jobs()] == [job.id], "the step after it never started"

@@ -212,3 +212,21 @@ def test_a_workflow_submitted_twice_with_its_id_is_recorded_once(ctx, stub):
     assert len(ctx.store.recent_workflows()) == 1 and len(ctx.store.recent()) == 1
     with pytest.raises(SpecError):
         schedule.submit(ctx, {**DIAMOND, "name": "other", "id": "wf-1"})
+
+
+def test_a_repeated_end_gives_the_pass_a_crash_may_have_swallowed_its_job_again(ctx, stub):
+    """The finish recorded the end and died before its pass: the redelivered finish hands
+    the ended job back, and the pass it runs creates the dependent once."""
+    workflow, created = schedule.submit(ctx, {"name": "w", "steps": {
+        "a": step("echo x > o", ["o"]), "b": step("cat ${steps.a.outputs.o}")}})
+    job = created[0]
+    assert lifecycle.prepare(ctx, job.id) and lifecycle.launch(ctx, job.id, lambda _name: stub, owner="m")
+    job_dir = ctx.store.job(job.id).job_dir
+    (Path(job_dir) / "working" / "o").write_text("x\n")
+    first = lifecycle.finish(ctx, stub.end(job.id, exit_code=0, report=False))
+    assert first.moved is not None and first.ended_before is None  # its pass never ran
+    again = lifecycle.finish(ctx, stub.end(job.id, exit_code=0, report=False))
+    assert again.moved is None and again.ended_before is not None and again.ended_before.id == job.id
+    dependents = schedule.after_end(ctx, again.ended_before)
+    assert first.moved.job.state == "ok" and [j.command for j in dependents] == [f"cat {job_dir}/working/o"]
+    assert schedule.after_end(ctx, again.ended_before) == [], "each element's job is created once"
