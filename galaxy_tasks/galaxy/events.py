@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -17,6 +18,8 @@ from typing import Any, Callable, Mapping
 from kombu import Connection, Consumer, Exchange, Message, Queue
 
 from galaxy_tasks.galaxy.states import RUNNER_STATES, STATES, TERMINAL
+
+_RUNNER_STATE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +61,13 @@ def parse(body: Any) -> JobEvent:
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
         raise EventError(f"seq must be a whole number, not {seq!r}")
     runner_state = body.get("runner_state")
+    if runner_state is not None and not (isinstance(runner_state, str) and _RUNNER_STATE.fullmatch(runner_state)):
+        raise EventError(f"runner_state must be a lower-case name, not {runner_state!r}")
     if runner_state is not None and runner_state not in RUNNER_STATES:
-        raise EventError(f"unknown runner_state {runner_state!r}")
+        # a newer galaxy-tasks' name: the job still ends (as Galaxy's unknown_error), it is
+        # not left running in Galaxy for want of a word
+        log.warning("job event %r: runner_state %r is not one this plugin knows; Galaxy sees unknown_error",
+                    job_id, runner_state)
     return JobEvent(
         job_id=job_id, state=state, seq=seq, client_id=_optional(body, "client_id", str),
         exit_code=_optional(body, "exit_code", int), signal=_optional(body, "signal", int),

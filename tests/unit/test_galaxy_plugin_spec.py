@@ -143,7 +143,7 @@ def test_a_job_event_is_parsed() -> None:
 
 @pytest.mark.parametrize("body", [[], {"event": "other"}, event_body(version=2), event_body(job_id=""),
                                   event_body(state="exploded"), event_body(seq="4"), event_body(seq=True),
-                                  event_body(runner_state="tired"), event_body(exit_code="0")])
+                                  event_body(runner_state="Tired\n"), event_body(runner_state=3), event_body(exit_code="0")])
 def test_anything_else_is_refused(body) -> None:
     with pytest.raises(events.EventError):
         events.parse(body)

@@ -77,6 +77,8 @@ def test_an_error_without_a_runner_state_is_galaxys_unknown_error() -> None:
     assert fail_message(None, "the launch failed") == "The job failed in galaxy-tasks: the launch failed"
 
 
-def test_a_runner_state_no_runner_reports_is_refused() -> None:
-    with pytest.raises(events.EventError, match="runner_state"):
-        events.parse(event_body(state="error", runner_state="output_size_limit_reached"))
+def test_a_runner_state_this_plugin_does_not_know_still_ends_the_job_as_unknown_error() -> None:
+    """An event from a newer galaxy-tasks: the job ends in Galaxy (refusing the event would
+    leave it running there for good), as Galaxy's unknown_error."""
+    parsed = events.parse(event_body(state="error", runner_state="output_size_limit_reached"))
+    assert parsed.terminal and galaxy_runner_state(parsed.runner_state, GALAXY_RUNNER_STATES) == "unknown_error"
