@@ -277,6 +277,11 @@ class GalaxyServer:
     def tail(self, size: int = 6000) -> str:
         return self.log.read_text(errors="replace")[-size:] if self.log.exists() else ""
 
+    def task_id(self, job_id: str, attempt: int = 0) -> str:
+        """The galaxy-tasks id the plugin gives a Galaxy job (encoded id) of this server
+        ("main"), and of its resubmission `attempt`."""
+        return f"g-main-{self.admin.decode(job_id)}" + (f"-r{attempt}" if attempt else "")
+
     def working_directory(self, job_id: int) -> Path:
         """Galaxy's job working directory (jobs_directory/<000>/<id>)."""
         return self.data_dir / "jobs_directory" / f"{job_id // 1000:03d}" / str(job_id)

@@ -25,9 +25,6 @@ def history(galaxy_user: GalaxyApi) -> tuple[str, str]:
     return history_id, galaxy_user.upload(history_id, "hello from the test\n")
 
 
-def task_id(galaxy: GalaxyServer, job_id: str) -> str:
-    return f"g-main-{galaxy.admin.decode(job_id)}"
-
 
 def wait_for_row(tasks: Deployment, job_id: str, states: set[JobState], timeout: float = 60) -> None:
     def reached() -> bool:
@@ -54,7 +51,7 @@ def test_a_tool_routed_to_the_plugin_runs_in_galaxy_tasks(galaxy: GalaxyServer, 
                                                           history: tuple[str, str], tasks: Deployment) -> None:
     history_id, dataset_id = history
     job_id, output_id = galaxy_user.run_tool(history_id, "probe_cat_gt", dataset_id)
-    ours = task_id(galaxy, job_id)
+    ours = galaxy.task_id(job_id)
     wait_for_row(tasks, ours, {JobState.OK, JobState.ERROR})
 
     row = tasks.job(ours)
@@ -84,7 +81,7 @@ def test_a_failing_tool_is_an_error_in_galaxy_tasks_with_the_tools_exit_code(
         galaxy: GalaxyServer, galaxy_user: GalaxyApi, history: tuple[str, str], tasks: Deployment) -> None:
     history_id, dataset_id = history
     job_id, _ = galaxy_user.run_tool(history_id, "probe_fail_gt", dataset_id)
-    ours = task_id(galaxy, job_id)
+    ours = galaxy.task_id(job_id)
     wait_for_row(tasks, ours, {JobState.OK, JobState.ERROR})
     row = tasks.job(ours)
     assert (row.state, row.exit_code) == ("error", 3)
@@ -96,7 +93,7 @@ def test_cancel_in_galaxy_reaches_galaxy_tasks(galaxy: GalaxyServer, galaxy_user
                                                history: tuple[str, str], tasks: Deployment) -> None:
     history_id, dataset_id = history
     job_id, _ = galaxy_user.run_tool(history_id, "probe_sleep_gt", dataset_id)
-    ours = task_id(galaxy, job_id)
+    ours = galaxy.task_id(job_id)
     wait_for_row(tasks, ours, {JobState.RUNNING})
     workdir = Path(tasks.job(ours).job_dir)
     pid = int((workdir / "claim").read_text().split()[0])
@@ -133,7 +130,7 @@ def test_a_killed_galaxy_recovers_its_submitted_job_without_running_it_twice(
         galaxy: GalaxyServer, galaxy_user: GalaxyApi, history: tuple[str, str], tasks: Deployment) -> None:
     history_id, dataset_id = history
     job_id, _ = galaxy_user.run_tool(history_id, "probe_sleep_gt", dataset_id)
-    ours = task_id(galaxy, job_id)
+    ours = galaxy.task_id(job_id)
     wait_for_row(tasks, ours, {JobState.RUNNING})
 
     galaxy.kill()

@@ -64,9 +64,6 @@ def grid(make_deployment, galaxy_broker: RedisServer, tmp_path: Path) -> Iterato
         made.close()
 
 
-def task_id(galaxy: GalaxyServer, job_id: str, attempt: int = 0) -> str:
-    return f"g-main-{galaxy.admin.decode(job_id)}" + (f"-r{attempt}" if attempt else "")
-
 
 def test_a_tool_routed_to_grid_engine_runs_there_and_is_ok_in_galaxy(
         galaxy: GalaxyServer, galaxy_user: GalaxyApi, history: tuple[str, str], grid: DrmaaDeployment) -> None:
@@ -75,7 +72,7 @@ def test_a_tool_routed_to_grid_engine_runs_there_and_is_ok_in_galaxy(
     galaxy_user.wait_job(job_id, want="ok", timeout=120)
     assert galaxy_user.dataset_text(output_id) == CATTED
 
-    row = grid.job(task_id(galaxy, job_id))
+    row = grid.job(galaxy.task_id(job_id))
     assert (row.state, row.destination, row.exit_code) == ("ok", SGE_DESTINATION, 0)
     assert row.external_id and row.external_id.isdigit(), "a Grid Engine job number"
     assert grid.drm_calls()["runJob"] == 1
@@ -87,7 +84,7 @@ def test_a_worker_sigkilled_mid_job_changes_nothing_galaxy_sees(
     galaxy.gate.unlink(missing_ok=True)
     runs_before = len(ledger_lines(galaxy.ledger))
     job_id, output_id = galaxy_user.run_tool(history_id, "probe_ledger_gt", dataset_id)
-    ours = task_id(galaxy, job_id)
+    ours = galaxy.task_id(job_id)
     tasks.wait_until(lambda: len(ledger_lines(galaxy.ledger)) > runs_before, 60, "the tool's command started")
 
     tasks.workers[0].kill()
@@ -110,7 +107,7 @@ def test_a_walltime_kill_is_resubmitted_by_galaxys_rule_and_ends_ok(
     galaxy_user.wait_job(job_id, want="ok", timeout=120)
     assert galaxy_user.dataset_text(output_id) == INPUT
 
-    first, second = tasks.job(task_id(galaxy, job_id)), tasks.job(task_id(galaxy, job_id, attempt=1))
+    first, second = tasks.job(galaxy.task_id(job_id)), tasks.job(galaxy.task_id(job_id, attempt=1))
     assert (first.state, first.runner_state, first.walltime_s) == ("error", "walltime_reached", 2)
     assert (second.state, second.walltime_s) == ("ok", 600), "run again in gt_long, with its walltime"
     assert "Job will be resubmitted to 'gt_long' because it reached the walltime" in galaxy.tail(size=10**8)
@@ -126,7 +123,7 @@ def test_fifty_jobs_submitted_at_once_all_end_ok(galaxy: GalaxyServer, galaxy_us
 
     states = wait_all(galaxy_user, job_ids, timeout=150)
     assert states == {job_id: "ok" for job_id in job_ids}
-    ours = {task_id(galaxy, job_id) for job_id in job_ids}
+    ours = {galaxy.task_id(job_id) for job_id in job_ids}
     rows = {job.id: job.state for job in tasks.jobs() if job.id in ours}
     assert rows == {job: "ok" for job in ours}
     assert {galaxy_user.dataset_text(output_id) for output_id in output_ids[:5]} == {CATTED}
