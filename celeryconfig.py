@@ -5,18 +5,23 @@
   a message is removed from the broker only after its step has committed its state.
 - Events on, so Flower sees every task; results off: the job row is the result.
 - No countdown or schedule may be as long as the broker's visibility timeout, or the broker
-  would deliver the same message twice while it is still waiting.
+  would deliver the same message twice while it is still waiting: a retry waits at most 30 s,
+  a resubmission's delay is a countdown only up to half the visibility timeout (a longer one
+  waits in the job's row), so the visibility timeout is minutes (GALAXY_TASKS_VISIBILITY_TIMEOUT).
 - Every task message goes through the default (anonymous) exchange with its queue's name as
   routing key: direct exchanges, which Celery turns into the default exchange when it
   publishes, so no message depends on a binding (Redis loses its bindings when it restarts
-  empty); the job events of `galaxy_tasks/messages.py` name the default exchange themselves.
+  empty); the job events of `galaxy_tasks/edge/messages.py` name the default exchange themselves.
 - Broker connections (docs/operations.md, "Brokers"): on RabbitMQ, publisher confirms (a
   publish the broker did not take raises, and is retried, instead of vanishing), heartbeats
   and durable queues of GALAXY_TASKS_QUEUE_TYPE; on Redis, socket timeouts, TCP keepalive and
-  health checks, so a half-open connection is found and replaced instead of hanging.
+  health checks, so a half-open connection is found and replaced instead of hanging; each
+  message is recorded as unacknowledged by Redis as it is taken (`galaxy_tasks.edge.brokers`), and
+  every worker sweeps the unacknowledged messages every RESTORE_INTERVAL_S, so one taken on a
+  connection that died is delivered again within the visibility timeout plus that period.
 """
-from galaxy_tasks import brokers as _brokers
 from galaxy_tasks import config as _config
+from galaxy_tasks.edge import brokers as _brokers
 
 _settings = _config.load()
 _kind = _brokers.kind(_settings.broker_url)
@@ -28,13 +33,16 @@ broker_transport_options: dict = {"visibility_timeout": _settings.visibility_tim
 if _settings.embedded:
     broker_transport_options["polling_interval"] = 0.005
 elif _kind == "redis":
-    broker_transport = "galaxy_tasks.brokers:RedisTransport"  # kombu's, surviving a Redis restart
+    broker_transport = "galaxy_tasks.edge.brokers:RedisTransport"  # kombu's: see its docstring
     broker_transport_options.update(
         socket_connect_timeout=5,
         socket_timeout=5,           # no publish or health check waits forever on a dead connection
         socket_keepalive=True,      # the kernel notices a peer that went away (hours by default:
         socket_keepalive_options=_brokers.keepalive_options(),  # ~1 min with these)
-        health_check_interval=10,   # PING the pub/sub connection; drop a BRPOP overdue by 1 + 10 s
+        health_check_interval=10,   # PING the pub/sub connection; drop a take overdue by 1 + 10 s
+        unacked_restore_interval=_brokers.RESTORE_INTERVAL_S,  # every worker sweeps unacked messages
+        unacked_restore_throttle=1,  # every sweep looks (kombu's default: one in ten, 100 s apart)
+        unacked_mutex_expire=3 * _brokers.RESTORE_INTERVAL_S,  # a sweeper killed mid-sweep delays the next 30 s
     )
 elif _kind == "amqp":
     broker_transport_options = {"confirm_publish": True}

@@ -10,7 +10,7 @@ def __getattr__(name: str) -> Any:
     # `celery -A galaxy_tasks` looks up `galaxy_tasks.app`; importing the package for its
     # spec parser or model does not build a Celery app.
     if name == "app":
-        from galaxy_tasks.celery import app
+        from galaxy_tasks.edge.app import app
 
         return app
     raise AttributeError(name)

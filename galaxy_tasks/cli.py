@@ -3,21 +3,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from sqlalchemy.exc import DatabaseError
 
+from galaxy_tasks.arguments import embedded_options, positive_int
 from galaxy_tasks.errors import NotSent
 
 if TYPE_CHECKING:
     from galaxy_tasks.client import Client
 
-from galaxy_tasks import config, context
+from galaxy_tasks import config, context, lifecycle
 from galaxy_tasks.errors import ConfigError, SpecError
-from galaxy_tasks.logs import redact
+from galaxy_tasks.logs import escape_controls, printable, redact
 from galaxy_tasks.render import JobProgress, fields, is_terminal, print_table
 from galaxy_tasks.states import TERMINAL, JobState
 
@@ -50,8 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the jobs of a YAML file in this process (embedded mode)")
     run.add_argument("jobs_file", type=Path)
-    run.add_argument("--concurrency", type=int, default=4)
-    run.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    embedded_options(run)
     run.set_defaults(handler=_run)
 
     submit = sub.add_parser("submit", help="submit one job and print its id")
@@ -120,6 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--latency-jobs", type=int, default=50)
     bench.add_argument("--workers", type=int, default=2, help="worker processes the benchmark starts")
     bench.add_argument("--rounds", type=int, default=3, help="alternating rounds of baseline and jobs")
+    bench.add_argument("--ends-worker", action="store_true",
+                       help="also start a worker of the ends queue alone (compare the burst's ends with and without)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_bench)
 
@@ -203,24 +206,28 @@ def _pair(item: str) -> tuple[str, str]:
 def _status(args: argparse.Namespace, _extra: list[str]) -> int:
     client = _client()
     job = client.get(args.job_id)
+    wait = lifecycle.why_waiting(client.ctx, job)
     if args.json:
         data = job.to_json()
+        data["waiting"] = wait.to_json() if wait is not None else None
         data["history"] = [change.to_json() for change in client.history(job.id)]
         print(json.dumps(data, indent=2))
         return 0
     data = job.to_json()
+    if wait is not None:
+        data["waiting"] = wait.describe()
     keys = ("id", "state", "reused_from", "tool_id", "user", "destination", "external_id", "exit_code", "reason",
-            "runner_state",
+            "waiting", "runner_state",
             "waiting_on", "attempt", "wall_time_s", "max_rss_kb", "created_at", "running_at", "finished_at", "job_dir")
     print(fields((key, data[key]) for key in keys
                  if data.get(key) is not None and (key != "attempt" or data[key] > 1)))
     for attempt in data.get("attempts") or []:
-        print(f"attempt {attempt['attempt']:<4} on {attempt['destination']}: {attempt['state']} "
-              f"({attempt.get('runner_state') or attempt.get('reason') or 'failed'}), "
-              f"resubmitted because {attempt['resubmit']}")
+        print(escape_controls(f"attempt {attempt['attempt']:<4} on {attempt['destination']}: {attempt['state']} "
+                              f"({attempt.get('runner_state') or attempt.get('reason') or 'failed'}), "
+                              f"resubmitted because {attempt['resubmit']}"))
     for stream in ("stdout", "stderr"):
         if data.get(stream):
-            print(f"--- {stream} (tail)\n{data[stream].rstrip()}")
+            print(f"--- {stream} (tail)\n{printable(data[stream].rstrip())}")
     return 0
 
 
@@ -234,12 +241,14 @@ def _provenance(args: argparse.Namespace, _extra: list[str]) -> int:
         return 0
     for entry in found:
         reused = f"  (reused from {entry['reused_from']})" if entry["reused_from"] else ""
-        print(f"{entry['id']}  {entry['tool_id']} {entry['tool_version'] or ''}  {entry['state']}{reused}")
+        print(escape_controls(f"{entry['id']}  {entry['tool_id']} {entry['tool_version'] or ''}  "
+                              f"{entry['state']}{reused}"))
         for name, output in entry["outputs"].items():
-            print(f"  -> {name}  {output['size']} bytes  sha256:{output['sha256'][:16]}")
+            digest = (output.get("sha256") or "(not hashed)")[:16]
+            print(escape_controls(f"  -> {name}  {output['size']} bytes  sha256:{digest}"))
         for item in entry["inputs"]:
             source = f"from {item['from']}" if item["from"] else "(no recorded job)"
-            print(f"  <- {item['path']}  {source}")
+            print(escape_controls(f"  <- {item['path']}  {source}"))
     return 0
 
 
@@ -270,7 +279,8 @@ def _wait(args: argparse.Namespace, _extra: list[str]) -> int:
     # none with --json or when standard error is not a terminal
     live = not args.json and is_terminal(sys.stderr)
     with JobProgress(sys.stderr, live=live, changes="ends", title="waiting") as progress:
-        jobs = _client().wait(args.job_ids, timeout=args.timeout, on_event=progress.event if live else None)
+        jobs = _client().wait(args.job_ids, timeout=args.timeout, on_event=progress.event if live else None,
+                              on_listening=None if is_terminal(sys.stderr) else _say_listening)
     if args.json:
         print(json.dumps([job.to_json() for job in jobs.values()], indent=2))
     else:
@@ -279,14 +289,22 @@ def _wait(args: argparse.Namespace, _extra: list[str]) -> int:
     return 0 if all(job.state == JobState.OK.value for job in jobs.values()) else 1
 
 
+def _say_listening(pending: int) -> None:
+    """Off a terminal, one line on standard error once `wait` hears the jobs' events (a script
+    may then end them, knowing the wait will hear it)."""
+    print(f"waiting for {pending} jobs, listening for their events", file=sys.stderr, flush=True)
+
+
 def _route(args: argparse.Namespace, _extra: list[str]) -> int:
     """The routing decision for a spec, as an admin asks TPV's `dry-run --explain`."""
+    from galaxy_tasks.edge import runtime  # builds the Celery app: only for commands that need it
     from galaxy_tasks.policies import MAX_ATTEMPTS
     from galaxy_tasks.spec import parse_json
 
-    ctx = context.current()
+
+    ctx = runtime.context()
     spec = parse_json(sys.stdin.read() if str(args.spec) == "-" else args.spec.read_text())
-    destination, why = ctx.routing.explain(spec)
+    destination, why, loads = ctx.routing.explain(spec, lambda d: lifecycle.load_of(ctx, d))
     keys = ctx.routing.limit_keys(spec.user, destination.name)
     usage = ctx.store.limit_usage(sorted(keys)) if keys and args.explain else {}
     result: dict[str, Any] = {
@@ -294,6 +312,9 @@ def _route(args: argparse.Namespace, _extra: list[str]) -> int:
         "walltime_s": ctx.routing.walltime_s(destination.name, spec.walltime_s),
         "output_size_bytes": ctx.routing.output_size_bytes(destination.name),
         "limits": [{"key": key, "limit": limit, "used": usage.get(key)} for key, limit in sorted(keys.items())],
+        "loads": {name: {"running": load.running, "waiting": load.waiting, "slots": load.slots,
+                         "mean_run_s": load.mean_run_s, "expected_wait_s": load.expected_wait_s}
+                  for name, load in loads.items()},
         "resubmit": [{"condition": r.condition.text if r.condition else None,
                       "destination": r.destination or destination.name,
                       "delay": r.delay.text if r.delay else None} for r in destination.policy.resubmit],
@@ -303,7 +324,9 @@ def _route(args: argparse.Namespace, _extra: list[str]) -> int:
         return 0
     print(f"destination  {destination.name} (runner {destination.runner}, queue {destination.queue})")
     if args.explain:
-        print(f"why          {why}")
+        print(f"why          {why.split('; the shortest expected wait')[0] if loads else why}")
+        for name, load in loads.items():
+            print(f"{'chosen' if name == destination.name else 'candidate':12} {name}: {load.describe()}")
         for name in ("walltime_s", "output_size_bytes"):
             if result[name] is not None:
                 print(f"{name:12} {result[name]}")
@@ -319,7 +342,7 @@ def _events(args: argparse.Namespace, _extra: list[str]) -> int:
     """Print job events: the current state of the latest jobs (or of those named), then,
     with --follow, each event as it is heard."""
     from galaxy_tasks import events
-    from galaxy_tasks.listen import JobEvents
+    from galaxy_tasks.edge.listen import JobEvents
 
     client = _client()
     wanted = {client.get(job_id).id for job_id in args.job_ids}
@@ -330,8 +353,8 @@ def _events(args: argparse.Namespace, _extra: list[str]) -> int:
         else:
             extra = " ".join(f"{key}={item[key]}" for key in ("exit_code", "signal", "runner_state", "reason")
                              if item.get(key) is not None)
-            print(f"{item['state']:10} {item['job_id']}  seq={item['seq']}  {item.get('tool_id') or ''}"
-                  f"{'  ' + extra if extra else ''}", flush=True)
+            print(escape_controls(f"{item['state']:10} {item['job_id']}  seq={item['seq']}  {item.get('tool_id') or ''}"
+                                  f"{'  ' + extra if extra else ''}"), flush=True)
 
     with JobEvents() as heard:
         jobs = client.ctx.store.jobs(wanted).values() if wanted else reversed(client.list(limit=args.limit))
@@ -348,48 +371,53 @@ def _events(args: argparse.Namespace, _extra: list[str]) -> int:
     return 0
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def _worker(args: argparse.Namespace, extra: list[str]) -> int:
-    ctx = context.current()
+    from galaxy_tasks.edge import runtime  # builds the Celery app: only for commands that need it
+
+    ctx = runtime.context()
     ctx.settings.home.mkdir(parents=True, exist_ok=True)
-    from galaxy_tasks.celery import app
+    from galaxy_tasks.edge.app import app
 
     if args.queues:
-        app.worker_main(["worker", "-Q", args.queues, *extra])
-        return 0
+        _end_worker(app.start(["worker", "-Q", args.queues, *extra]))
     # Every queue the configuration knows: the steps and local ones here, each holding
-    # runner's in a supervised worker process of its own (see galaxy_tasks/holders.py).
-    from galaxy_tasks import holders
+    # runner's in a supervised worker process of its own (see galaxy_tasks/child_workers.py).
+    from galaxy_tasks import child_workers
 
     queues, held = _queues_by_worker(ctx)
     node, loglevel = _option(extra, "-n", "--hostname"), _option(extra, "-l", "--loglevel")
-    supervisor = holders.Supervisor({
-        runner: holders.command(runner, held_queues, holders.node_name(node, runner), loglevel)
+    supervisor = child_workers.Supervisor({
+        runner: child_workers.command(runner, held_queues, child_workers.node_name(node, runner), loglevel)
         for runner, held_queues in held.items()
     })
     for runner, held_queues in held.items():
         print(f"galaxy-tasks: queues {', '.join(held_queues)} ({runner}) are served by a child process "
-              f"`celery -A {holders.holder_app(runner)} worker`", file=sys.stderr)
+              f"`celery -A {child_workers.holder_app(runner)} worker`", file=sys.stderr)
     from celery import signals
 
     signals.celeryd_after_setup.connect(lambda **_: supervisor.start(), weak=False)  # logging is set up
     try:
-        app.worker_main(["worker", "-Q", ",".join(queues), *extra])
+        code = app.start(["worker", "-Q", ",".join(queues), *extra])
     finally:
         supervisor.stop()
-    return 0
+    _end_worker(code)
+
+
+def _end_worker(code: int | None) -> NoReturn:
+    """Exit as soon as the worker has shut down, with its exit code (`worker_main` drops it).
+    The interpreter's last collection of a worker's heap costs seconds of CPU, many more on a
+    loaded host, where a supervisor's stop timeout then kills the worker; it frees nothing an
+    exit does not."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 def _queues_by_worker(ctx: context.Context) -> tuple[list[str], dict[str, list[str]]]:
     """The queues a plain worker serves (the steps and the local runner's), and those of
     each runner that must be held in one process (DRMAA sessions, Mesos frameworks)."""
-    plain = {ctx.settings.steps_queue}
+    plain = {ctx.settings.steps_queue, ctx.settings.ends_queue}
     held: dict[str, set[str]] = {}
     for destination in ctx.routing.destinations.values():
         if destination.runner_class.holder is not None:
@@ -411,7 +439,7 @@ def _option(extra: list[str], *names: str) -> str | None:
 
 
 def _beat(args: argparse.Namespace, extra: list[str]) -> int:
-    from galaxy_tasks.celery import app
+    from galaxy_tasks.edge.app import app
 
     config.load().home.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule there
     app.start(["beat", *extra])
@@ -432,14 +460,14 @@ def _bench(args: argparse.Namespace, _extra: list[str]) -> int:
     from galaxy_tasks.bench import main as bench_main
 
     return bench_main(jobs=args.jobs, latency_jobs=args.latency_jobs, workers=args.workers, as_json=args.json,
-                      rounds=args.rounds)
+                      rounds=args.rounds, ends_worker=args.ends_worker)
 
 
 def _config(args: argparse.Namespace, _extra: list[str]) -> int:
     if args.runner_params:
-        from galaxy_tasks.runners.params import markdown
+        from galaxy_tasks.runners import params_markdown
 
-        print(markdown())
+        print(params_markdown())
         return 0
     for name, (default, meaning) in config.VARIABLES.items():
         import os

@@ -7,10 +7,11 @@ from typing import Any, Callable, Iterable, Mapping
 
 from kombu.exceptions import OperationalError
 
-from galaxy_tasks import context, events, lifecycle, messages
+from galaxy_tasks import events, lifecycle
 from galaxy_tasks.context import Context
-from galaxy_tasks.errors import NotSent, UnknownJob
-from galaxy_tasks.listen import JobEvents
+from galaxy_tasks.edge import messages, runtime
+from galaxy_tasks.edge.listen import JobEvents
+from galaxy_tasks.errors import NotSent, SpecError, UnknownJob
 from galaxy_tasks.model import Job, StateChange, WorkflowRecord
 from galaxy_tasks.spec import JobSpec, parse
 from galaxy_tasks.states import TERMINAL, JobState
@@ -30,17 +31,31 @@ REFRESH_S = 0.2
 
 class Client:
     def __init__(self, ctx: Context | None = None) -> None:
-        self.ctx = ctx or context.current()
+        self.ctx = ctx or runtime.context()
 
     def submit(self, spec: Mapping[str, object] | JobSpec) -> Job:
         """Validate, record and start a job; a bad spec raises SpecError and records nothing."""
-        job, created = lifecycle.accept(self.ctx, spec if isinstance(spec, JobSpec) else parse(spec))
-        if created:
+        accepted = lifecycle.accept(self.ctx, spec if isinstance(spec, JobSpec) else parse(spec))
+        try:
+            messages.carry_out(self.ctx, accepted.effects)
+        except BROKER_ERRORS as exc:
+            raise NotSent(accepted.job, exc) from exc
+        return accepted.job
+
+    def submit_many(self, specs: Iterable[Mapping[str, object] | JobSpec]) -> builtins.list[Job]:
+        """Validate, record and start many jobs at once (one INSERT and, on the workers, one
+        prepare and one launch message per batch of them); every spec is checked before
+        anything is recorded: a bad one raises SpecError naming its place in the list."""
+        parsed = []
+        for at, spec in enumerate(specs):
             try:
-                messages.start(job)
-            except BROKER_ERRORS as exc:
-                raise NotSent(job, exc) from exc
-        return job
+                parsed.append(spec if isinstance(spec, JobSpec) else parse(spec))
+            except SpecError as exc:
+                raise SpecError(f"specs[{at}].{exc.field}", exc.message) from None
+        accepted = lifecycle.accept_many(self.ctx, parsed)
+        created = [item.job for item in accepted if item.created]
+        self._start(created)
+        return [item.job for item in accepted]
 
     def get(self, job_id: str) -> Job:
         """A job by id, or by an unambiguous prefix of at least 4 characters."""
@@ -74,21 +89,21 @@ class Client:
     def cancel(self, job_id: str) -> JobState:
         """Cancel a job; returns the state it was in. The database changes at once; a runner
         that holds the job is told to stop it."""
-        before, stop, woken = lifecycle.cancel(self.ctx, self.get(job_id).id)
-        if stop is not None:
-            messages.kill(stop)
-        messages.wake_jobs(woken)
-        return before
+        cancelled = lifecycle.cancel(self.ctx, self.get(job_id).id)
+        messages.carry_out(self.ctx, cancelled.effects)
+        return cancelled.before
 
     def wait(self, job_ids: Iterable[str], timeout: float | None = None,
-             on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Job]:
+             on_event: Callable[[dict[str, Any]], None] | None = None,
+             on_listening: Callable[[int], None] | None = None) -> dict[str, Job]:
         """Wait until every job has ended (or the timeout passes); returns their rows.
 
         It hears the jobs' events as they happen (listening before it reads the rows, so
         nothing falls between), and reads the rows of the jobs still pending only every
         RECHECK_S seconds, in case a broadcast event was lost. `on_event` is called with
         each job's event: first the one of its row as the wait begins, then each one heard,
-        and the one of its row when a recheck finds it ended unheard."""
+        and the one of its row when a recheck finds it ended unheard. `on_listening` is called
+        with the number of jobs still pending once the events are heard and the rows read."""
         ids = [self.get(job_id).id for job_id in job_ids]
         deadline = None if timeout is None else time.monotonic() + timeout
         with JobEvents() as heard:
@@ -97,6 +112,8 @@ class Client:
                 for job in jobs.values():
                     on_event(events.state_event(job))
             pending = {job_id for job_id, job in jobs.items() if JobState(job.state) not in TERMINAL}
+            if on_listening is not None:
+                on_listening(len(pending))
             while pending:
                 left = RECHECK_S if deadline is None else min(RECHECK_S, deadline - time.monotonic())
                 if left <= 0:
@@ -168,9 +185,7 @@ class Client:
         """Cancel the workflow and its jobs not yet ended; returns how many were cancelled."""
         cancelled = control.cancel(self.ctx, workflow_id)
         for each in cancelled:
-            if each.stop is not None:
-                messages.kill(each.stop)
-            messages.wake_jobs(each.woken)
+            messages.carry_out(self.ctx, each.effects)
         return len(cancelled)
 
     def wait_workflow(self, workflow_id: str, timeout: float | None = None,
@@ -199,8 +214,7 @@ class Client:
                     time.sleep(REFRESH_S)
 
     def _start(self, created: builtins.list[Job]) -> None:
-        for job in created:
-            try:
-                messages.start(job)
-            except BROKER_ERRORS as exc:  # recorded: a starting steps worker or reconciliation sends it
-                raise NotSent(job, exc) from exc
+        try:
+            messages.start_all(self.ctx, created)
+        except BROKER_ERRORS as exc:  # recorded: a starting steps worker or reconciliation sends it
+            raise NotSent(created[0], exc) from exc

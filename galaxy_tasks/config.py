@@ -1,43 +1,43 @@
 """Settings from environment variables: the one configuration path next to the job_conf YAML.
 
-Every variable is listed in `VARIABLES` with its default and meaning, so the README's table,
-`galaxy-tasks config` and the code cannot drift apart.
+Every variable is listed with its default and meaning in one table, `settings.toml` (read
+into `VARIABLES`), so the README's table, `galaxy-tasks config` and the code cannot drift apart.
 """
 from __future__ import annotations
 
 import os
 import socket
+import tomllib
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Mapping
 
+from galaxy_tasks import freshness
+
 PREFIX = "GALAXY_TASKS_"
 
-VARIABLES: dict[str, tuple[str, str]] = {
-    "HOME": ("~/.galaxy-tasks", "where the embedded database and job directories live"),
-    "BROKER_URL": ("memory://", "Celery broker (redis://..., amqp://...); memory:// is embedded mode"),
-    "DATABASE_URL": ("sqlite:///$HOME/galaxy-tasks.sqlite", "SQLAlchemy URL of the job database"),
-    "JOB_CONF": ("", "job_conf YAML: destinations and routing rules (default: one local destination)"),
-    "JOBS_DIR": ("$HOME/jobs", "parent of the job working directories (shared with runner hosts)"),
-    "STEPS_QUEUE": ("galaxy_tasks", "queue of the steps that need the database and job directories"),
-    "EVENTS_QUEUE": ("", "where the events of a job go whose spec names no events queue (empty: nowhere)"),
-    "MESOS_URL": ("", "handed to every job as MESOS_URL, for tools that start their own Spark/MPI"),
-    "HOST": ("", "this host's name in local jobs' ids and control queue <queue>@<host> (default: hostname)"),
-    "VISIBILITY_TIMEOUT": ("43200", "seconds before the broker redelivers an unacknowledged message"),
-    "QUEUE_TYPE": ("classic", "RabbitMQ type of the task queues: classic or quorum (clients must declare the same)"),
-    "RECONCILE_INTERVAL": ("60", "seconds between reconciliation passes"),
-    "RECONCILE_BATCH": ("500", "most jobs looked at per reconciliation pass"),
-    "CHECK_AFTER": ("300", "seconds without an event before an active job counts as overdue"),
-    "CHECK_AFTER_MAX": ("3600", "cap of the doubling delay between checks of one long job"),
-    "LAUNCH_LEASE": ("60", "seconds a launch may hold its claim before another message may take it over"),
-    "SIGNING_KEY": ("", "private key (PEM) to sign messages with Celery's auth serializer"),
-    "SIGNING_CERT": ("", "certificate (PEM) matching the signing key"),
-    "SIGNING_CERT_STORE": ("", "directory of certificates whose signatures are trusted"),
-    "LOG_LEVEL": ("INFO", "log level of galaxy_tasks' structured logs"),
-    "FLOWER_BASIC_AUTH": ("", "Flower's basic auth, user:password (several: comma-separated); never shown"),
-    "FLOWER_BASIC_AUTH_FILE": ("", "file of user:password lines for Flower (instead of FLOWER_BASIC_AUTH)"),
-    "FLOWER_MAX_TASKS": ("10000", "most finished tasks Flower keeps in memory"),
-}
+
+def _variables() -> dict[str, tuple[str, str]]:
+    """Every variable's (default, meaning), from the table beside this module."""
+    table = tomllib.loads(resources.files("galaxy_tasks").joinpath("settings.toml").read_text())
+    return {name: (entry["default"], entry["meaning"]) for name, entry in table.items()}
+
+
+VARIABLES = _variables()
+
+#: the shortest visibility timeout: a message waiting out a countdown is held unacknowledged,
+#: and the longest countdown a step waits out is 30 s (a database retry, `edge.tasks.DB_RETRY`);
+#: a resubmission's delay is a countdown only up to half the visibility timeout
+MIN_VISIBILITY_TIMEOUT = 60
+
+#: the shortest life of a signed message: it is checked when its step starts, so it must
+#: outlast the longest countdown a message waits out (60 s: a resubmission's delay)
+MIN_MESSAGE_TTL = 120.0
+
+#: the largest bound an operator may give a workflow's jobs: each element is a row written in
+#: the task that accepts the workflow (20,000 take about 10 s and 80 MiB there)
+MAX_WORKFLOW_JOBS = 100_000
 
 #: variables whose values are secrets: `galaxy-tasks config` says only whether they are set
 SECRET_VARIABLES = frozenset({"FLOWER_BASIC_AUTH"})
@@ -45,6 +45,10 @@ SECRET_VARIABLES = frozenset({"FLOWER_BASIC_AUTH"})
 
 def _raw(name: str, environ: Mapping[str, str]) -> str:
     return environ.get(PREFIX + name, VARIABLES[name][0])
+
+
+#: GALAXY_TASKS_CLEANUP_JOB's values, as Galaxy's own `cleanup_job`
+CLEANUP_CHOICES = ("never", "onsuccess", "always")
 
 
 @dataclass(frozen=True)
@@ -55,19 +59,24 @@ class Settings:
     job_conf: Path | None
     jobs_dir: Path
     steps_queue: str
+    ends_queue: str
     events_queue: str
     mesos_url: str
     host: str
     visibility_timeout: int
     queue_type: str
+    cleanup_job: str
     reconcile_interval: float
     reconcile_batch: int
     check_after: float
     check_after_max: float
     launch_lease: float
+    reuse_trusted_users: frozenset[str]
     signing_key: str
     signing_cert: str
     signing_cert_store: str
+    message_ttl: float
+    workflow_max_jobs: int
     log_level: str
 
     @property
@@ -99,6 +108,17 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             raise ValueError(f"{PREFIX}{name} must be one of {', '.join(allowed)}, not {value!r}")
         return value
 
+    visibility_timeout = int(number("VISIBILITY_TIMEOUT", int))
+    if visibility_timeout < MIN_VISIBILITY_TIMEOUT:
+        raise ValueError(f"{PREFIX}VISIBILITY_TIMEOUT must be at least {MIN_VISIBILITY_TIMEOUT} seconds (the longest "
+                         f"countdown a step waits out is 30 s), not {visibility_timeout}")
+    message_ttl = number("MESSAGE_TTL")
+    if not MIN_MESSAGE_TTL <= message_ttl <= freshness.MAX_TTL_S:
+        raise ValueError(f"{PREFIX}MESSAGE_TTL must be {MIN_MESSAGE_TTL:.0f} to {freshness.MAX_TTL_S:.0f} seconds, "
+                         f"not {message_ttl:g}")
+    workflow_max_jobs = int(number("WORKFLOW_MAX_JOBS", int))
+    if workflow_max_jobs > MAX_WORKFLOW_JOBS:
+        raise ValueError(f"{PREFIX}WORKFLOW_MAX_JOBS must be at most {MAX_WORKFLOW_JOBS}, not {workflow_max_jobs}")
     job_conf = _raw("JOB_CONF", env)
     return Settings(
         home=home,
@@ -107,18 +127,23 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         job_conf=Path(job_conf) if job_conf else None,
         jobs_dir=Path(path_value("JOBS_DIR")),
         steps_queue=_raw("STEPS_QUEUE", env),
+        ends_queue=_raw("ENDS_QUEUE", env),
         events_queue=_raw("EVENTS_QUEUE", env),
         mesos_url=_raw("MESOS_URL", env),
         host=_raw("HOST", env) or socket.gethostname(),
-        visibility_timeout=int(number("VISIBILITY_TIMEOUT", int)),
+        visibility_timeout=visibility_timeout,
         queue_type=choice("QUEUE_TYPE", ("classic", "quorum")),
+        cleanup_job=choice("CLEANUP_JOB", CLEANUP_CHOICES),
         reconcile_interval=number("RECONCILE_INTERVAL"),
         reconcile_batch=int(number("RECONCILE_BATCH", int)),
         check_after=number("CHECK_AFTER"),
         check_after_max=number("CHECK_AFTER_MAX"),
         launch_lease=number("LAUNCH_LEASE"),
+        reuse_trusted_users=frozenset(filter(None, (u.strip() for u in _raw("REUSE_TRUSTED_USERS", env).split(",")))),
         signing_key=_raw("SIGNING_KEY", env),
         signing_cert=_raw("SIGNING_CERT", env),
         signing_cert_store=_raw("SIGNING_CERT_STORE", env),
+        message_ttl=message_ttl,
+        workflow_max_jobs=workflow_max_jobs,
         log_level=_raw("LOG_LEVEL", env),
     )

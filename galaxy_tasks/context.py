@@ -1,11 +1,10 @@
-"""What every step needs, built once per process from the environment."""
+"""What every step needs: settings, the store, routing, and who hears of state changes.
+The edge builds one per process (`galaxy_tasks.edge.runtime.context`); a test builds its own."""
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
-from galaxy_tasks import config, routing
 from galaxy_tasks.config import Settings
 from galaxy_tasks.model import Job
 from galaxy_tasks.routing import Routing
@@ -24,17 +23,3 @@ class Context:
     routing: Routing
     #: called with the job's row after each state change the database recorded
     announce: Callable[[Job], None] = field(default=_silent)
-
-
-@functools.lru_cache(maxsize=1)
-def current() -> Context:
-    from galaxy_tasks.messages import Announcer  # messages itself needs the context
-
-    settings = config.load()
-    store = Store(settings.database_url, settings.check_after)
-    return Context(settings, store, routing.load(settings.job_conf), Announcer(store, settings))
-
-
-def reset() -> None:
-    """Forget the cached context (tests and the embedded runner change the environment)."""
-    current.cache_clear()

@@ -37,6 +37,11 @@ class RunnerError(GalaxyTasksError):
     kept as the job's reason."""
 
 
+class StagingError(RunnerError):
+    """Files could not travel between the submitter's host and a worker that shares no
+    filesystem with it: the transfer failed, or a file arrived other than it left."""
+
+
 class RunnerFull(GalaxyTasksError):
     """The runner has no room for another job right now (every slot of a limited local
     host is taken): the job goes back in line, and the end of a running job wakes it."""

@@ -75,7 +75,12 @@ class EventModel(BaseModel):
     attempt: int | None = Field(None, ge=1, description="1, or the attempt a destination's resubmit rule started")
     waiting_on: str | None = Field(None, description="while `limited`: the concurrency limit the job waits for a "
                                                      "place under (`user:<name>`, `destination:<id>`, `tag:<tag>`)")
-    times: Times | None = Field(None, description="absent from an `unknown` event")
+    max_rss_kb: int | None = Field(None, ge=0, description="the job's peak resident memory as its runner measured it "
+                                                        "(KiB), once it ended")
+    times: Times | None = Field(None, description="absent from an `unknown` and a `refused` event")
+    refused: bool | None = Field(None, description="true: galaxy-tasks refused the job's spec and recorded nothing; "
+                                                   "the event (state `error`, seq 1) is the job's only one, "
+                                                   "`reason` names the field and what is wrong")
 
 
 def state_event(job: Job) -> dict[str, Any]:
@@ -96,6 +101,7 @@ def state_event(job: Job) -> dict[str, Any]:
         "tool_id": job.tool_id,
         "attempt": job.attempt,
         "waiting_on": job.waiting_on,
+        "max_rss_kb": job.max_rss_kb,
         "times": {name: _iso(getattr(job, name)) for name in
                   ("created_at", "queued_at", "running_at", "ended_at", "finished_at")},
     }
@@ -104,6 +110,14 @@ def state_event(job: Job) -> dict[str, Any]:
 def unknown_event(job_id: str) -> dict[str, Any]:
     """The answer to a lookup of an id galaxy-tasks has no job for: send it again."""
     return {"event": KIND, "version": VERSION, "job_id": job_id, "client_id": None, "state": UNKNOWN, "seq": 0}
+
+
+def refused_event(job_id: str, client_id: str | None, reason: str) -> dict[str, Any]:
+    """The end of a job galaxy-tasks refused to record: the client hears it as an error with
+    the reason, instead of waiting for a job that will never run. seq 1: the first and only
+    event of that id (an earlier job's events under the same id, if any, are newer)."""
+    return {"event": KIND, "version": VERSION, "job_id": job_id, "client_id": client_id, "state": JobState.ERROR.value,
+            "seq": 1, "refused": True, "reason": reason, "exit_code": None, "signal": None, "runner_state": None}
 
 
 def _iso(value: Any) -> str | None:

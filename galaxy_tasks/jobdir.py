@@ -43,15 +43,29 @@ SCRIPT_REASON_PREFIX = "galaxy-tasks: "
 _SMALL = 4096
 #: the most entries of a working directory a size check looks at
 SCAN_ENTRIES = 20_000
+#: what hashing may cost one job, at its finish or at a later job's prepare: a job may leave
+#: a sparse file of terabytes (its size costs nothing to make) or many links to one file
+HASH_MAX_BYTES = 1 << 30
+HASH_MAX_SECONDS = 10.0
+
+
+def remove(root: Path, token: str | None) -> bool:
+    """Delete a job's directory once nothing needs it, only if it is this row's (its token
+    file says so): a directory another job with the same id left is never taken for it."""
+    if token is None or JobDir(root).own_token() != token:
+        return False
+    shutil.rmtree(root, ignore_errors=True)
+    return not root.exists()
 
 
 def new_token() -> str:
     return secrets.token_hex(16)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EndNote:
-    """How a job ended, as the runner that saw it end wrote it down (`ended`)."""
+    """How a job ended, as the runner that saw it end wrote it down (`ended`); a runner's
+    completion event says the same and more (`runners.base.Completion`)."""
 
     exit_code: int | None = None
     signal: int | None = None
@@ -223,11 +237,16 @@ class JobDir:
                 os.close(fd)
         return None
 
-    def output_digests(self, paths: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The size and sha256 of each declared output that is a regular file inside the job
-        directory (a link is followed only if it stays inside it), each read once."""
+    def output_digests(self, paths: Sequence[str], hashed: bool) -> dict[str, dict[str, Any]]:
+        """The size of each declared output that is a regular file inside the job directory
+        (a link is followed only if it stays inside it) and, if `hashed`, its sha256 within
+        one budget for the whole job (HASH_MAX_BYTES, HASH_MAX_SECONDS; a file hard-linked
+        under several names is read once): an output past the budget has no sha256 (it
+        cannot be reused), so no job can make its finish step read for hours."""
         root = self.root.resolve()
         found: dict[str, dict[str, Any]] = {}
+        budget = HashBudget() if hashed else None
+        seen: dict[tuple[int, int], str | None] = {}
         for path in paths:
             try:
                 target = (self.working / path).resolve(strict=True)
@@ -235,9 +254,21 @@ class JobDir:
                 continue
             if root not in target.parents:
                 continue
-            digest = file_digest(target)
-            if digest is not None:
-                found[path] = {"size": digest[0], "sha256": digest[1]}
+            fd = _open_regular(target)
+            if fd is None:
+                continue
+            try:
+                info = os.fstat(fd)
+                entry: dict[str, Any] = {"size": info.st_size}
+                inode = (info.st_dev, info.st_ino)
+                if budget is not None:
+                    if inode not in seen:
+                        seen[inode] = budget.digest(fd, info.st_size)
+                    if seen[inode] is not None:
+                        entry["sha256"] = seen[inode]
+            finally:
+                os.close(fd)
+            found[path] = entry
         return found
 
     def script_reason(self) -> str | None:
@@ -273,15 +304,18 @@ def job_environment(
 ) -> dict[str, str]:
     """The complete environment of a job's command: what the destination and the spec set,
     and the variables every Galaxy tool expects; nothing inherited from the worker's own
-    environment (which may hold broker or database passwords)."""
+    environment (which may hold broker or database passwords). Scratch space is the job
+    directory's tmp/ unless the destination's env names a TMPDIR (an admin's node-local
+    scratch); a spec cannot move it."""
     env: dict[str, str] = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "HOME": str(job_dir.working)}
     env.update(destination_env)
     env.update(spec_env)
+    scratch = destination_env.get("TMPDIR") or str(job_dir.tmp)
     env.update(
         {
-            "TMPDIR": str(job_dir.tmp),
-            "TEMP": str(job_dir.tmp),
-            "TMP": str(job_dir.tmp),
+            "TMPDIR": scratch,
+            "TEMP": scratch,
+            "TMP": scratch,
             "GALAXY_SLOTS": str(cores),
             "GALAXY_TASKS_JOB_ID": job_id,
             "MESOS_URL": mesos_url,
@@ -309,7 +343,9 @@ def render_script(job_dir: JobDir, token: str) -> str:
         "set -C",
         f"{{ echo \"$$ {token}\" > {q(str(job_dir.claim_file))}; }} 2>/dev/null || exit {CLAIMED_EXIT_CODE}",
         "set +C",
-        "umask 077",
+        # 077: the job's files are the worker's alone; a job run as its real user is given 027
+        # by the privileged helper, so its files stay readable by the worker's group
+        'case "${GT_UMASK:-}" in 027) umask 027;; *) umask 077;; esac',
         # limits a local runner asks for (a DRM applies its own): a memory cgroup to join,
         # or RLIMIT_AS; RLIMIT_FSIZE for the output size limit (512-byte blocks)
         'if [ -n "${GT_CGROUP:-}" ]; then echo $$ > "$GT_CGROUP/cgroup.procs"; fi',
@@ -420,14 +456,17 @@ def as_text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
-def write_file(path: Path, text: str, mode: int) -> None:
+def write_file(path: Path, text: str, mode: int, *, sync: bool = False) -> None:
     """Write whole or not at all: a new file of our own, renamed over the name (rename
-    replaces a link itself, never what it points to)."""
+    replaces a link itself, never what it points to); on disk before it returns if `sync`."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -437,19 +476,69 @@ def write_file(path: Path, text: str, mode: int) -> None:
         raise
 
 
-def file_digest(path: Path) -> tuple[int, str] | None:
-    """A regular file's size and sha256, from one read of it (None: not a regular file)."""
+@dataclass
+class HashBudget:
+    """Bytes and seconds hashing may still take (one job's outputs, or one prepare's inputs)."""
+
+    bytes_left: int = HASH_MAX_BYTES
+    deadline: float = field(default_factory=lambda: time.monotonic() + HASH_MAX_SECONDS)
+
+    def digest(self, fd: int, size: int) -> str | None:
+        """The sha256 of an open file of `size` bytes, or None if it would pass the budget
+        (its size up front, or the time while it is read)."""
+        if size > self.bytes_left:
+            return None
+        digest, read = hashlib.sha256(), 0
+        while chunk := os.read(fd, 1 << 20):
+            read += len(chunk)
+            if read > self.bytes_left or time.monotonic() > self.deadline:
+                self.bytes_left = 0
+                return None
+            digest.update(chunk)
+        self.bytes_left -= read
+        return digest.hexdigest()
+
+
+def file_digest(path: Path, budget: HashBudget | None = None) -> tuple[int, str] | None:
+    """A regular file's size and sha256, from one read of it within `budget` (a fresh one by
+    default); None: not a regular file, or past the budget."""
     fd = _open_regular(path)
     if fd is None:
         return None
-    digest, size = hashlib.sha256(), 0
     try:
-        while chunk := os.read(fd, 1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
+        size = os.fstat(fd).st_size
+        digest = (budget or HashBudget()).digest(fd, size)
     finally:
         os.close(fd)
-    return size, digest.hexdigest()
+    return (size, digest) if digest is not None else None
+
+
+def open_beneath(root: Path, relative: str) -> int | None:
+    """A regular file under `root` opened for reading, no link followed on the way (a
+    directory of the path replaced by a link to elsewhere is not entered); None if there
+    is no such file. The caller closes the descriptor."""
+    parts = [part for part in relative.split("/") if part not in ("", ".")]
+    if not parts or ".." in parts:
+        return None
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(root, flags | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        found = os.open(parts[-1], flags | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(found).st_mode):
+        os.close(found)
+        return None
+    return found
 
 
 def _open_regular(path: Path) -> int | None:

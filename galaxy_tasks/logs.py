@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 import re
 
-_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<rest>[^\s\"'<>]+)")
-_SECRET_PARAMETER = re.compile(r"(?P<name>(?:^|[?&;])(?:password|passwd|pwd|secret|token|api_key|apikey)=)[^&;#\s]*",
-                               re.I)
+#: a URL runs to the next blank: a password may hold quotes and brackets (`it's`, `<pw>`)
+_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<rest>\S+)")
+#: a query parameter whose value is a secret (libpq's `password` and `sslpassword` among them)
+_SECRET_PARAMETER = re.compile(r"(?P<name>(?:^|[?&;])(?:\w*pass(?:word|wd)|pwd|\w*secret|\w*token|api_?key)=)"
+                               r"[^&;#\s]*", re.I)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_NOT_LAYOUT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
 
 
 def redact(text: str) -> str:
@@ -40,6 +43,13 @@ def escape_controls(text: str) -> str:
     """`\n` for a newline, `\x1b` for an escape, ...: one log line stays one line."""
     return _CONTROL.sub(lambda m: {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(m[0], f"\\x{ord(m[0]):02x}"),
                         text)
+
+
+def printable(text: str) -> str:
+    """Text for an operator's terminal: lines and tabs kept, every other control character
+    escaped as in the logs, so a job's output or a tool id cannot move the cursor, clear
+    the screen or write the clipboard (OSC 52) of whoever reads it."""
+    return _CONTROL_NOT_LAYOUT.sub(lambda m: "\\r" if m[0] == "\r" else f"\\x{ord(m[0]):02x}", text)
 
 
 def _value(value: object) -> str:

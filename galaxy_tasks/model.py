@@ -2,16 +2,19 @@
 
 The row is the source of truth; the broker only carries work. The tables are SQLAlchemy
 Core definitions read and written only by `galaxy_tasks.store`; everything else sees the
-frozen `Job` record the store returns.
+frozen `Job` record the store returns. A table whose rows travel as a record is built from
+the record's fields (`sql(...)`, `columns`), so each column is written once, where mypy
+checks what reads it; tests/unit/test_store.py checks the migrations make the same tables.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any, Mapping
+from typing import Any, Mapping, get_args, get_type_hints
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -51,91 +54,161 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 metadata = MetaData()
 
-jobs = Table(
-    "gt_job", metadata,
-    Column("id", String(36), primary_key=True),
+
+def sql(kind: Any, *constraints: Any, **options: Any) -> dict[str, Any]:
+    """A record field's column: its SQL type, constraints (a foreign key) and options (index,
+    primary_key, server_default). Whether it may be NULL and what an insert puts in it when
+    it is not given are the field's own: whether its type allows None, its default."""
+    return {"sql": (kind, constraints, options)}
+
+
+def columns(record: type) -> list[Column[Any]]:
+    """The columns of a dataclass whose fields carry `sql(...)`: NOT NULL unless the field's
+    type allows None, and the field's default as the insert default."""
+    hints = get_type_hints(record)
+    made = []
+    for item in fields(record):
+        kind, constraints, options = item.metadata["sql"]
+        default = item.default_factory if item.default_factory is not MISSING else item.default
+        made.append(Column(item.name, kind, *constraints, nullable=type(None) in get_args(hints[item.name]),
+                           default=None if default is MISSING else default, **options))
+    return made
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """A job's row as the store read it (or, for a job just created, as it was written).
+
+    Each field is a column of `gt_job` (the table below is built from these fields, in
+    their order), so a column is declared once, with the type the rest of the code reads."""
+
+    id: str = field(metadata=sql(String(36), primary_key=True))
     # the job spec, as validated at submission
-    Column("tool_id", String(255), nullable=False, index=True),
-    Column("tool_version", String(64)),
-    Column("user", String(255), index=True),
-    Column("command", Text, nullable=False),
-    Column("environment", JSON, nullable=False, default=dict),
-    Column("inputs", JSON, nullable=False, default=list),
-    Column("outputs", JSON, nullable=False, default=list),
-    Column("cores", Integer, nullable=False, default=1),
-    Column("memory_mb", Integer),
-    Column("walltime_s", Integer),
-    Column("destination_hint", String(255)),
-    Column("environment_setup_file", Text),
+    tool_id: str = field(metadata=sql(String(255), index=True))
+    tool_version: str | None = field(default=None, metadata=sql(String(64)))
+    user: str | None = field(default=None, metadata=sql(String(255), index=True))
+    command: str = field(metadata=sql(Text))
+    environment: dict[str, str] = field(default_factory=dict, metadata=sql(JSON))
+    inputs: list[str] = field(default_factory=list, metadata=sql(JSON))
+    outputs: list[str] = field(default_factory=list, metadata=sql(JSON))
+    cores: int = field(default=1, metadata=sql(Integer))
+    memory_mb: int | None = field(default=None, metadata=sql(Integer))
+    walltime_s: int | None = field(default=None, metadata=sql(Integer))
+    destination_hint: str | None = field(default=None, metadata=sql(String(255)))
+    environment_setup_file: str | None = field(default=None, metadata=sql(Text))
     # where it went and what happened
-    Column("destination", String(255), nullable=False, index=True),
-    Column("queue", String(255), nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("job_dir", Text),
+    destination: str = field(metadata=sql(String(255), index=True))
+    queue: str = field(metadata=sql(String(255)))
+    state: str = field(metadata=sql(String(16)))
+    job_dir: str | None = field(default=None, metadata=sql(Text))
     # written into the job directory at prepare: what the directory holds is this row's only
     # if it carries this token (a directory left by an earlier job with the same id does not)
-    Column("token", String(64)),
-    Column("external_id", String(255)),
+    token: str | None = field(default=None, metadata=sql(String(64)))
+    external_id: str | None = field(default=None, metadata=sql(String(255)))
     # the message (task id) that holds the SUBMITTING claim: its own redelivery after a
     # crash may take the launch over at once, any other message must wait out the lease
-    Column("owner", String(255)),
-    Column("exit_code", Integer),
-    Column("signal", Integer),
-    Column("reason", Text),
-    Column("stdout_tail", Text),
-    Column("stderr_tail", Text),
-    Column("wall_time_s", Float),
-    Column("max_rss_kb", Integer),
-    Column("created_at", UTCDateTime(), nullable=False, default=utcnow),
-    Column("queued_at", UTCDateTime()),
-    Column("running_at", UTCDateTime()),
-    Column("finished_at", UTCDateTime()),
-    Column("ended_at", UTCDateTime()),
-    Column("updated_at", UTCDateTime(), nullable=False, default=utcnow),
+    owner: str | None = field(default=None, metadata=sql(String(255)))
+    exit_code: int | None = field(default=None, metadata=sql(Integer))
+    signal: int | None = field(default=None, metadata=sql(Integer))
+    reason: str | None = field(default=None, metadata=sql(Text))
+    stdout_tail: str | None = field(default=None, metadata=sql(Text))
+    stderr_tail: str | None = field(default=None, metadata=sql(Text))
+    wall_time_s: float | None = field(default=None, metadata=sql(Float))
+    max_rss_kb: int | None = field(default=None, metadata=sql(Integer))
+    created_at: datetime = field(default_factory=utcnow, metadata=sql(UTCDateTime()))
+    queued_at: datetime | None = field(default=None, metadata=sql(UTCDateTime()))
+    running_at: datetime | None = field(default=None, metadata=sql(UTCDateTime()))
+    finished_at: datetime | None = field(default=None, metadata=sql(UTCDateTime()))
+    ended_at: datetime | None = field(default=None, metadata=sql(UTCDateTime()))
+    updated_at: datetime = field(default_factory=utcnow, metadata=sql(UTCDateTime()))
     # reconciliation looks only at rows whose next check is due (an indexed range scan)
-    Column("check_at", UTCDateTime()),
-    Column("checks", Integer, nullable=False, default=0),
+    check_at: datetime | None = field(default=None, metadata=sql(UTCDateTime()))
+    checks: int = field(default=0, metadata=sql(Integer))
     # why the runner ended the job, in Galaxy's words (walltime_reached, memory_limit_reached)
-    Column("runner_state", String(64)),
+    runner_state: str | None = field(default=None, metadata=sql(String(64)))
     # job events: the client's queue and id, the number of the job's state changes, and the
     # outbox mark: when a change not yet published was recorded (None: all published)
-    Column("events_queue", String(255)),
-    Column("client_id", String(255)),
-    Column("event_seq", Integer, nullable=False, default=0, server_default="0"),
-    Column("unpublished_at", UTCDateTime()),
+    events_queue: str | None = field(default=None, metadata=sql(String(255)))
+    client_id: str | None = field(default=None, metadata=sql(String(255)))
+    event_seq: int = field(default=0, metadata=sql(Integer, server_default="0"))
+    unpublished_at: datetime | None = field(default=None, metadata=sql(UTCDateTime()))
     # policies: the attempt (a resubmission is the next one), every earlier attempt, the
     # concurrency-limit keys this job holds a place under, and the key it waits on
-    Column("attempt", Integer, nullable=False, default=1, server_default="1"),
-    Column("attempts", JSON),
-    Column("limit_keys", JSON(none_as_null=True)),
-    Column("waiting_on", String(255)),
+    attempt: int = field(default=1, metadata=sql(Integer, server_default="1"))
+    attempts: list[dict[str, Any]] | None = field(default=None, metadata=sql(JSON))
+    limit_keys: list[str] | None = field(default=None, metadata=sql(JSON(none_as_null=True)))
+    waiting_on: str | None = field(default=None, metadata=sql(String(255)))
     # the workflow whose step element this job is (None: a job submitted on its own)
-    Column("workflow_id", String(36)),
+    workflow_id: str | None = field(default=None, metadata=sql(String(36)))
     # provenance: whether the spec allows reuse of an earlier job's result; the key of what
     # the job computes (tool, version, command, environment, its inputs' content hashes),
     # set at prepare for a job that allows reuse; the size and sha256 of each declared output,
     # recorded at finish; the job whose outputs this one reused instead of running
-    Column("reuse", Boolean, nullable=False, default=False, server_default=false()),
-    Column("provenance", String(64), index=True),
-    Column("output_files", JSON(none_as_null=True)),
-    Column("reused_from", String(36)),
+    reuse: bool = field(default=False, metadata=sql(Boolean, server_default=false()))
+    provenance: str | None = field(default=None, metadata=sql(String(64), index=True))
+    output_files: dict[str, dict[str, Any]] | None = field(default=None, metadata=sql(JSON(none_as_null=True)))
+    reused_from: str | None = field(default=None, metadata=sql(String(36)))
+    # the Unix user the job runs as (None: the worker's own); the privileged helper reads it here
+    run_as: str | None = field(default=None, metadata=sql(String(32)))
+    # the job's GPUs and its own scheduler options (checked against its destination at accept)
+    output_size_bytes: int | None = field(default=None, metadata=sql(BigInteger))
+    gpus: int | None = field(default=None, metadata=sql(Integer))
+    native_specification: str | None = field(default=None, metadata=sql(Text))
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> Job:
+        return cls(**row)
+
+    def to_json(self) -> dict[str, Any]:
+        """The job as clients see it (`status --json`, `list --json`): the fields of
+        `SHOWN`, in that order, times in ISO 8601."""
+        view = {}
+        for name in SHOWN:
+            value = getattr(self, name)
+            view[SHOWN_AS.get(name, name)] = value.isoformat() if isinstance(value, datetime) else value
+        view["attempts"] = self.attempts or []
+        return view
+
+
+#: what clients see of a job, in the order they see it
+SHOWN = ("id", "state", "exit_code", "signal", "reason", "runner_state", "attempt", "attempts", "waiting_on",
+         "workflow_id", "reused_from", "output_files", "tool_id", "tool_version", "user", "destination",
+         "external_id", "cores", "memory_mb", "walltime_s", "wall_time_s", "max_rss_kb", "job_dir", "created_at",
+         "queued_at", "running_at", "finished_at", "stdout_tail", "stderr_tail")
+#: the names clients know a shown field by, where it is not the column's
+SHOWN_AS = {"stdout_tail": "stdout", "stderr_tail": "stderr"}
+
+
+jobs = Table(
+    "gt_job", metadata,
+    *columns(Job),
     Index("ix_gt_job_state_check_at", "state", "check_at"),
     Index("ix_gt_job_waiting", "state", "waiting_on", "created_at"),
+    # a destination's line: who runs and who waits there, per user (fair share, status)
+    Index("ix_gt_job_line", "destination", "state", "user", "created_at"),
+    # a destination's recent run times (estimates of a waiting job's start, load-aware routing)
+    Index("ix_gt_job_destination_finished_at", "destination", "finished_at"),
     Index("ix_gt_job_created_at", "created_at"),
     Index("ix_gt_job_unpublished_at", "unpublished_at"),
     Index("ix_gt_job_workflow_id", "workflow_id", "state"),
 )
 
-#: one row per transition: the job's history, and the audit that it was legal
-state_changes = Table(
-    "gt_job_state_change", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("job_id", String(36), ForeignKey("gt_job.id", ondelete="CASCADE"), nullable=False, index=True),
-    Column("from_state", String(16)),
-    Column("to_state", String(16), nullable=False),
-    Column("at", UTCDateTime(), nullable=False, default=utcnow),
-    Column("reason", Text),
-)
+
+def history(owner: Table, key: str) -> Table:
+    """One row per transition of the rows of `owner` (named by `key`): their history, and
+    the audit that it was legal."""
+    return Table(
+        f"{owner.name}_state_change", metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column(key, String(36), ForeignKey(owner.c.id, ondelete="CASCADE"), nullable=False, index=True),
+        Column("from_state", String(16)),
+        Column("to_state", String(16), nullable=False),
+        Column("at", UTCDateTime(), nullable=False, default=utcnow),
+        Column("reason", Text),
+    )
+
+
+state_changes = history(jobs, "job_id")
 
 #: how many jobs hold a place under each concurrency-limit key now (a user's jobs, a
 #: destination's): changed only with the move of the job that takes or gives back a place
@@ -155,45 +228,78 @@ leases = Table(
 )
 
 
-#: a workflow: a named DAG of job specs (docs/workflows.md), its document as submitted, and
-#: its own state; `check_at` is when reconciliation next runs a scheduling pass over it
+#: a message the broker gave back after its worker died with it (acks_late): how often it
+#: came back, so one that keeps killing its worker is set aside instead of served forever
+deliveries = Table(
+    "gt_delivery", metadata,
+    Column("message_id", String(255), primary_key=True),
+    Column("task", String(255), nullable=False),
+    Column("returns", Integer, nullable=False),
+    Column("first_at", UTCDateTime(), nullable=False),
+    Column("dead_at", UTCDateTime()),
+)
+
+
+#: the ids of signed messages taken, each until its message expires: a second copy of one
+#: (captured from the broker and pushed back) is refused (galaxy_tasks/freshness.py)
+seen_messages = Table(
+    "gt_seen_message", metadata,
+    Column("message_id", String(64), primary_key=True),
+    Column("kept_until", UTCDateTime(), nullable=False, index=True),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowRecord:
+    """A workflow's row as the store read it: a named DAG of job specs (docs/workflows.md),
+    its document as submitted, and its own state; `check_at` is when reconciliation next
+    runs a scheduling pass over it. The fields are the columns of `gt_workflow`."""
+
+    id: str = field(metadata=sql(String(36), primary_key=True))
+    name: str = field(metadata=sql(String(255)))
+    user: str | None = field(default=None, metadata=sql(String(255)))
+    state: str = field(metadata=sql(String(16)))
+    document: dict[str, Any] = field(metadata=sql(JSON))
+    reason: str | None = field(default=None, metadata=sql(Text))
+    created_at: datetime = field(default_factory=utcnow, metadata=sql(UTCDateTime()))
+    updated_at: datetime = field(default_factory=utcnow, metadata=sql(UTCDateTime()))
+    check_at: datetime | None = field(default=None, metadata=sql(UTCDateTime()))
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> WorkflowRecord:
+        return cls(**row)
+
+
 workflows = Table(
     "gt_workflow", metadata,
-    Column("id", String(36), primary_key=True),
-    Column("name", String(255), nullable=False),
-    Column("user", String(255)),
-    Column("state", String(16), nullable=False),
-    Column("document", JSON, nullable=False),
-    Column("reason", Text),
-    Column("created_at", UTCDateTime(), nullable=False, default=utcnow),
-    Column("updated_at", UTCDateTime(), nullable=False, default=utcnow),
-    Column("check_at", UTCDateTime()),
+    *columns(WorkflowRecord),
     Index("ix_gt_workflow_state_check_at", "state", "check_at"),
     Index("ix_gt_workflow_created_at", "created_at"),
 )
 
-workflow_changes = Table(
-    "gt_workflow_state_change", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("workflow_id", String(36), ForeignKey("gt_workflow.id", ondelete="CASCADE"), nullable=False,
-           index=True),
-    Column("from_state", String(16)),
-    Column("to_state", String(16), nullable=False),
-    Column("at", UTCDateTime(), nullable=False, default=utcnow),
-    Column("reason", Text),
-)
+workflow_changes = history(workflows, "workflow_id")
 
-#: a step: its job spec template, how many elements it has, and the steps it needs
-#: (`needs`: step name -> "each" (the element of the same index) or "all")
-workflow_steps = Table(
-    "gt_workflow_step", metadata,
-    Column("workflow_id", String(36), ForeignKey("gt_workflow.id", ondelete="CASCADE"), primary_key=True),
-    Column("name", String(64), primary_key=True),
-    Column("position", Integer, nullable=False),
-    Column("elements", Integer, nullable=False),
-    Column("spec", JSON, nullable=False),
-    Column("needs", JSON, nullable=False),
-)
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepRecord:
+    """A step's row: its job spec template, how many elements it has, and the steps it needs
+    (`needs`: step name -> "each" (the element of the same index) or "all"). The fields are
+    the columns of `gt_workflow_step`."""
+
+    workflow_id: str = field(metadata=sql(String(36), ForeignKey(workflows.c.id, ondelete="CASCADE"),
+                                          primary_key=True))
+    name: str = field(metadata=sql(String(64), primary_key=True))
+    position: int = field(metadata=sql(Integer))
+    elements: int = field(metadata=sql(Integer))
+    spec: dict[str, Any] = field(metadata=sql(JSON))
+    needs: dict[str, str] = field(metadata=sql(JSON))
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> StepRecord:
+        return cls(**row)
+
+
+workflow_steps = Table("gt_workflow_step", metadata, *columns(StepRecord))
 
 #: one element of a step: its parameters and the id its job has (or will have) in this run
 #: of it; the job's row, once it exists, is the element's state. The primary key is the
@@ -211,103 +317,6 @@ workflow_elements = Table(
 
 
 @dataclass(frozen=True, slots=True)
-class Job:
-    """A job's row as the store read it (or, for a job just created, as it was written)."""
-
-    id: str
-    tool_id: str
-    command: str
-    destination: str
-    queue: str
-    state: str
-    tool_version: str | None = None
-    user: str | None = None
-    environment: dict[str, str] = field(default_factory=dict)
-    inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    cores: int = 1
-    memory_mb: int | None = None
-    walltime_s: int | None = None
-    destination_hint: str | None = None
-    environment_setup_file: str | None = None
-    job_dir: str | None = None
-    token: str | None = None
-    external_id: str | None = None
-    owner: str | None = None
-    exit_code: int | None = None
-    signal: int | None = None
-    reason: str | None = None
-    stdout_tail: str | None = None
-    stderr_tail: str | None = None
-    wall_time_s: float | None = None
-    max_rss_kb: int | None = None
-    created_at: datetime = field(default_factory=utcnow)
-    queued_at: datetime | None = None
-    running_at: datetime | None = None
-    finished_at: datetime | None = None
-    ended_at: datetime | None = None
-    updated_at: datetime = field(default_factory=utcnow)
-    check_at: datetime | None = None
-    checks: int = 0
-    runner_state: str | None = None
-    events_queue: str | None = None
-    client_id: str | None = None
-    event_seq: int = 0
-    unpublished_at: datetime | None = None
-    attempt: int = 1
-    attempts: list[dict[str, Any]] | None = None
-    limit_keys: list[str] | None = None
-    waiting_on: str | None = None
-    workflow_id: str | None = None
-    reuse: bool = False
-    provenance: str | None = None
-    output_files: dict[str, dict[str, Any]] | None = None
-    reused_from: str | None = None
-
-    @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> Job:
-        return cls(**row)
-
-    def to_json(self) -> dict[str, Any]:
-        """The job as clients see it (`status --json`, `list --json`)."""
-        return {
-            "id": self.id,
-            "state": self.state,
-            "exit_code": self.exit_code,
-            "signal": self.signal,
-            "reason": self.reason,
-            "runner_state": self.runner_state,
-            "attempt": self.attempt,
-            "attempts": self.attempts or [],
-            "waiting_on": self.waiting_on,
-            "workflow_id": self.workflow_id,
-            "reused_from": self.reused_from,
-            "output_files": self.output_files,
-            "tool_id": self.tool_id,
-            "tool_version": self.tool_version,
-            "user": self.user,
-            "destination": self.destination,
-            "external_id": self.external_id,
-            "cores": self.cores,
-            "memory_mb": self.memory_mb,
-            "walltime_s": self.walltime_s,
-            "wall_time_s": self.wall_time_s,
-            "max_rss_kb": self.max_rss_kb,
-            "job_dir": self.job_dir,
-            "created_at": _iso(self.created_at),
-            "queued_at": _iso(self.queued_at),
-            "running_at": _iso(self.running_at),
-            "finished_at": _iso(self.finished_at),
-            "stdout": self.stdout_tail,
-            "stderr": self.stderr_tail,
-        }
-
-
-JOB_COLUMNS = frozenset(f.name for f in fields(Job))
-assert JOB_COLUMNS == set(jobs.c.keys()), "Job and gt_job must name the same columns"
-
-
-@dataclass(frozen=True, slots=True)
 class StateChange:
     """One transition of a job's history."""
 
@@ -320,41 +329,6 @@ class StateChange:
 
     def to_json(self) -> dict[str, Any]:
         return {"from": self.from_state, "to": self.to_state, "at": _iso(self.at), "reason": self.reason}
-
-
-@dataclass(frozen=True, slots=True)
-class WorkflowRecord:
-    """A workflow's row as the store read it."""
-
-    id: str
-    name: str
-    state: str
-    document: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
-    user: str | None = None
-    reason: str | None = None
-    check_at: datetime | None = None
-
-    @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> WorkflowRecord:
-        return cls(**row)
-
-
-@dataclass(frozen=True, slots=True)
-class StepRecord:
-    """A step's row: its spec template, its number of elements, the steps it needs."""
-
-    workflow_id: str
-    name: str
-    position: int
-    elements: int
-    spec: dict[str, Any]
-    needs: dict[str, str]
-
-    @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> StepRecord:
-        return cls(**row)
 
 
 @dataclass(frozen=True, slots=True)

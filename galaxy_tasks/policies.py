@@ -11,11 +11,12 @@ import hashlib
 import re
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from typing import Annotated, Any, Literal, Mapping, Sequence, get_args
+from typing import Annotated, Any, Callable, Container, Literal, Mapping, Sequence, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from galaxy_tasks import expressions
+from galaxy_tasks.confmodels import says, shown
 from galaxy_tasks.expressions import Expression, ExpressionError
 from galaxy_tasks.yamlconf import Where
 
@@ -174,120 +175,35 @@ def choose(rules: Sequence[ResubmitRule], names: Mapping[str, Any], destination:
     return None
 
 
-# -- parsing -----------------------------------------------------------------------------
-
-
-def parse_limits(items: Any, here: Where, destinations: Mapping[str, Any]) -> Limits:
-    """Galaxy's top-level `limits:` list."""
-    if items is None:
-        return Limits()
-    if not isinstance(items, list):
-        raise here.error("must be a list of limits")
-    concurrency: list[ConcurrencyLimit] = []
-    sizes: dict[str, int] = {}
-    for index, item in enumerate(items):
-        where = Where(here.source, f"{here.path}[{index}]", getattr(item, "line", here.line))
-        kind, value = _limit_type(item, where)
-        if kind in SIZES:
-            sizes[kind] = value
-            continue
-        destination, tag = item.get("id"), item.get("tag")
-        if kind in ("registered_user_concurrent_jobs", "anonymous_user_concurrent_jobs"):
-            if destination is not None or tag is not None:
-                raise where.error(f"{item['type']} applies to every destination: it takes no id or tag")
-        else:
-            if (destination is None) == (tag is None):
-                raise where.error(f"{item['type']} needs either an id (a destination) or a tag")
-            if destination is not None and destination not in destinations:
-                raise where.key(item, "id").error(f"unknown destination {destination!r}")
-            if tag is not None and not isinstance(tag, str):
-                raise where.key(item, "tag").error("must be a tag name")
-        if value == 0 and kind in ("registered_user_concurrent_jobs", "anonymous_user_concurrent_jobs"):
-            continue  # as in Galaxy: 0 is no limit for users (a destination's 0 lets none run)
-        concurrency.append(ConcurrencyLimit(kind, value, destination, tag))
-    return Limits(tuple(concurrency), sizes.get("walltime"), sizes.get("output_size"))
-
-
-def parse_destination_policy(value: Mapping[str, Any], here: Where, destinations: set[str]) -> DestinationPolicy:
-    """A destination's `tags:`, `resubmit:` and `limits:` (walltime, output_size)."""
-    tags = value.get("tags") or []
-    if isinstance(tags, str):
-        tags = [tags]
-    if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
-        raise here.key(value, "tags").error("must be a tag or a list of tags")
-    rules = value.get("resubmit") or []
-    if isinstance(rules, Mapping):
-        rules = [rules]
-    if not isinstance(rules, list):
-        raise here.key(value, "resubmit").error("must be a list of rules")
-    parsed = tuple(_resubmit_rule(rule, Where(here.source, f"{here.path}.resubmit[{i}]",
-                                              getattr(rule, "line", here.line)), destinations)
-                   for i, rule in enumerate(rules))
-    sizes: dict[str, int] = {}
-    limits = value.get("limits") or []
-    if not isinstance(limits, list):
-        raise here.key(value, "limits").error("must be a list of limits")
-    for index, item in enumerate(limits):
-        where = Where(here.source, f"{here.path}.limits[{index}]", getattr(item, "line", here.line))
-        kind, amount = _limit_type(item, where)
-        if kind not in SIZES:
-            raise where.error(f"a destination's own limits are {' and '.join(SIZES)}; {item['type']} goes in the "
-                              "top-level limits, with id: this destination")
-        sizes[kind] = amount
-    return DestinationPolicy(tuple(tags), parsed, sizes.get("walltime"), sizes.get("output_size"))
-
-
-def _resubmit_rule(item: Any, here: Where, destinations: set[str]) -> ResubmitRule:
-    if not isinstance(item, Mapping):
-        raise here.error("must be a mapping with a condition and/or a destination")
-    for key in item:
-        if key not in ("condition", "destination", "environment", "delay", "handler"):
-            raise here.unknown(item, key)
-    target = item.get("destination", item.get("environment"))
-    if target is not None and target not in destinations:
-        raise here.key(item, "destination").error(f"unknown destination {target!r}")
-    try:
-        condition = expressions.parse(item["condition"], CONDITION_NAMES) if "condition" in item else None
-    except ExpressionError as exc:
-        raise here.key(item, "condition").error(str(exc)) from None
-    try:
-        delay = expressions.parse(item["delay"], DELAY_NAMES) if "delay" in item else None
-    except ExpressionError as exc:
-        raise here.key(item, "delay").error(str(exc)) from None
-    return ResubmitRule(condition, target, delay)
-
-
-def _limit_type(item: Any, here: Where) -> tuple[str, int]:
-    if not isinstance(item, Mapping) or "type" not in item:
-        raise here.error("must be a mapping with a type and a value")
-    for key in item:
-        if key not in ("type", "value", "id", "tag"):
-            raise here.unknown(item, key)
-    kind = item["type"]
-    if kind in SIZES:
-        parse_value = duration_s if kind == "walltime" else size_bytes
-        try:
-            return kind, parse_value(item.get("value"))
-        except ValueError as exc:
-            raise here.key(item, "value").error(str(exc)) from None
-    if kind not in CONCURRENCY:
-        raise here.key(item, "type").error(f"unknown limit type {kind!r} (known: "
-                                           f"{', '.join(sorted([*CONCURRENCY, *SIZES]))})")
-    value = item.get("value")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise here.key(item, "value").error(f"must be a whole number of at least 0, not {value!r}")
-    return CONCURRENCY[kind], value
-
-
 def duration_s(value: Any) -> int:
     """`'24:00:00'`, `'1-12:00:00'` (days-), `'90:00'`, or seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"must be a duration like '24:00:00', not {value!r}")
-    if isinstance(value, int) and value > 0:
+    return _positive(value, "a duration like '24:00:00' or '1-00:00:00'", "longer", _DURATION, _seconds)
+
+
+def size_bytes(value: Any) -> int:
+    """`'10GB'` (10^10 bytes, as Galaxy reads it), `'512MiB'`, `'1.5 TB'`, or bytes."""
+    return _positive(value, "a size like '10GB' or '512MiB'", "larger", _SIZE, _bytes)
+
+
+_DURATION = re.compile(r"\s*(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?\s*")
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+
+
+def _positive(value: Any, like: str, more: str, pattern: re.Pattern[str],
+              amount: Callable[[re.Match[str]], int | None]) -> int:
+    """A whole number above zero as it is, or what `amount` reads from text `pattern` matches."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
-    match = re.fullmatch(r"\s*(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?\s*", str(value))
-    if not match:
-        raise ValueError(f"must be a duration like '24:00:00' or '1-00:00:00', not {value!r}")
+    match = None if isinstance(value, bool) else pattern.fullmatch(str(value))
+    found = amount(match) if match else None
+    if found is None:
+        raise ValueError(f"must be {like}, not {value!r}")
+    if found <= 0:
+        raise ValueError(f"must be {more} than zero, not {value!r}")
+    return found
+
+
+def _seconds(match: re.Match[str]) -> int:
     days, first, second, third = (int(g) if g else 0 for g in match.groups())
     if match.group(4) is not None:
         seconds = first * 3600 + second * 60 + third
@@ -295,31 +211,17 @@ def duration_s(value: Any) -> int:
         seconds = first * 60 + second
     else:
         seconds = first
-    seconds += days * 86400
-    if seconds <= 0:
-        raise ValueError(f"must be longer than zero, not {value!r}")
-    return seconds
+    return seconds + days * 86400
 
 
-def size_bytes(value: Any) -> int:
-    """`'10GB'` (10^10 bytes, as Galaxy reads it), `'512MiB'`, `'1.5 TB'`, or bytes."""
-    if isinstance(value, bool):
-        raise ValueError(f"must be a size like '10GB', not {value!r}")
-    if isinstance(value, int) and value > 0:
-        return value
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
-    if not match or match.group(2).lower() not in _UNITS:
-        raise ValueError(f"must be a size like '10GB' or '512MiB', not {value!r}")
-    amount = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-    if amount <= 0:
-        raise ValueError(f"must be larger than zero, not {value!r}")
-    return amount
+def _bytes(match: re.Match[str]) -> int | None:
+    unit = match.group(2).lower()
+    return int(float(match.group(1)) * _UNITS[unit]) if unit in _UNITS else None
 
 
-
-# -- schema --------------------------------------------------------------------------------
-# The models of the policy keys, for the job_conf's published JSON Schema; the parsing above
-# is what checks a loaded job_conf, expressions and durations included.
+# -- the grammar ---------------------------------------------------------------------------
+# The policy keys of the job_conf: these models check a loaded job_conf and are its published
+# JSON Schema; what they cannot say is checked above.
 
 _Amount = Annotated[int, Field(strict=True, ge=0)] | Annotated[str, Field(strict=True, min_length=1)]
 LimitType = Literal["registered_user_concurrent_jobs", "anonymous_user_concurrent_jobs",
@@ -333,8 +235,12 @@ class LimitModel(BaseModel):
     """A limit of Galaxy's top-level `limits:` list."""
 
     model_config = ConfigDict(extra="forbid", title="Limit")
-    type: LimitType = Field(description="a concurrency limit (jobs at once), or walltime / output_size")
-    value: _Amount = Field(description="jobs at once; a duration ('24:00:00'); a size ('10GB')")
+    type: Annotated[LimitType, says(lambda kind: f"unknown limit type {shown(kind)} (known: "
+                                                 f"{', '.join(sorted([*CONCURRENCY, *SIZES]))})")] = Field(
+        description="a concurrency limit (jobs at once), or walltime / output_size")
+    value: Annotated[_Amount, says("must be a whole number of at least 0 (jobs at once), a duration ('24:00:00') "
+                                   "or a size ('10GB')")] = Field(
+        description="jobs at once; a duration ('24:00:00'); a size ('10GB')")
     id: str | None = Field(None, description="destination_* limits: the destination they count")
     tag: str | None = Field(None, description="destination_* limits: every destination with this tag")
 
@@ -343,8 +249,11 @@ class DestinationLimitModel(BaseModel):
     """A destination's own walltime or output_size."""
 
     model_config = ConfigDict(extra="forbid", title="DestinationLimit")
-    type: Literal["walltime", "output_size"] = Field(description="what is limited")
-    value: _Amount = Field(description="a duration ('24:00:00') or a size ('10GB')")
+    type: Annotated[Literal["walltime", "output_size"], says(
+        lambda kind: f"a destination's own limits are {' and '.join(SIZES)}; {shown(kind)} goes in the top-level "
+                     "limits, with id: this destination")] = Field(description="what is limited")
+    value: Annotated[_Amount, says("must be a duration ('24:00:00') or a size ('10GB')")] = Field(
+        description="a duration ('24:00:00') or a size ('10GB')")
 
 
 class ResubmitModel(BaseModel):
@@ -354,5 +263,74 @@ class ResubmitModel(BaseModel):
     condition: str | None = Field(None, description="an expression over " + ", ".join(sorted(CONDITION_NAMES)))
     destination: str | None = Field(None, description="where to run it again (default: the same destination)")
     environment: str | None = Field(None, description="the same as destination (Galaxy's newer word)")
-    delay: str | float | None = Field(None, description="seconds to wait first; an expression over attempt")
+    delay: Annotated[str | float, says("must be seconds or an expression over attempt")] | None = Field(
+        None, description="seconds to wait first; an expression over attempt")
     handler: str | None = Field(None, description="accepted for Galaxy compatibility, not used")
+
+
+# -- from the checked job_conf -------------------------------------------------------------
+# What the models below cannot say: the destinations a limit or a resubmit rule names, the
+# value each limit type takes, expressions and durations.
+
+#: the limits that count a user's jobs everywhere: they take no id or tag
+USER_LIMITS = ("registered_user_concurrent_jobs", "anonymous_user_concurrent_jobs")
+
+
+def limits_from(given: Sequence[LimitModel] | None, here: Where, destinations: Container[str]) -> Limits:
+    """Galaxy's top-level `limits:` list."""
+    concurrency: list[ConcurrencyLimit] = []
+    sizes: dict[str, int] = {}
+    for index, limit in enumerate(given or ()):
+        where = here.at(index)
+        if limit.type in SIZES:
+            sizes[limit.type] = _size(limit, where)
+            continue
+        if isinstance(limit.value, str):
+            raise where.at("value").error(f"must be a whole number of at least 0, not {limit.value!r}")
+        if limit.type in USER_LIMITS:
+            if limit.id is not None or limit.tag is not None:
+                raise where.error(f"{limit.type} applies to every destination: it takes no id or tag")
+            if limit.value == 0:
+                continue  # as in Galaxy: 0 is no limit for users (a destination's 0 lets none run)
+        elif (limit.id is None) == (limit.tag is None):
+            raise where.error(f"{limit.type} needs either an id (a destination) or a tag")
+        elif limit.id is not None and limit.id not in destinations:
+            raise where.at("id").error(f"unknown destination {limit.id!r}")
+        concurrency.append(ConcurrencyLimit(CONCURRENCY[limit.type], limit.value, limit.id, limit.tag))
+    return Limits(tuple(concurrency), sizes.get("walltime"), sizes.get("output_size"))
+
+
+def policy_from(destination: Any, here: Where, destinations: Container[str]) -> DestinationPolicy:
+    """A destination's `tags:`, `resubmit:` and `limits:` (walltime, output_size), from its
+    checked model (`here` is the destination's place)."""
+    tags = [destination.tags] if isinstance(destination.tags, str) else destination.tags or []
+    rules = tuple(_resubmit_rule(rule, here.at("resubmit", index), destinations)
+                  for index, rule in enumerate(destination.resubmit or ()))
+    sizes = {limit.type: _size(limit, here.at("limits", index)) for index, limit in enumerate(destination.limits or ())}
+    return DestinationPolicy(tuple(tags), rules, sizes.get("walltime"), sizes.get("output_size"))
+
+
+def _resubmit_rule(rule: ResubmitModel, here: Where, destinations: Container[str]) -> ResubmitRule:
+    key = "destination" if rule.destination is not None else "environment"
+    target = getattr(rule, key)
+    if target is not None and target not in destinations:
+        raise here.at(key).error(f"unknown destination {target!r}")
+    return ResubmitRule(_expression(rule.condition, CONDITION_NAMES, here.at("condition")), target,
+                        _expression(rule.delay, DELAY_NAMES, here.at("delay")))
+
+
+def _expression(text: str | float | None, names: frozenset[str], here: Where) -> Expression | None:
+    if text is None:
+        return None
+    try:
+        return expressions.parse(str(text), names)
+    except ExpressionError as exc:
+        raise here.error(str(exc)) from None
+
+
+def _size(limit: LimitModel | DestinationLimitModel, here: Where) -> int:
+    read = duration_s if limit.type == "walltime" else size_bytes
+    try:
+        return read(limit.value)
+    except ValueError as exc:
+        raise here.at("value").error(str(exc)) from None

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from galaxy_tasks.logs import escape_controls
 from galaxy_tasks.states import TERMINAL, JobState
 
 #: a rule of '-' under the header and nothing else: plain text that aligns in any font
@@ -38,7 +39,7 @@ def is_terminal(stream: TextIO) -> bool:
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Columns aligned on the widest cell, a rule under the header: plain text."""
-    cells = [[str(c) for c in row] for row in rows]
+    cells = [[escape_controls(str(c)) for c in row] for row in rows]
     widths = [max([cell_len(h)] + [cell_len(row[i]) for row in cells]) for i, h in enumerate(header)]
     grid = _table([_escape(h) for h in header], [[_escape(c) for c in row] for row in cells], PLAIN)
     buffer = io.StringIO()
@@ -55,7 +56,7 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[object]], out: Te
         print(table(header, rows), file=out)
         return
     index = list(header).index(state_column) if state_column is not None and state_column in header else -1
-    cells = [[f"[{STYLES[str(c)]}]{c}[/]" if i == index and str(c) in STYLES else _escape(str(c))
+    cells = [[f"[{STYLES[str(c)]}]{c}[/]" if i == index and str(c) in STYLES else _escape(escape_controls(str(c)))
               for i, c in enumerate(row)] for row in rows]
     Console(file=out, highlight=False).print(_table([_escape(h) for h in header], cells, box.SIMPLE_HEAD,
                                                    header_style="bold"))
@@ -63,7 +64,7 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[object]], out: Te
 
 def fields(pairs: Iterable[tuple[str, object]]) -> str:
     """`name  value` lines, the names aligned (`galaxy-tasks status`)."""
-    texts = [(name, str(value)) for name, value in pairs]
+    texts = [(name, escape_controls(str(value))) for name, value in pairs]
     grid = Table.grid(padding=(0, 2))
     grid.add_column(no_wrap=True)
     grid.add_column()
@@ -141,6 +142,7 @@ class JobProgress:
             self._progress.stop()
 
     def line(self, text: str) -> None:
+        text = escape_controls(text)
         if self._progress is not None:
             self._progress.console.print(_escape(text), highlight=False)
         else:

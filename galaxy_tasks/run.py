@@ -6,10 +6,11 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from galaxy_tasks import context, events, yamlconf
+from galaxy_tasks import events, yamlconf
 from galaxy_tasks.client import RECHECK_S, TERMINAL_NAMES, Client
+from galaxy_tasks.edge import runtime
+from galaxy_tasks.edge.listen import JobEvents
 from galaxy_tasks.errors import SpecError
-from galaxy_tasks.listen import JobEvents
 from galaxy_tasks.render import JobProgress, is_terminal, print_table
 from galaxy_tasks.spec import parse
 from galaxy_tasks.states import TERMINAL, JobState
@@ -29,13 +30,13 @@ def run_file(path: Path, *, concurrency: int = 4, timeout: float | None = None, 
     interrupted run left unfinished. Returns 0 once all have ended (whatever their state),
     1 if the timeout passed first. On a terminal (or with `live`) a progress bar counts
     the jobs in each state, moved by their events; otherwise each change is a plain line."""
-    from galaxy_tasks.embedded import embedded_worker
+    from galaxy_tasks.edge.embedded import embedded_worker
 
     entries = load_jobs(path)
     live = is_terminal(out) if live is None else live
     with embedded_worker(concurrency=concurrency), JobEvents() as heard, \
             JobProgress(out, live=live, title="jobs") as progress:
-        client = Client(context.current())
+        client = Client(runtime.context())
         rows: list[tuple[str, dict, str | None]] = []  # (job id or "-", entry, refusal)
         for job in client.unfinished():
             rows.append((job.id, {"tool_id": job.tool_id}, None))

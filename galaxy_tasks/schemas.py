@@ -1,7 +1,7 @@
 """The published JSON Schemas: the job spec, the job event and the job_conf.
 
-Each is generated from the pydantic models that check (spec, job_conf params) or describe
-(event, the rest of the job_conf) it, so the schema and the code cannot drift apart:
+Each is generated from the pydantic models that check (spec, job_conf) or describe (event)
+it, so the schema and the code cannot drift apart:
 `galaxy-tasks schema spec|event|job-conf` prints one, docs/schemas/ holds them as files
 (tests/unit/test_schemas.py fails when they are stale: `galaxy-tasks schema --write docs/schemas`
 writes them again), and docs/schemas.md says what each one cannot say.
@@ -14,23 +14,24 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
+from galaxy_tasks.events import EventModel
+from galaxy_tasks.routing import job_conf_model
+from galaxy_tasks.spec import SpecModel
+
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 def _spec() -> type[BaseModel]:
-    from galaxy_tasks.spec import SpecModel
 
     return SpecModel
 
 
 def _event() -> type[BaseModel]:
-    from galaxy_tasks.events import EventModel
 
     return EventModel
 
 
 def _job_conf() -> type[BaseModel]:
-    from galaxy_tasks.routing import job_conf_model
 
     return job_conf_model()
 

@@ -3,30 +3,38 @@
 A spec is either accepted whole, as a valid `JobSpec`, or refused with a `SpecError` that
 names the offending field; nothing is recorded for a refused spec.
 
-`SpecModel` (pydantic) is the validator and the published description at once: `parse`
-validates with it, and `galaxy-tasks schema spec` prints its JSON Schema (docs/schemas.md),
-so a client in another language can check a spec before it sends it. What a JSON Schema
-cannot say (no unpaired surrogates, outputs that stay in the job directory once
-normalised, the bounds on totals) is checked by the model's validators and written in the
-fields' descriptions.
+Each field is declared once, in `JobSpec`: its Python type (what the steps read, null in the
+JSON giving the default) and, with `wire(...)`, the type and description its JSON takes.
+`SpecModel`, the pydantic model derived from those fields, is the validator and the
+published description at once: `parse` validates with it, and `galaxy-tasks schema spec`
+prints its JSON Schema (docs/schemas.md), so a client in another language can check a spec
+before it sends it. What a JSON Schema cannot say (no unpaired surrogates, outputs that stay
+in the job directory once normalised, the bounds on totals) is checked by the validators
+below and written in the fields' descriptions.
 """
 from __future__ import annotations
 
 import json
 import posixpath
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Annotated, Any, Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Annotated, Any, Mapping, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
 from pydantic_core import ErrorDetails
 
 from galaxy_tasks.errors import SpecError
+from galaxy_tasks.names import JOB_ID_PATTERN, USER_NAME_PATTERN
+from galaxy_tasks.native import MAX_NATIVE
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,35}\Z")
+# Patterns are written once, in the dialect every JSON Schema validator shares (ECMA 262:
+# `$` is the end of the text; pydantic checks them with Rust's regex, where `$` means the
+# same); Python's own checks end them with `\Z`, since its `$` also matches before a newline.
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*"
+_QUEUE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}"
+ENV_NAME = re.compile(_ENV_NAME + r"\Z")
 #: a queue a client may name for its job events (AMQP and Redis both take these)
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}\Z")
+QUEUE_NAME = re.compile(_QUEUE_NAME + r"\Z")
 MAX_COMMAND_BYTES = 256 * 1024
 MAX_TEXT = 255
 #: bounds that keep a spec storable and a job startable: Linux refuses one environment
@@ -38,45 +46,9 @@ MAX_PATHS = 10_000
 MAX_PATH = 4096
 MAX_PATHS_TOTAL = 1024 * 1024
 MAX_WHOLE = 2**31 - 1
+R = TypeVar("R")
 
-
-@dataclass(frozen=True)
-class Events:
-    """Where the job's events go: a queue of the client's, and an id of the client's own
-    that every event carries back (Galaxy's job id, say)."""
-
-    queue: str
-    client_id: str | None = None
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    tool_id: str
-    command: str
-    tool_version: str | None = None
-    user: str | None = None
-    environment: dict[str, str] = field(default_factory=dict)
-    inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    cores: int = 1
-    memory_mb: int | None = None
-    walltime_s: int | None = None
-    destination: str | None = None
-    environment_setup_file: str | None = None
-    id: str | None = None
-    events: Events | None = None
-    reuse: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-FIELDS = frozenset(JobSpec.__dataclass_fields__)
-
-# -- the model -----------------------------------------------------------------------------
-#
-# Patterns are given to JSON Schema in the dialect every validator shares (ECMA 262: `$`
-# is the end of the text); pydantic checks them with Rust's regex, where `$` means the same.
+# -- the wire types: what each field's JSON may be -------------------------------------------
 
 
 class _Refused(ValueError):
@@ -141,7 +113,8 @@ RequiredText = Annotated[str, StringConstraints(strict=True, max_length=MAX_TEXT
 Command = Annotated[str, StringConstraints(strict=True, max_length=MAX_COMMAND_BYTES), AfterValidator(_nonblank),
                     Field(json_schema_extra={"pattern": "\\S", **_NO_NUL})]
 Whole = Annotated[int, Field(strict=True, ge=1, le=MAX_WHOLE)]
-EnvName = Annotated[str, StringConstraints(strict=True, max_length=MAX_TEXT, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+Bytes = Annotated[int, Field(strict=True, ge=1, le=2**63 - 1)]
+EnvName = Annotated[str, StringConstraints(strict=True, max_length=MAX_TEXT, pattern=_ENV_NAME + "$")]
 EnvValue = Annotated[str, StringConstraints(strict=True, max_length=MAX_ENV_VALUE), AfterValidator(_clean),
                      Field(json_schema_extra=_NO_NUL)]
 Environment = Annotated[dict[EnvName, EnvValue], Field(max_length=MAX_ENV_NAMES, json_schema_extra={
@@ -153,52 +126,110 @@ OutputPath = Annotated[str, StringConstraints(strict=True, max_length=MAX_PATH),
                            {"pattern": "\\u0000"}, {"pattern": "^/"}, {"pattern": "^(\\./)*\\.\\.(/|$)"}]}})]
 Inputs = Annotated[list[InputPath], Field(max_length=MAX_PATHS), AfterValidator(_paths_total)]
 Outputs = Annotated[list[OutputPath], Field(max_length=MAX_PATHS), AfterValidator(_paths_total)]
-JobIdText = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,35}$")]
-QueueText = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")]
+JobIdText = Annotated[str, StringConstraints(strict=True, pattern=JOB_ID_PATTERN + "$")]
+QueueText = Annotated[str, StringConstraints(strict=True, pattern=_QUEUE_NAME + "$")]
+NativeText = Annotated[str, StringConstraints(strict=True, max_length=MAX_NATIVE), AfterValidator(_nonblank),
+                      Field(json_schema_extra={"pattern": "\\S", **_NO_NUL})]
+UserNameText = Annotated[str, StringConstraints(strict=True, pattern=USER_NAME_PATTERN + "$")]
 
 
-class EventsModel(BaseModel):
-    """Where the job's events go (docs/events.md)."""
-
-    model_config = ConfigDict(extra="forbid", title="Events")
-
-    queue: QueueText = Field(description="a durable queue of the client's, not one galaxy-tasks consumes")
-    client_id: Text | None = Field(None, description="an id of the client's that every event of the job carries back")
+def wire(kind: Any, description: str, **options: Any) -> dict[str, Any]:
+    """A spec field's metadata: the type its JSON must have, and what the published schema
+    says of it (`options` go to pydantic's `Field`)."""
+    return {"wire": (kind, {"description": description, **options})}
 
 
-class SpecModel(BaseModel):
-    """A job galaxy-tasks is asked to run (docs/task-contract.md); null means the default.
-    The server also refuses text with unpaired surrogates."""
-
-    model_config = ConfigDict(extra="forbid", title="JobSpec")
-
-    tool_id: RequiredText = Field(description="the tool; routing rules match it")
-    command: Command = Field(description="the command line, run by /bin/sh in the job's working directory")
-    tool_version: ShortText | None = Field(None, description="recorded with the job")
-    user: Text | None = Field(None, description="recorded, and matched by routing rules")
-    environment: Environment | None = Field(
-        None, description=f"added to the job's environment (at most {MAX_ENV_TOTAL} characters in all, counting "
-                          "each name and value plus 2)")
-    inputs: Inputs | None = Field(None, description=f"paths recorded with the job (at most {MAX_PATHS_TOTAL} "
-                                                     "characters in all)")
-    outputs: Outputs | None = Field(
-        None, description="paths relative to the job directory that must exist after the command ran, or the job "
-                          "ends `error`; once normalised they must stay inside it "
-                          f"(at most {MAX_PATHS_TOTAL} characters in all)")
-    cores: Whole | None = Field(None, description="cores the job needs (GALAXY_SLOTS); default 1")
-    memory_mb: Whole | None = Field(None, description="memory the job needs, in MB (GALAXY_MEMORY_MB)")
-    walltime_s: Whole | None = Field(None, description="the longest the job may run, in seconds")
-    destination: Text | None = Field(None, description="a destination name, overriding the routing rules")
-    environment_setup_file: PathText | None = Field(None, description="a file the job script sources before "
-                                                                       "the command")
-    id: JobIdText | None = Field(None, description="a job id chosen by the client: a duplicated submission then "
-                                                   "runs once")
-    events: EventsModel | None = Field(None, description="where the job's events go (docs/events.md)")
-    reuse: bool | None = Field(None, strict=True, description=(
-        "allow an earlier ok job with the same tool, version, command, environment and input contents (that also "
-        "allowed reuse) to stand for this one: its outputs are linked in and the job ends ok without running"))
+def wire_model(record: type, name: str, title: str, doc: str) -> type[BaseModel]:
+    """The pydantic model that checks the JSON of the dataclass `record`, field for field,
+    from each field's `wire` metadata. A field without a default is required; any other
+    may be null, which means its default."""
+    definitions: dict[str, Any] = {}
+    for item in fields(record):
+        kind, options = item.metadata["wire"]
+        if item.default is MISSING and item.default_factory is MISSING:
+            definitions[item.name] = (kind, Field(**options))
+        else:
+            definitions[item.name] = (kind | None, Field(None, **options))
+    model: type[BaseModel] = create_model(name, __config__=ConfigDict(extra="forbid", title=title), __doc__=doc,
+                                          __module__=__name__, **definitions)
+    return model
 
 
+# -- the spec --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Events:
+    """Where the job's events go: a queue of the client's, and an id of the client's own
+    that every event carries back (Galaxy's job id, say)."""
+
+    queue: str = field(metadata=wire(QueueText, "a durable queue of the client's, not one galaxy-tasks consumes"))
+    client_id: str | None = field(default=None, metadata=wire(
+        Text, "an id of the client's that every event of the job carries back"))
+
+
+EventsModel = wire_model(Events, "EventsModel", "Events", "Where the job's events go (docs/events.md).")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job as a client asked for it, validated (the fields' order is the schema's)."""
+
+    tool_id: str = field(metadata=wire(RequiredText, "the tool; routing rules match it"))
+    command: str = field(metadata=wire(
+        Command, "the command line, run by /bin/sh in the job's working directory"))
+    tool_version: str | None = field(default=None, metadata=wire(ShortText, "recorded with the job"))
+    user: str | None = field(default=None, metadata=wire(Text, "recorded, and matched by routing rules"))
+    environment: dict[str, str] = field(default_factory=dict, metadata=wire(
+        Environment, f"added to the job's environment (at most {MAX_ENV_TOTAL} characters in all, counting each "
+                     "name and value plus 2)"))
+    inputs: list[str] = field(default_factory=list, metadata=wire(
+        Inputs, f"paths recorded with the job (at most {MAX_PATHS_TOTAL} characters in all)"))
+    outputs: list[str] = field(default_factory=list, metadata=wire(
+        Outputs, "paths relative to the job directory that must exist after the command ran, or the job ends "
+                 f"`error`; once normalised they must stay inside it (at most {MAX_PATHS_TOTAL} characters in all)"))
+    cores: int = field(default=1, metadata=wire(Whole, "cores the job needs (GALAXY_SLOTS); default 1"))
+    memory_mb: int | None = field(default=None, metadata=wire(
+        Whole, "memory the job needs, in MB (GALAXY_MEMORY_MB)"))
+    walltime_s: int | None = field(default=None, metadata=wire(Whole, "the longest the job may run, in seconds"))
+    destination: str | None = field(default=None, metadata=wire(
+        Text, "a destination name, overriding the routing rules"))
+    environment_setup_file: str | None = field(default=None, metadata=wire(
+        PathText, "a file the job script sources before the command"))
+    id: str | None = field(default=None, metadata=wire(
+        JobIdText, "a job id chosen by the client: a duplicated submission then runs once"))
+    events: Events | None = field(default=None, metadata=wire(
+        EventsModel, "where the job's events go (docs/events.md)"))
+    reuse: bool = field(default=False, metadata=wire(
+        bool, "allow an earlier ok job with the same tool, version, command, environment and input contents (that "
+              "also allowed reuse) to stand for this one: its outputs are linked in and the job ends ok without "
+              "running", strict=True))
+    run_as: str | None = field(default=None, metadata=wire(
+        UserNameText, "the Unix user the job runs as (docs/security.md#jobs-as-the-real-user): started through the "
+                      "privileged helper, which refuses root, system users and users outside its allowed group"))
+    output_size_bytes: int | None = field(default=None, metadata=wire(
+        Bytes, "the largest any file of the job may grow, in bytes (a client's own limit, such as Galaxy's "
+               "`output_size`); the job_conf's output_size limits bound it too"))
+    gpus: int | None = field(default=None, metadata=wire(
+        Whole, "GPUs the job needs (TPV's and Galaxy's `gpus`); only a destination with `max_gpus` takes such a job"))
+    native_specification: str | None = field(default=None, metadata=wire(
+        NativeText, "the job's own scheduler options in the scheduler's words (Galaxy's and TPV's "
+                    "`native_specification`: sbatch's for Slurm, qsub's for Grid Engine); each option must be one its "
+                    "destination's `allow_native` lists, and each value 1-255 letters, digits or _.,:+=@/%*[]-"))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FIELDS = frozenset(JobSpec.__dataclass_fields__)
+
+SpecModel = wire_model(JobSpec, "SpecModel", "JobSpec", "A job galaxy-tasks is asked to run "
+                       "(docs/task-contract.md); null means the default.\nThe server also refuses text with "
+                       "unpaired surrogates.")
+
+#: the fields whose null means a default other than None: a value, or a factory of one
+_VALUES = [(item.name, item.default) for item in fields(JobSpec) if item.default not in (MISSING, None)]
+_FACTORIES = [(item.name, item.default_factory) for item in fields(JobSpec) if item.default_factory is not MISSING]
 _ORDER = {name: index for index, name in enumerate(SpecModel.model_fields)}
 _KNOWN = ", ".join(sorted(FIELDS))
 
@@ -219,23 +250,25 @@ def parse(data: Any) -> JobSpec:
         model = SpecModel.model_validate(data if isinstance(data, dict) else dict(data))
     except ValidationError as exc:
         raise _spec_error(exc.errors(include_url=False)) from None
-    # The validated fields become the JobSpec as they are: a frozen dataclass's __init__
-    # would set its 14 fields one object.__setattr__ at a time, which costs as much as the
-    # validation itself. Null means the default.
-    fields = dict(model.__dict__)
-    if fields["cores"] is None:
-        fields["cores"] = 1
-    if fields["reuse"] is None:
-        fields["reuse"] = False
-    for name in ("environment", "inputs", "outputs"):
-        if fields[name] is None:
-            fields[name] = {} if name == "environment" else []
-    events = fields["events"]
+    values = model.__dict__  # the model is thrown away: its fields become the spec's
+    for name, value in _VALUES:
+        if values[name] is None:
+            values[name] = value
+    for name, factory in _FACTORIES:
+        if values[name] is None:
+            values[name] = factory()
+    events = values["events"]
     if events is not None:
-        fields["events"] = Events(events.queue, events.client_id)
-    spec = object.__new__(JobSpec)
-    spec.__dict__.update(fields)
-    return spec
+        values["events"] = _record(Events, events.__dict__)
+    return _record(JobSpec, values)
+
+
+def _record(cls: type[R], values: dict[str, Any]) -> R:
+    """The frozen dataclass `cls` made straight from validated fields: its __init__ would set
+    them one object.__setattr__ at a time, which costs as much as the validation itself."""
+    made = object.__new__(cls)
+    made.__dict__.update(values)
+    return made
 
 
 # -- refusals, in the words of a SpecError --------------------------------------------------

@@ -6,9 +6,9 @@ keys, so a check far from the parser can still say `job_conf.yml:12: destination
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any, Hashable, Mapping
 
 import yaml
 from yaml.nodes import MappingNode
@@ -74,23 +74,40 @@ def read(path: Path) -> Any:
 
 @dataclass(frozen=True)
 class Where:
-    """A place in a configuration: its file, its dotted path and (when known) its line."""
+    """A place in a configuration: its file, its dotted path, its line (when known) and the
+    data there (`node`), so that a place inside it can be found by its keys."""
 
     source: str
     path: str = ""
     line: int | None = None
+    node: Any = field(default=None, compare=False, repr=False)
 
-    def key(self, container: Any, key: Hashable, name: str | None = None) -> Where:
-        """The place of `container[key]`, named `name` (default: the key) in the path."""
-        line = container.line_of(key) if isinstance(container, LineMap) else None
-        label = str(key) if name is None else name
-        path = f"{self.path}.{label}" if self.path and not label.startswith("[") else f"{self.path}{label}"
-        return Where(self.source, path, line if line is not None else self.line)
+    @classmethod
+    def top(cls, source: str, data: Any) -> Where:
+        """The whole document `data` read from `source`."""
+        return cls(source, line=getattr(data, "line", None), node=data)
 
-    def unknown(self, container: Any, key: Hashable) -> ConfigError:
-        """`container` (the mapping here) has a key it should not."""
-        line = container.line_of(key) if isinstance(container, LineMap) else self.line
-        return Where(self.source, self.path, line).error(f"unknown key {key!r}")
+    def at(self, *keys: Hashable) -> Where:
+        """The place of `node[key][key]...`: a mapping's key on that key's line, a list's item
+        on its own. A key the data does not have is passed over (a pydantic error's location
+        names the member of a union it tried)."""
+        place = self
+        for key in keys:
+            node = place.node
+            if isinstance(node, Mapping) and key in node:
+                line = node.line_of(key) if isinstance(node, LineMap) else None
+                path = f"{place.path}.{key}" if place.path else str(key)
+                place = Where(place.source, path, line or place.line, node[key])
+            elif isinstance(node, list) and type(key) is int and 0 <= key < len(node):
+                item = node[key]
+                place = Where(place.source, f"{place.path}[{key}]", getattr(item, "line", None) or place.line, item)
+        return place
+
+    def named(self, key: str) -> Where:
+        """The place of `node[key]`, whether or not the data has that key (one that is missing)."""
+        if isinstance(self.node, Mapping) and key in self.node:
+            return self.at(key)
+        return Where(self.source, f"{self.path}.{key}" if self.path else key, self.line)
 
     def error(self, message: str) -> ConfigError:
         at = f"{self.source}:{self.line}" if self.line is not None else self.source

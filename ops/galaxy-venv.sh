@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A venv holding a real Galaxy 26.1.x, bioblend and this project (so Galaxy can load
 # galaxy_tasks.galaxy.runner from job_conf.yml). It lives outside the repo, in a cache that
-# CI runs and worktrees share, and is reused when a marker says it is complete for this
-# checkout. Prints the venv's path, and nothing else, on stdout; progress goes to stderr.
+# CI runs and worktrees share, and is reused when a marker says it was made from the same
+# requirements. Prints the venv's path, and nothing else, on stdout; progress goes to stderr.
 #
 #   GALAXY_TASKS_GALAXY_VENV   where the venv lives (default ~/.cache/galaxy-tasks/galaxy-26.1)
 #   GALAXY_TASKS_GALAXY_PYTHON the Python that creates it (default python3; 3.11+)
@@ -13,14 +13,18 @@ VENV=${GALAXY_TASKS_GALAXY_VENV:-$HOME/.cache/galaxy-tasks/galaxy-26.1}
 PYTHON=${GALAXY_TASKS_GALAXY_PYTHON:-python3}
 GALAXY_REQ="galaxy>=26.1,<26.2"
 BIOBLEND_REQ="bioblend>=1.5"
+# TPV, which most sites route Galaxy's jobs with (docs/galaxy.md#tpv); 3.x supports Galaxy 26.1
+TPV_REQ="total-perspective-vortex>=3.3,<4"
 MARKER="$VENV/.galaxy-tasks-ready"
 
 say() { echo "galaxy-venv: $*" >&2; }
 quiet() { grep -v "^WARNING: Location '" || true; }   # a local index that lacks a package
 
-# What a complete venv was made from: the requirements, this checkout, its dependencies.
+# What a complete venv was made from: the requirements and this project's dependencies. Not
+# the checkout's path: every clone and worktree shares the venv, and the tests put their own
+# checkout first on Galaxy's PYTHONPATH (tests/galaxy/server.py).
 wanted() {
-  printf '%s\n' "$GALAXY_REQ" "$BIOBLEND_REQ" "$ROOT" "$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+  printf '%s\n' "$GALAXY_REQ" "$BIOBLEND_REQ" "$TPV_REQ" "$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
 }
 
 ready() {
@@ -60,8 +64,8 @@ fi
 
 # One resolution for Galaxy and this project, so pip can never satisfy one by breaking the
 # other; a conflict between Galaxy's requirements and ours stops here with pip's message.
-say "installing $GALAXY_REQ, $BIOBLEND_REQ and $ROOT (takes minutes the first time)"
-"$VENV/bin/python" -m pip install -q "$GALAXY_REQ" "$BIOBLEND_REQ" -e "$ROOT" 2>&1 | quiet >&2
+say "installing $GALAXY_REQ, $BIOBLEND_REQ, $TPV_REQ and $ROOT (takes minutes the first time)"
+"$VENV/bin/python" -m pip install -q "$GALAXY_REQ" "$BIOBLEND_REQ" "$TPV_REQ" -e "$ROOT" 2>&1 | quiet >&2
 "$VENV/bin/python" -m pip check >&2 || say "pip check reports the conflicts above"
 "$VENV/bin/python" "$ROOT/ops/galaxy-pins.py" >&2 || true
 

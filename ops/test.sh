@@ -7,7 +7,12 @@
 #     ops/test.sh                      # everything
 #     ops/test.sh tests/unit -x        # one tier, stop at the first failure
 #
-# Knobs: VENV (default .venv), SKIP_SETUP=1 (reuse what an earlier run installed).
+# Tests run in GT_TEST_WORKERS pytest-xdist workers (default 4; 0 runs them in this process,
+# one after the other); the tests that share a thing there is only one of (the Galaxy server,
+# the Slurm, the Grid Engine cell) stay on one worker (tests/support/fixtures.py, ONE_OF_EACH).
+#
+# Knobs: VENV (default .venv), SKIP_SETUP=1 (reuse what an earlier run installed),
+# GT_TEST_WORKERS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -26,4 +31,4 @@ fi
 
 echo "== ruff"; "$VENV/bin/python" -m ruff check .
 echo "== mypy"; "$VENV/bin/python" -m mypy
-echo "== pytest"; exec "$VENV/bin/python" -m pytest "$@"
+echo "== pytest"; exec "$VENV/bin/python" -m pytest -n "${GT_TEST_WORKERS:-4}" --dist loadgroup "$@"

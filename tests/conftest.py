@@ -19,7 +19,7 @@ for _name in list(os.environ):
         del os.environ[_name]
 os.environ["GALAXY_TASKS_HOME"] = _HOME
 
-pytest_plugins = ["tests.support.fixtures"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.real_user"]
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -23,7 +23,7 @@ from typing import Any
 from celery import signals
 from celery.worker.control import inspect_command
 
-from galaxy_tasks.celery import app
+from galaxy_tasks.edge.app import app
 from galaxy_tasks.logs import event
 from galaxy_tasks.runners.drmaa import DrmaaRunner
 from galaxy_tasks.runners.drmaa.tls import restart_with_static_tls

@@ -9,8 +9,8 @@ from typing import Any, Callable, TypeVar
 
 from celery import concurrency, signals
 
-from galaxy_tasks import context, runtime
-from galaxy_tasks.holders import stop_with_supervisor
+from galaxy_tasks.child_workers import stop_with_supervisor
+from galaxy_tasks.edge import runtime
 from galaxy_tasks.runners.base import Runner
 
 R = TypeVar("R", bound=Runner)
@@ -22,7 +22,7 @@ POOLS = {"threads": "celery.concurrency.thread", "solo": "celery.concurrency.sol
 def destinations_by_queue(runner: str) -> dict[str, list[str]]:
     """The job_conf's destinations of one runner, by queue."""
     found: dict[str, list[str]] = {}
-    for name, destination in context.current().routing.destinations.items():
+    for name, destination in runtime.context().routing.destinations.items():
         if destination.runner == runner:
             found.setdefault(destination.queue, []).append(name)
     return found
@@ -44,7 +44,7 @@ def serve_own_queues_by_default(runner: str) -> Callable[..., None]:
             instance.app.amqp.queues.select(sorted(known))
 
     signals.celeryd_init.connect(default_queues, weak=False)
-    # started by a plain `galaxy-tasks worker` (galaxy_tasks/holders.py): end with it
+    # started by a plain `galaxy-tasks worker` (galaxy_tasks/child_workers.py): end with it
     signals.celeryd_init.connect(lambda **_: stop_with_supervisor(), weak=False)
     return default_queues
 
@@ -71,7 +71,7 @@ def open_runners(sender: Any, runner: str, cls: type[R], why: str, state: tuple[
     then open one runner per served destination (`what` it holds, for the error)."""
     served = served_destinations(sender, runner, why)
     param, suffix = state
-    path = state_file(context.current().settings.home, runner, sender.hostname, suffix)
+    path = state_file(runtime.context().settings.home, runner, sender.hostname, suffix)
     runtime.add_runner_params(runner, **{param: str(path)})
     opened: dict[str, R] = {}
     try:

@@ -32,8 +32,9 @@ from celery import signals
 from celery.platforms import EX_FAILURE, EX_OK
 from celery.worker import state as worker_state
 
-from galaxy_tasks import context, lifecycle, runtime
-from galaxy_tasks.celery import app
+from galaxy_tasks import lifecycle
+from galaxy_tasks.edge import runtime
+from galaxy_tasks.edge.app import app
 from galaxy_tasks.logs import event
 from galaxy_tasks.runners.mesos import MesosRunner, import_pymesos
 from workers.holding import serve_own_queues_by_default, served_destinations, state_file
@@ -69,7 +70,7 @@ def start_frameworks(sender: Any = None, **_: Any) -> None:
 
 
 def _build(name: str) -> MesosRunner:
-    ctx = context.current()
+    ctx = runtime.context()
     destination = ctx.routing.destinations[name]
     id_file = (destination.params.framework_id_file
                or state_file(ctx.settings.home, "mesos", name, ".framework_id"))
@@ -93,7 +94,7 @@ def recover(name: str, runner: MesosRunner) -> tuple[int, int]:
     """Follow the destination's launched jobs again, with everything needed to launch again
     those that never started. Runs before hooks.py's generic recovery (worker_ready), which
     then finds every job known."""
-    ctx = context.current()
+    ctx = runtime.context()
     ids = []
     for tracked in lifecycle.held_by(ctx, [name]):
         job = ctx.store.job(tracked.job_id)

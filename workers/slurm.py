@@ -6,7 +6,7 @@
   and a confirmation thread) belongs to the process: prefork would leave the pool's
   children without it, so forking pools are refused.
 - Queues: without `-Q`, the queues of every slurm destination of the job_conf. A plain
-  `galaxy-tasks worker` starts this worker itself for them (galaxy_tasks/holders.py).
+  `galaxy-tasks worker` starts this worker itself for them (galaxy_tasks/child_workers.py).
 - The listener is opened when the worker starts (`worker_init`, before any message is
   taken). Its port and secret are kept in `$GALAXY_TASKS_HOME/slurm/<node name>.listener`,
   so a worker restarted under the same node name (`-n`) listens on the same port again and
@@ -25,7 +25,7 @@ from typing import Any
 from celery import signals
 from celery.worker.control import inspect_command
 
-from galaxy_tasks.celery import app
+from galaxy_tasks.edge.app import app
 from galaxy_tasks.logs import event
 from galaxy_tasks.runners.slurm import SlurmRunner
 from workers.holding import open_runners, serve_own_queues_by_default

@@ -4,7 +4,10 @@ Both run on the same broker and the same worker processes, which the benchmark s
 itself: N trivial jobs (`true`) from submit to terminal state, against N chains of four
 no-op tasks. Rounds of the two alternate and their medians are compared. It also measures
 latency one job at a time (submit -> running, the exit of the job process -> terminal
-state) and the workers' memory.
+state), the same exit -> terminal delay of every job during the bursts (with
+`--ends-worker`, the ends queue served by a worker of its own; without, by the steps
+workers), and the workers' memory. ops/bench/dispatch_bench.py compares both in one run,
+beside the polling model, and measures fair share.
 """
 from __future__ import annotations
 
@@ -18,14 +21,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from galaxy_tasks import context
 from galaxy_tasks.bench.noop import DONE_QUEUE
+from galaxy_tasks.edge import runtime
 from galaxy_tasks.states import TERMINAL
 from galaxy_tasks.store import schema
 
 
-def main(jobs: int, latency_jobs: int, workers: int, as_json: bool, rounds: int = 3) -> int:
-    ctx = context.current()
+def main(jobs: int, latency_jobs: int, workers: int, as_json: bool, rounds: int = 3,
+         ends_worker: bool = False) -> int:
+    ctx = runtime.context()
     if ctx.settings.embedded or ctx.settings.database_url.startswith("sqlite"):
         raise ValueError("bench measures a production set-up: set GALAXY_TASKS_BROKER_URL (Redis or RabbitMQ) "
                          "and GALAXY_TASKS_DATABASE_URL (PostgreSQL)")
@@ -34,6 +38,8 @@ def main(jobs: int, latency_jobs: int, workers: int, as_json: bool, rounds: int 
     queues = ",".join([ctx.settings.steps_queue] + local)
     logs = Path(tempfile.mkdtemp(prefix="galaxy-tasks-bench-"))
     procs = [_start_worker(i, queues, logs) for i in range(workers)]
+    if ends_worker:  # job ends on a worker of their own (without it, the steps workers take them)
+        procs.append(_start_worker(workers, ctx.settings.ends_queue, logs))
     try:
         _wait_ready(procs, logs)
         _bare_chains(10), _jobs(10)  # warm-up: imports, connections, pool processes
@@ -43,8 +49,9 @@ def main(jobs: int, latency_jobs: int, workers: int, as_json: bool, rounds: int 
             chain_runs.append(_bare_chains(jobs))
             job_runs.append(_jobs(jobs))
         chain_s = statistics.median(chain_runs)
-        job_s = statistics.median(run for run, _ in job_runs)
-        submit_s = statistics.median(submitted for _, submitted in job_runs)
+        job_s = statistics.median(run for run, _, _ in job_runs)
+        submit_s = statistics.median(submitted for _, submitted, _ in job_runs)
+        ends = _percentiles([delay for _, _, delays in job_runs for delay in delays])
         latency = _latency(latency_jobs)
         rss_end = _rss(procs)
     finally:
@@ -57,13 +64,15 @@ def main(jobs: int, latency_jobs: int, workers: int, as_json: bool, rounds: int 
         "workers": workers,
         "rounds": rounds,
         "baseline_chains_per_s_each_round": [round(jobs / t, 1) for t in chain_runs],
-        "jobs_per_s_each_round": [round(jobs / t, 1) for t, _ in job_runs],
+        "jobs_per_s_each_round": [round(jobs / t, 1) for t, _, _ in job_runs],
         "baseline_chains_per_s": round(jobs / chain_s, 1),
         "jobs_per_s": round(jobs / job_s, 1),
         "ratio_to_baseline": round(chain_s / job_s, 3),
         "submit_seconds": round(submit_s, 3),
         "submit_to_running_ms": latency["submit_to_running"],
         "exit_to_terminal_ms": latency["exit_to_terminal"],
+        "ends_worker": ends_worker,
+        "burst_exit_to_terminal_ms": ends,
         "worker_rss_kb_start": rss_start,
         "worker_rss_kb_end": rss_end,
         "targets": {
@@ -100,12 +109,12 @@ def _bare_chains(count: int) -> float:
     from celery import chain
     from kombu.simple import SimpleQueue
 
-    from galaxy_tasks.celery import app
+    from galaxy_tasks.edge.app import app
 
     def noop(token: str | None = None) -> Any:
         return app.signature("galaxy_tasks.noop", args=(token,) if token else (), queue=queue, immutable=True)
 
-    queue = context.current().settings.steps_queue
+    queue = runtime.context().settings.steps_queue
     token = uuid.uuid4().hex
     with app.connection_for_read() as connection:
         done = SimpleQueue(connection, DONE_QUEUE)
@@ -120,14 +129,16 @@ def _bare_chains(count: int) -> float:
     return elapsed
 
 
-def _jobs(count: int) -> tuple[float, float]:
+def _jobs(count: int) -> tuple[float, float, list[float]]:
+    """Seconds from the first submit until every job ended, seconds to submit them, and each
+    job's time from its process's exit to its end recorded (ms), during that burst."""
     from galaxy_tasks.client import Client
 
     client = Client()
     started = time.perf_counter()
-    ids = [client.submit({"tool_id": "bench_true", "command": "true"}).id for _ in range(count)]
+    ids = [job.id for job in client.submit_many([{"tool_id": "bench_true", "command": "true"}] * count)]
     submitted = time.perf_counter() - started
-    store = context.current().store
+    store = runtime.context().store
     terminal = {s.value for s in TERMINAL}
     # The measuring must not load the machine it measures: a look at the last job (one
     # key lookup) until it has ended, and only then the count of all of them.
@@ -135,7 +146,10 @@ def _jobs(count: int) -> tuple[float, float]:
         time.sleep(0.02)
     while store.count_ended(ids) != count:
         time.sleep(0.02)
-    return time.perf_counter() - started, submitted
+    elapsed = time.perf_counter() - started
+    ends = [(job.finished_at - job.ended_at).total_seconds() * 1000 for job in store.jobs(ids).values()
+            if job.finished_at and job.ended_at]
+    return elapsed, submitted, ends
 
 
 def _latency(count: int) -> dict[str, dict[str, float]]:
@@ -179,9 +193,11 @@ def _print(result: dict) -> None:
           f"(ratio {result['ratio_to_baseline']:.2f}, target >= 0.5)")
     print(f"  each round: chains/s {result['baseline_chains_per_s_each_round']}, "
           f"jobs/s {result['jobs_per_s_each_round']}")
-    for name in ("submit_to_running_ms", "exit_to_terminal_ms"):
+    for name in ("submit_to_running_ms", "exit_to_terminal_ms", "burst_exit_to_terminal_ms"):
         p = result[name]
-        print(f"  {name:22} p50 {p['p50']:7.1f}  p90 {p['p90']:7.1f}  p99 {p['p99']:7.1f}  max {p['max']:7.1f}")
+        print(f"  {name:25} p50 {p['p50']:7.1f}  p90 {p['p90']:7.1f}  p99 {p['p99']:7.1f}  max {p['max']:7.1f}")
+    where = "on an ends worker of its own" if result["ends_worker"] else "on the steps workers"
+    print(f"  (burst_exit_to_terminal: every burst job's end, {where})")
     print(f"  worker RSS: {result['worker_rss_kb_start']} kB at start, {result['worker_rss_kb_end']} kB at end")
     for target, met in result["targets"].items():
         print(f"  target {target}: {'met' if met else 'NOT met'}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kombu.simple import SimpleQueue
 
-from galaxy_tasks.celery import app
+from galaxy_tasks.edge.app import app
 
 DONE_QUEUE = "galaxy_tasks.bench.done"
 

@@ -7,10 +7,12 @@ serializers are left as they are.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Iterable, Mapping
 
 from celery import Celery
 
+from galaxy_tasks import freshness
 from galaxy_tasks.galaxy.settings import RunnerSettings
 
 SUBMIT = "galaxy_tasks.submit_job"
@@ -63,10 +65,20 @@ class TaskClient:
 def _register_signing(settings: RunnerSettings) -> None:
     """Celery's `auth` serializer (signed JSON), registered without `setup_security`: that
     would also disable every other serializer and make `auth` kombu's default for the whole
-    process, Galaxy's own Celery tasks (a serializer of Galaxy's) included."""
-    from celery.security.serialization import register_auth
+    process, Galaxy's own Celery tasks (a serializer of Galaxy's) included. Each task message
+    it signs carries its freshness (galaxy_tasks/freshness.py), which workers require."""
+    from celery.security.certificate import Certificate, FSCertStore
+    from celery.security.key import PrivateKey
+    from celery.security.serialization import SecureSerializer
+    from kombu.serialization import registry
+
+    class FreshSerializer(SecureSerializer):
+        def serialize(self, data: Any) -> Any:
+            return super().serialize(freshness.stamp(data, freshness.DEFAULT_TTL_S, time.time()))
 
     assert settings.signing_key and settings.signing_cert, "signing is on only with a key and a certificate"
     with open(settings.signing_key) as key, open(settings.signing_cert) as cert:
-        register_auth(key=key.read(), cert=cert.read(), store=settings.signing_cert_store, digest="sha256",
-                      serializer="json")
+        signer = FreshSerializer(PrivateKey(key.read()), Certificate(cert.read()),
+                                 FSCertStore(settings.signing_cert_store), "sha256", serializer="json")
+    registry.register("auth", signer.serialize, signer.deserialize, content_type="application/data",
+                      content_encoding="utf-8")

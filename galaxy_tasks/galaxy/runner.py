@@ -7,8 +7,11 @@
         broker_url: redis://127.0.0.1:6379/0
         steps_queue: galaxy_tasks        # default
         events: true                     # default; false: submit only, nothing ends in Galaxy
-        events_queue: galaxy.main        # default galaxy.<server_name>
+        instance: main                   # default server_name: the same for every handler
+        events_queue: galaxy.main        # default galaxy.<instance>
         environment: {LC_ALL: C}         # variables every job gets (galaxy-tasks jobs inherit none)
+        run_as_real_user: false          # default; true: jobs run as real_system_username says
+        real_user_map: {}                # a site's Galaxy user -> Unix user, consulted first
     execution:
       environments:
         tasks:
@@ -17,13 +20,16 @@
           galaxy_tasks_cores: 4              # or cores, local_slots, env GALAXY_SLOTS
           galaxy_tasks_memory_mb: 8000       # or memory_mb, mem (GB, as TPV), env GALAXY_MEMORY_MB
           galaxy_tasks_walltime: "04:00:00"  # or walltime, walltime_s
+          galaxy_tasks_gpus: 1               # or gpus (TPV's)
+          native_specification: "--partition=gpu"  # the job's own options: galaxy-tasks' allow_native decides
           metadata_strategy: directory_celery  # metadata in Galaxy's warm Celery worker, not in the job
 
 Galaxy prepares each job as for its own runners (command line, metadata, job script); the
 plugin submits it through galaxy-tasks' task contract with an id derived from Galaxy's job
 id, and learns that it ended from job events read by one consumer thread. There is no
 monitor thread: nothing here looks at running jobs in a loop (`check_watched_item` is
-never called; `stats_file` shows the count).
+never called; `stats_file` shows the count), so Galaxy's own limits (walltime, output_size,
+a tool's time limit) go to galaxy-tasks with the job, which keeps them (docs/galaxy.md).
 """
 from __future__ import annotations
 
@@ -39,10 +45,20 @@ from galaxy import model
 from galaxy.jobs.runners import AsynchronousJobRunner, AsynchronousJobState
 from galaxy.util import asbool
 
+from galaxy_tasks import spec as task_spec
+from galaxy_tasks.errors import SpecError
 from galaxy_tasks.galaxy import settings as runner_settings
 from galaxy_tasks.galaxy.client import TaskClient
 from galaxy_tasks.galaxy.events import Delivery, EventConsumer, JobEvent
-from galaxy_tasks.galaxy.spec import GalaxyJob, MappingError, galaxy_job_id, to_spec
+from galaxy_tasks.galaxy.spec import (
+    GalaxyJob,
+    GalaxyLimits,
+    MappingError,
+    galaxy_job_id,
+    real_system_user,
+    to_spec,
+    walltime,
+)
 from galaxy_tasks.galaxy.states import UNKNOWN, fail_message, galaxy_runner_state, galaxy_state
 from galaxy_tasks.galaxy.stats import Stats
 
@@ -85,8 +101,12 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
             script = self.get_job_file(job_wrapper, exit_code_path=ajs.exit_code_file, shell=job_wrapper.shell)
             self.write_executable_script(ajs.job_file, script, job_io=job_wrapper.job_io)
             spec = self._spec(job_wrapper, ajs)
-        except MappingError as exc:
-            job_wrapper.fail(str(exc))
+            task_spec.parse(spec)  # what galaxy-tasks would refuse is refused here, before sending
+        except (MappingError, SpecError) as exc:
+            ajs.fail_message = f"galaxy-tasks cannot run this job: {exc}"
+            ajs.stop_job = False
+            self.fail_job(ajs)
+            self.stats.bump("refused_before_sending")
             return
         except Exception:
             log.exception("(%s) failure preparing the galaxy-tasks job", job_wrapper.get_id_tag())
@@ -117,6 +137,7 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
         if not external_id:
             return
         self.client.cancel(external_id)
+        self._forget(external_id)  # its end, if it comes, finds the job in Galaxy's database
         self.stats.bump("cancel_sent")
         log.info("(%s/%s) cancel sent to galaxy-tasks", job_wrapper.get_id_tag(), external_id)
 
@@ -165,7 +186,8 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
             self._event_queues.append(work)
             self._event_threads.append(thread)
         self._consumer = EventConsumer(self.settings.broker_url, self.settings.events_queue, self._dispatch,
-                                       idle=self._announce, name=f"{self.runner_name}.consumer")
+                                       idle=self._announce, name=f"{self.runner_name}.consumer",
+                                       signed=self.settings.signing, ended=self._forget)
         self._consumer.start()
 
     def _dispatch(self, delivery: Delivery) -> None:
@@ -186,15 +208,18 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
 
     def _apply(self, event: JobEvent) -> None:
         """Record in Galaxy what one event means; returns once Galaxy has recorded it."""
-        job_id = galaxy_job_id(event.job_id, self.settings.server_name)
+        job_id = galaxy_job_id(event.job_id)
         job = self.sa_session.get(model.Job, job_id) if job_id is not None else None
         if job is None or job.get_job_runner_external_id() != event.job_id or job.finished:
+            self._forget(event.job_id)  # not watched any more: nothing of it stays in memory
             self._ignored(event)
             return
         with self._lock:
-            if event.seq and event.seq <= self._applied.get(event.job_id, 0):
-                self._ignored(event)
-                return
+            applied = self._applied.get(event.job_id, 0)
+        if (event.state == UNKNOWN and applied) or (event.state != UNKNOWN and event.seq <= applied):
+            # older than what Galaxy recorded, or "never heard of it" about a job that was heard of
+            self._ignored(event)
+            return
         job_wrapper = self._wrapper(event.job_id, job)
         if event.state == UNKNOWN:
             self._resend(job_wrapper, event.job_id)
@@ -202,6 +227,10 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
             self._end(job_wrapper, event)
         elif galaxy_state(event.state) == model.Job.states.RUNNING and job.state == model.Job.states.QUEUED:
             job_wrapper.change_state(model.Job.states.RUNNING)
+        elif (galaxy_state(event.state) == model.Job.states.QUEUED == job.state and event.reason
+              and job.info != event.reason):
+            # why it waits (a slot, a concurrency limit), as Galaxy's job info
+            job_wrapper.change_state(model.Job.states.QUEUED, info=event.reason)
         with self._lock:
             self._applied[event.job_id] = max(event.seq, self._applied.get(event.job_id, 0))
         if event.terminal:
@@ -215,21 +244,48 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
         ajs.spec_file = _spec_file(job_wrapper)
         ajs.stop_job = False  # galaxy-tasks has already ended it
         script_ended = os.path.exists(ajs.exit_code_file)
-        if event.state == "ok" or (event.state == "error" and script_ended and event.runner_state is None):
+        stopped = event.state == "deleted" and job_wrapper.get_state() == model.Job.states.STOPPED
+        if event.state == "ok" or stopped or (event.state == "error" and script_ended and event.runner_state is None):
             # Galaxy's own finish reads the exit code and the tool's output and decides
-            # ok or error (and its resubmit rules for tool-detected errors)
+            # ok or error (and its resubmit rules for tool-detected errors); a job Galaxy
+            # stopped is finished as its own runners do, keeping what its outputs hold
             if not self._embed_metadata(job_wrapper):
                 self._handle_metadata_externally(job_wrapper, resolve_requirements=True)
             self.finish_job(ajs)
+            self._record_metrics(job_wrapper.job_id, event)
             self.stats.bump("finished")
             return
-        ajs.runner_state = galaxy_runner_state(event.runner_state, ajs.runner_states)
+        runner_state = event.runner_state
+        if runner_state == "walltime_reached":  # which of the walltimes it was, in Galaxy's words
+            runner_state = walltime(self._galaxy_job(job_wrapper, ajs))[1]
+        ajs.runner_state = galaxy_runner_state(runner_state, ajs.runner_states)
         if event.state == "deleted":
             ajs.fail_message = "This job was cancelled in galaxy-tasks."
         else:
-            ajs.fail_message = fail_message(event.runner_state, event.reason)
+            ajs.fail_message = fail_message(runner_state, event.reason, event.refused)
         self.fail_job(ajs)
+        self._record_metrics(job_wrapper.job_id, event)
         self.stats.bump("failed")
+
+    def _record_metrics(self, galaxy_job_id: int, event: JobEvent) -> None:
+        """galaxy-tasks' own measures of the run among Galaxy's job metrics (plugin
+        `galaxy_tasks`), added to the job's row after Galaxy's finish or fail (added before,
+        they were lost when the metadata was set in Galaxy's Celery worker)."""
+        seconds, peak_kb = event.run_seconds, event.max_rss_kb
+        if seconds is None and peak_kb is None:
+            return
+        try:
+            job = self.sa_session.get(model.Job, galaxy_job_id)
+            if job is None:
+                return
+            if seconds is not None:
+                job.add_metric("galaxy_tasks", "runtime_seconds", seconds)
+            if peak_kb is not None:
+                job.add_metric("galaxy_tasks", "memory_peak_bytes", peak_kb * 1024)
+            self.sa_session.commit()
+        except Exception:  # noqa: BLE001 - a metric is not worth holding back the job's end
+            log.exception("(%s) could not record galaxy-tasks' metrics", galaxy_job_id)
+            self.sa_session.rollback()
 
     def _resend(self, job_wrapper: Any, task_id: str) -> None:
         """galaxy-tasks never recorded the job (its submit message was lost): send the
@@ -262,9 +318,14 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
     # -- helpers ---------------------------------------------------------------------------
 
     def _spec(self, job_wrapper: Any, ajs: AsynchronousJobState) -> dict[str, Any]:
+        events_queue = self.settings.events_queue if self.settings.events else None
+        return to_spec(self._galaxy_job(job_wrapper, ajs), environment=self.settings.environment,
+                       events_queue=events_queue)
+
+    def _galaxy_job(self, job_wrapper: Any, ajs: AsynchronousJobState) -> GalaxyJob:
         job = job_wrapper.get_job()
         destination = job_wrapper.job_destination
-        galaxy_job = GalaxyJob(
+        return GalaxyJob(
             server_name=self.settings.server_name,
             job_id=job.id,
             tool_id=job.tool_id,
@@ -277,15 +338,38 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
             exit_code_file=ajs.exit_code_file,
             params=dict(destination.params or {}),
             env=tuple(destination.env or ()),
+            limits=self._limits(job_wrapper),
+            run_as=self._run_as(job_wrapper, job),
         )
-        events_queue = self.settings.events_queue if self.settings.events else None
-        return to_spec(galaxy_job, environment=self.settings.environment, events_queue=events_queue)
+
+    def _limits(self, job_wrapper: Any) -> GalaxyLimits:
+        """Galaxy's own limits on the job, which galaxy-tasks keeps (Galaxy's monitor loop,
+        which would check them, never runs here)."""
+        limits = self.app.job_config.limits
+        delta = limits.walltime_delta
+        timelimit = getattr(job_wrapper.tool, "timelimit", None)
+        return GalaxyLimits(
+            walltime_s=max(1, int(delta.total_seconds())) if delta else None,
+            output_size_bytes=int(limits.output_size) if limits.output_size and limits.output_size > 0 else None,
+            tool_timelimit_s=max(1, int(timelimit)) if timelimit and timelimit > 0 else None,
+        )
 
     def _user(self, job_wrapper: Any, job: Any) -> str | None:
         """The user's email, or only their id where Galaxy keeps emails out of job names."""
         if not self.app.config.redact_email_in_job_name:
             return job_wrapper.user
         return f"user-{job.user_id}" if job.user_id is not None else None
+
+    def _run_as(self, job_wrapper: Any, job: Any) -> str | None:
+        """The Unix user the job runs as, if this runner runs jobs as their real user
+        (`real_system_username` read as Galaxy reads it: the environment's, else galaxy.yml's)."""
+        if not self.settings.run_as_real_user:
+            return None
+        setting = job_wrapper.get_destination_configuration("real_system_username",
+                                                            self.app.config.real_system_username)
+        user = job.user
+        return real_system_user(setting, getattr(user, "email", None), getattr(user, "username", None),
+                                self.settings.real_user_map)
 
     def _embed_metadata(self, job_wrapper: Any) -> bool:
         """Metadata in the job script (Galaxy's default), unless the destination says
@@ -297,11 +381,15 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
     def _watch(self, task_id: str, job_wrapper: Any) -> None:
         with self._lock:
             self._wrappers[task_id] = job_wrapper
+            watching = len(self._wrappers)
+        self.stats.set("watching", watching)
 
     def _forget(self, task_id: str) -> None:
         with self._lock:
             self._wrappers.pop(task_id, None)
             self._applied.pop(task_id, None)
+            watching = len(self._wrappers)
+        self.stats.set("watching", watching)
 
     def _wrapper(self, task_id: str, job: Any) -> Any:
         with self._lock:

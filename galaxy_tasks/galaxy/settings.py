@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from kombu.utils.url import maybe_sanitize_url
 
+from galaxy_tasks.names import USER_NAME
 from galaxy_tasks.spec import ENV_NAME
 
 TRUE = ("1", "true", "yes", "on")
@@ -32,8 +33,14 @@ class RunnerSettings:
     signing_key: str | None = None
     signing_cert: str | None = None
     signing_cert_store: str | None = None
+    #: where the counters go; `{server_name}` in it is this process's server_name, so each
+    #: handler of a Galaxy with several writes its own file (one file, they overwrite each other)
     stats_file: str | None = None
     submit_retries: int = 3
+    #: jobs run as their Galaxy user's Unix user (Galaxy's `real_system_username` says which)
+    run_as_real_user: bool = False
+    #: a site's own mapping of Galaxy users (email or username) to Unix users, consulted first
+    real_user_map: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def safe_broker_url(self) -> str:
@@ -45,11 +52,14 @@ class RunnerSettings:
         return bool(self.signing_key)
 
 
-KNOWN = frozenset(RunnerSettings.__dataclass_fields__) - {"server_name"}
+KNOWN = frozenset(RunnerSettings.__dataclass_fields__) - {"server_name"} | {"instance"}
 
 
 def from_kwargs(kwargs: Mapping[str, Any], server_name: str) -> RunnerSettings:
-    """Settings from a job_conf runner entry's extra keys."""
+    """Settings from a job_conf runner entry's extra keys. `instance` (default: this
+    process's server_name) names the Galaxy in its job ids (g-<instance>-<n>) and default
+    events queue (galaxy.<instance>): give every handler of one Galaxy the same, and each
+    Galaxy sharing galaxy-tasks its own."""
     unknown = sorted(set(kwargs) - KNOWN)
     if unknown:
         raise SettingsError(f"unknown galaxy-tasks runner setting {unknown[0]!r} (known: {', '.join(sorted(KNOWN))})")
@@ -59,6 +69,7 @@ def from_kwargs(kwargs: Mapping[str, Any], server_name: str) -> RunnerSettings:
     signing = tuple(kwargs.get(k) or None for k in ("signing_key", "signing_cert", "signing_cert_store"))
     if any(signing) and not all(signing):
         raise SettingsError("message signing needs signing_key, signing_cert and signing_cert_store")
+    process_name, server_name = server_name, _text(kwargs, "instance", server_name)
     return RunnerSettings(
         broker_url=broker_url,
         server_name=server_name,
@@ -69,8 +80,11 @@ def from_kwargs(kwargs: Mapping[str, Any], server_name: str) -> RunnerSettings:
         signing_key=signing[0],
         signing_cert=signing[1],
         signing_cert_store=signing[2],
-        stats_file=kwargs.get("stats_file") or None,
+        stats_file=str(kwargs["stats_file"]).replace("{server_name}", process_name) if kwargs.get("stats_file")
+        else None,
         submit_retries=_count(kwargs, "submit_retries", 3),
+        run_as_real_user=_bool(kwargs, "run_as_real_user", False),
+        real_user_map=_user_map(kwargs.get("real_user_map")),
     )
 
 
@@ -105,13 +119,26 @@ def _count(kwargs: Mapping[str, Any], name: str, default: int) -> int:
 
 
 def _environment(value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise SettingsError("environment must be a mapping of variable names to strings")
     result = {}
-    for name, text in value.items():
+    for name, text in _mapping(value, "environment", "variable names to strings").items():
         if not isinstance(name, str) or not ENV_NAME.match(name):
             raise SettingsError(f"environment: {name!r} is not a valid variable name")
         result[name] = str(text)
     return result
+
+
+def _user_map(value: Any) -> dict[str, str]:
+    users = _mapping(value, "real_user_map", "Galaxy users (email or username) to Unix users")
+    for galaxy_user, unix_user in users.items():
+        if not isinstance(unix_user, str) or not USER_NAME.match(unix_user):
+            raise SettingsError(f"real_user_map: {galaxy_user!r} maps to {unix_user!r}, which is not a Unix user name")
+    return {str(galaxy_user): unix_user for galaxy_user, unix_user in users.items()}
+
+
+def _mapping(value: Any, name: str, of: str) -> Mapping[Any, Any]:
+    """A setting that maps one thing to another (none given: empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SettingsError(f"{name} must be a mapping of {of}")
+    return value

@@ -11,13 +11,16 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from galaxy_tasks.spec import JOB_ID, MAX_TEXT
+from galaxy_tasks.names import JOB_ID, USER_NAME
+from galaxy_tasks.spec import MAX_TEXT
 
 #: destination params read, first match wins (Galaxy's own runners and TPV use these names)
 CORES_PARAMS = ("galaxy_tasks_cores", "cores", "local_slots", "GALAXY_SLOTS")
 MEMORY_MB_PARAMS = ("galaxy_tasks_memory_mb", "memory_mb", "GALAXY_MEMORY_MB")
 MEMORY_GB_PARAMS = ("mem",)  # TPV's `mem` is in GB
 WALLTIME_PARAMS = ("galaxy_tasks_walltime", "walltime", "walltime_s")
+GPUS_PARAMS = ("galaxy_tasks_gpus", "gpus")  # TPV's `gpus` (0: none)
+NATIVE_PARAMS = ("galaxy_tasks_native_specification", "native_specification")
 DESTINATION_PARAM = "galaxy_tasks_destination"
 TOOL_VERSION_LIMIT = 64
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -25,6 +28,16 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 class MappingError(ValueError):
     """A destination param that cannot be read; the message names it."""
+
+
+@dataclass(frozen=True)
+class GalaxyLimits:
+    """Galaxy's own limits on a job, which its runners' monitor loop checks: the job_conf's
+    `limits:` walltime and output_size, and the tool's `<resource type="timelimit">`."""
+
+    walltime_s: int | None = None
+    output_size_bytes: int | None = None
+    tool_timelimit_s: int | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,8 @@ class GalaxyJob:
     attempt: int = 0  # how many times Galaxy resubmitted this job before
     params: Mapping[str, Any] = field(default_factory=dict)
     env: tuple[Mapping[str, Any], ...] = ()  # the destination's `env:` entries
+    limits: GalaxyLimits = field(default_factory=GalaxyLimits)
+    run_as: str | None = None  # the Unix user the job runs as (`real_system_user`); None: galaxy-tasks' own
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,8 @@ class Resources:
     cores: int = 1
     memory_mb: int | None = None
     walltime_s: int | None = None
+    gpus: int | None = None
+    native_specification: str | None = None
 
 
 def task_job_id(server_name: str, job_id: int, attempt: int = 0) -> str:
@@ -67,17 +84,38 @@ def task_job_id(server_name: str, job_id: int, attempt: int = 0) -> str:
     return candidate
 
 
-def galaxy_job_id(task_id: str, server_name: str) -> int | None:
-    """The Galaxy job id inside a galaxy-tasks id made by `task_job_id`, or None if the id
-    is not one this server made."""
-    match = re.search(r"-(\d+)(?:-r(\d+))?\Z", task_id)
-    if match is None:
-        return None
-    job_id, attempt = int(match[1]), int(match[2] or 0)
-    try:
-        return job_id if task_job_id(server_name, job_id, attempt) == task_id else None
-    except MappingError:
-        return None
+def galaxy_job_id(task_id: str) -> int | None:
+    """The Galaxy job id inside a galaxy-tasks id made by `task_job_id` under any name (a
+    handler renamed or retired since, another handler of the same Galaxy), or None. Only a
+    candidate: the job is Galaxy's only if its recorded external id is exactly `task_id`."""
+    match = re.fullmatch(r"g-[A-Za-z0-9_-]+?-(\d{1,18})(?:-r\d{1,9})?", task_id)
+    return int(match[1]) if match else None
+
+
+def real_system_user(setting: str | None, email: str | None, username: str | None,
+                     site_map: Mapping[str, str] | None = None) -> str:
+    """The Unix user a Galaxy user's jobs run as, in Galaxy's own words: a site's mapping
+    first (by email, then by Galaxy username), then Galaxy's `real_system_username`:
+    `user_email` (the email's local part), `username` (the Galaxy username), or else the
+    name of one common system user. MappingError names a user that yields no Unix name."""
+    mapped = site_map or {}
+    if email and email in mapped:
+        name: str | None = mapped[email]
+    elif username and username in mapped:
+        name = mapped[username]
+    elif setting in (None, "", "user_email"):
+        name = email.split("@", 1)[0] if email else None
+    elif setting == "username":
+        name = username
+    else:
+        name = setting
+    who = email or username or "an anonymous user"
+    if not name:
+        raise MappingError(f"the jobs of {who} must run as their real user, but real_system_username "
+                           f"{setting or 'user_email'} gives no Unix user name")
+    if not USER_NAME.match(name):
+        raise MappingError(f"the jobs of {who} would run as {name!r}, which is not a Unix user name")
+    return name
 
 
 def resources(params: Mapping[str, Any], env: Iterable[Mapping[str, Any]] = ()) -> Resources:
@@ -91,7 +129,24 @@ def resources(params: Mapping[str, Any], env: Iterable[Mapping[str, Any]] = ()) 
         memory_gb = _first(values, MEMORY_GB_PARAMS, _number)
         memory_mb = max(1, round(memory_gb * 1024)) if memory_gb is not None else None
     walltime_s = _first(values, WALLTIME_PARAMS, walltime_seconds)
-    return Resources(cores=cores or 1, memory_mb=memory_mb, walltime_s=walltime_s)
+    gpus = _first(values, GPUS_PARAMS, _count)
+    native = _first(values, NATIVE_PARAMS, lambda v: str(v).strip())
+    return Resources(cores=cores or 1, memory_mb=memory_mb, walltime_s=walltime_s, gpus=gpus or None,
+                     native_specification=native or None)
+
+
+def walltime(job: GalaxyJob) -> tuple[int | None, str]:
+    """The walltime galaxy-tasks is asked to keep: the least of the destination's, Galaxy's
+    global `walltime` limit and the tool's time limit; and the runner state reaching it is in
+    Galaxy's words, as its own runners report it (a destination's: walltime_reached, the
+    global one: global_walltime_reached, the tool's: tool_timelimit_reached)."""
+    asked = resources(job.params, job.env).walltime_s
+    bounds = [(s, state) for s, state in ((asked, "walltime_reached"),
+                                          (job.limits.walltime_s, "global_walltime_reached"),
+                                          (job.limits.tool_timelimit_s, "tool_timelimit_reached")) if s]
+    if not bounds:
+        return None, "walltime_reached"
+    return min(bounds, key=lambda bound: bound[0])
 
 
 def walltime_seconds(value: Any) -> int:
@@ -128,6 +183,7 @@ def to_spec(job: GalaxyJob, *, environment: Mapping[str, str] | None = None,
     """The job spec for `galaxy_tasks.submit_job`. `events_queue` asks galaxy-tasks to
     publish the job's state changes there (the job-event contract)."""
     needs = resources(job.params, job.env)
+    walltime_s, _ = walltime(job)
     spec: dict[str, Any] = {
         "id": task_job_id(job.server_name, job.job_id, job.attempt),
         "tool_id": job.tool_id[:MAX_TEXT],
@@ -136,9 +192,13 @@ def to_spec(job: GalaxyJob, *, environment: Mapping[str, str] | None = None,
         "command": command(job),
         "cores": needs.cores,
         "memory_mb": needs.memory_mb,
-        "walltime_s": needs.walltime_s,
+        "walltime_s": walltime_s,
+        "output_size_bytes": job.limits.output_size_bytes,
+        "gpus": needs.gpus,
+        "native_specification": needs.native_specification,
         "destination": _destination(job.params),
         "environment": dict(environment or {}),
+        "run_as": job.run_as,
     }
     if events_queue:
         spec["events"] = {"queue": events_queue, "client_id": job.server_name[:MAX_TEXT]}
@@ -174,6 +234,11 @@ def _whole(value: Any) -> int:
     if number != int(number):
         raise ValueError(value)
     return _positive(int(number))
+
+
+def _count(value: Any) -> int:
+    """A whole number of at least 0 (TPV writes `gpus: 0` for none)."""
+    return 0 if str(value).strip() == "0" else _whole(value)
 
 
 def _number(value: Any) -> float:

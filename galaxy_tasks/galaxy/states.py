@@ -35,6 +35,7 @@ RUNNER_STATES: dict[str, str] = {
     "memory_limit_reached": "MEMORY_LIMIT_REACHED",
     "global_walltime_reached": "GLOBAL_WALLTIME_REACHED",
     "output_size_limit": "OUTPUT_SIZE_LIMIT",
+    "tool_timelimit_reached": "TOOL_TIMELIMIT_REACHED",
     "unknown_error": "UNKNOWN_ERROR",
 }
 
@@ -44,6 +45,7 @@ FAIL_MESSAGES: dict[str, str] = {
     "memory_limit_reached": "This job was terminated because it used more memory than it was allocated.",
     "output_size_limit": "This job was terminated because its output grew too large.",
     "global_walltime_reached": "This job was terminated because it ran longer than the maximum allowed job run time.",
+    "tool_timelimit_reached": "This job was terminated because it ran longer than the tool's time limit.",
 }
 
 
@@ -59,5 +61,8 @@ def galaxy_runner_state(runner_state: str | None, runner_states: Any) -> str:
     return getattr(runner_states, name)
 
 
-def fail_message(runner_state: str | None, reason: str | None) -> str:
+def fail_message(runner_state: str | None, reason: str | None, refused: bool = False) -> str:
+    """What Galaxy shows as the job's error: galaxy-tasks' reason in words."""
+    if refused:
+        return f"galaxy-tasks refused this job: {reason or 'no reason given'}"
     return FAIL_MESSAGES.get(runner_state or "", "The job failed in galaxy-tasks: " + (reason or "unknown reason"))

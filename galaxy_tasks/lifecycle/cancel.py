@@ -10,23 +10,16 @@ from typing import NamedTuple
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import UnknownJob
 from galaxy_tasks.lifecycle.changes import move
+from galaxy_tasks.lifecycle.effects import Effects, ToStop
 from galaxy_tasks.lifecycle.limits import pass_on
 from galaxy_tasks.logs import event
-from galaxy_tasks.model import utcnow
+from galaxy_tasks.model import Job, utcnow
 from galaxy_tasks.runners.base import Tracked
 from galaxy_tasks.states import JobState
 
 log = logging.getLogger(__name__)
 
 _HELD = frozenset({JobState.SUBMITTING, JobState.RUNNING})
-
-
-class ToStop(NamedTuple):
-    """A cancelled job its runner still holds: what to stop, and where that runner listens."""
-
-    tracked: Tracked
-    destination: str
-    queue: str
 
 
 class Cancelled(NamedTuple):
@@ -36,6 +29,16 @@ class Cancelled(NamedTuple):
     before: JobState
     stop: ToStop | None
     woken: list[tuple[str, str]]
+    #: the cancelled row (None if the job had already ended)
+    job: Job | None = None
+
+    @property
+    def effects(self) -> Effects:
+        """Stop what runs, launch what a freed place wakes, and run the workflow's pass for a
+        workflow's job cancelled on its own (its dependents cannot start; the workflow ends
+        when nothing else of it runs)."""
+        passes = [self.job] if self.job is not None and self.job.workflow_id is not None else []
+        return Effects(stop=[self.stop] if self.stop is not None else [], launch=self.woken, passes=passes)
 
 
 def cancel(ctx: Context, job_id: str) -> Cancelled:
@@ -53,7 +56,6 @@ def cancel(ctx: Context, job_id: str) -> Cancelled:
     job = moved.job
     if job.external_id and moved.before in _HELD:
         job_dir = Path(job.job_dir or ctx.settings.jobs_dir / job.id)
-        return Cancelled(moved.before, ToStop(Tracked(job.id, job.external_id, job_dir), job.destination, job.queue),
-                         [])
+        return Cancelled(moved.before, ToStop(Tracked(job.id, job.external_id, job_dir), job.destination), [], job)
     # a job woken for a freed place, cancelled before it took it: the next one may
-    return Cancelled(moved.before, None, pass_on(ctx, job) if moved.before is JobState.QUEUED else [])
+    return Cancelled(moved.before, None, pass_on(ctx, job) if moved.before is JobState.QUEUED else [], job)

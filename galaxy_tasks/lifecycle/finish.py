@@ -12,10 +12,12 @@ from typing import Any, NamedTuple
 from galaxy_tasks.context import Context
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.jobdir import EndNote, JobDir, new_token
+from galaxy_tasks.lifecycle.effects import Effects
 from galaxy_tasks.lifecycle.limits import move_giving_back, release
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job, utcnow
-from galaxy_tasks.policies import choose, condition_names
+from galaxy_tasks.policies import Resubmission, choose, condition_names
+from galaxy_tasks.routing import Destination
 from galaxy_tasks.runners.base import Completion, signal_name
 from galaxy_tasks.states import TERMINAL, JobState
 from galaxy_tasks.store import Moved
@@ -25,7 +27,8 @@ log = logging.getLogger(__name__)
 _LAUNCHED = frozenset({JobState.SUBMITTING, JobState.RUNNING})
 COMMAND_NOT_FOUND = 127
 #: the longest resubmit delay sent as a message's countdown (a broker holds such a message
-#: unacknowledged until it is due); a longer one is left to reconciliation at `check_at`
+#: unacknowledged until it is due, so it is also at most half the visibility timeout); a
+#: longer one waits in the job's row, started by reconciliation at `check_at`
 MAX_COUNTDOWN_S = 60.0
 
 
@@ -45,8 +48,21 @@ class Finished(NamedTuple):
     #: the finish redelivered after a crash that followed its record)
     ended_before: Job | None = None
 
+    @property
+    def effects(self) -> Effects:
+        """Wake the freed slot and places, send a resubmitted job again, and run the pass of
+        a workflow's job: a repeated end passes again (the pass of the first may have died
+        before it created the dependents; a pass creates each element's job once)."""
+        ended = self.moved.job if self.moved is not None else self.ended_before
+        return Effects(
+            wake=[self.wake] if self.wake is not None else [],
+            launch=self.waiting,
+            start_later=[(self.resubmitted, self.delay_s)] if self.resubmitted is not None else [],
+            passes=[ended] if ended is not None and ended.workflow_id is not None else [],
+        )
 
-def finish(ctx: Context, completion: Completion, confirmed: bool = False) -> Finished:
+
+def finish(ctx: Context, completion: Completion, confirmed: bool = False, job: Job | None = None) -> Finished:
     """Record the job's end; the returned row has its terminal state.
 
     A completion message only says "look": the end is taken from the job's own directory
@@ -54,8 +70,9 @@ def finish(ctx: Context, completion: Completion, confirmed: bool = False) -> Fin
     carrying the row's token. Only a runner's own answer in this process (`confirmed`:
     reconciliation's status check, a runner that records its events durably) is taken as
     it is. A completion with no such evidence (a forged message, or one sent too early)
-    changes nothing, and the job is looked at by reconciliation soon instead."""
-    job = ctx.store.job(completion.job_id)
+    changes nothing, and the job is looked at by reconciliation soon instead. `job`: its row
+    as a batch read it (the move checks the state again)."""
+    job = job if job is not None and job.id == completion.job_id else ctx.store.job(completion.job_id)
     if job is None:
         return Finished(None, None)
     # the process of a destination with job slots ended (a cancelled job's too, whose
@@ -104,18 +121,49 @@ def _evidence(job_dir: JobDir, completion: Completion, confirmed: bool) -> EndNo
     return note
 
 
-def _record(ctx: Context, job: Job, job_dir: JobDir, completion: Completion, end: EndNote,
-            wake: str | None) -> Finished:
-    stdout, stderr = job_dir.tail("stdout"), job_dir.tail("stderr")
+class Outcome(NamedTuple):
+    """How a launched job ended, decided before anything is written: its state and reason,
+    the end as it is recorded, and, for an end a resubmit rule of its destination matches,
+    the resubmission and the destination it goes to (None: the end stands)."""
+
+    state: JobState
+    reason: str | None
+    end: EndNote
+    again: tuple[Resubmission, Destination] | None = None
+
+
+def _outcome(ctx: Context, job: Job, job_dir: JobDir, end: EndNote, stderr: str) -> Outcome:
     if end.runner_state == "walltime_reached" and ctx.routing.global_walltime_binds(job.destination, job.walltime_s):
         end = replace(end, runner_state="global_walltime_reached")
     state, reason = _verdict(job, job_dir, end, stderr)
     if end.runner_state is None and (too_large := _over_output_size(ctx, job, job_dir, end)) is not None:
         state, reason, end = JobState.ERROR, too_large, replace(end, runner_state="output_size_limit")
-    if state is JobState.ERROR:
-        resubmitted = _resubmit(ctx, job, end, reason)
-        if resubmitted is not None:
-            return resubmitted._replace(wake=wake)
+    return Outcome(state, reason, end, _resubmission(ctx, job, end) if state is JobState.ERROR else None)
+
+
+def _resubmission(ctx: Context, job: Job, end: EndNote) -> tuple[Resubmission, Destination] | None:
+    """The resubmit rule of the job's destination that matches how it ended, if any, and
+    the destination the rule sends the job to."""
+    destination = ctx.routing.destinations.get(job.destination)
+    if destination is None or not destination.policy.resubmit:
+        return None
+    now = utcnow()
+    since_queued = (now - (job.queued_at or job.created_at)).total_seconds()
+    names = condition_names(end.runner_state, end.exit_code, end.signal, job.attempt, since_queued,
+                            (now - job.running_at).total_seconds() if job.running_at else 0.0)
+    choice = choose(destination.policy.resubmit, names, job.destination)
+    target = ctx.routing.destinations.get(choice.destination) if choice else None
+    return (choice, target) if choice is not None and target is not None else None
+
+
+def _record(ctx: Context, job: Job, job_dir: JobDir, completion: Completion, end: EndNote,
+            wake: str | None) -> Finished:
+    """Decide how the job ended, then write it: its end, or its next attempt."""
+    stdout, stderr = job_dir.tail("stdout"), job_dir.tail("stderr")
+    outcome = _outcome(ctx, job, job_dir, end, stderr)
+    if outcome.again is not None:
+        return _resubmit(ctx, job, outcome, *outcome.again)._replace(wake=wake)
+    state, reason, end = outcome.state, outcome.reason, outcome.end
     values: dict[str, Any] = dict(
         exit_code=end.exit_code,
         signal=end.signal,
@@ -127,7 +175,8 @@ def _record(ctx: Context, job: Job, job_dir: JobDir, completion: Completion, end
         runner_state=end.runner_state,
     )
     if state is JobState.OK and job.outputs:
-        values["output_files"] = job_dir.output_digests(job.outputs)  # provenance: sizes and sha256
+        # provenance: sizes, and the sha256 a later reuse needs only of a job that allows it
+        values["output_files"] = job_dir.output_digests(job.outputs, hashed=bool(job.reuse))
     if job.external_id is None and completion.external_id:
         values["external_id"] = completion.external_id
     if job.running_at is None:
@@ -150,22 +199,11 @@ def _raced(ctx: Context, job: Job, wake: str | None) -> Finished:
     return Finished(None, wake, release(ctx, now))
 
 
-def _resubmit(ctx: Context, job: Job, end: EndNote, reason: str | None) -> Finished | None:
-    """If a resubmit rule of the job's destination matches how it ended: the job, with its
-    id, back to NEW as its next attempt (on the rule's destination), this attempt kept in
-    its `attempts` and its places given back in the same transaction; its chain is sent
+def _resubmit(ctx: Context, job: Job, outcome: Outcome, choice: Resubmission, target: Destination) -> Finished:
+    """The job, with its id, back to NEW as its next attempt on `target`, this attempt kept
+    in its `attempts` and its places given back in the same transaction; its chain is sent
     again after the rule's delay (a long delay is left to reconciliation, at `check_at`)."""
-    destination = ctx.routing.destinations.get(job.destination)
-    if destination is None or not destination.policy.resubmit:
-        return None
-    now = utcnow()
-    since_queued = (now - (job.queued_at or job.created_at)).total_seconds()
-    names = condition_names(end.runner_state, end.exit_code, end.signal, job.attempt, since_queued,
-                            (now - job.running_at).total_seconds() if job.running_at else 0.0)
-    choice = choose(destination.policy.resubmit, names, job.destination)
-    target = ctx.routing.destinations.get(choice.destination) if choice else None
-    if choice is None or target is None:
-        return None
+    end, reason = outcome.end, outcome.reason
     attempts = [*(job.attempts or []), {
         "attempt": job.attempt, "destination": job.destination, "external_id": job.external_id,
         "state": JobState.ERROR.value, "exit_code": end.exit_code, "signal": end.signal, "reason": reason,
@@ -174,8 +212,8 @@ def _resubmit(ctx: Context, job: Job, end: EndNote, reason: str | None) -> Finis
     }]
     why = (f"resubmitted to {target.name} (attempt {job.attempt + 1}) because {choice.rule}: "
            f"{reason or end.runner_state}")
-    later = choice.delay_s > MAX_COUNTDOWN_S
-    check_at = now + timedelta(seconds=choice.delay_s + (0 if later else ctx.settings.check_after))
+    later = choice.delay_s > min(MAX_COUNTDOWN_S, ctx.settings.visibility_timeout / 2)
+    check_at = utcnow() + timedelta(seconds=choice.delay_s + (0 if later else ctx.settings.check_after))
     moved, woken = move_giving_back(
         ctx, job, JobState.NEW, reason=why, sources=_LAUNCHED, destination=target.name, queue=target.queue,
         attempt=job.attempt + 1, attempts=attempts, token=new_token(), job_dir=None, external_id=None, owner=None,

@@ -7,7 +7,7 @@ other message waits out the lease (`GALAXY_TASKS_LAUNCH_LEASE`). Either way the 
 own look-up by job name keeps the takeover from starting a second copy.
 
 A runner with no room (RunnerFull) sends the job back to QUEUED; `launch_next`, sent when a
-job of the destination ends, launches the oldest queued one.
+job of the destination ends, launches the one whose turn it is (turns.py: fair share).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from galaxy_tasks.errors import RunnerError, RunnerFull
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.lifecycle import limits
 from galaxy_tasks.lifecycle.changes import move
+from galaxy_tasks.lifecycle.effects import Effects
 from galaxy_tasks.lifecycle.limits import move_giving_back
 from galaxy_tasks.lifecycle.prepare import launch_for
 from galaxy_tasks.logs import event
@@ -44,6 +45,10 @@ class Launched(NamedTuple):
     def __bool__(self) -> bool:
         return self.launched
 
+    @property
+    def effects(self) -> Effects:
+        return Effects(launch=self.wake)
+
 
 def launch(ctx: Context, job_id: str, runner_for: Callable[[str], Runner], owner: str | None = None) -> Launched:
     """Hand the job to the runner of its destination (`runner_for(destination)`); false if
@@ -60,6 +65,9 @@ def launch(ctx: Context, job_id: str, runner_for: Callable[[str], Runner], owner
     runner = runner_for(job.destination)
     launch = launch_for(ctx, job)
     try:
+        if launch.run_as is not None and not runner.runs_as_user:
+            raise RunnerError(f"job {job_id} runs as {launch.run_as}, but the {runner.name} runner of destination "
+                              f"{job.destination!r} cannot start a job as its user")
         external_id = runner.submit(launch)
         crash_point("launch", job_id)
     except RunnerFull as exc:
@@ -114,8 +122,3 @@ def _claim(ctx: Context, job_id: str, owner: str | None, lease_s: float) -> tupl
         return None, []
     event(log, "launch_takeover", job_id=job_id, level=logging.WARNING)
     return job, []
-
-
-def next_queued(ctx: Context, destination: str) -> str | None:
-    """The destination's oldest job waiting for its launch."""
-    return ctx.store.oldest(destination, JobState.QUEUED)

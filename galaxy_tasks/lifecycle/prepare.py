@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 from galaxy_tasks import jobdir
 from galaxy_tasks.context import Context
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.lifecycle import reuse
 from galaxy_tasks.lifecycle.changes import move
+from galaxy_tasks.lifecycle.effects import Effects
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job
 from galaxy_tasks.routing import Destination
-from galaxy_tasks.runners.base import Launch
+from galaxy_tasks.runners.base import Launch, Rebuild
 from galaxy_tasks.states import JobState
 
 log = logging.getLogger(__name__)
@@ -20,13 +22,30 @@ log = logging.getLogger(__name__)
 _NEW = frozenset({JobState.NEW})
 
 
-def prepare(ctx: Context, job_id: str) -> Job | None:
+class Prepared(NamedTuple):
+    """The row as the step left it (None if the job is not to launch: past this step, or
+    failed here, then `failed` holds its row)."""
+
+    job: Job | None
+    failed: Job | None = None
+
+    def __bool__(self) -> bool:
+        return self.job is not None
+
+    @property
+    def effects(self) -> Effects:
+        """A workflow's job that ended here (reused, or failed to prepare) runs its pass."""
+        ended = self.failed or (self.job if self.job is not None and self.job.state == JobState.OK.value else None)
+        return Effects(passes=[ended] if ended is not None and ended.workflow_id is not None else [])
+
+
+def prepare(ctx: Context, job_id: str, job: Job | None = None) -> Prepared:
     """Write the job directory and move NEW -> QUEUED (or, a job that allows reuse whose
-    result an earlier job computed, NEW -> OK: see `reuse`); the row as the move left it,
-    None if the job is past this step."""
-    job = ctx.store.job(job_id)
+    result an earlier job computed, NEW -> OK: see `reuse`). `job`: its row as a batch read
+    it (the move checks the state again)."""
+    job = job if job is not None and job.id == job_id else ctx.store.job(job_id)
     if job is None or job.state != JobState.NEW.value:
-        return None
+        return Prepared(None)
     destination = ctx.routing.destinations.get(job.destination)
     root = ctx.settings.jobs_dir / job.id
     try:
@@ -35,17 +54,17 @@ def prepare(ctx: Context, job_id: str) -> Job | None:
         jobdir.create(root, job.command, environment(ctx, job, destination, jobdir.JobDir(root)),
                       job.environment_setup_file, token=job.token)
     except (OSError, LookupError) as exc:
-        move(ctx, job_id, JobState.ERROR, reason=f"prepare failed: {exc}", sources=_NEW)
+        failed = move(ctx, job_id, JobState.ERROR, reason=f"prepare failed: {exc}", sources=_NEW)
         event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
-        return None
+        return Prepared(None, failed.job if failed is not None else None)
     crash_point("prepare", job_id)
     key = reuse.provenance_key(ctx, job) if job.reuse else None
     if key is not None and (reused := reuse.reuse_earlier(ctx, job, jobdir.JobDir(root), key)) is not None:
-        return reused
+        return Prepared(reused)
     moved = move(ctx, job_id, JobState.QUEUED, sources=_NEW, job_dir=str(root), provenance=key)
     if moved:
         event(log, "state_change", job_id=job_id, to=JobState.QUEUED, queue=job.queue)
-    return moved.job if moved is not None else None
+    return Prepared(moved.job if moved is not None else None)
 
 
 def environment(ctx: Context, job: Job, destination: Destination, job_dir: jobdir.JobDir) -> dict[str, str]:
@@ -70,6 +89,23 @@ def launch_for(ctx: Context, job: Job) -> Launch:
         cores=job.cores,
         memory_mb=job.memory_mb,
         walltime_s=ctx.routing.walltime_s(job.destination, job.walltime_s),
-        output_size_bytes=ctx.routing.output_size_bytes(job.destination),
+        output_size_bytes=min(filter(None, (ctx.routing.output_size_bytes(job.destination), job.output_size_bytes)),
+                              default=None),
         attempt=job.attempt,
+        run_as=job.run_as,
+        gpus=job.gpus,
+        native_specification=job.native_specification,
+        rebuild=_rebuild(ctx, job),
     )
+
+
+def _rebuild(ctx: Context, job: Job) -> Rebuild | None:
+    """For a destination that shares no filesystem with the submitter: the job as its worker
+    rebuilds it, its environment naming the worker's own copy of the job directory."""
+    destination = ctx.routing.destinations.get(job.destination)
+    if destination is None or destination.staging is None:
+        return None
+    local = jobdir.JobDir(Path(destination.staging.root) / job.id)
+    return Rebuild(command=job.command, environment=environment(ctx, job, destination, local),
+                   setup_file=job.environment_setup_file, token=job.token or "",
+                   inputs=tuple(job.inputs or ()), outputs=tuple(job.outputs or ()))

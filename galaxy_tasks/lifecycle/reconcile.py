@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from galaxy_tasks.context import Context
+from galaxy_tasks.lifecycle.effects import Effects
 from galaxy_tasks.lifecycle.limits import given_back
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job, utcnow
@@ -37,6 +38,11 @@ class Plan:
     settled: list[str] = field(default_factory=list)  # cancelled before a runner had them: nothing to stop
     release: list[str] = field(default_factory=list)  # ended, still holding concurrency places
     wake: list[tuple[str, str]] = field(default_factory=list)  # (job id, queue) a freed place releases
+
+    @property
+    def effects(self) -> Effects:
+        return Effects(start=self.prepare, launch=[*self.launch, *self.wake], check=self.check,
+                       recheck_stopped=self.stop)
 
     @property
     def size(self) -> int:
@@ -70,12 +76,12 @@ def unpublished(ctx: Context, now: datetime | None = None) -> list[Job]:
     return ctx.store.unpublished(before, ctx.settings.reconcile_batch)
 
 
-def stopped(ctx: Context, job_ids: list[str]) -> list[tuple[str, str]]:
+def stopped(ctx: Context, job_ids: list[str]) -> Effects:
     """Cancelled jobs known to have nothing left running: no more looks at them, and the
-    places they held are free (the jobs those release: (id, queue))."""
+    places they held are free (the jobs those release are launched)."""
     woken = [waiting for job_id in job_ids for waiting in given_back(ctx, job_id)]
     ctx.store.settle(job_ids)
-    return woken
+    return Effects(launch=woken)
 
 
 def startup(ctx: Context) -> Plan:

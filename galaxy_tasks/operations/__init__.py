@@ -44,7 +44,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _positive_int(text: str) -> int:
-    from galaxy_tasks.cli import positive_int
+    from galaxy_tasks.arguments import positive_int
 
     return positive_int(text)
 
@@ -66,9 +66,10 @@ def _metrics(args: argparse.Namespace, _extra: list[str]) -> int:
               "install it with: pip install 'galaxy-tasks[metrics]' (or: pip install 'prometheus_client>=0.17')",
               file=sys.stderr)
         return 2
-    from galaxy_tasks import context
+    from galaxy_tasks.edge import runtime  # builds the Celery app: only for commands that need it
 
-    ctx = context.current()
+
+    ctx = runtime.context()
     metrics = JobMetrics(ctx.store, ctx.routing.destinations)
     if args.once:
         sys.stdout.write(scrape(metrics))
@@ -83,10 +84,11 @@ def _metrics(args: argparse.Namespace, _extra: list[str]) -> int:
 
 
 def _stats(args: argparse.Namespace, _extra: list[str]) -> int:
-    from galaxy_tasks import context
+    from galaxy_tasks.edge import runtime  # builds the Celery app: only for commands that need it
     from galaxy_tasks.operations.stats import parse_by, parse_since, render, stats
 
-    result = stats(context.current().store, parse_since(args.since), parse_by(args.by), limit=args.limit)
+
+    result = stats(runtime.context().store, parse_since(args.since), parse_by(args.by), limit=args.limit)
     print(json.dumps(result, indent=2) if args.json else render(result))
     return 0
 

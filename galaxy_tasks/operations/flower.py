@@ -111,14 +111,14 @@ def run(extra: Sequence[str], *, port: int, address: str, max_tasks: int | None,
         protect_metrics()
     from flower.options import options
 
-    from galaxy_tasks import security
+    from galaxy_tasks.edge import security
 
     security.undumpable()  # Flower's credentials are in this process's environment
     options.format_task = format_task
-    from galaxy_tasks.celery import app
+    from galaxy_tasks.edge.app import app
 
     # kombu's own transport: Flower reads queue lengths by the broker URL's scheme, and holds
-    # no message that the workers' Redis transport (galaxy_tasks/brokers.py) must restore
+    # no message that the workers' Redis transport (galaxy_tasks/edge/brokers.py) must restore
     app.conf.broker_transport = None
     app.start(["flower", *flower_argv(extra, port=port, address=address, max_tasks=max_tasks)])
     return 0

@@ -1,11 +1,12 @@
-"""`galaxy-tasks health --node NAME`: is this one worker alive and consuming? For a
-container health check or a systemd watchdog-style probe.
+"""`galaxy-tasks health --node NAME`: is this one worker alive and consuming every queue it
+was started to consume? For a container health check or a systemd watchdog-style probe.
 
-It sends one `ping` control message addressed to that node only and returns as soon as
-its reply arrives (kombu stops collecting at the number of destinations), so a healthy
-worker answers in milliseconds and only a dead one costs the timeout. `celery inspect ping`
-without a destination waits out its whole timeout for whoever else might answer. The
-worker's main process answers even when every pool process is busy with a long step.
+It sends one control message (`galaxy_tasks_consuming`, galaxy_tasks.edge.consuming)
+addressed to that node only and returns as soon as its reply arrives (kombu stops
+collecting at the number of destinations), so a healthy worker answers in milliseconds and
+only a dead one costs the timeout. `celery inspect ping` without a destination waits out
+its whole timeout for whoever else might answer. The worker's main process answers even
+when every pool process is busy with a long step.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from galaxy_tasks.logs import redact
 
 if TYPE_CHECKING:
     import argparse
@@ -36,15 +39,19 @@ def node_name(pattern: str) -> str:
 
 
 def ping(node: str, timeout: float = 5.0) -> Health:
-    """Ping one worker; a broker that cannot be reached also fails within about `timeout`."""
+    """Ask one worker what it consumes: healthy if it answers and still consumes every queue
+    it was started with (a `cancel_consumer` leaves a worker that answers but takes nothing
+    from that queue). A broker that cannot be reached fails within about `timeout`."""
     started = time.perf_counter()
     outcome: dict[str, object] = {}
 
     def send() -> None:
         try:
-            from galaxy_tasks.celery import app
+            from galaxy_tasks.edge.app import app
+            from galaxy_tasks.edge.consuming import COMMAND
 
-            outcome["replies"] = app.control.ping(destination=[node], timeout=timeout)
+            outcome["replies"] = app.control.broadcast(COMMAND, destination=[node], reply=True, timeout=timeout,
+                                                       limit=1)
         except Exception as exc:  # noqa: BLE001 - any failure is "not healthy", named
             outcome["error"] = f"{type(exc).__name__}: {exc}"
 
@@ -55,13 +62,19 @@ def ping(node: str, timeout: float = 5.0) -> Health:
     if thread.is_alive():
         return Health(node, False, seconds, "broker not reachable")
     if "error" in outcome:
-        from galaxy_tasks.logs import redact
 
         return Health(node, False, seconds, redact(str(outcome["error"])))
     replies: Any = outcome.get("replies") or []
     for reply in replies:
-        if reply.get(node, {}).get("ok") == "pong":
-            return Health(node, True, seconds, "pong")
+        answer = reply.get(node)
+        if isinstance(answer, dict) and isinstance(answer.get("expected"), list):
+            consumed = set(answer.get("consumed") or [])
+            missing = [queue for queue in answer["expected"] if queue not in consumed]
+            if not answer["expected"]:
+                return Health(node, False, seconds, "answers, but is not ready (no queue consumed yet)")
+            if missing:
+                return Health(node, False, seconds, f"answers, but is not consuming {', '.join(missing)}")
+            return Health(node, True, seconds, f"pong, consuming {', '.join(answer['expected'])}")
     return Health(node, False, seconds, f"no reply within {timeout:g} s")
 
 

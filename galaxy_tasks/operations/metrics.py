@@ -43,6 +43,11 @@ RUN_BUCKETS = (1, 10, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 36
 #: later; it is looked for again on the following scrapes for this long
 GAP_PATIENCE_S = 120.0
 READ_LIMIT = 20000
+#: most tool ids with series of their own: a tool id is a client's word, so the jobs of every
+#: tool seen after these are counted under `tool_id="other"` (the exporter's memory and each
+#: scrape stay bounded however many distinct ids clients send)
+MAX_TOOLS = 200
+OTHER_TOOLS = "other"
 
 _ACTIVE = sorted(s.value for s in ACTIVE)
 _TERMINAL = sorted(s.value for s in TERMINAL)
@@ -82,6 +87,7 @@ class JobMetrics(Collector):
         self._wait: dict[tuple[str, str], Histogram] = {}
         self._run: dict[tuple[str, str], Histogram] = {}
         self._gaps: dict[int, float] = {}
+        self._tools: set[str] = set()
         self._watermark = store.last_change_id()
         self.scrapes = 0
 
@@ -93,7 +99,7 @@ class JobMetrics(Collector):
         rows, newest, present = self.store.ends_after(self._watermark, list(self._gaps), READ_LIMIT)
         for row in rows:
             self._gaps.pop(row.id, None)
-            key = (row.tool_id, row.destination)
+            key = (self._tool(row.tool_id), row.destination)
             if row.to_state == JobState.RUNNING.value:
                 self._wait.setdefault(key, Histogram(WAIT_BUCKETS)).observe(_seconds(row.at, row.created_at))
                 continue
@@ -107,6 +113,15 @@ class JobMetrics(Collector):
             for missing in set(range(self._watermark + 1, newest + 1)) - present:
                 self._gaps.setdefault(missing, now)
             self._watermark = newest
+
+    def _tool(self, tool_id: str) -> str:
+        """The tool id a series is labelled with: its own among the first MAX_TOOLS seen."""
+        if tool_id in self._tools:
+            return tool_id
+        if len(self._tools) < MAX_TOOLS:
+            self._tools.add(tool_id)
+            return tool_id
+        return OTHER_TOOLS
 
     # -- one scrape ------------------------------------------------------------------------
 

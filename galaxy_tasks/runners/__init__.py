@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
+from galaxy_tasks.runners import params
 from galaxy_tasks.runners.base import Completion, Launch, Runner, Tracked
 
 REGISTRY = {
@@ -24,4 +25,17 @@ def runner_class(name: str) -> type[Runner]:
     return cls
 
 
-__all__ = ["REGISTRY", "Completion", "Launch", "Runner", "Tracked", "runner_class"]
+
+def params_markdown() -> str:
+    """Every registered runner's params as Markdown tables (docs/configuration.md has them)."""
+    out: list[str] = []
+    for name in REGISTRY:
+        out += [f"### `{name}`", "", "| param | type | default | meaning |", "|---|---|---|---|"]
+        for param_name, kind, default, doc in params.describe(runner_class(name).Params):
+            shown = "(none)" if default in (None, "") else f"`{default}`"
+            out.append(f"| `{param_name}` | {kind} | {shown} | {doc} |")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+__all__ = ["REGISTRY", "Completion", "Launch", "Runner", "Tracked", "params_markdown", "runner_class"]

@@ -13,16 +13,31 @@ from __future__ import annotations
 
 import logging
 import signal
-import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from galaxy_tasks.jobdir import EndNote, JobDir
+from galaxy_tasks.names import external_name
+from galaxy_tasks.native import Style
 from galaxy_tasks.runners import params as runner_params
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rebuild:
+    """What a worker that shares no filesystem with the submitter rebuilds a job's directory
+    from on its own side (galaxy_tasks.staging): the job's command and environment as its
+    prepare wrote them, its token, and the files that travel."""
+
+    command: str
+    environment: Mapping[str, str]
+    setup_file: str | None
+    token: str
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,12 @@ class Launch:
     walltime_s: int | None = None  # within the walltime limits: a runner ends the job after it
     output_size_bytes: int | None = None  # the output_size limit: no file of the job grows past it
     attempt: int = 1  # a resubmitted job's next attempt is a new external job
+    run_as: str | None = None  # the Unix user the job runs as (None: the worker's own)
+    gpus: int | None = None  # GPUs the job needs (only on a destination that gives them: max_gpus)
+    #: the job's own scheduler options, already allowed by its destination (allow_native)
+    native_specification: str | None = None
+    #: set for a destination without a shared filesystem: `job_dir` is the submitter's
+    rebuild: Rebuild | None = None
 
     @property
     def external_name(self) -> str:
@@ -44,19 +65,6 @@ class Launch:
         attempt), so a redelivered launch can look for an existing copy before starting a
         second one, and a resubmission's attempt is never taken for the one before."""
         return external_name(self.job_id, self.attempt)
-
-
-def external_name(job_id: str, attempt: int = 1) -> str:
-    """`gt-<id>`, and `gt-<id>.a<n>` for a later attempt (`.` is in no job id)."""
-    return f"gt-{job_id}" if attempt <= 1 else f"gt-{job_id}.a{attempt}"
-
-
-def job_id_of(name: str) -> str | None:
-    """The job id in a name `external_name` made; None for a name it did not make."""
-    if not name.startswith("gt-"):
-        return None
-    job_id, _, attempt = name[3:].partition(".a")
-    return job_id if job_id and (not attempt or attempt.isdigit()) else None
 
 
 def signal_name(number: int) -> str:
@@ -70,21 +78,14 @@ def signal_name(number: int) -> str:
 
 
 @dataclass(frozen=True)
-class Completion:
-    """The completion event: how a job ended, as far as its runner knows."""
+class Completion(EndNote):
+    """The completion event: how a job ended, as far as its runner knows (its `runner_state`
+    in the words of Galaxy's resubmit conditions: walltime_reached, memory_limit_reached,
+    output_size_limit, unknown_error), and which job and attempt it is of."""
 
     job_id: str
-    exit_code: int | None = None
-    signal: int | None = None
-    reason: str | None = None
-    wall_time_s: float | None = None
-    max_rss_kb: int | None = None
-    ended_at: float = field(default_factory=time.time)
     external_id: str | None = None
     source: str = "runner"
-    #: why the runner ended the job, in the words of Galaxy's resubmit conditions:
-    #: walltime_reached, memory_limit_reached, output_size_limit, unknown_error
-    runner_state: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,9 +103,7 @@ class Completion:
 
     def note(self) -> EndNote:
         """What the job directory's end note says of this end."""
-        return EndNote(exit_code=self.exit_code, signal=self.signal, reason=self.reason,
-                       runner_state=self.runner_state, wall_time_s=self.wall_time_s, max_rss_kb=self.max_rss_kb,
-                       ended_at=self.ended_at)
+        return EndNote(**{end.name: getattr(self, end.name) for end in fields(EndNote)})
 
 
 _COMPLETION_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -147,6 +146,14 @@ class Runner(ABC):
     #: True if `report` must have recorded the end in the database before it returns (a
     #: runner that acknowledges events to its source, like Mesos, sets this)
     durable_report: ClassVar[bool] = False
+    #: True if the runner starts a job that names `run_as` as that user; a job that names
+    #: one is refused by any other runner rather than run as the worker's user
+    runs_as_user: ClassVar[bool] = False
+    #: how the scheduler spells a job's own options (galaxy_tasks.native); None: a job may
+    #: set none. `native_reserved`: the options the runner sets itself, which no
+    #: destination may let a job set
+    native_style: ClassVar[Style | None] = None
+    native_reserved: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: Any, report: Report, *, destination: str = "", host: str = "") -> None:
         """`params` is an instance of `Params`, or a mapping checked into one."""
@@ -177,6 +184,12 @@ class Runner(ABC):
         if text.strip():
             raise ValueError(f"a {cls.name}:// URL takes no options, not {text!r}")
         return {}
+
+    @classmethod
+    def gives_gpus(cls, params: Any) -> bool:
+        """Whether the runner can ask its scheduler for a job's GPUs with these params (a
+        destination that gives GPUs, `max_gpus`, must have a runner that can)."""
+        return False
 
     @classmethod
     def slots(cls, params: Any) -> int | None:

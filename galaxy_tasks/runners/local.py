@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import resource
+import shlex
 import signal
 import socket
 import tempfile
@@ -20,11 +21,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence, cast
+from typing import Any, Callable, NamedTuple, Sequence, cast
 
 from galaxy_tasks.errors import RunnerError, RunnerFull
 from galaxy_tasks.jobdir import CLAIMED_EXIT_CODE, JobDir, script_environment
 from galaxy_tasks.runners import memlimit
+from galaxy_tasks.runners.asuser import call_helper, run_as_command_param
 from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, Tracked, signal_name
 from galaxy_tasks.runners.deadlines import Deadlines
 from galaxy_tasks.runners.exitwatch import Exit, ExitWatcher
@@ -62,11 +64,13 @@ class LocalParams:
     memory_limit: str = param("auto", choices=("auto", "cgroup", "rlimit", "off"),
                               doc="how a job's memory_mb is enforced: a memory cgroup of its own where this worker "
                                   "may make one, else RLIMIT_AS (auto); only one of them; or not at all")
+    run_as_command: str | None = run_as_command_param()
 
 
 class LocalRunner(Runner):
     name = "local"
     Params = LocalParams
+    runs_as_user = True
     params: LocalParams
 
     def __init__(self, params: Any, report: Report, *, destination: str = "", host: str = "") -> None:
@@ -97,14 +101,13 @@ class LocalRunner(Runner):
                 self._end_at((_mtime(job_dir.claim_file) or time.time()) + launch.walltime_s, claimed, external_id,
                              job_dir)
             return external_id
+        argv = self._command(launch)
         slot = self._take_slot()
         actions = _DEVNULL_ACTIONS if slot is None else [*_DEVNULL_ACTIONS, (os.POSIX_SPAWN_DUP2, slot, SLOT_FD)]
         env, memory_mb, cgroup = self._limits(launch)
+        started = time.time()  # before the spawn: the job's wall time is never under its own
         try:
-            pid = os.posix_spawn(
-                "/bin/sh", ["/bin/sh", str(launch.script)], env,
-                setsid=True, file_actions=actions,
-            )
+            pid = os.posix_spawnp(argv[0], argv, env, setsid=True, file_actions=actions)
         except OSError as exc:
             raise RunnerError(f"cannot start the job script: {exc}") from exc
         finally:
@@ -114,12 +117,32 @@ class LocalRunner(Runner):
         # the larger of the two across exec), so a peak not above ours says nothing.
         floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         external_id = self._external_id(pid)
-        started = time.time()
         self._watch(pid, _Watched(launch.job_id, job_dir, started, floor, external_id, memory_mb, cgroup,
                                   job_dir.own_token()), child=True)
         if launch.walltime_s:
             self._end_at(started + launch.walltime_s, pid, external_id, job_dir)
         return external_id
+
+    def _command(self, launch: Launch) -> list[str]:
+        """job.sh, or for a job that runs as its user, the privileged helper that checks the
+        job and becomes job.sh as that user (the pid is the job's either way)."""
+        if launch.run_as is None:
+            return ["/bin/sh", str(launch.script)]
+        if not self.params.run_as_command:
+            raise RunnerError(f"job {launch.job_id} runs as {launch.run_as}, but destination {self.destination!r} "
+                              "has no run_as_command")
+        return [*shlex.split(self.params.run_as_command), "start", launch.job_id]
+
+    def _signal(self, pid: int, sig: int, job_dir: JobDir) -> None:
+        """Signal the job's process group; one that runs as another user (its own, real
+        user) is signalled by the privileged helper, as that user."""
+        try:
+            _killpg(pid, sig)
+            return
+        except PermissionError:
+            if not self.params.run_as_command:
+                raise
+        call_helper(self.params.run_as_command, "kill" if sig == signal.SIGKILL else "term", job_dir.root.name)
 
     def _limits(self, launch: Launch) -> tuple[dict[str, str], int | None, Path | None]:
         """The job script's environment with the limits it applies to itself, the memory
@@ -128,12 +151,13 @@ class LocalRunner(Runner):
         env = script_environment()
         memory_mb = launch.memory_mb if self.params.memory_limit != "off" else None
         cgroup = None
-        if memory_mb:
+        if memory_mb and launch.run_as is None:
             cgroup = self._cgroups.create(_cgroup_name(launch.job_id, launch.attempt), memory_mb * 1024 * 1024) \
                 if self.params.memory_limit != "rlimit" else None
+        if memory_mb:
             if cgroup is not None:
                 env["GT_CGROUP"] = str(cgroup)
-            else:
+            else:  # (a job run as its user joins no cgroup of the worker's: RLIMIT_AS)
                 env["GT_RLIMIT_AS_KB"] = str(memory_mb * 1024)
         if launch.output_size_bytes:
             # one byte past the limit, so a file stopped by it is larger than the limit
@@ -149,10 +173,13 @@ class LocalRunner(Runner):
         started = self._parse(external_id)[2]
 
         def expire() -> None:
+            if job_dir.claimed_pid() is None and started is not None and _start_time(pid) == started:
+                deadlines.at(time.time() + 0.2, expire)  # not yet claimed (a helper still starting it)
+                return
             if self._is_the_jobs(pid, started, job_dir):
                 with self._lock:
                     self._walltime_killed.add(pid)
-                _killpg(pid, signal.SIGTERM)
+                self._signal(pid, signal.SIGTERM, job_dir)
                 timer = threading.Timer(self.kill_grace_s, self._kill_hard, (pid, started, job_dir))
                 timer.daemon = True
                 timer.start()
@@ -194,7 +221,7 @@ class LocalRunner(Runner):
         job_dir = JobDir(tracked.job_dir)
         if not self._is_the_jobs(pid, started, job_dir):
             return
-        _killpg(pid, signal.SIGTERM)
+        self._signal(pid, signal.SIGTERM, job_dir)
         timer = threading.Timer(self.kill_grace_s, self._kill_hard, (pid, started, job_dir))
         timer.daemon = True
         timer.start()
@@ -351,7 +378,7 @@ class LocalRunner(Runner):
         else:
             same = started is not None and now == started and _group_alive(pid)
         if same:
-            _killpg(pid, signal.SIGKILL)
+            self._signal(pid, signal.SIGKILL, job_dir)
 
     @staticmethod
     def _is_the_jobs(pid: int, started: int | None, job_dir: JobDir) -> bool:
@@ -385,12 +412,8 @@ class LocalRunner(Runner):
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not _reaches(os.kill, pid):
         return False
-    except PermissionError:
-        return True
     try:
         with open(f"/proc/{pid}/stat") as handle:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
@@ -411,8 +434,13 @@ def _start_time(pid: int) -> int | None:
 
 
 def _group_alive(pgid: int) -> bool:
+    return _reaches(os.killpg, pgid)
+
+
+def _reaches(send: Callable[[int, int], None], target: int) -> bool:
+    """A signal 0 finds the process (or group): it exists, ours or another user's."""
     try:
-        os.killpg(pgid, 0)
+        send(target, 0)
     except ProcessLookupError:
         return False
     except PermissionError:

@@ -20,6 +20,14 @@ a rescinded offer (TASK_LOST/DROPPED with REASON_INVALID_OFFERS), goes back to t
 queue (agent loss: only if `on_agent_lost` is `requeue`); a task lost after it started is
 reported with the exit code its job dir recorded, or as failed.
 
+A job that names `run_as` runs as its user, the way Mesos runs a task as someone: the task's
+`command.user`, which the agent switches to before it runs the command. The framework's
+user may ask for any user, so the privileged helper (`run_as_command`) decides first: it
+refuses the job (root, a system user, a user outside its group, a directory that is not the
+job's) or hands the job's directory to the user; the directory comes back once the task's end
+is known, before the end is reported. The task's environment asks job.sh for umask 027, so
+what the job leaves stays readable by the worker's group (docs/security.md).
+
 Params: see `MesosParams`.
 """
 from __future__ import annotations
@@ -38,7 +46,9 @@ from typing import Any, Sequence
 
 from galaxy_tasks.errors import RunnerError, RunnerUnavailable
 from galaxy_tasks.jobdir import JobDir
-from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, Tracked, external_name, job_id_of
+from galaxy_tasks.names import external_name, job_id_of
+from galaxy_tasks.runners.asuser import call_helper, give_back, handed_over, run_as_command_param
+from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, Tracked
 from galaxy_tasks.runners.params import param
 
 log = logging.getLogger(__name__)
@@ -115,6 +125,7 @@ class MesosParams:
                                                              "before the worker stops (see import_pymesos)")
     register_timeout_s: float = param(30.0, minimum=0, doc="how long the Mesos worker waits for the registration "
                                                            "at start (the driver keeps trying after that)")
+    run_as_command: str | None = run_as_command_param()
 
 
 class MesosRunner(Runner):
@@ -125,6 +136,7 @@ class MesosRunner(Runner):
     params: MesosParams
     holder = "workers.mesos"
     durable_report = True  # status updates are acknowledged to Mesos once report returned
+    runs_as_user = True
 
     def __init__(self, params: Any, report: Report, *, destination: str = "", host: str = "") -> None:
         super().__init__(params, report, destination=destination, host=host)
@@ -169,6 +181,8 @@ class MesosRunner(Runner):
     # ---- Runner interface ------------------------------------------------------------
     def submit(self, launch: Launch) -> str:
         self._check_fenced()
+        if launch.run_as is not None:
+            self._hand_over(launch)
         tid = launch.external_name
         job = _Job(launch.job_id, tid, Path(launch.job_dir), launch)
         with self._lock:
@@ -230,6 +244,16 @@ class MesosRunner(Runner):
         self._closed = True
         self._driver.stop(failover=True)
         self._driver.join()
+
+    def _hand_over(self, launch: Launch) -> None:
+        """The job's directory to its user, through the helper, which refuses the job if it
+        may not run as that user (RunnerError with the helper's words)."""
+        helper = self.params.run_as_command
+        if not helper:
+            raise RunnerError(f"job {launch.job_id} runs as {launch.run_as}, but destination {self.destination!r} "
+                              "has no run_as_command")
+        if not handed_over(launch.job_dir):  # an earlier launch of the job handed it over already
+            call_helper(helper, "handover", launch.job_id)
 
     # ---- helpers for workers and tests ---------------------------------------------------
     def wait_registered(self, timeout: float | None = None) -> bool:
@@ -387,7 +411,13 @@ class MesosRunner(Runner):
                           **({"ended_at": ended} if ended else {}))
 
     def _finish(self, job: _Job, completion: Completion) -> bool:
-        """Report, then forget the task; False (keep it, do not acknowledge) if report failed."""
+        """Report, then forget the task; False (keep it, do not acknowledge) if report failed.
+        A directory the job's user holds comes back first."""
+        if job.job_dir is not None:
+            try:
+                give_back(self.params.run_as_command, job.job_id, job.job_dir)
+            except RunnerError as exc:
+                log.warning("%s", exc)
         try:
             self.report(completion)
         except Exception:
@@ -408,6 +438,9 @@ class MesosRunner(Runner):
             "resources": resources,
             "command": {"shell": True, "value": "/bin/sh " + shlex.quote(str(launch.script))},
         }
+        if launch.run_as is not None:
+            info["command"]["user"] = launch.run_as
+            info["command"]["environment"] = {"variables": [{"name": "GT_UMASK", "value": "027"}]}
         if launch.walltime_s:
             info["max_completion_time"] = {"nanoseconds": int(launch.walltime_s * 1e9)}
         return info

@@ -17,9 +17,10 @@ import typing
 from dataclasses import MISSING, field, fields
 from typing import Annotated, Any, Callable, Literal, Mapping, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, create_model, model_validator
 from pydantic import Field as ModelField
 
+from galaxy_tasks.confmodels import refuse, says, validate
 from galaxy_tasks.errors import ConfigError
 from galaxy_tasks.yamlconf import Where
 
@@ -33,15 +34,11 @@ def param(default: Any = None, *, minimum: float | None = None, choices: tuple[s
     return field(default=default, metadata={"minimum": minimum, "choices": choices, "check": check, "doc": doc})
 
 
-class _Problem(ValueError):
-    """What a param's own `check` found wrong: the message of the ConfigError."""
-
-
 def _checking(check: Callable[[Any], str | None]) -> Callable[[Any], Any]:
     def run(value: Any) -> Any:
         problem = check(value)
         if problem:
-            raise _Problem(problem)
+            raise ValueError(problem)
         return value
 
     return run
@@ -60,8 +57,8 @@ def model(cls: type) -> type[BaseModel]:
         kinds = _kinds(hints[f.name])
         kind = next((k for k in kinds if k is not type(None)), str)
         choices = f.metadata.get("choices")
-        annotated: Any = Literal[tuple(choices)] if choices else Annotated[
-            kind, ModelField(strict=kind is not str, ge=f.metadata.get("minimum"))]
+        annotated: Any = Annotated[Literal[tuple(choices)], says(f"must be one of {', '.join(choices)}")] \
+            if choices else Annotated[kind, ModelField(strict=kind is not str, ge=f.metadata.get("minimum"))]
         if f.metadata.get("check") is not None:  # after the type, the minimum and the choices
             annotated = Annotated[annotated, AfterValidator(_checking(f.metadata["check"]))]
         if type(None) in kinds:
@@ -69,45 +66,31 @@ def model(cls: type) -> type[BaseModel]:
         default = None if f.default is MISSING else f.default
         definitions[f.name] = (annotated, ModelField(default, description=f.metadata.get("doc") or None))
     config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, title=cls.__name__)
-    built: type[BaseModel] = create_model(cls.__name__, __config__=config, **definitions)
+    known = sorted(definitions)
+
+    def only_known(value: Any) -> Any:
+        unknown = [key for key in value if key not in definitions] if isinstance(value, Mapping) else []
+        if unknown:
+            raise refuse(f"unknown param of this runner (known: {', '.join(known) or 'none'})", unknown[0])
+        return value
+
+    validators: Any = {"only_known": model_validator(mode="before")(only_known)}
+    built: type[BaseModel] = create_model(cls.__name__, __config__=config, __validators__=validators, **definitions)
     return built
+
+
+def checked(cls: type, name: str, annotated: Any) -> Any:
+    """`annotated` with param `name`'s own check, for a key that stands for that param
+    elsewhere (a destination's `native_specification`)."""
+    check = next(f.metadata.get("check") for f in fields(cls) if f.name == name)
+    return annotated if check is None else Annotated[annotated, AfterValidator(_checking(check))]
 
 
 def load(cls: type[P], raw: Mapping[str, Any] | None, where: Where | None = None) -> P:
     """`raw` checked against `cls` (a params dataclass); a ConfigError names the field."""
-    where = where or Where("params")
-    raw = raw or {}
-    if not isinstance(raw, Mapping):
-        raise where.error("must be a mapping")
-    given = {str(key): value for key, value in raw.items()}
-    try:
-        checked = model(cls).model_validate(given)  # type: ignore[arg-type]  # a class is hashable
-    except ValidationError as exc:
-        order = {key: index for index, key in enumerate(given)}
-        error = min(exc.errors(include_url=False), key=lambda e: order.get(str(e["loc"][0]), len(order)))
-        key = error["loc"][0]
-        raise where.key(raw, key).error(_message(cls, str(key), error)) from None
-    return cls(**{key: getattr(checked, key) for key in given})
-
-
-def _message(cls: type, key: str, error: Any) -> str:
-    kind, value = error["type"], error.get("input")
-    known = {f.name: f for f in fields(cls) if f.init}
-    if kind == "extra_forbidden":
-        return f"unknown param of this runner (known: {', '.join(sorted(known)) or 'none'})"
-    hint = typing.get_type_hints(cls)[key]
-    if value is None:
-        return f"must be {_type_name(hint)}, not null"
-    if kind == "greater_than_equal":
-        return f"must be at least {known[key].metadata['minimum']:g}, not {value!r}"
-    if kind == "value_error" and isinstance((error.get("ctx") or {}).get("error"), _Problem):
-        return str(error["ctx"]["error"])
-    if kind == "literal_error":
-        return f"must be one of {', '.join(known[key].metadata['choices'])}, not {value!r}"
-    kinds = [k for k in _kinds(hint) if k is not type(None)]
-    if kinds and kinds[0] is bool:
-        return f"must be true or false, not {value!r}"
-    return f"must be {_type_name(hint).removesuffix(' (or null)')}, not {value!r}"
+    where = Where(where.source, where.path, where.line, raw or {}) if where else Where("params", node=raw or {})
+    checked = validate(model(cls), where)  # type: ignore[arg-type]  # a class is hashable
+    return cls(**{str(key): getattr(checked, str(key)) for key in raw or {}})
 
 
 def _kinds(hint: Any) -> tuple[Any, ...]:
@@ -125,20 +108,6 @@ def describe(cls: type) -> list[tuple[str, str, Any, str]]:
     return out
 
 
-def markdown() -> str:
-    """Every registered runner's params as Markdown tables (docs/configuration.md has them)."""
-    from galaxy_tasks.runners import REGISTRY, runner_class
-
-    out: list[str] = []
-    for name in REGISTRY:
-        out += [f"### `{name}`", "", "| param | type | default | meaning |", "|---|---|---|---|"]
-        for param_name, kind, default, doc in describe(runner_class(name).Params):
-            shown = "(none)" if default in (None, "") else f"`{default}`"
-            out.append(f"| `{param_name}` | {kind} | {shown} | {doc} |")
-        out.append("")
-    return "\n".join(out).rstrip() + "\n"
-
-
 def _type_name(hint: Any) -> str:
     kinds = [k for k in (typing.get_args(hint) or (hint,)) if k is not type(None)]
     names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
@@ -146,4 +115,4 @@ def _type_name(hint: Any) -> str:
     return text + (" (or null)" if type(None) in typing.get_args(hint) else "")
 
 
-__all__ = ["ConfigError", "describe", "load", "model", "param"]
+__all__ = ["ConfigError", "checked", "describe", "load", "model", "param"]

@@ -20,6 +20,8 @@ from galaxy_tasks.store.base import StoreBase
 
 _STAMPS = {JobState.QUEUED: "queued_at", JobState.RUNNING: "running_at"}
 _CHANGE_COLUMNS = ["job_id", "from_state", "to_state", "at", "reason"]
+#: a job's launch clears why it waited (a slot, a limit): what it says no longer holds
+_ENDS_WAITING = frozenset({JobState.SUBMITTING})
 
 _ROW = select(jobs).where(jobs.c.id == bindparam("job_id"))
 _STATE = select(jobs.c.state).where(jobs.c.id == bindparam("job_id"))
@@ -86,7 +88,7 @@ class Moves(StoreBase):
         allowed = sources_of(target) if sources is None else sources
         now = utcnow()
         assignments: dict[str, Any] = {"state": target.value, "updated_at": now}
-        if reason is not None:
+        if reason is not None or target in _ENDS_WAITING:
             assignments["reason"] = reason
         if target in _STAMPS and stamp:
             assignments[_STAMPS[target]] = now

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from galaxy_tasks import yamlconf
+from galaxy_tasks.arguments import embedded_options
 from galaxy_tasks.render import JobProgress, counts_text, fields, is_terminal, print_table
 
 if TYPE_CHECKING:
@@ -25,8 +26,7 @@ def add_commands(sub: Any) -> None:
 
     run = actions.add_parser("run", help="run a workflow to its end in this process (embedded mode)")
     run.add_argument("file", type=Path)
-    run.add_argument("--concurrency", type=int, default=4)
-    run.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    embedded_options(run)
     run.set_defaults(handler=_run)
 
     status = actions.add_parser("status", help="a workflow's state, and each step's count of elements per state")
@@ -66,13 +66,14 @@ def _submit(args: argparse.Namespace, _extra: list[str]) -> int:
 
 
 def _run(args: argparse.Namespace, _extra: list[str]) -> int:
-    from galaxy_tasks import context
     from galaxy_tasks.client import Client
-    from galaxy_tasks.embedded import embedded_worker
+    from galaxy_tasks.edge.embedded import embedded_worker
 
     document = _document(args.file)
     with embedded_worker(concurrency=args.concurrency):
-        client = Client(context.current())
+        from galaxy_tasks.edge import runtime  # builds the Celery app: only for commands that need it
+
+        client = Client(runtime.context())
         workflow = client.submit_workflow(document)
         print(f"submitted  {workflow.id}  {workflow.name}", file=sys.stderr)
         ended = _follow(client, workflow.id, args.timeout, sys.stderr)

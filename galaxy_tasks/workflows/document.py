@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from galaxy_tasks.errors import SpecError
-from galaxy_tasks.spec import JOB_ID, parse
+from galaxy_tasks.names import JOB_ID
+from galaxy_tasks.spec import parse
 
 STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -20,6 +21,10 @@ PLACEHOLDER = re.compile(r"\$\{(?:steps\.(?P<step>[A-Za-z0-9_-]+)\.outputs\.(?P<
                          r"|(?P<word>item|index|seed)|params\.(?P<param>[A-Za-z0-9_]+))\}")
 MAX_ELEMENTS = 10_000
 MAX_STEPS = 200
+#: most jobs one workflow may make, all steps together, unless the deployment says otherwise
+#: (GALAXY_TASKS_WORKFLOW_MAX_JOBS): each is a row written in the task that accepts the
+#: workflow, 20,000 take about 10 s and 80 MiB there
+MAX_WORKFLOW_ELEMENTS = 20_000
 STEP_KEYS = frozenset({"spec", "map", "sweep", "seeds", "foreach", "reduce", "after"})
 FAN_OUT = ("map", "sweep", "seeds", "foreach")
 #: the fields of a step's spec whose strings may hold placeholders
@@ -54,8 +59,9 @@ class Workflow:
     id: str | None = None
 
 
-def parse_workflow(data: Any) -> Workflow:
-    """Check a workflow document and expand its steps into elements."""
+def parse_workflow(data: Any, max_jobs: int = MAX_WORKFLOW_ELEMENTS) -> Workflow:
+    """Check a workflow document and expand its steps into elements; each step's size is
+    checked, alone and added to the others' (at most `max_jobs`), before it is built."""
     if not isinstance(data, Mapping):
         raise WorkflowError("workflow", f"must be an object, not {type(data).__name__}")
     unknown = set(data) - {"id", "name", "user", "steps"}
@@ -76,7 +82,12 @@ def parse_workflow(data: Any) -> Workflow:
     raw = {str(step_name): _step_fields(str(step_name), body) for step_name, body in steps.items()}
     order = _order(raw)
     built: dict[str, Step] = {}
+    total = 0
     for step_name in order:
+        total += _size(f"steps.{step_name}", raw[step_name], built)
+        if total > max_jobs:
+            raise WorkflowError(f"steps.{step_name}", f"brings the workflow to {total} jobs, more than {max_jobs} "
+                                                       "in all (GALAXY_TASKS_WORKFLOW_MAX_JOBS)")
         built[step_name] = _build(step_name, raw[step_name], built)
     return Workflow(name, [built[n] for n in order], user, dict(data), workflow_id)
 
@@ -194,15 +205,52 @@ def _build(name: str, body: dict[str, Any], built: dict[str, Step]) -> Step:
             needs[other] = ALL
     sample = elements[0] | {"index": 0}
     _check_placeholders(where, spec, sample, fanned)
-    try:
-        parse(render(spec, sample, lambda step, output: [f"/{step}/{output}"]))
-    except SpecError as exc:
-        raise WorkflowError(f"{where}.spec.{exc.field}", exc.message) from None
+    # every element whose values reach its spec is checked here, at submit: an item like
+    # `../../x` in an output must refuse the workflow, not fail its job once recorded
+    varied = any(m["word"] == "item" or m["param"] for text in _strings(spec) for m in PLACEHOLDER.finditer(text))
+    for index, element in enumerate(elements if varied else elements[:1]):
+        try:
+            parse(render(spec, element | {"index": index}, lambda step, output: [f"/{step}/{output}"]))
+        except SpecError as exc:
+            at = f" (element {index}: {_shown(element)})" if index else ""
+            raise WorkflowError(f"{where}.spec.{exc.field}", exc.message + at) from None
     return Step(name, spec, needs, elements)
+
+
+def _shown(element: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key}={value!r}" for key, value in element.items() if key != "fanned")
 
 
 def _fans_out(step: Step) -> bool:
     return len(step.elements) != 1 or step.elements[0].get("fanned", False)
+
+
+def _size(where: str, body: dict[str, Any], built: dict[str, Step]) -> int:
+    """How many elements a step will have, found before any is built (a `seeds` count or a
+    sweep's product is a number in the message, not a size the message paid for)."""
+    if "map" in body:
+        items = body["map"]
+        size = len(items) if isinstance(items, list) else 1
+        key = "map"
+    elif "sweep" in body:
+        grid = body["sweep"]
+        size = 1
+        for values in (grid.values() if isinstance(grid, Mapping) else ()):
+            size *= len(values) if isinstance(values, list) else 1
+            if size > MAX_ELEMENTS:
+                break
+        key = "sweep"
+    elif "seeds" in body:
+        count = body["seeds"]
+        size = count if isinstance(count, int) and not isinstance(count, bool) else 1
+        key = "seeds"
+    elif "foreach" in body:
+        return len(built[body["foreach"]].elements)
+    else:
+        return 1
+    if size > MAX_ELEMENTS:
+        raise WorkflowError(f"{where}.{key}", f"has {size} elements, more than {MAX_ELEMENTS}")
+    return max(size, 1)
 
 
 def _elements(where: str, body: dict[str, Any], built: dict[str, Step]) -> list[dict[str, Any]]:
@@ -260,10 +308,12 @@ def _check_placeholders(where: str, spec: Mapping[str, Any], sample: Mapping[str
 
 
 def render(spec: Mapping[str, Any], element: Mapping[str, Any], resolve: Resolver) -> dict[str, Any]:
-    """One element's job spec: its placeholders replaced. An output of a reduced step is every
-    element's path (shell-quoted in the command; an `inputs` entry that is only such a
-    reference becomes one entry per path). Every path a reference became is one of the job's
-    inputs (its provenance, and the key of its reuse)."""
+    """One element's job spec: its placeholders replaced, each value shell-quoted in the
+    command (an item `bob; touch x` is one word, never a second command; a plain word or
+    number is left as it is). An output of a reduced step is every element's path (quoted
+    too; an `inputs` entry that is only such a reference becomes one entry per path). Every
+    path a reference became is one of the job's inputs (its provenance, and the key of its
+    reuse)."""
     used: list[str] = []
 
     def fill(text: str, quote: bool) -> str:
@@ -272,9 +322,8 @@ def render(spec: Mapping[str, Any], element: Mapping[str, Any], resolve: Resolve
                 paths = resolve(m["step"], m["output"])
                 used.extend(paths)
                 return " ".join(shlex.quote(p) for p in paths) if quote else " ".join(paths)
-            if m["param"]:
-                return str(element["params"][m["param"]])
-            return str(element[m["word"]])
+            value = str(element["params"][m["param"]] if m["param"] else element[m["word"]])
+            return shlex.quote(value) if quote else value
         return PLACEHOLDER.sub(one, text)
 
     result = dict(spec)

@@ -41,12 +41,14 @@ def element_job_id(workflow_id: str, step: str, index: int, run: int) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{workflow_id}/{step}/{index}/{run}"))
 
 
-def submit(ctx: Context, data: Any) -> tuple[WorkflowRecord, list[Job]]:
+def submit(ctx: Context, data: Any, unnamed_id: str | None = None) -> tuple[WorkflowRecord, list[Job]]:
     """Check and record a workflow, then create the jobs of the steps that need nothing.
-    A refused workflow raises WorkflowError and nothing is recorded."""
-    workflow = parse_workflow(data)
-    workflow_id = workflow.id or str(uuid.uuid4())
-    if workflow.id is not None and (known := _known(ctx, workflow.id, workflow.name)) is not None:
+    A refused workflow raises WorkflowError and nothing is recorded. `unnamed_id`: the id
+    of a workflow without one (see lifecycle.accept), else a new one."""
+    workflow = parse_workflow(data, ctx.settings.workflow_max_jobs)
+    named = workflow.id or unnamed_id
+    workflow_id = named or str(uuid.uuid4())
+    if named is not None and (known := _known(ctx, workflow_id, workflow.name)) is not None:
         return known, []  # a duplicated submission: the workflow is recorded once
     now = utcnow()
     values = dict(id=workflow_id, name=workflow.name, user=workflow.user, state=WorkflowState.RUNNING.value,

@@ -22,7 +22,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from galaxy_tasks import bench, context
+from galaxy_tasks import bench
+from galaxy_tasks.edge import runtime
 from galaxy_tasks.store import schema
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -66,7 +67,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    ctx = context.current()
+    ctx = runtime.context()
     schema.upgrade(ctx.settings.database_url)
     local = sorted({d.queue for d in ctx.routing.destinations.values() if d.runner == "local"})
     logs = Path(tempfile.mkdtemp(prefix="galaxy-tasks-cpu-"))

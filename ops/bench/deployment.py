@@ -10,7 +10,9 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+
+from galaxy_tasks.edge import runtime
 
 if TYPE_CHECKING:
     from galaxy_tasks.client import Client
@@ -23,8 +25,12 @@ def _psql(statement: str, check: bool = True) -> None:
 
 
 @contextmanager
-def deployment(work: Path, name: str, redis_db: int, job_conf: Path | None = None) -> Iterator[Client]:
-    """A client of two fresh workers; `name` prefixes the database and the workers' names."""
+def deployment(work: Path, name: str, redis_db: int, job_conf: Path | None = None,
+               workers: Sequence[Sequence[str]] = (("--concurrency", "2"), ("--concurrency", "2")),
+               settings: Mapping[str, str] | None = None) -> Iterator[Client]:
+    """A client of fresh workers (by default two, each serving every queue with two pool
+    processes; `workers`: each one's `galaxy-tasks worker` options); `name` prefixes the
+    database and the workers' names; `settings`: more GALAXY_TASKS_* variables."""
     database = f"gt_{name}_bench_{uuid.uuid4().hex[:8]}"
     _psql(f"CREATE DATABASE {database}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GALAXY_TASKS_")}
@@ -34,28 +40,29 @@ def deployment(work: Path, name: str, redis_db: int, job_conf: Path | None = Non
                PYTHONPATH=str(ROOT))
     if job_conf is not None:
         env["GALAXY_TASKS_JOB_CONF"] = str(job_conf)
+    env.update(settings or {})
     os.environ.update(env)  # before galaxy_tasks reads its settings
     sys.path.insert(0, str(ROOT))
-    from galaxy_tasks import context
     from galaxy_tasks.client import Client
     from galaxy_tasks.store import schema
 
     schema.upgrade(env["GALAXY_TASKS_DATABASE_URL"])
-    workers = [subprocess.Popen([sys.executable, "-m", "galaxy_tasks.cli", "worker", "-n", f"{name}{i}@%h",
-                                 "--concurrency", "2", "--loglevel", "INFO"], env=env, cwd=ROOT,
+    numbers = range(1, len(workers) + 1)
+    started = [subprocess.Popen([sys.executable, "-m", "galaxy_tasks.cli", "worker", "-n", f"{name}{i}@%h",
+                                 *options, "--loglevel", "INFO"], env=env, cwd=ROOT,
                                 stdout=open(work / f"worker{i}.log", "wb"), stderr=subprocess.STDOUT,
-                                start_new_session=True) for i in (1, 2)]
+                                start_new_session=True) for i, options in zip(numbers, workers)]
     try:
         deadline = time.monotonic() + 60
-        while not all(b" ready." in (work / f"worker{i}.log").read_bytes() for i in (1, 2)):
-            if any(w.poll() is not None for w in workers) or time.monotonic() > deadline:
+        while not all(b" ready." in (work / f"worker{i}.log").read_bytes() for i in numbers):
+            if any(w.poll() is not None for w in started) or time.monotonic() > deadline:
                 raise SystemExit(f"a worker did not start; see {work}/worker*.log")
             time.sleep(0.2)
-        yield Client(context.current())
+        yield Client(runtime.context())
     finally:
-        for worker in workers:
+        for worker in started:
             os.killpg(worker.pid, 15)
-        for worker in workers:
+        for worker in started:
             worker.wait(timeout=60)
-        context.reset()
+        runtime.reset()
         _psql(f"DROP DATABASE {database} WITH (FORCE)", check=False)

@@ -26,6 +26,8 @@ import time
 import uuid
 from pathlib import Path
 
+from galaxy_tasks.edge import runtime
+
 ROOT = Path(__file__).resolve().parents[2]
 JOB_CONF = """\
 destinations:
@@ -53,10 +55,9 @@ def main() -> int:
     os.environ.update(GALAXY_TASKS_JOB_CONF=str(work / "job_conf.yml"), GALAXY_TASKS_HOME=str(work / "home"),
                       GALAXY_TASKS_JOBS_DIR=str(work / "jobs"), PYTHONPATH=str(ROOT))
 
-    from galaxy_tasks import context
     from galaxy_tasks.store import schema
 
-    schema.upgrade(context.current().settings.database_url)
+    schema.upgrade(runtime.context().settings.database_url)
     node = f"bench-drmaa-{uuid.uuid4().hex[:6]}"
     procs = [
         _start(work, "steps", [sys.executable, "-m", "galaxy_tasks.cli", "worker", "--queues", "galaxy_tasks",
@@ -108,10 +109,9 @@ def main() -> int:
 
 def _ours(jobs: int) -> float:
     """Submit `jobs` trivial jobs routed to the drmaa destination; seconds until all ended."""
-    from galaxy_tasks import context
     from galaxy_tasks.client import Client
 
-    client, ctx = Client(), context.current()
+    client, ctx = Client(), runtime.context()
     started = time.perf_counter()
     ids = [client.submit({"tool_id": "bench_true", "command": "true"}).id for _ in range(jobs)]
     while ctx.store.count_ended(ids) != jobs:
@@ -132,7 +132,7 @@ def _bare(jobs: int) -> float:
 
 
 def _calls(node: str) -> dict[str, int]:
-    from galaxy_tasks.celery import app
+    from galaxy_tasks.edge.app import app
 
     for _ in range(5):
         for reply in app.control.broadcast("drmaa_calls", reply=True, destination=[node], timeout=5):

@@ -89,7 +89,7 @@ def main() -> int:
         time.sleep(3)  # the worker is up and Flower has enabled its events
         os.environ.update(env)
         sys.path.insert(0, str(ROOT))
-        from galaxy_tasks.celery import app
+        from galaxy_tasks.edge.app import app
 
         figures.append({"finished_tasks": 0, "rss_mb": round(rss_mb(flower.pid), 1)})
         sent = 0

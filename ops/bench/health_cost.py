@@ -73,7 +73,7 @@ def main() -> int:
                              "cpu_s": round(statistics.median(c for _, c, _ in runs), 3), "failures": failures}
         sys.path.insert(0, str(ROOT))
         os.environ.update(env)
-        from galaxy_tasks.celery import app
+        from galaxy_tasks.edge.app import app
 
         app.control.ping(destination=[node], timeout=5)  # connect once
         rtts = []

@@ -29,6 +29,8 @@ import time
 from datetime import UTC
 from pathlib import Path
 
+from galaxy_tasks.edge import runtime
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
@@ -66,15 +68,14 @@ def main() -> int:
     os.environ.update(GALAXY_TASKS_JOB_CONF=str(work / "job_conf.yml"), GALAXY_TASKS_HOME=str(work / "home"),
                       GALAXY_TASKS_JOBS_DIR=str(work / "jobs"), GALAXY_TASKS_MESOS_URL=master.address,
                       GALAXY_TASKS_LOG_LEVEL="WARNING")
-    from galaxy_tasks import context  # the environment above is in force from here on
     from galaxy_tasks.store import schema
 
-    context.reset()
-    schema.upgrade(context.current().settings.database_url)
+    runtime.reset()
+    schema.upgrade(runtime.context().settings.database_url)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     workers = [
         _start(work / "steps.log", env, [sys.executable, "-m", "galaxy_tasks.cli", "worker", "--queues",
-                                         context.current().settings.steps_queue, "--concurrency",
+                                         runtime.context().settings.steps_queue, "--concurrency",
                                          str(args.steps_concurrency), "-n", "bench-steps@%h", "--loglevel", "INFO"]),
         _start(work / "mesos.log", env, [sys.executable, "-m", "celery", "-A", "workers.mesos", "worker",
                                          "--concurrency", str(args.mesos_concurrency), "-n", "bench-mesos@%h", "--loglevel", "INFO"]),
@@ -115,9 +116,8 @@ def _wait_ready(proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
 
 
 def _wait_terminal(ids: list[str], interval: float) -> None:
-    from galaxy_tasks import context
 
-    store = context.current().store
+    store = runtime.context().store
     while store.count_ended(ids) != len(ids):
         time.sleep(interval)
 

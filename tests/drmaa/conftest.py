@@ -104,7 +104,10 @@ destinations:
     runner: drmaa
     queue: drmaa
     params: {parallel_environment: smp, accounting_flush_s: 2, wait_timeout_s: 1}
-  sge_rejecting: "drmaa://-l no_such_resource=1/"
+  sge_rejecting:  # a queue of its own: two destinations never share one
+    runner: drmaa
+    queue: drmaa_rejecting
+    params: {native_specification: "-l no_such_resource=1"}
 rules:
   - tool: "drm_*"
     destination: sge

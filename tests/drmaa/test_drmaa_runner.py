@@ -113,6 +113,18 @@ def test_rejected_native_specification(runner, runner_with, events, make_launch)
     assert events.wait_for(good.job_id).exit_code == 0
 
 
+def test_a_jobs_own_options_and_gpus_reach_grid_engine(runner, runner_with, events, make_launch) -> None:
+    launch = make_launch("sleep 120", native_specification="-q all.q -l h_fsize=1G")
+    external_id = runner.submit(launch)
+    shown = subprocess.run(["qstat", "-j", external_id], capture_output=True, text=True, timeout=60).stdout
+    assert "all.q" in shown and "h_fsize=1G" in shown
+    runner.cancel(tracked(launch, external_id))
+    assert events.wait_for(launch.job_id).external_id == external_id
+    # this cell has no GPU resource: its refusal shows the count reached the submission
+    with pytest.raises(RunnerError, match='unknown resource "gpu"'):
+        runner_with(gpu_resource="gpu").submit(make_launch("true", gpus=1))
+
+
 def test_submit_is_idempotent(runner, events, make_launch, tmp_path) -> None:
     ledger = tmp_path / "ledger"
     launch = make_launch(f"echo ran >> {ledger}; sleep 2")

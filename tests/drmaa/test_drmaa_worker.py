@@ -3,12 +3,14 @@ steps worker, DRMAA workers started the documented way (`celery -A workers.drmaa
 the CLI; workers are killed and restarted for real."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +20,7 @@ from tests.support.ledger import gated, ledger_command, ledger_lines
 from tests.support.processes import alive
 
 #: a steps worker's log line for a finish step it completed
-FINISHED = re.compile(r"Task galaxy_tasks\.finish_job\[[0-9a-f-]+\] succeeded")
+FINISHED = re.compile(r"Task galaxy_tasks\.finish_jobs?\[[0-9a-f-]+\] succeeded")
 
 pytestmark = [pytest.mark.drmaa, pytest.mark.integration]
 
@@ -205,6 +207,21 @@ def test_jobs_that_ended_while_no_worker_ran_are_finished_from_accounting(drmaa_
     assert calls["runJob"] == 0 and calls["qstat"] == 1 and calls["accounting"] <= 2  # one batch
 
 
+def ends_waiting(broker: Any) -> set[str]:
+    """The jobs whose ends wait on the ends queue of this Redis, alone (finish_job) or
+    together (finish_jobs): kombu's messages, their bodies base64 by default."""
+    ids: set[str] = set()
+    for raw in broker.lrange("galaxy_tasks.ends", 0, -1):
+        message = json.loads(raw)
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        _args, kwargs, _embed = json.loads(body)
+        ids.add(kwargs.get("job_id"))
+        ids.update(end.get("job_id") for end in kwargs.get("completions", []))
+    return ids
+
+
 def test_reconciliation_asks_grid_engine_about_overdue_jobs_in_one_batch(drmaa_deployment, tmp_path):
     """Completion events are lost (no steps worker while they are sent, then the broker's
     queue is emptied); reconciliation asks Grid Engine about all overdue drmaa jobs with one
@@ -224,8 +241,8 @@ def test_reconciliation_asks_grid_engine_about_overdue_jobs_in_one_batch(drmaa_d
     steps.stop()
     gate.touch()  # the quick jobs end while no steps worker takes their completion events
     broker = redis.Redis.from_url(grid.env["GALAXY_TASKS_BROKER_URL"])
-    grid.wait_until(lambda: broker.llen("galaxy_tasks") >= 3, 60, "three completion events on the queue")
-    broker.delete("galaxy_tasks")  # lost
+    grid.wait_until(lambda: set(quick) <= ends_waiting(broker), 60, "three completion events on the queue")
+    broker.delete("galaxy_tasks.ends")  # lost
     assert {grid.job(job_id).state for job_id in quick} == {"running"}
     before = grid.drm_calls()
     grid.steps_worker()
@@ -235,7 +252,7 @@ def test_reconciliation_asks_grid_engine_about_overdue_jobs_in_one_batch(drmaa_d
     assert all(job.wall_time_s is not None and job.max_rss_kb > 0 for job in jobs)
     beat.terminate()
     beat.wait(timeout=30)
-    grid.wait_consumed(("galaxy_tasks", "local", "drmaa"))  # checks already sent are done
+    grid.wait_consumed(("galaxy_tasks", "galaxy_tasks.ends", "local", "drmaa"))  # checks already sent are done
     checks = [line for line in grid.logs().splitlines() if "event=reconcile_check destination=sge" in line]
     assert checks and "asked=5 ended=3" in checks[0], checks
     after = grid.drm_calls()
@@ -270,7 +287,7 @@ def test_a_worker_without_queues_serves_every_queue_and_keeps_its_drmaa_worker_a
     main = grid.d.worker(None, "all@%h", "--concurrency", "2")
     grid.wait_until(lambda: "all-drmaa@" in main.log.read_text() and
                     main.log.read_text().count(" ready.") >= 2, 60, "both workers ready")
-    assert "queues drmaa (drmaa) are served by a child process" in main.log.read_text()
+    assert "queues drmaa, drmaa_rejecting (drmaa) are served by a child process" in main.log.read_text()
     on_grid, here = grid.submit("echo grid", "drm_first"), grid.submit("echo here", "cat1")
     jobs = {job.id: job for job in grid.wait_terminal([on_grid, here], timeout=90)}
     assert (jobs[on_grid].state, jobs[on_grid].destination, jobs[on_grid].stdout_tail) == ("ok", "sge", "grid\n")

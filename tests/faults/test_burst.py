@@ -87,8 +87,10 @@ def test_burst_through_worker_kills_a_broker_restart_and_a_database_restart(
     ids: list[str] = []
 
     def batch_then(fault: str) -> None:
-        """A quarter of the jobs, then the fault, while that quarter is still in flight."""
-        ids.extend(submit_many(deployment, CHAOS_JOBS // 4, ledger_command(ledger), "chaos"))
+        """A quarter of the jobs, then the fault, while that quarter is still in flight; every
+        other quarter submitted at once (its jobs move in batches)."""
+        ids.extend(submit_many(deployment, CHAOS_JOBS // 4, ledger_command(ledger), "chaos",
+                               together=len(timeline) % 2 == 0))
         timeline.append(f"{fault}@{time.monotonic() - started:.0f}s/{deployment.count_terminal()}")
 
     def replace(name: str) -> None:

@@ -27,12 +27,17 @@ def test_broker_restarted_while_jobs_are_queued_and_running(make_broker, make_de
     that could not be sent."""
     broker = make_broker(restartable=True)
     deployment = make_deployment(broker, **RECONCILE_FAST)
-    ledger = tmp_path / "ledger"
+    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
     deployment.worker()
     deployment.beat()
-    ids = [deployment.submit(ledger_command(ledger, "sleep 1"), "through_outage") for _ in range(12)]
-    deployment.wait_until(lambda: any(deployment.job(i).state == "running" for i in ids), what="running")
+    # the jobs run until the broker has been restarted (a loaded host may otherwise have run
+    # them all before the outage, which then tests nothing)
+    command = ledger_command(ledger, f"until [ -e {gate} ]; do sleep 0.1; done; sleep 1")
+    ids = deployment.submit_many([{"tool_id": "through_outage", "command": command}] * 12)
+    deployment.wait_until(lambda: any(deployment.job(i).state == "running" for i in ids), timeout=120,
+                          what="running")
     broker.restart(down_for=3, **({"hard": True} if broker_kind == "rabbitmq" else {}))
+    gate.touch()
     deployment.wait_terminal(ids, timeout=180)
     states = [deployment.job(i).state for i in ids]
     assert all(w.proc.poll() is None for w in deployment.workers), "every worker survived the outage"
@@ -44,7 +49,8 @@ def test_database_connections_killed_while_jobs_finish(make_deployment, tmp_path
     ledger = tmp_path / "ledger"
     deployment.worker()
     deployment.beat()
-    ids = [deployment.submit(ledger_command(ledger, f"sleep {0.2 * (i % 5):.1f}"), "db_outage") for i in range(15)]
+    ids = deployment.submit_many([{"tool_id": "db_outage", "command": ledger_command(ledger, f"sleep {0.2 * (i % 5):.1f}")}
+                                  for i in range(15)])
     name = deployment.database_url.rsplit("/", 1)[1]
     admin = create_engine(deployment.database_url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
     killed = 0

@@ -61,7 +61,7 @@ class GalaxyApi:
             "targets": [{"destination": {"type": "hdas"},
                          "elements": [{"src": "pasted", "paste_content": content, "ext": "txt"}]}],
         })
-        self.wait_job(result["jobs"][0]["id"], timeout=120, want="ok")
+        self.wait_job(result["jobs"][0]["id"], timeout=300, want="ok")  # Galaxy's own upload job: slow on a loaded host
         return result["outputs"][0]["id"]
 
     def run_tool(self, history_id: str, tool_id: str, dataset_id: str) -> tuple[str, str]:
@@ -78,6 +78,13 @@ class GalaxyApi:
             "inputs": {"input": {"batch": True, "values": [{"src": "hda", "id": d} for d in dataset_ids]}},
         }, timeout=300)
         return [job["id"] for job in result["jobs"]], [output["id"] for output in result["outputs"]]
+
+    def run_many(self, history_id: str, tool_id: str, dataset_id: str, count: int, batch: int = 100) -> list[str]:
+        """`count` jobs of the tool on one dataset, `batch` to a request; their encoded ids."""
+        job_ids: list[str] = []
+        while len(job_ids) < count:
+            job_ids += self.run_batch(history_id, tool_id, [dataset_id] * min(batch, count - len(job_ids)))[0]
+        return job_ids
 
     def dataset_text(self, dataset_id: str) -> str:
         request = urllib.request.Request(f"{self.url}/api/datasets/{dataset_id}/display?preview=false",
@@ -108,3 +115,18 @@ class GalaxyApi:
 
     def cancel(self, job_id: str) -> Any:
         return self.call("DELETE", f"/api/jobs/{job_id}")
+
+
+def wait_all(user: GalaxyApi, job_ids: list[str], timeout: float) -> dict[str, str]:
+    """Each job's state once all have ended, read a page of jobs at a time."""
+    wanted = set(job_ids)
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = user.call("GET", f"/api/jobs?limit={len(job_ids) + 100}&order_by=create_time")
+        states = {job["id"]: job["state"] for job in jobs if job["id"] in wanted}
+        if len(states) == len(wanted) and all(state in TERMINAL for state in states.values()):
+            return states
+        if time.monotonic() > deadline:
+            pending = sorted(job for job in wanted if states.get(job) not in TERMINAL)
+            raise TimeoutError(f"{len(pending)} of {len(wanted)} jobs not ended after {timeout} s: {pending[:5]}")
+        time.sleep(1)

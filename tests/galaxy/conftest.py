@@ -12,10 +12,10 @@ import pytest
 import redis
 
 from tests.galaxy.api import GalaxyApi
-from tests.galaxy.server import GalaxyServer, celery_options, ensure_venv
+from tests.galaxy.server import GalaxyServer, celery_options, ensure_venv, own_redis
 from tests.support.deployment import Deployment
 from tests.support.redis_server import RedisServer
-from tests.support.services import require, unavailable
+from tests.support.services import unavailable
 
 
 @pytest.fixture(scope="session")
@@ -28,12 +28,7 @@ def galaxy_venv() -> Path:
 
 @pytest.fixture(scope="session")
 def galaxy_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    try:
-        server = RedisServer(tmp_path_factory.mktemp("galaxy-broker")).start()
-    except (OSError, RuntimeError) as exc:
-        require("redis-server", exc)
-    yield server
-    server.kill()
+    yield from own_redis(tmp_path_factory.mktemp("galaxy-broker"))
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,10 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from galaxy_tasks.galaxy import stats
 from tests.galaxy.api import GalaxyApi
@@ -101,6 +104,51 @@ def line(what: str, figures: list[float]) -> str:
             f" n={len(figures)})")
 
 
+@dataclass
+class Measured:
+    galaxy: GalaxyServer
+    tasks: Deployment
+    user: GalaxyApi
+    history: str
+    dataset: str
+
+
+@contextmanager
+def measured_galaxy(prefix: str, metadata_strategy: str, local_workers: int = 2,
+                    handlers: tuple[str, ...] = ()) -> Iterator[Measured]:
+    """A Galaxy on PostgreSQL (SQLite refuses Galaxy's concurrent writes: "database is
+    locked") with its Celery worker, `handlers` job handler processes if any, and a
+    galaxy-tasks deployment (a worker of the steps and local queues, concurrency 2) on a Redis
+    of their own; a user with a history holding one small dataset. All stopped after."""
+    venv = ensure_venv()
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    redis_server = RedisServer(scratch).start()
+    database, galaxy_database = create_database(), create_database()
+    (scratch / "tasks").mkdir()
+    tasks = Deployment(scratch / "tasks", database, redis_server.url)
+    options = {**celery_options(redis_server.url, metadata_strategy=metadata_strategy),
+               "database_connection": galaxy_database}
+    galaxy = GalaxyServer(venv, scratch / "galaxy", redis_server.url, local_workers=local_workers,
+                          galaxy_options=options, handlers=bool(handlers))
+    try:
+        tasks.worker("galaxy_tasks,local", "measure@%h", "--concurrency", "2")
+        galaxy.start_celery()
+        galaxy.start()
+        for name in handlers:
+            galaxy.start_handler(name)
+        user = galaxy.admin.user_api("bench@example.org")
+        history = user.history("measure")
+        yield Measured(galaxy, tasks, user, history, user.upload(history, "hello\n"))
+    finally:
+        galaxy.stop()
+        galaxy.stop_celery()
+        tasks.close()
+        drop_database(database)
+        drop_database(galaxy_database)
+        redis_server.kill()
+        print(f"logs and job directories: {scratch}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10)
@@ -108,24 +156,8 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=30)
     parser.add_argument("--no-cpu", action="store_true", help="only submit -> ok and check_watched_item")
     args = parser.parse_args()
-    venv = ensure_venv()
-    scratch = Path(tempfile.mkdtemp(prefix="galaxy-measure-"))
-    redis_server = RedisServer(scratch).start()
-    database, galaxy_database = create_database(), create_database()
-    (scratch / "tasks").mkdir()
-    tasks = Deployment(scratch / "tasks", database, redis_server.url)
-    # PostgreSQL for Galaxy too: SQLite refuses Galaxy's concurrent writes ("database is locked")
-    options = {**celery_options(redis_server.url, metadata_strategy="directory"),
-               "database_connection": galaxy_database}
-    galaxy = GalaxyServer(venv, scratch / "galaxy", redis_server.url, local_workers=max(2, args.burst),
-                          galaxy_options=options)
-    try:
-        tasks.worker("galaxy_tasks,local", "measure@%h", "--concurrency", "2")
-        galaxy.start_celery()
-        galaxy.start()
-        user = galaxy.admin.user_api("bench@example.org")
-        history = user.history("measure")
-        dataset = user.upload(history, "hello\n")
+    with measured_galaxy("galaxy-measure-", "directory", local_workers=max(2, args.burst)) as run:
+        galaxy, user, history, dataset = run.galaxy, run.user, run.history, run.dataset
         print(f"submit -> ok of the trivial tool, one job at a time ({args.jobs} each):")
         for what, tool in LATENCY:
             print(line(what, submit_to_ok(user, history, dataset, tool, args.jobs)), flush=True)
@@ -137,15 +169,6 @@ def main() -> None:
             for what, tool in SLEEPERS:
                 used = handler_cpu(galaxy, user, history, dataset, tool, args.burst, args.window)
                 print(f"  {what}: {used:.2f} CPU s ({100 * used / args.window:.1f}% of a core)", flush=True)
-    finally:
-        galaxy.stop()
-        galaxy.stop_celery()
-        tasks.close()
-        drop_database(database)
-        drop_database(galaxy_database)
-        redis_server.kill()
-        print(f"logs and job directories: {scratch}")
-
 
 if __name__ == "__main__":
     main()

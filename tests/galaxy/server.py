@@ -2,7 +2,10 @@
 from the Galaxy venv (ops/galaxy-venv.sh), SQLite, no conda, a bootstrap admin key.
 
 The server can be killed (SIGKILL) and started again on the same data directory, as a
-crashed Galaxy would be.
+crashed Galaxy would be. With `handlers=True` the web process runs no job: job handler
+processes (`galaxy-main --attach-to-pool job-handlers`, as Galaxy's gravity starts them)
+take the jobs from the database, each under a name a test chooses, and can be killed,
+restarted and renamed one by one.
 """
 from __future__ import annotations
 
@@ -12,13 +15,14 @@ import subprocess
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import yaml
 
 from tests.galaxy.api import GalaxyApi
 from tests.support.deployment import ROOT
-from tests.support.redis_server import free_port
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.services import require
 
 BOOTSTRAP_KEY = "gt-test-bootstrap-key-0123456789"
 
@@ -42,7 +46,53 @@ TOOLS = {
     "probe_cat_sge": (CAT, "sge_env"),
     "probe_ledger_gt": (LEDGER_CAT, "gt_fast"),
     "probe_slow_gt": ("sleep 4 && cat '$input' > '$output'", "gt_short"),
+    "probe_cat_signed": (CAT, "gt_signed_env"),
+    "probe_sleep_signed": ("sleep 600 && cat '$input' > '$output'", "gt_signed_env"),
+    "probe_refused": (CAT, "gt_refused"),
+    "probe_precheck": (CAT, "gt_precheck"),
+    "probe_tpv": (CAT, "tpv_dispatcher"),
+    "probe_tpv_gpu": (CAT, "tpv_dispatcher"),
+    "probe_tpv_timelimit": ("sleep 600 && cat '$input' > '$output'", "gt_fast"),
 }
+#: tool id -> the <requirements> of its XML (a tool's own time limit, which Galaxy's runners keep)
+REQUIREMENTS = {"probe_tpv_timelimit": '<resource type="timelimit">3</resource>'}
+#: the galaxy-tasks destination TPV sends probe_tpv and probe_tpv_gpu to (docs/galaxy.md#tpv)
+TPV_DESTINATION = "slurm_tpv"
+#: TPV's configuration: the tools' cores, memory (GB), GPUs and scheduler options, and the
+#: galaxy-tasks destination that carries them (the config docs/galaxy.md documents)
+TPV_CONFIG = f"""\
+global:
+  default_inherits: default
+tools:
+  default:
+    abstract: true
+    cores: 1
+    mem: 0.25
+    gpus: 0
+  probe_tpv:
+    cores: 2
+    mem: 0.5
+    params:
+      native_specification: "--comment=tpv-probe"
+  probe_tpv_gpu:
+    gpus: 1
+destinations:
+  galaxy_tasks:
+    runner: gt
+    max_accepted_cores: 4
+    max_accepted_gpus: 1
+    params:
+      galaxy_tasks_destination: {TPV_DESTINATION}
+      cores: "{{cores}}"
+      mem: "{{mem}}"
+      gpus: "{{gpus or 0}}"
+      metadata_strategy: directory_celery
+"""
+#: the signing plugin runner (gt_signed): its own Redis database, events queue and key
+SIGNED_EVENTS_QUEUE = "galaxy.main.signed"
+SIGNED_BROKER_DB = 3
+#: the destination gt_refused names, which galaxy-tasks does not have
+REFUSED_DESTINATION = "nowhere"
 #: the second plugin runner: events on, a steps queue no galaxy-tasks worker serves, so a
 #: test can play galaxy-tasks' side of the job-event contract (tests/galaxy/test_event_contract.py)
 CONTRACT_STEPS_QUEUE = "galaxy_tasks_contract"
@@ -51,6 +101,10 @@ SGE_DESTINATION = "sge"
 #: the walltime of gt_short, whose resubmit rule sends a job that reached it to gt_long
 SHORT_WALLTIME_S = 2
 CONTRACT_EVENTS_QUEUE = "galaxy.main.contract"
+#: the pool Galaxy's job handler processes attach to (the name Galaxy looks for)
+HANDLER_POOL = "job-handlers"
+#: jobs one handler takes from the database at a time: a burst is spread over the handlers
+HANDLER_MAX_GRAB = 10
 
 
 def ensure_venv() -> Path:
@@ -78,9 +132,21 @@ def celery_options(broker_url: str, metadata_strategy: str = "directory_celery")
             "celery_conf": {"broker_url": f"{base}/1", "result_backend": f"{base}/2"}}
 
 
+def own_redis(directory: Path) -> Iterator[RedisServer]:
+    """A Redis of a Galaxy's own (galaxy-tasks' broker and Galaxy's Celery), killed after."""
+    try:
+        server = RedisServer(directory).start()
+    except (OSError, RuntimeError) as exc:
+        require("redis-server", exc)
+    yield server
+    server.kill()
+
+
 def tool_xml(tool_id: str, command: str) -> str:
+    requirements = REQUIREMENTS.get(tool_id, "")
     return textwrap.dedent(f"""\
         <tool id="{tool_id}" name="{tool_id}" version="0.1.0" profile="21.05">
+            <requirements>{requirements}</requirements>
             <command><![CDATA[{command}]]></command>
             <inputs><param name="input" type="data" format="txt,tabular" label="Input"/></inputs>
             <outputs><data name="output" format="txt"/></outputs>
@@ -90,15 +156,22 @@ def tool_xml(tool_id: str, command: str) -> str:
 
 class GalaxyServer:
     def __init__(self, venv: Path, root: Path, broker_url: str, *,
-                 galaxy_options: Mapping[str, Any] | None = None, local_workers: int = 2) -> None:
+                 galaxy_options: Mapping[str, Any] | None = None, local_workers: int = 2,
+                 handlers: bool = False) -> None:
         self.venv = venv
         self.local_workers = local_workers
+        self.handlers = handlers
+        self.handler_procs: dict[str, subprocess.Popen] = {}
         self.root = root
         self.broker_url = broker_url
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.stats_file = root / "gt-stats.json"
+        # each handler process writes its own (the plugin puts its server_name in the path)
+        self.stats_file = root / ("gt-stats-{server_name}.json" if handlers else "gt-stats.json")
         self.contract_stats_file = root / "gt-contract-stats.json"
+        self.signed_stats_file = root / "gt-signed-stats.json"
+        self.signed_broker_url = f"{broker_url.rsplit('/', 1)[0]}/{SIGNED_BROKER_DB}"
+        self.signing = self._signing_keys()
         self.log = root / "galaxy.log"
         self.proc: subprocess.Popen | None = None
         self.celery: subprocess.Popen | None = None
@@ -119,6 +192,17 @@ class GalaxyServer:
         """probe_ledger_gt's command waits until this file exists."""
         return self.root / "gate"
 
+    def _signing_keys(self) -> dict[str, str]:
+        """A key, its certificate and a store trusting it, shared by the gt_signed runner
+        and the signing galaxy-tasks deployment of a test."""
+        from tests.integration.test_security import _certificate
+
+        key, cert = _certificate(self.root / "signing", "galaxy")
+        store = self.root / "signing" / "store"
+        store.mkdir()
+        (store / "galaxy.pem").write_bytes(cert.read_bytes())
+        return {"signing_key": str(key), "signing_cert": str(cert), "signing_cert_store": str(store)}
+
     def _write_config(self, galaxy_options: dict[str, Any]) -> None:
         config = self.root / "config"
         tools = self.root / "tools"
@@ -130,7 +214,10 @@ class GalaxyServer:
         (config / "tool_conf.xml").write_text(
             f'<?xml version="1.0"?>\n<toolbox>\n  <section id="probe" name="Probe">\n{entries}\n  </section>\n</toolbox>\n')
         (config / "tool_data_table_conf.xml").write_text("<tables/>\n")  # no data tables fetched from the web
+        (config / "tpv.yml").write_text(TPV_CONFIG)
         routed = "\n".join(f"- id: {t}\n  environment: {env}" for t, (_, env) in TOOLS.items() if env)
+        # several handlers: one instance name for all, so they share the ids and events queue
+        instance = "\n                instance: main" if self.handlers else ""
         (config / "job_conf.yml").write_text(textwrap.dedent(f"""\
             runners:
               local:
@@ -140,7 +227,7 @@ class GalaxyServer:
                 load: galaxy_tasks.galaxy.runner:GalaxyTasksJobRunner
                 workers: 2
                 broker_url: {self.broker_url}
-                stats_file: {self.stats_file}
+                stats_file: {self.stats_file}{instance}
               gt_contract:
                 load: galaxy_tasks.galaxy.runner:GalaxyTasksJobRunner
                 workers: 1
@@ -148,7 +235,16 @@ class GalaxyServer:
                 steps_queue: {CONTRACT_STEPS_QUEUE}
                 events: true
                 events_queue: {CONTRACT_EVENTS_QUEUE}
-                stats_file: {self.contract_stats_file}
+                stats_file: {self.contract_stats_file}{instance}
+              gt_signed:
+                load: galaxy_tasks.galaxy.runner:GalaxyTasksJobRunner
+                workers: 1
+                broker_url: {self.signed_broker_url}
+                events_queue: {SIGNED_EVENTS_QUEUE}
+                signing_key: {self.signing["signing_key"]}
+                signing_cert: {self.signing["signing_cert"]}
+                signing_cert_store: {self.signing["signing_cert_store"]}
+                stats_file: {self.signed_stats_file}{instance}
             execution:
               default: local_env
               environments:
@@ -178,15 +274,33 @@ class GalaxyServer:
                   runner: gt
                   galaxy_tasks_walltime: 600
                   metadata_strategy: directory_celery
+                gt_signed_env:
+                  runner: gt_signed
+                  metadata_strategy: directory_celery
+                gt_refused:
+                  runner: gt
+                  galaxy_tasks_destination: {REFUSED_DESTINATION}
+                gt_precheck:
+                  runner: gt
+                  galaxy_tasks_cores: 3000000000
                 contract_env:
                   runner: gt_contract
                 contract_celery_env:
                   runner: gt_contract
                   metadata_strategy: directory_celery
+                tpv_dispatcher:
+                  runner: dynamic
+                  type: python
+                  function: map_tool_to_destination
+                  rules_module: tpv.rules
+                  tpv_config_files:
+                    - {config / "tpv.yml"}
             tools:
-            """) + routed + "\n")
+            """) + routed + "\n" + self._handling())
         galaxy = {
-            "server_name": "main",
+            # each handler process is named on its command line (--server-name), which a
+            # server_name here would override; the web process is then Galaxy's default "main"
+            **({} if self.handlers else {"server_name": "main"}),
             "data_dir": str(self.data_dir),
             "database_connection": f"sqlite:///{self.data_dir}/universe.sqlite?isolation_level=IMMEDIATE",
             "tool_config_file": str(config / "tool_conf.xml"),
@@ -208,16 +322,38 @@ class GalaxyServer:
             "tool_data_table_config_path": str(config / "tool_data_table_conf.xml"),
             **galaxy_options,
         }
+        self.database_connection = galaxy["database_connection"]
         (config / "galaxy.yml").write_text(yaml.safe_dump({"gravity": {"galaxy_root": str(self.root)},
                                                            "galaxy": galaxy}))
+
+    def _handling(self) -> str:
+        """job_conf's `handling`: with handler processes, they take jobs from the database
+        (db-skip-locked, Galaxy's method for a pool of handlers), at most HANDLER_MAX_GRAB at a time."""
+        if not self.handlers:
+            return ""
+        return f"handling:\n  assign: [db-skip-locked]\n  max_grab: {HANDLER_MAX_GRAB}\n"
+
+    def handler_stats_file(self, name: str) -> Path:
+        """The counters of the gt runner in the handler process `name`."""
+        return Path(str(self.stats_file).replace("{server_name}", name))
+
+    def handler_log(self, name: str) -> Path:
+        return self.root / f"handler-{name}.log"
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GALAXY_TASKS_", "VIRTUAL_ENV", "PYTHON"))}
         env["PATH"] = f"{self.venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
         env["VIRTUAL_ENV"] = str(self.venv)
+        # The venv is shared by every checkout on the machine; this checkout's plugin comes
+        # first on the path, whichever checkout the venv's editable install points at.
+        plugin_path = self.root / "pythonpath"
+        plugin_path.mkdir(exist_ok=True)
+        if not (plugin_path / "galaxy_tasks").is_symlink():
+            (plugin_path / "galaxy_tasks").symlink_to(ROOT / "galaxy_tasks")
+        env["PYTHONPATH"] = str(plugin_path)
         return env
 
-    def start(self, timeout: float = 240) -> GalaxyServer:
+    def start(self, timeout: float = 600) -> GalaxyServer:
         handle = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [str(self.venv / "bin" / "galaxy-web"), "-c", str(self.root / "config" / "galaxy.yml"),
@@ -232,6 +368,38 @@ class GalaxyServer:
                 return self
             time.sleep(0.5)
         raise TimeoutError(f"Galaxy not up after {timeout} s:\n{self.tail()}")
+
+    def start_handler(self, name: str, timeout: float = 600) -> subprocess.Popen:
+        """A job handler process named `name`, once Galaxy says it runs (its jobs of an
+        earlier process of that name recovered)."""
+        assert self.handlers, "a Galaxy made with handlers=True"
+        log = self.handler_log(name)
+        offset = log.stat().st_size if log.exists() else 0
+        with open(log, "ab") as handle:
+            proc = subprocess.Popen(
+                [str(self.venv / "bin" / "galaxy-main"), "-c", str(self.root / "config" / "galaxy.yml"),
+                 "--server-name", name, "--attach-to-pool", HANDLER_POOL, "--pid-file", str(self.root / f"{name}.pid")],
+                cwd=self.root, env=self.environment(), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        self.handler_procs[name] = proc
+        deadline = time.monotonic() + timeout
+        while f"Galaxy server instance '{name}' is running" not in self._read(log, offset):
+            if proc.poll() is not None:
+                raise RuntimeError(f"handler {name} exited with {proc.returncode}:\n{self._read(log, offset)[-6000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"handler {name} not up after {timeout} s:\n{self._read(log, offset)[-6000:]}")
+            time.sleep(0.5)
+        return proc
+
+    def stop_handler(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Ends the handler process `name`: SIGTERM is Galaxy's shutdown, SIGKILL a crash."""
+        proc = self.handler_procs.pop(name)
+        _end(proc, sig, wait=60)
+
+    @staticmethod
+    def _read(log: Path, offset: int) -> str:
+        with open(log, "rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode(errors="replace")
 
     def start_celery(self) -> subprocess.Popen:
         """Galaxy's Celery worker, as gravity starts it (threads pool, Galaxy's queues); for a
@@ -259,23 +427,19 @@ class GalaxyServer:
         self._signal(signal.SIGKILL)
 
     def stop(self) -> None:
+        """The web process and every handler process."""
+        for name in list(self.handler_procs):
+            self.stop_handler(name)
         self._signal(signal.SIGTERM, wait=60)
 
     def _signal(self, sig: int, wait: float = 30) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            self.proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+        if self.proc is not None:
+            _end(self.proc, sig, wait)
 
     def tail(self, size: int = 6000) -> str:
-        return self.log.read_text(errors="replace")[-size:] if self.log.exists() else ""
+        """The end of the web process's log and of each handler's there has been."""
+        logs = [self.log, *sorted(self.root.glob("handler-*.log"))]
+        return "".join(log.read_text(errors="replace")[-size:] for log in logs if log.exists())
 
     def task_id(self, job_id: str, attempt: int = 0) -> str:
         """The galaxy-tasks id the plugin gives a Galaxy job (encoded id) of this server
@@ -285,3 +449,18 @@ class GalaxyServer:
     def working_directory(self, job_id: int) -> Path:
         """Galaxy's job working directory (jobs_directory/<000>/<id>)."""
         return self.data_dir / "jobs_directory" / f"{job_id // 1000:03d}" / str(job_id)
+
+
+def _end(proc: subprocess.Popen, sig: int, wait: float) -> None:
+    """Signals a process's group; SIGKILL if it has not ended after `wait` seconds."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)

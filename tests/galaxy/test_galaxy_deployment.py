@@ -6,7 +6,6 @@ These tools set their metadata in Galaxy's Celery worker (`metadata_strategy:
 directory_celery` in their environments), so a job's time is the job's own."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -16,7 +15,7 @@ import redis
 from galaxy_tasks.galaxy import stats
 from galaxy_tasks.states import JobState
 from tests.drmaa.conftest import DrmaaDeployment
-from tests.galaxy.api import TERMINAL, GalaxyApi
+from tests.galaxy.api import GalaxyApi, wait_all
 from tests.galaxy.server import SGE_DESTINATION, GalaxyServer
 from tests.support.deployment import Deployment
 from tests.support.grid_engine import cell_env
@@ -129,17 +128,3 @@ def test_fifty_jobs_submitted_at_once_all_end_ok(galaxy: GalaxyServer, galaxy_us
     assert {galaxy_user.dataset_text(output_id) for output_id in output_ids[:5]} == {CATTED}
     assert stats.read(galaxy.stats_file).get("check_watched_item", 0) == 0
 
-
-def wait_all(user: GalaxyApi, job_ids: list[str], timeout: float) -> dict[str, str]:
-    """Each job's state once all have ended, read a page of jobs at a time."""
-    wanted = set(job_ids)
-    deadline = time.monotonic() + timeout
-    while True:
-        jobs = user.call("GET", f"/api/jobs?limit={len(job_ids) + 100}&order_by=create_time")
-        states = {job["id"]: job["state"] for job in jobs if job["id"] in wanted}
-        if len(states) == len(wanted) and all(state in TERMINAL for state in states.values()):
-            return states
-        if time.monotonic() > deadline:
-            pending = sorted(job for job in wanted if states.get(job) not in TERMINAL)
-            raise TimeoutError(f"{len(pending)} of {len(wanted)} jobs not ended after {timeout} s: {pending[:5]}")
-        time.sleep(1)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -88,3 +89,45 @@ def test_quorum_task_queues_when_asked(rabbit, make_deployment):
         else:
             assert result.returncode == 0, result.stderr
     assert deployment.wait_terminal(["quorum-quorum"])[0].state == "ok"
+
+
+@pytest.mark.parametrize("transport, kept", [("galaxy_tasks.edge.brokers:RedisTransport", True), ("redis", False)])
+def test_a_message_taken_on_a_connection_that_died_is_delivered_again(make_broker, transport, kept):
+    """galaxy-tasks' Redis transport records a message as unacknowledged in the step that pops
+    it: a take whose reply never reached its worker (the connection died with the reply on
+    its way) leaves the message in kombu's `unacked` hash, and the sweep every worker runs
+    (`maybe_restore_messages`, every brokers.RESTORE_INTERVAL_S) puts it back in its queue
+    once the visibility timeout has passed, for the next worker. kombu's own BRPOP, in the
+    same place, loses it: it is in neither the queue nor the hash."""
+    import redis
+    from kombu import Connection, Exchange, Queue
+
+    broker = make_broker("redis")
+    queue = Queue("steps", Exchange(""), routing_key="steps")
+    options = {"visibility_timeout": 1, "unacked_restore_throttle": 1}
+    with Connection(broker.url) as client:  # a plain client of the task contract
+        client.SimpleQueue(queue).put({"job_id": "taken"})
+    store = redis.Redis.from_url(broker.url)
+    try:
+        with Connection(broker.url, transport=transport, transport_options=options) as dying:
+            with dying.Consumer(queue, callbacks=[lambda body, message: None], accept=["json"]):
+                dying.transport.cycle.on_poll_start()  # what the worker's event loop does: sends the take
+                deadline = time.monotonic() + 10
+                while store.llen("steps") and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert store.llen("steps") == 0, "the take popped the message"
+                dying.default_channel.client.connection.disconnect()  # its reply is never read
+        assert store.hlen("unacked") == int(kept)
+        if not kept:
+            return
+        time.sleep(1.1)  # the visibility timeout passes
+        heard: list[dict] = []
+        with Connection(broker.url, transport=transport, transport_options=options) as next_worker:
+            with next_worker.Consumer(queue, callbacks=[lambda body, message: (heard.append(body), message.ack())],
+                                      accept=["json"]):
+                next_worker.transport.cycle.maybe_restore_messages()  # the worker's periodic sweep
+                next_worker.drain_events(timeout=5)
+        assert heard == [{"job_id": "taken"}]
+        assert store.hlen("unacked") == 0 and store.llen("steps") == 0
+    finally:
+        store.close()

@@ -22,8 +22,7 @@ def test_bad_arguments_say_what_is_wrong_without_a_traceback(deployment, args):
 
 
 def test_a_reader_that_goes_away_is_no_error(deployment):
-    for _ in range(50):
-        deployment.submit("true", "many")
+    deployment.submit_many([{"tool_id": "many", "command": "true"}] * 50)  # 50 rows to list; one process
     result = subprocess.run(f"{sys.executable} -m galaxy_tasks.cli list --limit 50 | head -n 1", shell=True,
                             env=deployment.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr

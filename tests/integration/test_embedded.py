@@ -83,9 +83,33 @@ def test_embedded_mode_reconciles_in_its_own_process(tmp_path):
     """Beat runs as a thread beside the embedded worker, so its reconcile messages reach the
     in-memory broker this process consumes: the pass takes its lease in the database."""
     home = tmp_path / "home"
-    script = ("import time; from galaxy_tasks.embedded import embedded_worker\n"
+    script = ("import time; from galaxy_tasks.edge.embedded import embedded_worker\n"
               "with embedded_worker():\n    time.sleep(4)\n")
     result = subprocess.run([sys.executable, "-c", script], env={**_env(home), "GALAXY_TASKS_RECONCILE_INTERVAL": "1"},
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert _store(home).lease_until("reconcile") is not None, "no reconciliation pass ran"
+
+
+def test_job_output_and_tool_ids_reach_the_terminal_escaped(tmp_path):
+    """A tool id or a job's output holding terminal controls (OSC 52 writes the reader's
+    clipboard, CSI 2J clears the screen) is shown escaped by run, status, list and events,
+    as the logs show it."""
+    import json
+
+    home = tmp_path / "home"
+    clipboard, clear = "\x1b]52;c;cHduZWQ=\x07", "\x1b[2J\x9b2J"
+    jobs = tmp_path / "jobs.yml"
+    jobs.write_text(json.dumps({"jobs": [{"tool_id": f"t{clipboard}{clear}",
+                                          "command": r"printf 'out\033]52;c;cHduZWQ=\007\033[2J\n'"}]}))
+    ran = _run(home, jobs)
+    assert ran.returncode == 0, ran.stderr
+    [job] = _store(home).recent(limit=10)
+    assert "\x1b]52" in job.stdout_tail, "the output itself is kept as the job wrote it"
+    shown = [ran.stdout] + [subprocess.run([sys.executable, "-m", "galaxy_tasks.cli", *args], env=_env(home),
+                                           capture_output=True, text=True, timeout=60, cwd=ROOT).stdout
+                            for args in (["status", job.id], ["list"], ["events", job.id])]
+    for text in shown:
+        assert not any(c in text for c in "\x1b\x07\x9b"), repr(text)
+    assert "\\x1b]52;c;cHduZWQ=\\x07" in shown[1], "status shows the escaped output"
+    assert all("\\x1b]52" in text for text in shown[2:]), "list and events show the escaped tool id"

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -126,13 +127,13 @@ def test_an_events_queue_galaxy_tasks_consumes_is_refused(deployment, tmp_path, 
 
 
 LISTEN_AT_ONCE = """
-from galaxy_tasks import messages
-from galaxy_tasks.listen import JobEvents
+from galaxy_tasks.edge import messages
+from galaxy_tasks.edge.listen import JobEvents
 
 missed = 0
 for n in range(20):
     with JobEvents() as heard:
-        messages.broadcast({"job_id": f"right-away-{n}", "state": "ok"})
+        messages.broadcast([{"job_id": f"right-away-{n}", "state": "ok"}])
         got = heard.next(3.0)
     missed += not any(item.get("job_id") == f"right-away-{n}" for item in got)
 print(missed)
@@ -150,21 +151,27 @@ def test_a_listener_hears_an_event_sent_the_moment_it_opened(deployment):
 
 def test_wait_hears_the_end_instead_of_polling(deployment, tmp_path):
     """`wait` reads the rows when it starts, then only every 10 s (RECHECK_S): a wait that
-    returns within a second or two of the job's end was ended by the job's event."""
+    prints the job's end within a few seconds of it was told by the job's event (its first
+    recheck comes 8 s or more after the end). Its line is timed when printed (unbuffered),
+    not when its process has exited, which takes a while on a busy machine."""
     gate = tmp_path / "gate"
     deployment.worker()
     job_id = deployment.submit(gated(gate, "true"), "t")
     deployment.wait_until(lambda: deployment.job(job_id).state == "running", what="running")
-    waiting = subprocess.Popen([sys.executable, "-m", "galaxy_tasks.cli", "wait", job_id], env=deployment.env,
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2)  # `wait` has read the rows and listens; then the job ends
+    waiting = subprocess.Popen([sys.executable, "-m", "galaxy_tasks.cli", "wait", job_id, "--timeout", "60"],
+                               env={**deployment.env, "PYTHONUNBUFFERED": "1"}, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    while "listening" not in waiting.stderr.readline():  # it has read the rows and hears events
+        assert waiting.poll() is None, waiting.stderr.read()
     gate.touch()
     deployment.wait_until(lambda: deployment.job(job_id).state == "ok", what="ok")
     ended_at = time.monotonic()
+    line = waiting.stdout.readline()
+    heard_after = time.monotonic() - ended_at
     out, err = waiting.communicate(timeout=30)
     assert waiting.returncode == 0, err
-    assert time.monotonic() - ended_at < 4, "wait did not hear the job's event"
-    assert f"{job_id} ok exit=0" in out
+    assert heard_after < 6, f"wait did not hear the job's event: it printed its end {heard_after:.1f} s after it"
+    assert f"{job_id} ok exit=0" in line + out
 
 
 def test_events_follow_prints_events_as_they_happen(deployment):
@@ -186,3 +193,25 @@ def test_events_follow_prints_events_as_they_happen(deployment):
         follow.wait(timeout=10)
     mine = [e["state"] for e in seen if e["job_id"] == job_id]
     assert mine == ["new", "queued", "submitting", "running", "ok"], seen
+
+
+def test_cleanup_job_deletes_a_directory_only_after_its_end_was_delivered(make_deployment):
+    """GALAXY_TASKS_CLEANUP_JOB=onsuccess: an ok job's directory is gone once its end event
+    is in the client's queue; an error job's is kept (as Galaxy's cleanup_job)."""
+    deployment = make_deployment(GALAXY_TASKS_CLEANUP_JOB="onsuccess")
+    deployment.worker()
+    events = EventQueue(deployment.env["GALAXY_TASKS_BROKER_URL"], "galaxy.clean")
+    try:
+        for job_id, command in (("c-ok", "echo fine"), ("c-error", "exit 4")):
+            client(deployment).send_task("galaxy_tasks.submit_job", queue="galaxy_tasks", kwargs={
+                "id": job_id, "tool_id": "t", "command": command, "events": {"queue": "galaxy.clean"}})
+        got = events.take(lambda got: ended("c-ok")(got) and ended("c-error")(got))
+    finally:
+        events.close()
+    assert {e["job_id"]: e["state"] for e in got if e["state"] in TERMINAL} == {"c-ok": "ok", "c-error": "error"}
+    ok, error = deployment.job("c-ok"), deployment.job("c-error")
+    assert ok.unpublished_at is None, "its end was delivered"
+    deployment.wait_until(lambda: not Path(ok.job_dir).exists(), 30, "the ok job's directory gone")
+    assert (Path(error.job_dir) / "job.sh").exists(), "onsuccess keeps a failed job's directory"
+    # logged just after the removal: wait for the line, do not race it
+    deployment.wait_until(lambda: "job_dir_removed" in deployment.logs(), 10, "the removal in the worker's log")

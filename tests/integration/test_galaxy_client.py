@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from galaxy_tasks.states import JobState
-from tests.integration.test_security import _certificate
+from tests.integration.test_security import _signed_deployment
 from tests.support.deployment import ROOT
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ CLIENT = textwrap.dedent("""
     client = TaskClient(from_kwargs(settings, "main"))
     getattr(client, action)(argument)
     client.close()
-    assert "galaxy_tasks.celery" not in sys.modules, "the plugin must not load galaxy-tasks' Celery app"
+    assert "galaxy_tasks.edge.app" not in sys.modules, "the plugin must not load galaxy-tasks' Celery app"
     assert (registry._default_content_type, set(registry._disabled_content_types)) == (default, disabled)
 """)
 
@@ -56,12 +56,7 @@ def test_submit_and_cancel_reach_the_workers(deployment) -> None:
 
 
 def test_signed_submissions_are_accepted_by_signing_workers(make_deployment, tmp_path) -> None:
-    key, cert = _certificate(tmp_path / "trusted", "galaxy")
-    store = tmp_path / "store"
-    store.mkdir()
-    (store / "galaxy.pem").write_bytes(cert.read_bytes())
-    deployment = make_deployment(GALAXY_TASKS_SIGNING_KEY=str(key), GALAXY_TASKS_SIGNING_CERT=str(cert),
-                                 GALAXY_TASKS_SIGNING_CERT_STORE=str(store))
+    deployment, key, cert, store = _signed_deployment(make_deployment, tmp_path)
     deployment.worker()
     settings = {"broker_url": deployment.env["GALAXY_TASKS_BROKER_URL"], "signing_key": str(key),
                 "signing_cert": str(cert), "signing_cert_store": str(store)}

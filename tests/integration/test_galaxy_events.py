@@ -129,3 +129,25 @@ def test_what_is_not_a_job_event_is_dropped(broker: str) -> None:
         wait_for(lambda: waiting_messages(broker) == 0)
     finally:
         consumer.stop()
+
+
+def test_every_handler_of_the_queue_hears_which_job_another_one_ended(broker: str) -> None:
+    """Two handlers on one events queue: the one that acknowledges a job's end tells both,
+    so the other drops what it kept of the job; a running event tells no one."""
+    heard: list[list[str]] = [[], []]
+    handlers = [Recorder(), Recorder()]
+    consumers = [EventConsumer(broker, QUEUE, recorder.handle, ended=forgot.append, prefetch=1)
+                 for recorder, forgot in zip(handlers, heard, strict=True)]
+    for consumer in consumers:
+        consumer.start()
+        assert consumer.ready.wait(10)
+    try:
+        publish(broker, event("g-main-4", 1, state="running"))
+        publish(broker, event("g-main-4", 2, state="ok"))
+        wait_for(lambda: heard == [["g-main-4"], ["g-main-4"]])
+        time.sleep(0.5)
+    finally:
+        for consumer in consumers:
+            consumer.stop()
+    assert heard == [["g-main-4"], ["g-main-4"]], "one notice for the one end, to both handlers"
+    assert sorted(job for recorder in handlers for job in recorder.recorded) == [("g-main-4", 1), ("g-main-4", 2)]

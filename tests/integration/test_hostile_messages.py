@@ -148,3 +148,31 @@ def test_a_worker_with_an_invalid_job_conf_refuses_to_start(deployment, tmp_path
                                 timeout=60)
         assert result.returncode != 0, command
         assert "kill_grace_s" in result.stderr and " ready." not in result.stdout + result.stderr, command
+
+
+def test_a_message_that_keeps_killing_its_worker_is_set_aside(make_deployment, make_broker):
+    """Whatever makes a message kill the worker that takes it, the broker gives it back to
+    the next one; after a few such returns it is dead-lettered with a log line naming it,
+    and the worker that meets it serves on instead of dying too."""
+    from galaxy_tasks.edge.message_checks import MAX_RETURNS
+
+    deployment = make_deployment(broker=make_broker("rabbitmq"))  # gives a dead consumer's message back at once
+    heavy = {"id": "heavy", "name": "heavy", "steps": {"s": {"seeds": 10_000, "spec": {"tool_id": "t",
+                                                                                       "command": "true"}}}}
+    worker = deployment.worker("galaxy_tasks,local", "k0@%h", "--pool", "solo")
+    send(deployment, "submit_workflow", workflow=heavy)
+    for kill in range(MAX_RETURNS):
+        deployment.wait_until(lambda: b"submit_workflow[" in worker.log.read_bytes(), timeout=30,
+                              what=f"delivery {kill + 1} taken")
+        worker.kill()  # as the kernel's OOM killer would, in the middle of the step
+        # (not waited for: the message it is given back comes before its "ready")
+        worker = deployment.worker("galaxy_tasks,local", f"k{kill + 1}@%h", "--pool", "solo", wait=False)
+    deployment.wait_until(lambda: b"event=message_dead_lettered" in worker.log.read_bytes(), timeout=30,
+                          what="the message set aside")
+    line = next(line for line in worker.log.read_text().splitlines() if "message_dead_lettered" in line)
+    assert "task=galaxy_tasks.submit_workflow" in line and f"given back by the broker {MAX_RETURNS} times" in line
+    assert b"submit_workflow[" not in worker.log.read_bytes(), "the last worker never ran it"
+    worker.wait_ready()
+    job_id = deployment.submit("echo served on")
+    assert deployment.wait_terminal([job_id])[0].state == "ok"
+    assert worker.proc.poll() is None

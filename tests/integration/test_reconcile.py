@@ -97,7 +97,7 @@ def test_cancelled_jobs_are_looked_at_once_more_for_a_process_left_running(ctx):
 
 def test_a_cancel_keeps_one_more_check_on_the_job(ctx):
     job, _ = lifecycle.accept(ctx, parse({"tool_id": "t", "command": "sleep 100"}))
-    before, stop, _ = lifecycle.cancel(ctx, job.id)
+    before, stop, *_ = lifecycle.cancel(ctx, job.id)
     assert before.value == "new" and stop is None
     cancelled = ctx.store.job(job.id)
     assert cancelled.state == "deleted" and cancelled.finished_at is not None

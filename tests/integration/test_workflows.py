@@ -108,3 +108,44 @@ def test_a_workflow_whose_job_is_cancelled_on_its_own_ends_at_once(deployment, t
     ended = _wait(deployment, workflow_id, {"ok", "error", "cancelled"}, timeout=30)
     assert ended["state"] == "error" and "slow (1)" in ended["reason"], ended
     assert [j.id for j in deployment.jobs()] == [job.id], "the step after it never started"
+
+
+def test_a_hundred_byte_workflow_asking_for_a_billion_seeds_is_refused_at_once(deployment):
+    """The issue's message: ~100 bytes with `seeds: 1000000000`, and one whose steps are
+    each within their bound but not together, sent by task name to a real worker. Each is
+    refused at once, naming the step and the bound, with nothing recorded; the worker's
+    memory does not grow and it serves on (building the seeds first took every steps worker
+    down, one after another)."""
+    from tests.support.processes import descendants
+
+    worker = deployment.worker()
+    warm = deployment.submit("true", "warm")
+    assert deployment.wait_terminal([warm])[0].state == "ok"
+
+    def rss_kib() -> int:
+        pids = {worker.proc.pid, *descendants(worker.proc.pid)}
+        return sum(int(line.split()[1]) for pid in pids for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if line.startswith("VmRSS:"))
+
+    before = rss_kib()
+    bomb = {"name": "b", "steps": {"s": {"seeds": 1_000_000_000, "spec": {"tool_id": "t", "command": "true"}}}}
+    assert len(json.dumps(bomb)) < 110
+    wide = {"name": "w", "steps": {name: {"seeds": 10_000, "spec": {"tool_id": "t", "command": "true"}}
+                                   for name in ("a", "b", "c")}}
+    app = Celery(broker=deployment.env["GALAXY_TASKS_BROKER_URL"])
+    app.conf.update(task_serializer="json", accept_content=["json"])
+    started = time.monotonic()
+    for document in (bomb, wide):
+        app.send_task("galaxy_tasks.submit_workflow", kwargs={"workflow": document}, queue="galaxy_tasks")
+    deployment.wait_until(lambda: deployment.logs().count("event=workflow_refused") >= 2, timeout=30,
+                          what="both workflows refused")
+    refused_in = time.monotonic() - started
+    logs = deployment.logs()
+    assert "field=steps.s.seeds error=\"has 1000000000 elements, more than 10000\"" in logs, logs[-2000:]
+    assert "field=steps.c error=\"brings the workflow to 30000 jobs, more than 20000 in all" in logs
+    assert refused_in < 10, f"refusing took {refused_in:.1f} s"
+    grown = rss_kib() - before
+    assert grown < 20 * 1024, f"the worker grew by {grown} KiB"
+    assert deployment.store.recent_workflows() == []
+    again = deployment.submit("true", "after")
+    assert deployment.wait_terminal([again])[0].state == "ok", "the worker serves on"

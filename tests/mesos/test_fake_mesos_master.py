@@ -2,6 +2,7 @@
 runner tests rely on."""
 from __future__ import annotations
 
+import getpass
 import http.client
 import json
 from typing import Any
@@ -17,7 +18,7 @@ class Subscription:
 
     def __init__(self, master: FakeMesosMaster, framework_id: str | None = None, **info: Any) -> None:
         body: dict[str, Any] = {"type": "SUBSCRIBE", "subscribe": {"framework_info": {
-            "user": "test", "name": "raw", "failover_timeout": 60, **info}}}
+            "user": getpass.getuser(), "name": "raw", "failover_timeout": 60, **info}}}
         if framework_id:
             body["framework_id"] = {"value": framework_id}
         host, port = master.address.split(":")
@@ -49,6 +50,15 @@ def call(master: FakeMesosMaster, body: dict[str, Any], stream_id: str | None,
     conn.request("POST", "/api/v1/scheduler", json.dumps(body), headers)
     resp = conn.getresponse()
     return resp.status, resp.read()
+
+
+def launch_one(fid: dict[str, Any], offer: dict[str, Any], command: str, **accept: Any) -> dict[str, Any]:
+    """An ACCEPT of `offer` that launches one shell task, `t1`."""
+    task = {"name": "t", "task_id": {"value": "t1"}, "agent_id": offer["agent_id"],
+            "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 1}}],
+            "command": {"shell": True, "value": command}}
+    return {"type": "ACCEPT", "framework_id": fid, "accept": {
+        "offer_ids": [offer["id"]], "operations": [{"type": "LAUNCH", "launch": {"task_infos": [task]}}], **accept}}
 
 
 @pytest.fixture
@@ -84,13 +94,7 @@ def test_launch_update_acknowledge_and_resend(fake):
     sub = Subscription(fake)
     fid = sub.event()["subscribed"]["framework_id"]
     offer = sub.until("OFFERS")["offers"]["offers"][0]
-    task = {"name": "t", "task_id": {"value": "t1"}, "agent_id": offer["agent_id"],
-            "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 1}}],
-            "command": {"shell": True, "value": "exit 2"}}
-    accept = {"type": "ACCEPT", "framework_id": fid, "accept": {
-        "offer_ids": [offer["id"]], "operations": [{"type": "LAUNCH", "launch": {"task_infos": [task]}}],
-        "filters": {"refuse_seconds": 60}}}
-    assert call(fake, accept, sub.stream_id)[0] == 202
+    assert call(fake, launch_one(fid, offer, "exit 2", filters={"refuse_seconds": 60}), sub.stream_id)[0] == 202
     first = sub.until("UPDATE")["update"]["status"]
     assert first["state"] == "TASK_STARTING" and first["uuid"]
     again = sub.until("UPDATE")["update"]["status"]  # not acknowledged: sent again
@@ -106,6 +110,16 @@ def test_launch_update_acknowledge_and_resend(fake):
         states.append(status["state"])
     assert states == ["TASK_RUNNING", "TASK_FAILED"]
     assert status["message"] == "Command exited with status 2"
+
+
+def test_a_task_of_a_user_the_agent_does_not_have_fails_to_launch(fake):
+    """As a Mesos agent does: the task's user (here the framework's) must exist on the agent."""
+    sub = Subscription(fake, user="gtrunosuchuser")
+    fid = sub.event()["subscribed"]["framework_id"]
+    offer = sub.until("OFFERS")["offers"]["offers"][0]
+    assert call(fake, launch_one(fid, offer, "true"), sub.stream_id)[0] == 202
+    status = sub.until("UPDATE")["update"]["status"]
+    assert status["state"] == "TASK_FAILED" and "no user 'gtrunosuchuser'" in status["message"], status
 
 
 def test_teardown_removes_the_framework_for_good(fake):

@@ -28,10 +28,17 @@ def wait_state(master, task_id: str, state: str) -> None:
                     what=f"{task_id} {state}")
 
 
-def test_jobs_finish_with_exit_codes_on_both_agents(master, make_runner, make_launch, make_reports):
+def test_jobs_finish_with_exit_codes_on_both_agents(master, make_runner, make_launch, make_reports,
+                                                    tmp_path):
     reports = make_reports()
     runner = make_runner(reports)
-    jobs = [make_launch(f"ok{i}", f"echo hello {i}; sleep 0.3") for i in range(4)]
+    # Each job waits until all four run at once, so they must take both agents' cpus (a job
+    # that ended before the next was offered would free its cpu on the first agent again).
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    wait_all = (f"touch {gate}/$GALAXY_TASKS_JOB_ID; for _ in $(seq 600); do "
+                f"[ $(ls {gate} | wc -l) -ge 4 ] && break; sleep 0.1; done")
+    jobs = [make_launch(f"ok{i}", f"{wait_all}; echo hello {i}") for i in range(4)]
     for launch in jobs:
         assert runner.submit(launch) == launch.external_name
         assert runner.submit(launch) == launch.external_name  # idempotent: no second copy

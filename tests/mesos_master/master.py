@@ -6,7 +6,9 @@ it: `POST /api/v1/scheduler` with JSON; SUBSCRIBE is answered by a chunked Recor
 stream carrying a `Mesos-Stream-Id` header; every other call must repeat that header and is
 answered `202 Accepted`; a standby master answers `307` pointing at the leader; `GET /version`
 tells pymesos the API level. N simulated agents run command tasks as local processes
-(`/bin/sh -c <CommandInfo.value>`) and send status updates with a uuid that must be
+(`/bin/sh -c <CommandInfo.value>`), each as its user (`CommandInfo.user`, else
+`FrameworkInfo.user`: an agent running as root switches to it, as Mesos's `--switch_user`
+does, and owns the sandbox to it), and send status updates with a uuid that must be
 acknowledged; unacknowledged ones are resent, one update in flight per task, like the
 agent's status update manager.
 
@@ -28,6 +30,7 @@ import http.server
 import json
 import logging
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -670,10 +673,24 @@ class FakeMesosMaster:
             argv = ["/bin/sh", "-c", command.get("value", "")]
         else:
             argv = [command.get("value", "")] + list(command.get("arguments", [])[1:])
+        fw = self.frameworks.get(task.framework_id)
+        name = command.get("user") or (fw.info.get("user") if fw else None)
+        try:
+            user = pwd.getpwnam(name) if name else pwd.getpwuid(os.geteuid())
+        except KeyError:
+            self._agent_update(task, "TASK_FAILED", f"Failed to launch: no user '{name}' on this agent",
+                               "REASON_EXECUTOR_TERMINATED")
+            return
+        switch: dict[str, Any] = {}
+        if user.pw_uid != os.geteuid():  # Mesos's switch_user: the task is the user's, and so is its sandbox
+            os.chown(sandbox, user.pw_uid, user.pw_gid)
+            switch = {"user": user.pw_uid, "group": user.pw_gid,
+                      "extra_groups": os.getgrouplist(user.pw_name, user.pw_gid)}
+            env.update(USER=user.pw_name, HOME=user.pw_dir)
         try:
             with open(sandbox / "stdout", "wb") as out, open(sandbox / "stderr", "wb") as err:
                 task.proc = subprocess.Popen(argv, cwd=sandbox, env=env, stdout=out, stderr=err,
-                                             stdin=subprocess.DEVNULL, start_new_session=True)
+                                             stdin=subprocess.DEVNULL, start_new_session=True, **switch)
         except OSError as exc:
             self._agent_update(task, "TASK_FAILED", f"Failed to launch: {exc}",
                                "REASON_EXECUTOR_TERMINATED")

@@ -24,6 +24,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 SYSTEMD = ROOT / "ops" / "systemd"
 JOB_CONF = ROOT / "ops" / "compose" / "job_conf.yml"
 STEPS_QUEUE = "galaxy_tasks"
+ENDS_QUEUE = "galaxy_tasks.ends"
 #: the longest step: a batched check_jobs whose Grid Engine accounting lookup (qacct) is
 #: bounded at 60 s (runners/drmaa.py), plus its database work
 LONGEST_STEP_S = 90
@@ -43,7 +44,7 @@ def project_services(compose: dict) -> dict[str, dict]:
 
 def test_compose_has_every_part(compose):
     services = compose["services"]
-    for name in ("redis", "postgres", "migrate", "steps-worker", "local-worker", "drmaa-worker", "mesos-worker",
+    for name in ("redis", "postgres", "migrate", "steps-worker", "ends-worker", "local-worker", "drmaa-worker", "mesos-worker",
                  "beat", "flower", "metrics"):
         assert name in services, name
     assert check(services["migrate"]["command"]).kind == "galaxy-tasks db"
@@ -56,7 +57,7 @@ def test_compose_has_every_part(compose):
 def test_compose_commands_are_real_entry_points_and_every_queue_is_served(compose):
     served: dict[str, str] = {}
     job_conf = routing.load(JOB_CONF)
-    known_queues = {STEPS_QUEUE, *job_conf.queues}
+    known_queues = {STEPS_QUEUE, ENDS_QUEUE, *job_conf.queues}
     for name, service in project_services(compose).items():
         entry = check(service["command"])
         for test in [service.get("healthcheck", {}).get("test", [])]:
@@ -77,6 +78,7 @@ def test_compose_commands_are_real_entry_points_and_every_queue_is_served(compos
     assert set(served) == known_queues, f"queues without a worker: {known_queues - set(served)}"
     assert served["drmaa"] == "drmaa-worker" and served["mesos"] == "mesos-worker"
     assert served[STEPS_QUEUE] == "steps-worker" and served["local"] == "local-worker"
+    assert served[ENDS_QUEUE] == "ends-worker", "job ends have a worker of their own"
 
 
 def test_compose_start_order_and_health(compose):
@@ -92,11 +94,11 @@ def test_compose_start_order_and_health(compose):
                 assert "healthcheck" in services[target], f"{target} has no healthcheck for {name}"
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["migrate"]["restart"] == "no"
-    for name in ("steps-worker", "local-worker", "drmaa-worker", "mesos-worker", "beat", "metrics"):
+    for name in ("steps-worker", "ends-worker", "local-worker", "drmaa-worker", "mesos-worker", "beat", "metrics"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
         assert depends["redis"]["condition"] == "service_healthy", name
-    for name in ("steps-worker", "local-worker", "drmaa-worker", "mesos-worker"):
+    for name in ("steps-worker", "ends-worker", "local-worker", "drmaa-worker", "mesos-worker"):
         grace = services[name]["stop_grace_period"]
         assert _seconds(grace) > LONGEST_STEP_S, (name, grace)
     assert services["mesos-worker"]["deploy"]["replicas"] == 1
@@ -175,14 +177,14 @@ def exec_argv(unit: dict, instance: str, key: str = "ExecStart") -> list[str]:
 
 
 UNITS = {  # unit file -> instances to check
-    "galaxy-tasks-worker@.service": [STEPS_QUEUE, "local"],
+    "galaxy-tasks-worker@.service": [STEPS_QUEUE, ENDS_QUEUE, "local"],
     "galaxy-tasks-drmaa@.service": ["drmaa"],
     "galaxy-tasks-mesos.service": [""],
     "galaxy-tasks-beat.service": [""],
     "galaxy-tasks-flower.service": [""],
     "galaxy-tasks-metrics.service": [""],
     "galaxy-tasks-migrate.service": [""],
-    "galaxy-tasks-health@.service": [STEPS_QUEUE, "local"],
+    "galaxy-tasks-health@.service": [STEPS_QUEUE, ENDS_QUEUE, "local"],
 }
 
 
@@ -201,7 +203,7 @@ def test_systemd_units_run_real_entry_points():
                 health = check(exec_argv(parse_unit(SYSTEMD / "galaxy-tasks-health@.service"), instance))
                 if name == "galaxy-tasks-worker@.service":
                     assert node_name(health.node) == entry.node
-    assert set(served) == {STEPS_QUEUE, "local", "drmaa", "mesos"}
+    assert set(served) == {STEPS_QUEUE, ENDS_QUEUE, "local", "drmaa", "mesos"}
     migrate = parse_unit(SYSTEMD / "galaxy-tasks-migrate.service")
     assert exec_argv(migrate, "")[1:] == ["db", "upgrade"] and migrate["Service"]["Type"] == ["oneshot"]
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 INSPECT = """
 import json, socket, sys
-from galaxy_tasks.celery import app
+from galaxy_tasks.edge.app import app
 nodes = [n.replace('%h', socket.gethostname()) for n in sys.argv[1:]]
 if nodes[0] == 'autoscale':
     print(json.dumps(app.control.autoscale(6, 2, destination=nodes[1:2], reply=True, timeout=5)))
@@ -33,7 +33,7 @@ def inspect(deployment, *args: str) -> dict:
 def test_each_queue_scales_on_its_own(deployment):
     deployment.worker("galaxy_tasks", "steps@%h", "--concurrency", "1")
     deployment.worker("local", "local@%h", "--autoscale", "4,1")
-    ids = [deployment.submit(f"sleep 0.5; echo {i}", "scaled") for i in range(8)]
+    ids = deployment.submit_many([{"tool_id": "scaled", "command": f"sleep 0.5; echo {i}"} for i in range(8)])
     jobs = deployment.wait_terminal(ids, timeout=90)
     assert {j.state for j in jobs} == {"ok"}
 
@@ -49,5 +49,5 @@ def test_each_queue_scales_on_its_own(deployment):
     assert "autoscale now max=6 min=2" in json.dumps(reply)
     local = next(v for k, v in inspect(deployment, "local@%h").items())
     assert local["autoscaler"]["max"] == 6 and local["autoscaler"]["min"] == 2
-    more = [deployment.submit("echo again", "scaled") for _ in range(3)]
+    more = deployment.submit_many([{"tool_id": "scaled", "command": "echo again"}] * 3)
     assert {j.state for j in deployment.wait_terminal(more)} == {"ok"}

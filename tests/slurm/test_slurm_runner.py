@@ -128,6 +128,22 @@ def test_resources_and_destination_params_are_mapped_to_slurm(runner_with, event
     assert JobDir(launch.job_dir).tail("stdout") == "2 300\n"
 
 
+def test_a_jobs_own_options_reach_slurm_after_the_destinations_and_its_gpus_are_asked_as_gres(
+        runner_with, events, make_launch, tmp_path) -> None:
+    gate = tmp_path / "gate"
+    launch = make_launch(gated(gate, "true"), native_specification="--comment=tpv-job -p debug")
+    destination = runner_with(native_specification="--comment=from-destination")
+    external_id = destination.submit(launch)
+    wait_until(lambda: started(launch), what="the job to start")
+    job = show_job(external_id)
+    assert (job["Comment"], job["Partition"]) == ("tpv-job", "debug")
+    gate.touch()
+    assert events.wait_for(launch.job_id).exit_code == 0
+    # this Slurm has no GPUs: its refusal of --gres=gpu:1 shows the count reached sbatch
+    with pytest.raises(RunnerError, match="Slurm refused job gt-.*gres"):
+        destination.submit(make_launch("true", gpus=1))
+
+
 def test_refused_submission_is_a_clear_error_without_retries(runner, runner_with, events, make_launch) -> None:
     nowhere = runner_with(partition="nosuchpartition")
     with pytest.raises(RunnerError, match="Slurm refused job gt-.*[Ii]nvalid partition"):
@@ -212,6 +228,10 @@ def test_memory_limit_kill_by_polling_without_cgroups(runner, events, make_launc
         launch = make_launch(MEMORY_HOG, memory_mb=64)
         external_id = runner.submit(launch)
         wait_until(lambda: slurm_state(external_id) == "FAILED", 60, "Slurm to kill the job")
+        # slurmstepd writes its words a moment after the state turns FAILED (on a loaded
+        # machine a status asked in between reports a plain SIGKILL: a known race)
+        err = launch.job_dir / "slurm.err"
+        wait_until(lambda: err.exists() and "exceeded memory limit" in err.read_text(), 30, "slurmstepd's words")
         done = runner.status([tracked(launch, external_id)])[launch.job_id]
         assert done.runner_state == MEMORY_LIMIT_REACHED and "polling" in done.reason
         assert done.signal == signal.SIGKILL and done.source == "reconcile"
@@ -371,7 +391,7 @@ def test_files_a_job_left_are_read_without_following_links_or_blocking(runner, e
     os.mkfifo(exit_code)  # a FIFO nobody writes: opening it for reading must not block
     began = time.monotonic()
     assert runner.status([tracked(launch, external_id)])[launch.job_id].exit_code == 3
-    assert time.monotonic() - began < 10
+    assert time.monotonic() - began < 30  # bounded (a blocked read would wait forever), on a busy machine too
 
 
 # -- idempotent submission -------------------------------------------------------------------
@@ -544,7 +564,8 @@ def test_hanging_sbatch_is_bounded_and_retried(slurm, events, make_launch, tmp_p
         began = time.monotonic()
         external_id = runner.submit(launch)
         took = time.monotonic() - began
-        assert 2 <= took < 8, took  # one timeout, one back-off, one lookup, one sbatch
+        # one timeout, one back-off, one lookup, one sbatch: not the hung command's 3017 s, even on a busy machine
+        assert 2 <= took < 30, took
         assert counter.read_text().strip() == "2" and runner.calls["sbatch"] == 2
         assert runner.calls["squeue"] == 1  # looked for the job before submitting again
         assert events.wait_for(launch.job_id).external_id == external_id
@@ -586,11 +607,11 @@ def test_commands_that_always_hang_fail_in_bounded_time(slurm, events, make_laun
         with pytest.raises(RunnerUnavailable, match="did not accept job .* after 2 attempts: sbatch .*did not end "
                                                     "within 1s"):
             runner.submit(launch)
-        assert time.monotonic() - began < 8
+        assert time.monotonic() - began < 30  # the commands hang for 3017 s
         began = time.monotonic()
         with pytest.raises(RunnerUnavailable, match="squeue .*did not end within 1s"):
             runner.status([Tracked(launch.job_id, "1", launch.job_dir)])
-        assert time.monotonic() - began < 5
+        assert time.monotonic() - began < 30
         assert runner.calls["sbatch"] == 2
         assert wait_until(no_sleeper_left, 10, "the hung commands' children to be killed")
     finally:

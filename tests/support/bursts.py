@@ -11,15 +11,21 @@ SUBMIT = """
 import sys
 from galaxy_tasks.client import Client
 client = Client()
-ids = [client.submit({"tool_id": sys.argv[3], "command": sys.argv[2]}).id for _ in range(int(sys.argv[1]))]
+spec = {"tool_id": sys.argv[3], "command": sys.argv[2]}
+if sys.argv[4] == "together":
+    ids = [job.id for job in client.submit_many([spec] * int(sys.argv[1]))]
+else:
+    ids = [client.submit(spec).id for _ in range(int(sys.argv[1]))]
 print("\\n".join(ids))
 """
 
 
 def submit_many(deployment: Deployment, count: int, command: str, tool_id: str = "burst",
-                timeout: float = 1800) -> list[str]:
-    """Submit `count` jobs running `command`; their ids."""
-    result = subprocess.run([sys.executable, "-c", SUBMIT, str(count), command, tool_id], env=deployment.env,
+                timeout: float = 1800, together: bool = False) -> list[str]:
+    """Submit `count` jobs running `command`, one after the other, or `together` (one
+    Client.submit_many: the jobs move in batches); their ids."""
+    result = subprocess.run([sys.executable, "-c", SUBMIT, str(count), command, tool_id,
+                             "together" if together else "alone"], env=deployment.env,
                             capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.split()

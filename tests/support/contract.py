@@ -14,13 +14,18 @@ TERMINAL = frozenset({"ok", "error", "deleted"})
 
 
 class ContractClient:
-    def __init__(self, broker_url: str, events_queue: str, steps_queue: str = "galaxy_tasks") -> None:
+    """`resend=False`: a client that only submits and listens (a script, plain `send_task`):
+    it never asks what became of a job it heard nothing of."""
+
+    def __init__(self, broker_url: str, events_queue: str, steps_queue: str = "galaxy_tasks",
+                 resend: bool = True) -> None:
         self.app = Celery(broker=broker_url)
         self.app.conf.update(task_serializer="json", accept_content=["json"],
                              broker_transport_options={"confirm_publish": True}
                              if broker_url.startswith("amqp") else {})
         self.events_queue = events_queue
         self.steps_queue = steps_queue
+        self.resend = resend
         self.specs: dict[str, dict[str, Any]] = {}
         self.states: dict[str, str] = {}  # job id -> latest state heard (highest seq)
         self._seq: dict[str, int] = {}
@@ -66,7 +71,7 @@ class ContractClient:
         while any(self.states.get(j) not in TERMINAL for j in self.specs):
             if time.monotonic() > deadline:
                 raise AssertionError(f"not heard to end: { {j: self.states.get(j) for j in self.specs} }")
-            if not self.hear(ask_after):
+            if not self.hear(ask_after) and self.resend:
                 silent = [j for j in self.specs if j not in self.states]
                 if silent:
                     self.app.send_task("galaxy_tasks.announce_jobs", queue=self.steps_queue,

@@ -22,20 +22,24 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class Worker:
     """One real `galaxy-tasks worker` process (and its pool), in a process group of its own
-    so a test can kill all of it."""
+    so a test can kill all of it. It starts without Celery's mingle (nothing here uses what it
+    syncs, revoked task ids and clocks; it costs a one-second wait per worker start), as the
+    benches' workers do."""
 
     def __init__(self, env: dict[str, str], log: Path, queues: str | None, name: str, args: list[str],
-                 celery_app: str | None = None) -> None:
+                 celery_app: str | None = None, prefix: list[str] | None = None) -> None:
+        """`prefix`: a command the worker runs under (`unshare ...`), which execs it."""
         self.log = log
         if celery_app:  # plain `celery -A <app> worker -Q <queues>`
             cmd = [sys.executable, "-m", "celery", "-A", celery_app, "worker", "-Q", queues or "galaxy_tasks,local",
-                   "-n", name, "--loglevel", "INFO", *args]
+                   "-n", name, "--loglevel", "INFO", "--without-mingle", *args]
         else:
-            cmd = [sys.executable, "-m", "galaxy_tasks.cli", "worker", "-n", name, "--loglevel", "INFO", *args]
+            cmd = [sys.executable, "-m", "galaxy_tasks.cli", "worker", "-n", name, "--loglevel", "INFO",
+                   "--without-mingle", *args]
             if queues:
                 cmd[4:4] = ["--queues", queues]
         self.handle = open(log, "ab")
-        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=self.handle, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen([*(prefix or []), *cmd], env=env, cwd=ROOT, stdout=self.handle, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
     def wait_ready(self, timeout: float = 30) -> Worker:
@@ -57,15 +61,29 @@ class Worker:
             pass
         self.proc.wait(timeout=30)
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """Ask the whole worker to stop (a warm shutdown) and return at once."""
         if self.proc.poll() is None:
-            self.kill(signal.SIGTERM)
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def reap(self) -> None:
+        """Wait until the worker, asked to stop, has exited; its log is closed."""
+        self.proc.wait(timeout=30)
         self.handle.close()
+
+    def stop(self) -> None:
+        self.terminate()
+        self.reap()
 
 
 class Deployment:
     def __init__(self, tmp: Path, database_url: str, broker: Broker | str,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, upgrade: bool = True) -> None:
+        """`upgrade`: bring the database to the newest schema with `galaxy-tasks db upgrade`
+        (False: it is there already)."""
         self.tmp = tmp
         self.database_url = database_url
         #: the broker, when the test started it (a bare URL: a broker the test manages itself)
@@ -83,21 +101,24 @@ class Deployment:
         self.workers: list[Worker] = []
         self.beats: list[subprocess.Popen] = []
         self.store = Store(database_url)
-        result = self.cli("db", "upgrade")
-        assert result.returncode == 0, result.stderr
+        if upgrade:
+            result = self.cli("db", "upgrade")
+            assert result.returncode == 0, result.stderr
 
     def cli(self, *args: str, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "galaxy_tasks.cli", *args], env=self.env, cwd=ROOT,
                               capture_output=True, text=True, timeout=timeout, input=input)
 
     def worker(self, queues: str | None = None, name: str | None = None, *args: str,
-               celery_app: str | None = None, env: dict[str, str] | None = None, wait: bool = True) -> Worker:
+               celery_app: str | None = None, env: dict[str, str] | None = None, wait: bool = True,
+               prefix: list[str] | None = None) -> Worker:
         """A worker of these queues (all by default), once ready (`wait=False`: at once); `env`
-        adds to the deployment's settings (a broker URL through a proxy, say)."""
+        adds to the deployment's settings (a broker URL through a proxy, say); `prefix` a
+        command it runs under."""
         name = name or f"w{len(self.workers) + 1}@%h"
         log = self.tmp / f"worker-{len(self.workers) + 1}.log"
         worker = Worker({**self.env, **(env or {})}, log, queues, name, list(args) or ["--concurrency", "2"],
-                        celery_app)
+                        celery_app, prefix)
         self.workers.append(worker)
         return worker.wait_ready() if wait else worker
 
@@ -158,7 +179,8 @@ class Deployment:
 
         return {pid for worker in self.workers for pid in {worker.proc.pid, *descendants(worker.proc.pid)}}
 
-    def wait_consumed(self, queues: tuple[str, ...] = ("galaxy_tasks", "local"), timeout: float = 60) -> None:
+    def wait_consumed(self, queues: tuple[str, ...] = ("galaxy_tasks", "galaxy_tasks.ends", "local"),
+                      timeout: float = 60) -> None:
         """Until the broker holds no message for these queues, delivered or not: every message
         sent so far has been consumed and acknowledged."""
         assert self.broker is not None, "a deployment on a broker the test started"
@@ -178,10 +200,15 @@ class Deployment:
         return "\n".join(w.log.read_text(errors="replace") for w in self.workers if w.log.exists())
 
     def close(self) -> None:
+        """Every worker and beat is asked to stop at once, then awaited: their warm shutdowns
+        overlap instead of adding up."""
         for worker in self.workers:
-            worker.stop()
+            worker.terminate()
         for beat in self.beats:
             if beat.poll() is None:
                 os.killpg(beat.pid, signal.SIGTERM)
-                beat.wait(timeout=30)
+        for worker in self.workers:
+            worker.reap()
+        for beat in self.beats:
+            beat.wait(timeout=30)
         self.store.dispose()

@@ -29,7 +29,7 @@ def _celery_worker(args: list[str], app_module: str = "galaxy_tasks") -> dict:
     from celery.bin.base import CLIContext
     from celery.bin.worker import worker
 
-    from galaxy_tasks.celery import app
+    from galaxy_tasks.edge.app import app
 
     try:
         ctx = worker.make_context("worker", list(args), obj=CLIContext(app=app, no_color=True, workdir=None, quiet=True))

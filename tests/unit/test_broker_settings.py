@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from galaxy_tasks import brokers
+from galaxy_tasks.edge import brokers
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOW = """
@@ -48,10 +48,33 @@ def test_rabbitmq_confirms_publishes_with_heartbeats_and_classic_durable_queues(
 def test_redis_times_out_keeps_alive_and_checks_health(tmp_path):
     conf = settings(tmp_path, "redis://127.0.0.1:6379/0")
     options = conf["broker_transport_options"]
-    assert conf["broker_transport"] == "galaxy_tasks.brokers:RedisTransport"
+    assert conf["broker_transport"] == "galaxy_tasks.edge.brokers:RedisTransport"
     assert options["socket_timeout"] == 5 and options["socket_connect_timeout"] == 5
     assert options["socket_keepalive"] is True and options["health_check_interval"] == 10
-    assert options["visibility_timeout"] == 43200 and "retry_on_timeout" not in options
+    assert "retry_on_timeout" not in options
+
+
+def test_redis_delivers_again_within_minutes_what_a_worker_took_and_never_acknowledged(tmp_path):
+    """A message taken on a connection that died is back in its queue after the visibility
+    timeout, at the next sweep of a worker: 5 min + 10 s by default, not 12 h."""
+    options = settings(tmp_path, "redis://127.0.0.1:6379/0")["broker_transport_options"]
+    assert options["visibility_timeout"] == 300
+    assert options["unacked_restore_interval"] == brokers.RESTORE_INTERVAL_S == 10
+    assert options["unacked_restore_throttle"] == 1  # every sweep looks (kombu's default: every tenth)
+    assert options["unacked_mutex_expire"] == 30  # a sweeper killed mid-sweep holds the next one back 30 s
+
+
+def test_no_countdown_outlasts_the_visibility_timeout():
+    """A message waiting out a countdown is held unacknowledged: the longest a step waits (a
+    database retry) and the longest resubmit delay sent as a countdown are shorter than the
+    shortest visibility timeout allowed, and a shorter one is refused, named."""
+    from galaxy_tasks import config
+    from galaxy_tasks.edge.tasks import DB_RETRY
+
+    assert DB_RETRY["retry_backoff_max"] * 2 <= config.MIN_VISIBILITY_TIMEOUT
+    assert config.load({"GALAXY_TASKS_VISIBILITY_TIMEOUT": "60"}).visibility_timeout == 60
+    with pytest.raises(ValueError, match="GALAXY_TASKS_VISIBILITY_TIMEOUT must be at least 60 seconds"):
+        config.load({"GALAXY_TASKS_VISIBILITY_TIMEOUT": "59"})
 
 
 def test_every_task_message_goes_through_direct_exchanges_persistently(tmp_path):

@@ -12,17 +12,21 @@ import pytest
 import yaml
 
 from galaxy_tasks import spec as task_spec
-from galaxy_tasks.galaxy import events, settings
+from galaxy_tasks.galaxy import events, settings, states, stats
 from galaxy_tasks.galaxy.spec import (
     GalaxyJob,
+    GalaxyLimits,
     MappingError,
     command,
     galaxy_job_id,
+    real_system_user,
     resources,
     task_job_id,
     to_spec,
+    walltime,
     walltime_seconds,
 )
+from galaxy_tasks.names import JOB_ID
 
 
 def job(**overrides) -> GalaxyJob:
@@ -80,13 +84,13 @@ def test_the_command_runs_the_job_script_and_exits_with_the_tools_code(tmp_path,
 def test_ids_are_stable_per_attempt_and_read_back() -> None:
     assert task_job_id("main", 42) == task_job_id("main", 42) == "g-main-42"
     assert task_job_id("main", 42, attempt=2) == "g-main-42-r2"
-    assert galaxy_job_id("g-main-42-r2", "main") == 42
-    assert galaxy_job_id("g-main-42", "other") is None
-    assert galaxy_job_id("someone-else", "main") is None
+    assert galaxy_job_id("g-main-42-r2") == 42
+    assert galaxy_job_id("g-handler1-42") == 42, "any handler of the Galaxy reads another's (or a renamed one's) id"
+    assert galaxy_job_id("someone-else") is None and galaxy_job_id("g-main-x") is None
     odd = "handler.example.org:web:1 with a name far too long for an id"
     made = task_job_id(odd, 123456789)
-    assert task_spec.JOB_ID.match(made) and galaxy_job_id(made, odd) == 123456789
-    assert task_job_id("main-1", 5) == "g-main-1-5" and galaxy_job_id("g-main-1-5", "main-1") == 5
+    assert JOB_ID.match(made) and galaxy_job_id(made) == 123456789
+    assert task_job_id("main-1", 5) == "g-main-1-5" and galaxy_job_id("g-main-1-5") == 5
 
 
 def test_resources_come_from_params_then_from_the_destination_env() -> None:
@@ -104,8 +108,34 @@ def test_walltimes_in_drm_forms(text, seconds) -> None:
     assert walltime_seconds(text) == seconds
 
 
+def test_tpv_params_become_the_jobs_resources_gpus_and_own_scheduler_options() -> None:
+    # what a TPV destination's templated params give (docs/galaxy.md#tpv): strings, mem in GB
+    spec = task_spec.parse(to_spec(job(params={"cores": "4", "mem": "15.2", "gpus": "2",
+                                               "native_specification": " --partition=gpu --comment=tpv "})))
+    assert (spec.cores, spec.memory_mb, spec.gpus) == (4, 15565, 2)
+    assert spec.native_specification == "--partition=gpu --comment=tpv"
+    none = to_spec(job(params={"gpus": "0", "native_specification": ""}))
+    assert "gpus" not in none and "native_specification" not in none
+    assert to_spec(job(params={"galaxy_tasks_gpus": 1}))["gpus"] == 1
+
+
+def test_galaxys_own_limits_bound_the_walltime_and_are_reported_in_its_words() -> None:
+    """Galaxy's runners report its global walltime as global_walltime_reached and a tool's
+    <resource type="timelimit"> as tool_timelimit_reached; the least limit is the one kept."""
+    limits = GalaxyLimits(walltime_s=3600, output_size_bytes=10**11, tool_timelimit_s=600)
+    assert walltime(job(params={"walltime": 60}, limits=limits)) == (60, "walltime_reached")
+    assert walltime(job(limits=limits)) == (600, "tool_timelimit_reached")
+    assert walltime(job(limits=GalaxyLimits(walltime_s=3600))) == (3600, "global_walltime_reached")
+    assert walltime(job()) == (None, "walltime_reached")
+    spec = task_spec.parse(to_spec(job(params={"walltime": "02:00:00"}, limits=limits)))
+    assert (spec.walltime_s, spec.output_size_bytes) == (600, 10**11)
+    assert states.galaxy_runner_state("tool_timelimit_reached", type("S", (), {"TOOL_TIMELIMIT_REACHED": "t"})) == "t"
+    assert "time limit" in states.fail_message("tool_timelimit_reached", "walltime 600 s reached")
+
+
 @pytest.mark.parametrize("params", [{"cores": "two"}, {"cores": 0}, {"cores": 1.5}, {"mem": -1},
-                                    {"walltime": "soon"}, {"walltime": "1:2:3:4"}])
+                                    {"walltime": "soon"}, {"walltime": "1:2:3:4"}, {"gpus": "None"},
+                                    {"gpus": -1}])
 def test_a_bad_param_is_named(params) -> None:
     with pytest.raises(MappingError, match=next(iter(params))):
         resources(params)
@@ -143,10 +173,54 @@ def test_a_job_event_is_parsed() -> None:
 
 @pytest.mark.parametrize("body", [[], {"event": "other"}, event_body(version=2), event_body(job_id=""),
                                   event_body(state="exploded"), event_body(seq="4"), event_body(seq=True),
-                                  event_body(runner_state="Tired\n"), event_body(runner_state=3), event_body(exit_code="0")])
+                                  event_body(runner_state="Tired\n"), event_body(runner_state=3), event_body(exit_code="0"),
+                                  event_body(seq=0), event_body(state="running", seq=0), event_body(refused="yes")])
 def test_anything_else_is_refused(body) -> None:
     with pytest.raises(events.EventError):
         events.parse(body)
+
+
+def test_an_end_carries_galaxy_tasks_measures_for_galaxys_job_metrics() -> None:
+    times = {"running_at": "2026-01-01T00:00:01+00:00", "ended_at": "2026-01-01T00:00:03.5+00:00"}
+    parsed = events.parse(event_body(times=times, max_rss_kb=2048))
+    assert (parsed.run_seconds, parsed.max_rss_kb) == (2.5, 2048)
+    assert events.parse(event_body(times={"running_at": "yesterday", "ended_at": None})).run_seconds is None
+    with pytest.raises(events.EventError):
+        events.parse(event_body(max_rss_kb="2 GB"))
+
+
+def test_every_handler_of_one_galaxy_shares_its_instance_name_ids_and_events_queue() -> None:
+    handlers = [settings.from_kwargs({"broker_url": "redis://h/0", "instance": "site_a"}, name)
+                for name in ("handler0", "handler1")]
+    assert {(h.server_name, h.events_queue) for h in handlers} == {("site_a", "galaxy.site_a")}
+    assert task_job_id(handlers[1].server_name, 7) == "g-site_a-7"
+    assert settings.from_kwargs({"broker_url": "redis://h/0"}, "main").events_queue == "galaxy.main"
+
+
+def test_a_handler_started_again_shows_its_own_counters_from_its_start(tmp_path: Path) -> None:
+    path = tmp_path / "gt-stats-handler0.json"
+    stats.Stats(str(path)).bump("finished", 5)
+    assert stats.read(path) == {"finished": 5}
+    stats.Stats(str(path))  # the same handler name, a new process that has counted nothing yet
+    assert stats.read(path) == {}
+
+
+def test_each_handler_writes_its_counters_to_its_own_stats_file() -> None:
+    runner = {"broker_url": "redis://h/0", "instance": "site_a", "stats_file": "/var/gt-{server_name}.json"}
+    assert [settings.from_kwargs(runner, name).stats_file for name in ("handler0", "handler1")] == \
+        ["/var/gt-handler0.json", "/var/gt-handler1.json"]
+    assert settings.from_kwargs({**runner, "stats_file": "/var/gt.json"}, "handler0").stats_file == "/var/gt.json"
+
+
+def test_a_refusal_is_an_error_event_with_its_reason_and_only_unknown_has_no_seq() -> None:
+    from galaxy_tasks.events import refused_event, unknown_event
+
+    refused = events.parse(refused_event("g-main-9", "main", "destination: unknown destination 'x'"))
+    assert (refused.state, refused.seq, refused.refused, refused.terminal) == ("error", 1, True, True)
+    assert states.fail_message(None, refused.reason, refused.refused) == \
+        "galaxy-tasks refused this job: destination: unknown destination 'x'"
+    assert events.parse(unknown_event("g-main-9")).seq == 0
+    assert not events.parse(event_body()).refused
 
 
 def test_the_job_conf_of_docs_galaxy_md_is_what_the_plugin_accepts() -> None:
@@ -167,3 +241,36 @@ def test_the_job_conf_of_docs_galaxy_md_is_what_the_plugin_accepts() -> None:
         if environment["runner"] == "gt":
             params = {k: v for k, v in environment.items() if k not in ("runner", "resubmit")}
             task_spec.parse(to_spec(job(params=params), environment=made.environment, events_queue=made.events_queue))
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ("user_email", "alice"),  # Galaxy's default: the email's local part
+    ("username", "alice-lab"),  # the Galaxy username (LDAP sites)
+    ("galaxy_worker", "galaxy_worker"),  # one common system user for every job
+])
+def test_real_user_from_galaxys_real_system_username(setting, expected) -> None:
+    assert real_system_user(setting, "alice@example.org", "alice-lab") == expected
+    made = to_spec(job(run_as=real_system_user(setting, "alice@example.org", "alice-lab")))
+    assert task_spec.parse(made).run_as == expected
+
+
+def test_real_user_a_site_mapping_comes_first_and_a_bad_name_is_named() -> None:
+    site = {"alice@example.org": "asmith", "bob-lab": "bjones"}
+    assert real_system_user("user_email", "alice@example.org", "alice-lab", site) == "asmith"
+    assert real_system_user("user_email", "bob@example.org", "bob-lab", site) == "bjones"
+    assert real_system_user("user_email", "carol@example.org", "carol", site) == "carol"
+    with pytest.raises(MappingError, match="'Ada.Lovelace', which is not a Unix user name"):
+        real_system_user("user_email", "Ada.Lovelace@example.org", None)
+    with pytest.raises(MappingError, match="an anonymous user"):
+        real_system_user("user_email", None, None)
+    assert "run_as" not in to_spec(job())  # a runner not set to run jobs as their user asks for none
+
+
+def test_real_user_settings_are_off_by_default_and_a_bad_map_is_refused() -> None:
+    made = settings.from_kwargs({"broker_url": "redis://x"}, "main")
+    assert (made.run_as_real_user, made.real_user_map) == (False, {})
+    made = settings.from_kwargs({"broker_url": "redis://x", "run_as_real_user": "true",
+                                 "real_user_map": {"alice@example.org": "asmith"}}, "main")
+    assert (made.run_as_real_user, made.real_user_map) == (True, {"alice@example.org": "asmith"})
+    with pytest.raises(settings.SettingsError, match="real_user_map: 'eve@example.org' maps to 'root; rm'"):
+        settings.from_kwargs({"broker_url": "redis://x", "real_user_map": {"eve@example.org": "root; rm"}}, "main")

@@ -56,7 +56,9 @@ def test_unknown_asks_for_a_resend_and_is_no_galaxy_state() -> None:
 
 
 def test_every_runner_state_galaxy_tasks_reports_is_mapped() -> None:
-    assert set(task_events.RUNNER_STATES) == set(RUNNER_STATES) == set(policies.RUNNER_STATES)
+    # and the tool's time limit, which the plugin names when it was the walltime kept
+    assert set(task_events.RUNNER_STATES) == set(RUNNER_STATES) - {"tool_timelimit_reached"} == \
+        set(policies.RUNNER_STATES)
 
 
 @pytest.mark.parametrize("runner_state, galaxy", [
@@ -64,6 +66,7 @@ def test_every_runner_state_galaxy_tasks_reports_is_mapped() -> None:
     ("memory_limit_reached", "memory_limit_reached"),
     ("global_walltime_reached", "global_walltime_reached"),
     ("output_size_limit", "output_size_limit"),
+    ("tool_timelimit_reached", "tool_timelimit_reached"),
     ("unknown_error", "unknown_error"),
 ])
 def test_each_runner_state_is_accepted_and_is_galaxys(runner_state: str, galaxy: str) -> None:

@@ -148,6 +148,17 @@ def test_tmpdir_is_inside_the_job_dir(tmp_path):
     assert seen["HOME"] == str(job_dir.working)
 
 
+def test_a_destination_may_keep_scratch_on_the_node(tmp_path):
+    local = tmp_path / "node-local"
+    local.mkdir()
+    job_dir, env = make(tmp_path, DUMP + "; mktemp > made-temp", destination_env={"TMPDIR": str(local)},
+                        spec_env={"TMPDIR": "/tmp"})
+    assert run(job_dir, env) == 0
+    seen = dumped_env(job_dir)
+    assert seen["TMPDIR"] == seen["TEMP"] == seen["TMP"] == str(local)
+    assert Path((job_dir.working / "made-temp").read_text().strip()).parent == local
+
+
 def test_slots_and_memory(tmp_path):
     job_dir, env = make(tmp_path, DUMP, cores=4, memory_mb=2048)
     run(job_dir, env)

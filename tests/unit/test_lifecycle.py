@@ -92,6 +92,16 @@ def test_a_refusing_runner_fails_the_job_with_its_reason(ctx, stubs):
     assert stubs["stub"].starts == {}
 
 
+def test_real_user_job_is_refused_by_a_runner_that_cannot_run_it_as_its_user(ctx, stubs):
+    """A job that names run_as never runs as the worker's user instead."""
+    job_id = queued(ctx, run_as="gtrualice")
+    assert job(ctx, job_id).run_as == "gtrualice"
+    assert not launch(ctx, stubs, job_id)
+    row = job(ctx, job_id)
+    assert row.state == "error" and "cannot start a job as its user" in (row.reason or "")
+    assert stubs["stub"].starts == {}
+
+
 def test_a_full_runner_puts_the_job_back_in_line(ctx, stubs):
     first, second = queued(ctx, "slotted"), queued(ctx, "slotted")
     assert launch(ctx, stubs, first)
@@ -227,15 +237,15 @@ def test_the_end_of_a_slotted_job_wakes_its_destination_even_when_cancelled(ctx,
 
 def test_cancel_of_a_queued_job_needs_no_runner(ctx, stubs):
     job_id = queued(ctx)
-    before, stop, _ = lifecycle.cancel(ctx, job_id)
+    before, stop, *_ = lifecycle.cancel(ctx, job_id)
     assert before is S.QUEUED and stop is None and job(ctx, job_id).state == "deleted"
 
 
 def test_cancel_of_a_running_job_says_what_to_stop(ctx, stubs):
     job_id = running(ctx, stubs)
-    before, stop, _ = lifecycle.cancel(ctx, job_id)
+    before, stop, *_ = lifecycle.cancel(ctx, job_id)
     assert before is S.RUNNING and stop.tracked.external_id == f"stub-{job_id}" and stop.destination == "stub"
-    assert lifecycle.cancel(ctx, job_id) == (S.DELETED, None, []), "cancelling again changes nothing"
+    assert lifecycle.cancel(ctx, job_id)[:3] == (S.DELETED, None, []), "cancelling again changes nothing"
 
 
 # -- prepare ------------------------------------------------------------------------------

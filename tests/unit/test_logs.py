@@ -141,3 +141,39 @@ def test_a_value_with_a_newline_cannot_forge_a_log_line(caplog):
     message = record.getMessage()
     assert "\n" not in message and "\r" not in message and "\x1b" not in message
     assert message.count("event=") == 2 and '\\nevent=state_change' in message  # the second is inside a quoted value
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://galaxy:it's@db/galaxy",
+    'amqp://guest:say"hi"@rabbit//',
+    "redis://:<hunter2>@h:6379/0",
+    "postgresql://u@db/galaxy?sslmode=verify-full&sslpassword=hunter2",
+    "postgresql://u@db/galaxy?sslpassword=hunter2&sslmode=require",
+])
+def test_redact_hides_passwords_with_quotes_and_brackets_and_libpq_sslpassword(url):
+    cleaned = redact(f"connecting to {url} now")
+    for secret in ("it's", 's"', 'say"hi"', "<hunter2>", "hunter2"):
+        assert secret not in cleaned, cleaned
+    assert "***" in cleaned and cleaned.endswith(" now")
+
+
+def test_a_worker_redacts_what_any_library_logs_once_celery_has_set_up_its_logging():
+    """Celery installs a worker's handlers after the app is imported; the worker's hooks
+    then add the redacting filter to them."""
+    from galaxy_tasks.edge import hooks  # noqa: F401 - connects the worker's signal handlers
+    from galaxy_tasks.edge.app import app
+
+    root = logging.getLogger()
+    before, level = root.handlers[:], root.level
+    stream = io.StringIO()
+    root.handlers = []  # as in a worker process, before Celery sets up its logging
+    app.log.already_setup = False
+    try:
+        app.log.setup_logging_subsystem(loglevel="INFO", logfile=stream, colorize=False)
+        logging.getLogger("sqlalchemy.pool").warning("lost %s", "postgresql://gt:sw0rdfish@db/gt")
+    finally:
+        root.handlers = before
+        root.setLevel(level)
+        app.log.already_setup = False
+    assert "sw0rdfish" not in stream.getvalue()
+    assert "postgresql://gt:***@db/gt" in stream.getvalue()

@@ -13,7 +13,7 @@ from galaxy_tasks import expressions, lifecycle, routing
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import ConfigError
 from galaxy_tasks.jobdir import JobDir
-from galaxy_tasks.model import Job
+from galaxy_tasks.model import Job, utcnow
 from galaxy_tasks.policies import condition_names, duration_s, size_bytes
 from galaxy_tasks.runners.base import Completion
 from galaxy_tasks.runners.stub import StubRunner
@@ -368,6 +368,29 @@ def test_a_delay_and_attempt_condition_are_evaluated(ctx, stubs):
     assert row(ctx, job_id).state == "error" and row(ctx, job_id).attempt == 3
 
 
+@pytest.mark.parametrize("visibility_s, countdown", [("300", True), ("60", False)])
+def test_a_delay_longer_than_half_the_visibility_timeout_waits_in_the_row_not_the_broker(tmp_path, visibility_s,
+                                                                                          countdown):
+    """A countdown is a message held unacknowledged until it is due: a resubmit delay (40 s
+    here) is sent as one only while it is within half the broker's visibility timeout; a
+    longer one is the row's due time (`check_at`), which reconciliation acts on."""
+    conf = JOB_CONF.replace("attempt * 10", "attempt * 40")
+    with embedded_context(tmp_path, conf, VISIBILITY_TIMEOUT=visibility_s) as ctx:
+        runner = StubRunner(ctx.routing.destinations["longer"].params, lambda c: None, destination="longer")
+        job_id = queued(ctx, None, "longer")
+        assert launch(ctx, {"longer": runner}, job_id)
+        ended = runner.end(job_id, signal=9)
+        JobDir(Path(row(ctx, job_id).job_dir)).write_end_note(ended.note().__class__(
+            signal=9, runner_state="memory_limit_reached"))
+        before = utcnow()
+        finished = lifecycle.finish(ctx, ended)
+        waiting = row(ctx, job_id)
+        assert waiting.state == "new" and waiting.attempt == 2 and finished.delay_s == 40
+        assert (finished.resubmitted is not None) is countdown
+        if not countdown:
+            assert 39 <= (waiting.check_at - before).total_seconds() <= 41, "due when the delay is over"
+
+
 def test_the_walltime_limit_bounds_what_a_job_gets(ctx):
     assert ctx.routing.walltime_s("small", None) == 7200
     assert ctx.routing.walltime_s("small", 60) == 60
@@ -482,13 +505,18 @@ def test_output_size_holds_for_each_file_the_job_wrote_not_for_links_out_of_it(c
 def test_route_explain_names_the_rule_the_limits_in_use_and_the_resubmit_path(ctx, stubs, tmp_path,
                                                                                monkeypatch, capsys):
     from galaxy_tasks import cli
+    from galaxy_tasks.edge import runtime
 
     launch(ctx, stubs, queued(ctx, "alice", "big"))
     spec = tmp_path / "spec.json"
     spec.write_text('{"tool_id": "t", "command": "true", "user": "alice", "destination": "big"}')
     monkeypatch.setenv("GALAXY_TASKS_HOME", str(tmp_path))
     monkeypatch.setenv("GALAXY_TASKS_JOB_CONF", str(tmp_path / "job_conf.yml"))
-    assert cli.main(["route", "--explain", str(spec)]) == 0
+    runtime.reset()  # the command builds this process's context from these settings, not an earlier test's
+    try:
+        assert cli.main(["route", "--explain", str(spec)]) == 0
+    finally:
+        runtime.reset()
     out = capsys.readouterr().out
     assert "destination  big (runner stub" in out
     assert "limit        user:alice: 1 of 2 places taken" in out

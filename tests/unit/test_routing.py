@@ -354,10 +354,10 @@ def test_refuse_reason_is_none_without_limits():
         ("destinations: {a: local:///}\nrules: [{destination: a, users: {x: 1}}]\n", "rules[0].user"),
         ("destinations: {a: local:///}\nrules: [{destination: 3}]\n", "rules[0].destination"),
         ("destinations: {a: local:///}\ndefault: b\n", "default: unknown destination 'b'"),
-        ("destinations: {}\n", "'destinations' must map names to destinations"),
-        ("destinations: [local:///]\n", "'destinations' must map names to destinations"),
-        ("rules: []\n", "'destinations' must map names to destinations"),
-        ("- local:///\n", "must be a mapping with 'destinations'"),
+        ("destinations: {}\n", "job_conf: destinations: must not be empty, not {}"),
+        ("destinations: [local:///]\n", "job_conf: destinations: must be a mapping, not ['local:///']"),
+        ("rules: []\n", "job_conf: missing key 'destinations'"),
+        ("- local:///\n", "job_conf: must be a mapping, not ['local:///']"),
     ],
 )
 def test_bad_config_names_the_key(text, named):
@@ -413,3 +413,105 @@ def test_an_unknown_key_names_its_line(tmp_path):
     with pytest.raises(ConfigError) as info:
         routing.load(path)
     assert str(info.value) == f"{path}:4: destinations.a: unknown key 'max_core'"
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("destinations: {a: {runner: local, queue: galaxy_tasks}}\n", "destinations.a: queue 'galaxy_tasks' is one "
+                                                                      "of the steps' queues"),
+        ("destinations: {a: {runner: local, queue: galaxy_tasks.ends}}\n", "is one of the steps' queues"),
+        ("destinations: {a: {runner: local, queue: celery}}\n", "destinations.a: queue 'celery' is one of Celery's"),
+        ("destinations: {a: local:///, b: {runner: local, queue: local@node1}}\n",
+         "destinations.b: queue 'local@node1' has '@'"),
+        ("destinations: {a: local:///, b: {runner: drmaa, queue: local}}\n",
+         "destinations.b: queue 'local' is also destination 'a''s"),
+    ],
+)
+def test_a_destination_queue_that_is_not_its_own_is_refused_at_load(text, named):
+    """A local destination on the steps' queue, on `celery`, on another's host queue, or two
+    destinations on one queue: each would have workers take messages that are not theirs."""
+    with pytest.raises(ConfigError) as caught:
+        routing.parse(yaml.safe_load(text))
+    assert named in str(caught.value)
+
+
+def test_the_steps_queue_refused_is_the_configured_one():
+    text = "destinations: {a: {runner: local, queue: steps}}\n"
+    routing.parse(yaml.safe_load(text))
+    with pytest.raises(ConfigError, match="steps' queues"):
+        routing.parse(yaml.safe_load(text), steps_queues=("steps", "ends"))
+
+
+NESTED = """\
+destinations:
+  local: local:///
+  big:
+    runner: slurm
+    params:
+      partition: long
+      command_timeout_s: {timeout}
+    resubmit:
+      - condition: walltime_reached
+        destination: local
+      - condition: memory_limit_reached
+        delay: {delay}
+    limits:
+      - type: walltime
+        value: {walltime}
+rules:
+  - tool: bwa
+    destination: big
+  - destinations: [local, big]
+    min_cores: {cores}
+"""
+GOOD = {"timeout": 5, "delay": "attempt * 60", "walltime": "'24:00:00'", "cores": 4}
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"timeout": "soon"}, ":7: destinations.big.params.command_timeout_s: must be a number, not 'soon'"),
+    ({"delay": "[60]"}, ":12: destinations.big.resubmit[1].delay: must be seconds or an expression over attempt, "
+                        "not [60]"),
+    ({"delay": "attempt *"}, ":12: destinations.big.resubmit[1].delay: 'attempt *' does not parse"),
+    ({"walltime": "-1"}, ":15: destinations.big.limits[0].value: must be a duration"),
+    ({"cores": "'4'"}, ":20: rules[1].min_cores: must be a whole number of at least 1, not '4'"),
+])
+def test_a_nested_error_names_its_line_and_key_path(tmp_path, change, named):
+    path = tmp_path / "job_conf.yml"
+    path.write_text(NESTED.format(**{**GOOD, **change}))
+    with pytest.raises(ConfigError) as info:
+        routing.load(path)
+    assert str(info.value).startswith(f"{path}{named}"), str(info.value)
+
+
+def test_the_nested_example_itself_loads(tmp_path):
+    path = tmp_path / "job_conf.yml"
+    path.write_text(NESTED.format(**GOOD))
+    big = routing.load(path).destinations["big"]
+    assert (big.params.command_timeout_s, big.policy.walltime_s) == (5, 86400)
+    assert [r.delay.text if r.delay else None for r in big.policy.resubmit] == [None, "attempt * 60"]
+
+
+def test_of_several_problems_the_first_in_the_file_is_named(tmp_path):
+    """The model checks `destinations` before `limits`; the admin reads the file from the top."""
+    path = tmp_path / "job_conf.yml"
+    path.write_text("limits:\n  - type: walltime\n    value: 10\n    per: user\n"
+                    "destinations:\n  a:\n    runner: local\n    max_cores: 0\n")
+    with pytest.raises(ConfigError) as info:
+        routing.load(path)
+    assert str(info.value) == f"{path}:4: limits[0]: unknown key 'per'"
+
+
+@pytest.mark.parametrize("where, named", [
+    ("    url: slurm://-J x/\n", ":3: destinations.a.url.native_specification: may not set --job-name"),
+    ("    runner: slurm\n    native_specification: -J x\n", ":4: destinations.a.native_specification: may not set"),
+    ("    runner: slurm\n    params:\n      native_specification: -J x\n",
+     ":5: destinations.a.params.native_specification: may not set"),
+])
+def test_a_native_specification_is_checked_where_it_is_written(tmp_path, where, named):
+    """The URL's text, the destination's key and the param are one param of the runner's."""
+    path = tmp_path / "job_conf.yml"
+    path.write_text("destinations:\n  a:\n" + where)
+    with pytest.raises(ConfigError) as info:
+        routing.load(path)
+    assert str(info.value).startswith(f"{path}{named}"), str(info.value)

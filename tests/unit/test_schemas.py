@@ -56,7 +56,7 @@ def snippets() -> list[tuple[str, str, object]]:
 def classify(where: str, data: object) -> list[tuple[str, str, object]]:
     if not isinstance(data, dict):
         return []
-    if "destinations" in data:
+    if "destinations" in data and not {"global", "tools"} & set(data):  # TPV's config has destinations too
         return [(where, "job-conf", data)]
     if data.get("event") == "job_state":
         return [(where, "event", data)]

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import signal
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from galaxy_tasks import cli, config, holders, jobdir, routing
+from galaxy_tasks import child_workers, cli, config, jobdir, routing
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import ConfigError, RunnerError
 from galaxy_tasks.runners import params, runner_class
 from galaxy_tasks.runners.base import Launch, Tracked
 from galaxy_tasks.runners.slurm import SlurmParams, SlurmRunner, sbatch_options
-from galaxy_tasks.runners.slurm.ends import CANCEL_MARKER, STOOD_DOWN, completion, without_record
+from galaxy_tasks.runners.slurm.ends import CANCEL_MARKER, KILL_SETTLES_S, STOOD_DOWN, completion, without_record
 from galaxy_tasks.runners.slurm.records import SlurmJob, parse_jobcomp_line, parse_squeue
 from galaxy_tasks.runners.slurm.script import STOOD_DOWN_PREFIX
 from galaxy_tasks.runners.slurm.state import ListenerState
@@ -36,7 +37,7 @@ def make_launch(root: Path, command: str = "true", **fields) -> Launch:
 def test_slurm_is_registered_with_its_holding_worker():
     assert runner_class("slurm") is SlurmRunner
     assert SlurmRunner.holder == "workers.slurm" and SlurmRunner.Params is SlurmParams
-    assert holders.command("slurm", ["slurm"], "slurm@%h", None)[1:7] == ["-m", "celery", "-A", "workers.slurm",
+    assert child_workers.command("slurm", ["slurm"], "slurm@%h", None)[1:7] == ["-m", "celery", "-A", "workers.slurm",
                                                                           "worker", "-Q"]
 
 
@@ -51,7 +52,7 @@ def test_a_plain_worker_leaves_the_slurm_queues_to_the_slurm_worker(tmp_path):
         """))
     settings = config.load({"GALAXY_TASKS_HOME": str(tmp_path), "GALAXY_TASKS_JOB_CONF": str(conf)})
     ctx = Context(settings, Store(settings.database_url), routing.load(settings.job_conf))
-    assert cli._queues_by_worker(ctx) == (["galaxy_tasks", "local"], {"slurm": ["slurm", "slurm.big"]})
+    assert cli._queues_by_worker(ctx) == (["galaxy_tasks", "galaxy_tasks.ends", "local"], {"slurm": ["slurm", "slurm.big"]})
 
 
 def test_params_from_a_job_conf_are_typed_and_the_top_level_native_specification_counts():
@@ -177,6 +178,20 @@ def test_how_a_job_ended_without_an_exit_code_of_its_own(tmp_path, info, runner_
     assert (done.runner_state, done.signal, done.exit_code) == (runner_state, sig, None)
     assert words in done.reason
     assert (done.wall_time_s, done.ended_at, done.external_id) == (60.0, 160.0, "7")
+
+
+def test_a_fresh_sigkill_waits_for_slurmstepd_to_say_whether_it_was_for_memory(tmp_path):
+    """Slurm's memory polling reports FAILED with SIGKILL, and slurmstepd writes why a moment
+    later: until then, or until the kill is a few seconds old, the end is not decided."""
+    just_now = time.time()
+    fresh = ended("FAILED", None, signal.SIGKILL)._replace(end_time=just_now)
+    assert end_of(tmp_path, fresh) is None
+    (tmp_path / "j1" / "slurm.err").write_text("slurmstepd: error: Exceeded job memory limit\n")
+    assert end_of(tmp_path, fresh).runner_state == "memory_limit_reached"
+    (tmp_path / "j1" / "slurm.err").unlink()
+    old = fresh._replace(end_time=just_now - KILL_SETTLES_S - 1)
+    done = end_of(tmp_path, old)
+    assert (done.signal, done.runner_state, done.reason) == (signal.SIGKILL, None, "killed by signal SIGKILL")
 
 
 def test_a_command_that_finished_before_the_node_failed_keeps_its_exit_code(tmp_path):

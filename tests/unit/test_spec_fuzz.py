@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from galaxy_tasks.errors import SpecError
+from galaxy_tasks.names import USER_NAME
 from galaxy_tasks.spec import FIELDS, JobSpec, parse, parse_json
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -102,6 +103,10 @@ FIELD_VALUES = {
     "id": job_ids,
     "events": st.one_of(json_values, st.fixed_dictionaries({"queue": texts}, optional={"client_id": texts})),
     "reuse": st.one_of(json_values, st.booleans()),
+    "run_as": st.one_of(json_values, texts),
+    "gpus": whole_numbers,
+    "native_specification": st.one_of(json_values, texts),
+    "output_size_bytes": whole_numbers,
 }
 
 
@@ -124,6 +129,10 @@ FIELD_GOOD = {
     "events": st.fixed_dictionaries({"queue": st.from_regex(r"[a-z][a-z0-9_.:-]{0,30}", fullmatch=True)},
                                     optional={"client_id": st.text(max_size=20)}),
     "reuse": st.booleans(),
+    "run_as": st.from_regex(USER_NAME, fullmatch=True),
+    "gpus": st.integers(min_value=1, max_value=2**31 - 1),
+    "native_specification": st.text(min_size=1, max_size=30).filter(lambda s: s.strip()),
+    "output_size_bytes": st.integers(min_value=1, max_value=2**63 - 1),
 }
 
 
@@ -262,6 +271,10 @@ FIELD_VALID = {
     "events": st.fixed_dictionaries({"queue": st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,60}", fullmatch=True)},
                                     optional={"client_id": safe_text}),
     "reuse": st.booleans(),
+    "run_as": st.from_regex(USER_NAME, fullmatch=True),
+    "gpus": st.integers(min_value=1, max_value=2**31 - 1),
+    "native_specification": safe_nonblank,
+    "output_size_bytes": st.integers(min_value=1, max_value=2**63 - 1),
 }
 
 

@@ -8,15 +8,18 @@ from datetime import timedelta
 from typing import Iterator
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 
 from galaxy_tasks import config, routing
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import SpecError
 from galaxy_tasks.lifecycle import accept
-from galaxy_tasks.model import Job
+from galaxy_tasks.model import Job, metadata
 from galaxy_tasks.spec import parse
 from galaxy_tasks.states import JobState
 from galaxy_tasks.store import Store, schema
+from galaxy_tasks.store.engines import engine
 from tests.support.services import create_database, drop_database
 
 S = JobState
@@ -26,7 +29,7 @@ S = JobState
 def ctx(request, tmp_path) -> Iterator[Context]:
     env = {"GALAXY_TASKS_HOME": str(tmp_path)}
     if request.param == "postgresql":
-        env["GALAXY_TASKS_DATABASE_URL"] = create_database()
+        env["GALAXY_TASKS_DATABASE_URL"] = create_database(template=request.getfixturevalue("database_template"))
     settings = config.load(env)
     schema.upgrade(settings.database_url)
     store = Store(settings.database_url, settings.check_after)
@@ -303,3 +306,31 @@ def test_schema_upgrade_is_idempotent(ctx):
     schema.upgrade(ctx.settings.database_url)
     assert schema.current(ctx.settings.database_url) is not None
     assert isinstance(ctx.store.job(new_job(ctx)), Job)
+
+
+def test_the_migrations_make_the_tables_the_records_declare(ctx):
+    """The tables are built from the records' fields (model.py); what the migrations made
+    must be the same, column for column (type, NULL, server default) and index for index."""
+    with engine(ctx.settings.database_url).connect() as connection:
+        migrated = MigrationContext.configure(connection, opts={"compare_type": True,
+                                                                "compare_server_default": True})
+        assert compare_metadata(migrated, metadata) == []
+
+
+def test_a_signed_message_id_is_taken_once_and_forgotten_after_its_message_expires(ctx):
+    """The seen-id window of signed messages: the first taking of an id is the only one;
+    ids whose message has expired are dropped (later copies are refused as expired), so the
+    table holds no more than one message life of ids."""
+    from galaxy_tasks.model import seen_messages, utcnow
+    from galaxy_tasks.store import deliveries
+
+    store = ctx.store
+    later = utcnow() + timedelta(minutes=10)
+    assert store.first_taking("a" * 32, later) is True
+    assert store.first_taking("a" * 32, later) is False, "a second copy of the same message"
+    assert store.first_taking("b" * 32, utcnow() - timedelta(seconds=1)) is True
+    store._pruned_at -= deliveries.PRUNE_EVERY_S + 1
+    assert store.first_taking("c" * 32, later) is True
+    with store.engine.connect() as connection:
+        kept = sorted(row.message_id for row in connection.execute(seen_messages.select()))
+    assert kept == ["a" * 32, "c" * 32], "the expired id was dropped, the live ones kept"

@@ -91,3 +91,77 @@ def test_nothing_is_recorded_for_a_refused_workflow(tmp_path: Path):
         with pytest.raises(WorkflowError):
             schedule.submit(ctx, {"name": "w", "steps": {"a": step(), "b": step(sweep={"q": []})}})
         assert ctx.store.recent_workflows() == [] and ctx.store.recent() == []
+
+
+def test_a_huge_fan_out_is_refused_before_any_element_is_built():
+    """A few bytes that ask for a billion seeds (or a sweep's product) cost nothing to refuse:
+    building them first took a worker's memory until it was killed."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        assert refused({"m": step(seeds=1_000_000_000)}).field == "steps.m.seeds"
+        assert refused({"m": step(seeds=200_000)}).field == "steps.m.seeds"
+        grid = {name: list(range(100)) for name in ("a", "b", "c", "d", "e")}
+        assert refused({"s": step(sweep=grid)}).field == "steps.s.sweep"
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 1024 * 1024, f"refusing took {peak} bytes"
+
+
+def test_a_workflow_is_bounded_as_a_whole():
+    """Each step within its own bound, the workflow still may not make more jobs in all."""
+    steps = {"a": step(seeds=10_000), "b": step(foreach="a"), "c": step(seeds=10)}
+    error = refused(steps)
+    assert error.field in ("steps.b", "steps.c") and "20000 in all" in error.message
+    parse_workflow({"name": "w", "steps": {"a": step(seeds=10_000), "b": step(foreach="a")}})
+
+
+def test_the_workflow_bound_is_the_deployments_and_is_checked_before_anything_is_recorded(tmp_path):
+    """GALAXY_TASKS_WORKFLOW_MAX_JOBS bounds a workflow's jobs, all steps together: one over
+    it is refused at submit naming the step that crossed it and the setting, before that
+    step's elements are built, and nothing is recorded."""
+    from galaxy_tasks import config
+
+    with embedded_context(tmp_path, "destinations:\n  stub: {runner: stub}\ndefault: stub\n",
+                          WORKFLOW_MAX_JOBS="50") as ctx:
+        with pytest.raises(WorkflowError) as caught:
+            schedule.submit(ctx, {"name": "w", "steps": {"a": step(seeds=40), "b": step(map=list(range(11)))}})
+        assert caught.value.field == "steps.b"
+        assert caught.value.message == ("brings the workflow to 51 jobs, more than 50 in all "
+                                        "(GALAXY_TASKS_WORKFLOW_MAX_JOBS)")
+        assert ctx.store.recent_workflows() == [] and ctx.store.recent() == []
+        workflow, created = schedule.submit(ctx, {"name": "w", "steps": {"a": step(seeds=40),
+                                                                        "b": step(map=list(range(10)))}})
+        assert len(created) == 50
+    assert config.load({}).workflow_max_jobs == 20_000
+    with pytest.raises(ValueError, match="WORKFLOW_MAX_JOBS must be at most 100000"):
+        config.load({"GALAXY_TASKS_WORKFLOW_MAX_JOBS": "200000"})
+
+
+def test_every_element_is_checked_at_submit(tmp_path):
+    """An item that makes one element's spec invalid refuses the workflow at submit, naming
+    the element, and nothing is recorded: it is not found only when that job is created."""
+    error = refused({"m": step("cat ${item} > out", ["${item}.out"], map=["a", "../../escape"])})
+    assert error.field == "steps.m.spec.outputs[0]" and "escapes the job directory" in error.message
+    assert "element 1" in error.message and "../../escape" in error.message
+    with embedded_context(tmp_path, "destinations:\n  stub: {runner: stub}\ndefault: stub\n") as ctx:
+        with pytest.raises(WorkflowError):
+            schedule.submit(ctx, {"name": "w", "steps": {"m": step("true", ["${item}"], map=["a", "/etc/x"])}})
+        assert ctx.store.recent(limit=10) == [] and ctx.store.recent_workflows(limit=10) == []
+
+
+def test_items_and_params_are_one_shell_word_each_in_the_command():
+    """A map item or a sweep value is data, not shell: `bob; touch x` stays one argument."""
+    from galaxy_tasks.workflows.document import render
+
+    def resolve(step: str, output: str) -> list[str]:
+        return []
+
+    spec = {"tool_id": "t", "command": "greet ${item} --n ${params.n} > ${item}.out", "outputs": ["${item}.out"]}
+    rendered = render(spec, {"item": "bob; touch x", "params": {"n": "$(id)"}}, resolve)
+    assert rendered["command"] == "greet 'bob; touch x' --n '$(id)' > 'bob; touch x'.out"
+    assert rendered["outputs"] == ["bob; touch x.out"], "outside the command a value is a path, not shell"
+    plain = render(spec, {"item": "s1", "params": {"n": 3}}, resolve)
+    assert plain["command"] == "greet s1 --n 3 > s1.out", "a plain word is left as it is"

@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
+from galaxy_tasks import native
 from galaxy_tasks.runners.base import Launch
-
-if TYPE_CHECKING:
-    from galaxy_tasks.runners.drmaa.runner import DrmaaParams
+from galaxy_tasks.runners.drmaa.params import DrmaaParams
 
 
 def native_specification(launch: Launch, params: DrmaaParams) -> str:
-    """Grid Engine options for the job's resources, then the destination's own options
-    (last, so they win)."""
+    """Grid Engine options for the job's resources, then the destination's own options,
+    then the job's (last, so they win)."""
     parts: list[str] = []
     if launch.walltime_s:
         hours, rest = divmod(int(launch.walltime_s), 3600)
@@ -24,6 +22,10 @@ def native_specification(launch: Launch, params: DrmaaParams) -> str:
     if memory and launch.memory_mb:
         per_slot = math.ceil(launch.memory_mb / launch.cores) if pe else launch.memory_mb
         parts.append(f"-l {memory}={per_slot}M")
+    if launch.gpus and params.gpu_resource:
+        parts.append(f"-l {params.gpu_resource}={launch.gpus}")
     if params.native_specification:
         parts.append(params.native_specification)
+    if launch.native_specification:  # the job's own, which its destination's allow_native let through
+        parts += native.arguments(launch.native_specification, "gridengine")
     return " ".join(parts)

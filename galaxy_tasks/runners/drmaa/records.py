@@ -2,7 +2,6 @@
 (what `qacct` reads) for the jobs that ended. Both are read once per batch of jobs."""
 from __future__ import annotations
 
-import getpass
 import os
 import re
 import subprocess
@@ -12,7 +11,7 @@ from typing import Callable, NamedTuple
 
 from galaxy_tasks.errors import RunnerError
 from galaxy_tasks.jobdir import CLAIMED_EXIT_CODE
-from galaxy_tasks.runners.accounting import reverse_lines
+from galaxy_tasks.runners.accounting import newest_ended
 
 
 class Record(NamedTuple):
@@ -26,6 +25,14 @@ class Record(NamedTuple):
     wall_time_s: float
     max_rss_kb: int
 
+    @property
+    def external_id(self) -> str:
+        return self.job_number
+
+    @property
+    def name(self) -> str:
+        return self.job_name
+
 
 class GridEngineRecords:
     """`qstat` and the accounting file; `count(kind)` is told of every look."""
@@ -38,8 +45,9 @@ class GridEngineRecords:
         self._count = count
 
     def active(self) -> set[str]:
-        """Ids of all of our user's jobs Grid Engine still holds (pending, running, ...)."""
-        proc = self._run_qstat("-xml", "-u", getpass.getuser())
+        """Ids of all the jobs Grid Engine still holds (pending, running, ...), whoever's:
+        a job run as its real user is that user's, not the worker's."""
+        proc = self._run_qstat("-xml", "-u", "*")
         if proc.returncode != 0:
             raise RunnerError(f"qstat failed: {proc.stderr.strip()}")
         try:
@@ -61,26 +69,10 @@ class GridEngineRecords:
         """Find jobs in the accounting file, newest first, stopping at records older than
         the job directories: one pass for a whole batch."""
         self._count("accounting")
-        found: dict[str, Record] = {}
-        wanted = len(ids) + len(names)
         try:
-            for line in reverse_lines(Path(self.accounting_file)):
-                record = parse_record(line)
-                if record is None:
-                    continue
-                if 0 < record.end_time < not_before:
-                    break
-                if record.job_number in ids:
-                    key = record.job_number
-                elif record.job_name in names and record.exit_status != CLAIMED_EXIT_CODE:
-                    key = record.job_name  # (a copy that stood down did not run the job)
-                else:
-                    continue
-                if key not in found:
-                    found[key] = record
-                    if len(found) == wanted:
-                        break
-        except OSError as exc:
+            found, _gave_up = newest_ended(Path(self.accounting_file), parse_record, ids, names, not_before,
+                                           by_name=lambda record: record.exit_status != CLAIMED_EXIT_CODE)
+        except OSError as exc:  # (a copy that stood down, above, did not run the job)
             raise RunnerError(f"cannot read the Grid Engine accounting file {self.accounting_file}: {exc}") from exc
         return found
 

@@ -5,10 +5,8 @@ wait() reaps the job's DRMAA record; if the process dies before the report is de
 the job is still in Grid Engine's accounting file, where `status()` (reconciliation) finds
 it, so `report` need not be durable.
 
-Submission is idempotent: a marker written in the job directory before the DRM is asked
-(then replaced by the DRM's id) tells a later attempt whether it must look for an earlier
-copy (`qstat -j <name>`, then the accounting file); a copy started anyway finds the job
-already claimed by job.sh and exits 75, which is not reported as the job's end.
+Submission is idempotent (`batch.BatchRunner`): an earlier copy is looked for by name with
+`qstat -j <name>`, then in the accounting file.
 
 Resources are mapped into the native specification (see `native.py`): walltime_s to
 `-l h_rt=`, cores to `-pe <parallel_environment> N`, memory_mb to `-l <memory_resource>=`.
@@ -16,26 +14,24 @@ Resources are mapped into the native specification (see `native.py`): walltime_s
 from __future__ import annotations
 
 import logging
-import os
 import re
+import shlex
 import time
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
 
 from galaxy_tasks.errors import RunnerError
-from galaxy_tasks.faults import crash_point
 from galaxy_tasks.jobdir import JobDir
 from galaxy_tasks.runners.accounting import not_before
-from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, Tracked
+from galaxy_tasks.runners.base import Completion, Launch, Report, Tracked
+from galaxy_tasks.runners.batch import BatchRunner, Found
 from galaxy_tasks.runners.drmaa.ends import from_info, from_record
 from galaxy_tasks.runners.drmaa.native import native_specification
+from galaxy_tasks.runners.drmaa.params import JOB_RESERVED, DrmaaParams
 from galaxy_tasks.runners.drmaa.records import GridEngineRecords
 from galaxy_tasks.runners.drmaa.session import close_session, message, open_session
 from galaxy_tasks.runners.drmaa.wait import EXIT_TIMEOUT, INVALID_JOB, Ended, WaitError
-from galaxy_tasks.runners.params import param
 
 log = logging.getLogger(__name__)
 
@@ -60,43 +56,26 @@ def load_drmaa() -> ModuleType:
     return drmaa
 
 
-@dataclass(frozen=True)
-class DrmaaParams:
-    native_specification: str = param("", doc="Grid Engine options, appended last so they win over the mapped ones")
-    parallel_environment: str | None = param(None, doc="map cores to `-pe <this> N` (ops/sge-up.sh creates smp)")
-    memory_resource: str | None = param(None, doc="map memory_mb to `-l <this>=<M>M` (h_vmem, mem_free, a "
-                                                  "consumable); per slot with a parallel environment")
-    contact: str | None = param(None, doc="re-attach to the DRMAA session of an earlier process")
-    contact_file: str | None = param(None, doc="where the runner keeps its session's contact itself "
-                                               "(the DRMAA worker sets it per node name)")
-    submit_retries: int = param(3, minimum=0, doc="retries of a submission the DRM denies for a reason that may pass")
-    submit_backoff_s: float = param(0.5, minimum=0, doc="first delay between those retries (it doubles)")
-    wait_timeout_s: int = param(2, minimum=1, doc="the wait-any timeout; bounds how long closing takes")
-    accounting_file: str | None = param(None, doc="Grid Engine's accounting file "
-                                                  "(default $SGE_ROOT/$SGE_CELL/common/accounting)")
-    accounting_flush_s: float = param(2.0, minimum=0, doc="how long Grid Engine may take to write a record")
-    qstat: str = param("qstat", doc="the command of the batched status query")
-
-
-class DrmaaRunner(Runner):
+class DrmaaRunner(BatchRunner):
     name = "drmaa"
+    marker = SUBMIT_MARKER
+    submit_action, cancel_action = "qsub", "qdel"
     Params = DrmaaParams
     params: DrmaaParams
     holder = "workers.drmaa"
+    native_style = "gridengine"
+    native_reserved = JOB_RESERVED
+
+    @classmethod
+    def gives_gpus(cls, params: Any) -> bool:
+        return bool(params.gpu_resource)
 
     def __init__(self, params: Any, report: Report, *, destination: str = "", host: str = "") -> None:
         super().__init__(params, report, destination=destination, host=host)
         self._drmaa = load_drmaa()
-        self._session = open_session(self._drmaa, self.params)
+        self._session = open_session(self._drmaa, self.params, self)
         self._records = GridEngineRecords(self.params.qstat, self.params.accounting_file, self._session.count)
         self._closed = False
-
-    @classmethod
-    def url_params(cls, text: str) -> dict[str, Any]:
-        """`drmaa://-q all.q/` (and the seeds' `drmaa://native/-q all.q/`)."""
-        if (text + "/").startswith("native/"):
-            text = text[len("native/"):]
-        return {"native_specification": text.strip()} if text.strip() else {}
 
     @property
     def contact(self) -> str:
@@ -120,21 +99,9 @@ class DrmaaRunner(Runner):
 
     # -- the runner interface ---------------------------------------------------------
 
-    def submit(self, launch: Launch) -> str:
-        marker = launch.job_dir / SUBMIT_MARKER
-        if marker.exists():
-            existing = self._find_existing(launch, marker)
-            if existing is not None:
-                self._adopt(Tracked(launch.job_id, existing, launch.job_dir))
-                return existing
-        write_synced(marker, "submitting\n")
-        external_id = self._run_job(launch, native_specification(launch, self.params))
-        crash_point("drmaa_submitted", launch.job_id)  # before anything records the DRM's id
-        write_synced(marker, external_id + "\n", sync=False)  # if lost, the lookup finds it
-        self._session.follow(Tracked(launch.job_id, external_id, launch.job_dir), self)
-        return external_id
-
     def cancel(self, tracked: Tracked) -> None:
+        if self.cancelled_as_user(tracked):
+            return
         drmaa = self._drmaa
         try:
             self._session.call("control", self._session.session.control, tracked.external_id,
@@ -160,6 +127,7 @@ class DrmaaRunner(Runner):
             records.update(self._records.accounting(late, set(), not_before(gone)))
         for job in gone:
             result[job.job_id] = from_record(job, records.get(job.external_id))
+        self.given_back(result, gone)
         return result
 
     def recover(self, jobs: Sequence[Tracked]) -> None:
@@ -169,12 +137,8 @@ class DrmaaRunner(Runner):
         for jobs of another session)."""
         if not jobs:
             return
-        ended = self.status(jobs)  # one qstat (and accounting read) for the whole batch
-        for job in jobs:
-            completion = ended[job.job_id]
-            if completion is not None:
-                self.emit(completion, job)
-            elif self.reattached:
+        for job in self.report_ended(jobs):  # one qstat (and accounting read) for the whole batch
+            if self.reattached:
                 self._session.follow(job, self)  # one that ends from now on: the session keeps it
             else:
                 self._session.unfollow(job, self)
@@ -186,27 +150,47 @@ class DrmaaRunner(Runner):
 
     # -- submission -------------------------------------------------------------------
 
-    def _find_existing(self, launch: Launch, marker: Path) -> str | None:
-        """A previous attempt got at least as far as asking the DRM: find its job."""
-        recorded = marker.read_text().strip()
-        if recorded.isdigit():
-            return recorded  # the DRM had accepted it and we had written its id down
+    def submission(self, launch: Launch) -> str:
+        return native_specification(launch, self.params)
+
+    def user_submission(self, launch: Launch, native: str) -> list[str]:
+        """qsub's words for what `submit_now` asks of DRMAA, and job.sh's umask for a job
+        whose files the worker must still read."""
+        root = str(launch.job_dir)
+        return ["-terse", "-N", launch.external_name, "-wd", root, "-o", f"{root}/drm.out", "-e", f"{root}/drm.err",
+                "-v", "GT_UMASK=027", *shlex.split(native), "-b", "y", "/bin/sh", str(launch.script)]
+
+    def submitted_id(self, answer: str) -> str:
+        external_id = answer.strip().split(".", 1)[0]  # (an array job's answer is `<id>.<tasks>`)
+        if not external_id.isdigit():
+            raise RunnerError(f"unreadable qsub answer {answer.strip()[:200]!r}")
+        return external_id
+
+    def follow_as_user(self, job: Tracked) -> None:
+        self.adopt(job)  # not in the session: wait-any cannot hear it, Grid Engine's records can
+
+    def is_scheduler_id(self, text: str) -> bool:
+        return text.isdigit()
+
+    def queued_named(self, launch: Launch) -> Found | None:
         queued = self._records.named(launch.external_name)
-        if queued:
-            return queued[-1]
-        job_dir = JobDir(launch.job_dir)
-        if job_dir.claimed_pid() is None and job_dir.recorded_exit_code() is None:
-            return None  # no copy ever started the script: a new one is safe
+        return Found(queued[-1]) if queued else None
+
+    def ended_named(self, launch: Launch) -> Found | None:
+        """From the accounting file, given Grid Engine its flush time once."""
         name = launch.external_name
         for attempt in range(2):
             found = self._records.accounting(set(), {name}, not_before([launch]))
             if found:
-                return found[name].job_number
+                return Found(found[name].job_number)
             if attempt == 0:
                 time.sleep(self.params.accounting_flush_s)
-        return None  # a new copy will stand down (exit 75) and its end is reported then
+        return None
 
-    def _run_job(self, launch: Launch, native: str) -> str:
+    def follow(self, job: Tracked) -> None:
+        self._session.follow(job, self)
+
+    def submit_now(self, launch: Launch, native: str) -> str:
         drmaa, session = self._drmaa, self._session
         retries = self.params.submit_retries
         delay = self.params.submit_backoff_s
@@ -244,7 +228,7 @@ class DrmaaRunner(Runner):
         finally:
             session.call(None, session.session.deleteJobTemplate, template)
 
-    def _adopt(self, job: Tracked) -> None:
+    def adopt(self, job: Tracked, info: Any = None) -> None:
         """Follow a job an earlier attempt submitted: by wait-any if it is in our session,
         else from Grid Engine's records (or by reconciliation while it still runs)."""
         try:
@@ -275,23 +259,3 @@ class DrmaaRunner(Runner):
         completion = from_info(job, ended.info)
         if completion is not None:
             self.emit(completion, job)
-
-    def emit(self, completion: Completion, job: Tracked) -> None:
-        """Write the end down in the job's directory, and report it."""
-        try:
-            self.ended(completion, job.job_dir)
-        except Exception:  # the wait thread must outlive a failing callback
-            log.exception("reporting the end of job %s failed", completion.job_id)
-
-
-def write_synced(path: Path, text: str, *, sync: bool = True) -> None:
-    """Write `text` whole or not at all (a rename), fsynced unless `sync` is False."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)

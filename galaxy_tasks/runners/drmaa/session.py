@@ -15,10 +15,12 @@ import threading
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
-from typing import IO, TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import IO, Any, Callable, Protocol, Sequence
 
 from galaxy_tasks.errors import RunnerError
 from galaxy_tasks.runners.base import Completion, Tracked
+from galaxy_tasks.runners.batch import PerProcess
+from galaxy_tasks.runners.drmaa.params import DrmaaParams
 from galaxy_tasks.runners.drmaa.wait import (
     EXIT_TIMEOUT,
     INVALID_JOB,
@@ -27,9 +29,6 @@ from galaxy_tasks.runners.drmaa.wait import (
     Wait,
     WaitError,
 )
-
-if TYPE_CHECKING:
-    from galaxy_tasks.runners.drmaa.runner import DrmaaParams
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +54,6 @@ class Session:
     per destination, and DRMAA allows one session per process."""
 
     def __init__(self, drmaa: ModuleType, params: DrmaaParams) -> None:
-        self.pid = os.getpid()
-        self.users = 0
         self.wait_timeout_s = max(1, int(params.wait_timeout_s))
         self.calls: Counter[str] = Counter()
         self._errors = drmaa.errors
@@ -232,33 +229,20 @@ class Session:
         self._release_contact_file()
 
 
-_current: Session | None = None
-_current_lock = threading.Lock()
+SESSIONS: PerProcess[Session] = PerProcess("DRMAA session", "drmaa")
 
 
-def open_session(drmaa: ModuleType, params: DrmaaParams) -> Session:
-    global _current
-    with _current_lock:
-        if _current is not None and _current.pid != os.getpid():
-            raise RunnerError("the DRMAA session was opened before this process was forked: serve drmaa "
-                              "queues with a solo or threads pool, or build runners after the fork")
-        if _current is None:
-            _current = Session(drmaa, params)
-        elif params.contact and params.contact != _current.contact:
+def open_session(drmaa: ModuleType, params: DrmaaParams, user: Follower) -> Session:
+    """The process's DRMAA session (one per process: DRMAA allows no more), `user` among its users."""
+    def check(current: Session) -> None:
+        if params.contact and params.contact != current.contact:
             log.warning("one DRMAA session per process: staying on %s, not re-attaching to %s",
-                        _current.contact, params.contact)
-        _current.users += 1
-        return _current
+                        current.contact, params.contact)
+
+    return SESSIONS.open(user, lambda: Session(drmaa, params), check)
 
 
 def close_session(session: Session, runner: Follower) -> None:
-    global _current
+    """`runner` no longer uses the session; the last user closes it (jobs keep running)."""
     session.forget(runner)
-    with _current_lock:
-        session.users -= 1
-        if session.users > 0:
-            return
-        if _current is session:
-            _current = None
-    session.close()
-
+    SESSIONS.close(runner, Session.close)

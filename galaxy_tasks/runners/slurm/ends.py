@@ -36,12 +36,20 @@ class StoodDown:
 
 STOOD_DOWN = StoodDown()
 
+#: how long after a SIGKILL that Slurm reports as FAILED the end stays undecided: slurmstepd
+#: writes that it killed the job for its memory a moment after the state changes
+KILL_SETTLES_S = 5.0
 
-def completion(job: Tracked, info: SlurmJob, source: str) -> Completion | StoodDown:
-    """The end of a job that Slurm says has ended (`info.state` in TERMINAL)."""
+
+def completion(job: Tracked, info: SlurmJob, source: str) -> Completion | StoodDown | None:
+    """The end of a job that Slurm says has ended (`info.state` in TERMINAL); None while it
+    cannot be told yet (asked again, as for a job still running)."""
     job_dir = JobDir(Path(job.job_dir))
     if stood_down(info, job_dir.root):
         return STOOD_DOWN
+    if (info.state == "FAILED" and info.signal == signal.SIGKILL and info.end_time
+            and time.time() - info.end_time < KILL_SETTLES_S and not over_memory(job_dir)):
+        return None
     recorded = job_dir.recorded_exit_code()
     wall = (info.end_time - info.start_time) if info.start_time and info.end_time else None
     signum = info.signal

@@ -3,15 +3,12 @@ does for every runner (the exit code, the claim, the end note, read without foll
 bounded and never blocking).
 
 slurmstepd's own words about a job go to the batch script's stderr (`slurm.err`), which the
-job could write to as well: only its tail is read, the same careful way. The submit marker
-must be on disk before sbatch runs, so that a later attempt knows to look for an earlier
-copy: it is written whole and fsynced.
+job could write to as well: only its tail is read, the same careful way.
 """
 from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -44,15 +41,3 @@ def over_memory(job_dir: JobDir) -> bool:
     polling, without cgroups)."""
     text = read_tail(job_dir.root / "slurm.err")
     return "exceeded memory limit" in text or "Exceeded job memory limit" in text
-
-
-def write_synced(path: Path, text: str, mode: int) -> None:
-    """Write whole (a link planted at the name is replaced, not followed), fsynced."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)

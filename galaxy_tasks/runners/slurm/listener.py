@@ -19,7 +19,6 @@ import errno
 import hashlib
 import hmac
 import logging
-import os
 import re
 import secrets
 import selectors
@@ -28,17 +27,16 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from galaxy_tasks.errors import RunnerError
 from galaxy_tasks.runners.base import Completion, Tracked
+from galaxy_tasks.runners.batch import PerProcess
 from galaxy_tasks.runners.slurm.ends import StoodDown
+from galaxy_tasks.runners.slurm.params import SlurmParams
 from galaxy_tasks.runners.slurm.records import SLURM_ID
 from galaxy_tasks.runners.slurm.script import ANNOUNCE_PREFIX
 from galaxy_tasks.runners.slurm.state import ListenerState
-
-if TYPE_CHECKING:
-    from galaxy_tasks.runners.slurm.runner import SlurmParams
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +95,6 @@ class Listener:
     every SlurmRunner of the process."""
 
     def __init__(self, params: SlurmParams) -> None:
-        self.pid = os.getpid()
-        self.users: list[Follower] = []
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._followed: dict[str, tuple[Tracked, Follower]] = {}  # by Slurm id
@@ -155,10 +151,6 @@ class Listener:
 
     # -- followed jobs ----------------------------------------------------------------
 
-    def users_add(self, runner: Follower) -> None:
-        with self._lock:
-            self.users.append(runner)
-
     def follow(self, job: Tracked, runner: Follower, *, check_early: bool = True) -> None:
         with self._cond:
             self._followed[job.external_id] = (job, runner)
@@ -198,8 +190,6 @@ class Listener:
                 for key in [key for key, value in table.items()
                             if (value[1] if isinstance(value, tuple) else value.runner) is runner]:
                     del table[key]
-            if runner in self.users:
-                self.users.remove(runner)
             self._latencies.pop(id(runner), None)
 
     def _queue(self, job: Tracked, runner: Follower, heard_at: float, *, once: bool = False) -> bool:
@@ -419,35 +409,20 @@ class Listener:
         self._state.release()
 
 
-_current: Listener | None = None
-_current_lock = threading.Lock()
+LISTENERS: PerProcess[Listener] = PerProcess("Slurm listener", "slurm")
 
 
 def open_listener(params: SlurmParams, runner: Follower) -> Listener:
     """The process's listener (opened now if it is not open yet), with `runner` among its users."""
-    global _current
-    with _current_lock:
-        if _current is not None and _current.pid != os.getpid():
-            raise RunnerError("the Slurm listener was opened before this process was forked: serve slurm "
-                              "queues with a solo or threads pool, or build runners after the fork")
-        if _current is None:
-            _current = Listener(params)
-        elif params.state_file and params.state_file != _current.state_file:
-            log.warning("one Slurm listener per process: staying on %s, not %s", _current.state_file,
+    def check(current: Listener) -> None:
+        if params.state_file and params.state_file != current.state_file:
+            log.warning("one Slurm listener per process: staying on %s, not %s", current.state_file,
                         params.state_file)
-        _current.users_add(runner)
-        return _current
+
+    return LISTENERS.open(runner, lambda: Listener(params), check)
 
 
 def close_listener(listener: Listener, runner: Follower) -> None:
     """`runner` no longer uses the listener; the last user closes it (jobs keep running)."""
-    global _current
     listener.forget(runner)
-    with _current_lock:
-        if listener.users:
-            return
-        if _current is listener:
-            _current = None
-    listener.close()
-
-
+    LISTENERS.close(runner, Listener.close)

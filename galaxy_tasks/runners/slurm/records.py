@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
 from galaxy_tasks.errors import RunnerError, RunnerUnavailable
-from galaxy_tasks.runners.accounting import reverse_lines
+from galaxy_tasks.runners.accounting import newest_ended
 from galaxy_tasks.runners.slurm.commands import INVALID_JOB, Commands, tail
 
 log = logging.getLogger(__name__)
@@ -148,33 +148,17 @@ class SlurmRecords:
         if path is None or not (ids or names):
             return {}
         self.commands.count("jobcomp")
-        found: dict[str, SlurmJob] = {}
-        wanted = len(ids) + len(names)
         try:
-            for scanned, raw in enumerate(reverse_lines(path)):
-                if scanned >= self.scan_lines:
-                    log.warning("stopped looking for %d jobs after the last %d lines of %s", wanted - len(found),
-                                self.scan_lines, path)
-                    break
-                record = parse_jobcomp_line(raw.decode(errors="replace"))
-                if record is None:
-                    continue
-                if record.end_time is not None and 0 < record.end_time < since:
-                    break
-                if record.external_id in ids:
-                    key = record.external_id
-                elif record.name in names and not (skip is not None and skip(record)):
-                    key = record.name
-                else:
-                    continue
-                if key not in found:
-                    found[key] = record
-                    if len(found) == wanted:
-                        break
+            found, gave_up = newest_ended(path, parse_jobcomp_bytes, ids, names, since,
+                                          by_name=lambda record: not (skip is not None and skip(record)),
+                                          max_lines=self.scan_lines)
         except FileNotFoundError:
             return {}  # no job has ended since jobcomp was configured
         except OSError as exc:
             raise RunnerError(f"cannot read Slurm's jobcomp record {path}: {exc}") from exc
+        if gave_up:
+            log.warning("stopped looking for %d jobs after the last %d lines of %s",
+                        len(ids) + len(names) - len(found), self.scan_lines, path)
         return found
 
     def jobcomp_path(self) -> Path | None:
@@ -198,3 +182,7 @@ class SlurmRecords:
                         "forgotten (MinJobAge) cannot be found", config.get("JobCompType"))
             return None
         return Path(config["JobCompLoc"])
+
+
+def parse_jobcomp_bytes(raw: bytes) -> SlurmJob | None:
+    return parse_jobcomp_line(raw.decode(errors="replace"))

@@ -1,12 +1,7 @@
-"""The SlurmRunner and its params: submission (idempotent), cancel, status in batches,
-recovery.
-
-Submission is idempotent like the DRMAA runner's: a marker is written in the job directory
-before sbatch runs (then replaced by Slurm's id); a later attempt that finds the marker
-looks for a job of that name in squeue (`--states=all`), then in the jobcomp record, before
-submitting again, and an sbatch that hung or lost its answer is followed by the same lookup
-before it is tried again. A copy started anyway finds the job claimed by job.sh and stands
-down (exit 75), which is not reported as the job's end. Jobs are submitted with
+"""Slurm as a batch scheduler (idempotent submission is `batch.BatchRunner`'s): sbatch,
+the lookups by name (squeue `--states=all`, then the jobcomp record), cancel, status in
+batches, recovery. An sbatch that hung or lost its answer is followed by the lookup by
+name before it is tried again. Jobs are submitted with
 `--no-requeue`: a requeued batch script would only stand down, so a node failure is
 reported as such and the lifecycle decides whether to try again.
 
@@ -18,25 +13,23 @@ durable.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from galaxy_tasks.errors import RunnerError, RunnerUnavailable
-from galaxy_tasks.faults import crash_point
-from galaxy_tasks.jobdir import JobDir, read_small, write_file
+from galaxy_tasks.jobdir import write_file
+from galaxy_tasks.names import external_name
 from galaxy_tasks.runners.accounting import not_before
-from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, Tracked, external_name
-from galaxy_tasks.runners.params import param
+from galaxy_tasks.runners.base import Completion, Launch, Report, Tracked
+from galaxy_tasks.runners.batch import BatchRunner, Found
 from galaxy_tasks.runners.slurm import ends
 from galaxy_tasks.runners.slurm.commands import INVALID_JOB, PERMANENT, TRANSIENT, Commands, tail
 from galaxy_tasks.runners.slurm.ends import CANCEL_MARKER, StoodDown
-from galaxy_tasks.runners.slurm.files import write_synced
 from galaxy_tasks.runners.slurm.listener import JOB_ID, Verdict, close_listener, open_listener
-from galaxy_tasks.runners.slurm.options import check_host, check_name, check_native, check_port, sbatch_options
+from galaxy_tasks.runners.slurm.options import sbatch_options
+from galaxy_tasks.runners.slurm.params import JOB_RESERVED, SlurmParams
 from galaxy_tasks.runners.slurm.records import SLURM_ID, TERMINAL, SlurmJob, SlurmRecords
 from galaxy_tasks.runners.slurm.script import WRAPPER, wrapper_script
 
@@ -47,53 +40,15 @@ log = logging.getLogger(__name__)
 SUBMIT_MARKER = "slurm_submit"
 
 
-@dataclass(frozen=True)
-class SlurmParams:
-    """A slurm destination's params (docs/configuration.md has the table)."""
-
-    partition: str | None = param(None, check=check_name, doc="the partition (`--partition`; none: Slurm's default)")
-    account: str | None = param(None, check=check_name, doc="the account jobs are charged to (`--account`)")
-    qos: str | None = param(None, check=check_name, doc="the quality of service (`--qos`)")
-    native_specification: str = param(
-        "", check=check_native, doc="further sbatch options, appended last so they win over the mapped ones; "
-        "options that set the job's name, directory, environment or output (--job-name, --array, --wrap, "
-        "--chdir, --export, --parsable, --requeue) are refused")
-    state_file: str | None = param(
-        None, doc="where the listener keeps its port and secret, locked while in use (the Slurm worker sets "
-        "$GALAXY_TASKS_HOME/slurm/<node name>.listener); none: a new secret per process, so the jobs of an "
-        "earlier process are found by reconciliation only")
-    listen_host: str = param("", doc="the address the listener binds (empty: every interface)")
-    listen_port: int = param(0, minimum=0, check=check_port,
-                             doc="the listener's port while the state file names none (0: any free one)")
-    announce_host: str | None = param(None, check=check_host,
-                                      doc="where jobs announce their end (default: this host's name)")
-    command_timeout_s: float = param(30.0, minimum=0.1, doc="seconds a Slurm command may take before it is "
-                                                            "killed (and retried)")
-    command_retries: int = param(2, minimum=0, doc="retries of a Slurm command that hangs or fails in a way "
-                                                  "that may pass (the controller restarting)")
-    command_backoff_s: float = param(0.5, minimum=0, doc="first delay between those retries (it doubles)")
-    confirm_timeout_s: float = param(180.0, minimum=0, doc="how long an announced end may wait for Slurm to "
-                                                           "agree before it is left to reconciliation (a restarted "
-                                                           "slurmctld learns of ends only as slurmstepd retries, "
-                                                           "every ~15 s)")
-    jobcomp_file: str | None = param(None, doc="Slurm's jobcomp/filetxt record, for jobs squeue has forgotten "
-                                               "(default $GT_SLURM_JOBCOMP, else JobCompLoc from `scontrol show "
-                                               "config`)")
-    jobcomp_scan_lines: int = param(1_000_000, minimum=1, doc="most lines of the jobcomp record read per look, "
-                                                              "from its end")
-    slurm_conf: str | None = param(None, doc="the slurm.conf the commands use (SLURM_CONF; default: the "
-                                             "worker's)")
-    sbatch: str = param("sbatch", doc="the submission command")
-    squeue: str = param("squeue", doc="the command of the batched status query")
-    scancel: str = param("scancel", doc="the cancel command")
-    scontrol: str = param("scontrol", doc="asked once where the jobcomp record is")
-
-
-class SlurmRunner(Runner):
+class SlurmRunner(BatchRunner):
     name = "slurm"
+    marker = SUBMIT_MARKER
+    submit_action, cancel_action = "sbatch", "scancel"
     Params = SlurmParams
     params: SlurmParams
     holder = "workers.slurm"
+    native_style = "slurm"
+    native_reserved = JOB_RESERVED
 
     def __init__(self, params: Any, report: Report, *, destination: str = "", host: str = "") -> None:
         super().__init__(params, report, destination=destination, host=host)
@@ -104,13 +59,6 @@ class SlurmRunner(Runner):
         self.records = SlurmRecords(self.commands, p.jobcomp_file, p.jobcomp_scan_lines)
         self._closed = False
         self._listener = open_listener(p, self)
-
-    @classmethod
-    def url_params(cls, text: str) -> dict[str, Any]:
-        """`slurm://<sbatch options>/` (and, like drmaa's, `slurm://native/<sbatch options>/`)."""
-        if (text + "/").startswith("native/"):
-            text = text[len("native/"):]
-        return {"native_specification": text.strip()} if text.strip() else {}
 
     @property
     def confirm_timeout_s(self) -> float:
@@ -137,36 +85,61 @@ class SlurmRunner(Runner):
         """Seconds from each accepted announcement to the report it led to (the latest 10,000)."""
         return self._listener.latencies_snapshot(self)
 
+    @classmethod
+    def gives_gpus(cls, params: Any) -> bool:
+        return True
+
     # -- the runner interface ---------------------------------------------------------
 
-    def submit(self, launch: Launch) -> str:
+    def submission(self, launch: Launch) -> list[str]:
         if not JOB_ID.match(launch.job_id):
             raise RunnerError(f"job id {launch.job_id!r} cannot name a Slurm job (letters, digits, ._- only)")
-        options = sbatch_options(launch, self.params)  # refuse bad input before anything is written
-        marker = launch.job_dir / SUBMIT_MARKER
-        if os.path.lexists(marker):
-            existing, info = self._find_existing(launch, marker)
-            if existing is not None:
-                self._adopt(Tracked(launch.job_id, existing, launch.job_dir), info)
-                return existing
-        wrapper = launch.job_dir / WRAPPER
+        return sbatch_options(launch, self.params)
+
+    def before_submit(self, launch: Launch) -> None:
         host, port = self.address
-        write_file(wrapper, wrapper_script(launch, host, port, self._listener.token(launch.job_id)), 0o700)
-        write_synced(marker, "submitting\n", 0o600)
-        external_id = self._sbatch(launch, [*options, str(wrapper)])
-        crash_point("slurm_submitted", launch.job_id)  # before anything records Slurm's id
-        write_file(marker, external_id + "\n", 0o600)  # if lost, the lookup by name finds it
-        self._listener.follow(Tracked(launch.job_id, external_id, launch.job_dir), self)
+        write_file(launch.job_dir / WRAPPER, wrapper_script(launch, host, port, self._listener.token(launch.job_id)),
+                   0o700)
+
+    def submit_now(self, launch: Launch, options: list[str]) -> str:
+        return self._sbatch(launch, [*options, str(launch.job_dir / WRAPPER)])
+
+    def user_submission(self, launch: Launch, options: list[str]) -> list[str]:
+        return ["--parsable", *options, str(launch.job_dir / WRAPPER)]
+
+    def submitted_id(self, answer: str) -> str:
+        external_id = answer.strip().split(";", 1)[0]
+        if not SLURM_ID.match(external_id):
+            raise RunnerError(f"unreadable sbatch answer {answer.strip()[:200]!r}")
         return external_id
+
+    def is_scheduler_id(self, text: str) -> bool:
+        return bool(SLURM_ID.match(text))
+
+    def queued_named(self, launch: Launch) -> Found | None:
+        live = [job for job in self.records.squeue_named(launch.external_name)
+                if not ends.stood_down(job, launch.job_dir)]
+        if not live:
+            return None
+        newest = max(live, key=lambda job: int(job.external_id))
+        return Found(newest.external_id, newest)
+
+    def ended_named(self, launch: Launch) -> Found | None:
+        found = self._jobcomp_named(launch.external_name, launch.job_dir, not_before([launch]))
+        return Found(found.external_id, found) if found is not None else None
+
+    def follow(self, job: Tracked) -> None:
+        self._listener.follow(job, self)
 
     def cancel(self, tracked: Tracked) -> None:
         try:
             write_file(Path(tracked.job_dir) / CANCEL_MARKER, "cancel\n", 0o600)
         except OSError as exc:  # the directory may be gone: the cancel still goes ahead
             log.warning("cannot mark job %s as cancelled by us: %s", tracked.job_id, exc)
-        proc = self.commands.run("scancel", [tracked.external_id])
-        if proc.returncode != 0 and INVALID_JOB not in proc.stderr:
-            raise RunnerError(f"Slurm could not cancel job {tracked.external_id}: {tail(proc.stderr)}")
+        if not self.cancelled_as_user(tracked):
+            proc = self.commands.run("scancel", [tracked.external_id])
+            if proc.returncode != 0 and INVALID_JOB not in proc.stderr:
+                raise RunnerError(f"Slurm could not cancel job {tracked.external_id}: {tail(proc.stderr)}")
         # a job cancelled while pending never runs its script, so nothing would announce it
         self._listener.hint_followed(tracked, self)
 
@@ -187,6 +160,7 @@ class SlurmRunner(Runner):
             result[job.job_id] = done
             if done is not None:
                 self._listener.take(job.external_id, self)  # a later announcement changes nothing
+        self.given_back(result, jobs)
         return result
 
     def recover(self, jobs: Sequence[Tracked]) -> None:
@@ -196,13 +170,8 @@ class SlurmRunner(Runner):
             return
         for job in jobs:
             self._listener.follow(job, self, check_early=False)
-        ended = self.status(jobs)
-        for job in jobs:
-            completion = ended[job.job_id]
-            if completion is not None:
-                self.emit(completion, job)
-            else:
-                self._listener.check_early(job, self)
+        for job in self.report_ended(jobs):
+            self._listener.check_early(job, self)
 
     def close(self) -> None:
         if not self._closed:
@@ -222,14 +191,6 @@ class SlurmRunner(Runner):
                 result[job.external_id] = ends.completion(job, info, "runner")
         return result
 
-    def emit(self, completion: Completion, job: Tracked) -> None:
-        """Write the end down in the job's directory (the finish step takes it from there),
-        and report it."""
-        try:
-            self.ended(completion, job.job_dir)
-        except Exception:  # the listener's threads must outlive a failing callback
-            log.exception("reporting the end of job %s failed", completion.job_id)
-
     def _slurm_view(self, jobs: Sequence[Tracked], *, retries: int | None = None) -> dict[Tracked, SlurmJob | None]:
         """What Slurm says of each job: squeue for all of them, the jobcomp record for those
         squeue has forgotten, None for a job neither knows."""
@@ -239,25 +200,6 @@ class SlurmRunner(Runner):
         return {job: seen.get(job.external_id) or records.get(job.external_id) for job in jobs}
 
     # -- submission -------------------------------------------------------------------
-
-    def _find_existing(self, launch: Launch, marker: Path) -> tuple[str | None, SlurmJob | None]:
-        """A previous attempt got at least as far as running sbatch: find its job (and what
-        Slurm said of it, if it was asked)."""
-        recorded = (read_small(marker, 64) or "").strip()
-        if SLURM_ID.match(recorded):
-            return recorded, None  # Slurm had accepted it and we had written its id down
-        live = [job for job in self.records.squeue_named(launch.external_name)
-                if not ends.stood_down(job, launch.job_dir)]
-        if live:
-            newest = max(live, key=lambda job: int(job.external_id))
-            return newest.external_id, newest
-        job_dir = JobDir(launch.job_dir)
-        if not job_dir.claimed() and job_dir.recorded_exit_code() is None:
-            return None, None  # no copy ever started the script: a new one is safe
-        found = self._jobcomp_named(launch.external_name, launch.job_dir, not_before([launch]))
-        if found is not None:
-            return found.external_id, found
-        return None, None  # a new copy will stand down (exit 75), and its end is reported then
 
     def _sbatch(self, launch: Launch, args: list[str]) -> str:
         """sbatch with bounded retries; before a retry, look for the job by name (the
@@ -294,7 +236,7 @@ class SlurmRunner(Runner):
         message = f"Slurm did not accept job {launch.external_name} after {attempts} attempts: {failure}"
         raise RunnerUnavailable(message) if transient else RunnerError(message)
 
-    def _adopt(self, job: Tracked, info: SlurmJob | None) -> None:
+    def adopt(self, job: Tracked, info: SlurmJob | None) -> None:
         """Follow a job an earlier attempt submitted; if it ended (or nobody asked Slurm
         yet), confirm that once: a job still running announces its own end."""
         self._listener.follow(job, self)

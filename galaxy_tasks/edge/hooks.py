@@ -8,12 +8,13 @@ from typing import Any, Iterable
 
 from celery import signals
 
-from galaxy_tasks import context, lifecycle, messages, runtime, security, store
-from galaxy_tasks.celery import app
+from galaxy_tasks import config, lifecycle, logs, store
+from galaxy_tasks.edge import consuming, messages, runtime, security
+from galaxy_tasks.edge.app import app
 from galaxy_tasks.errors import ConfigError
 from galaxy_tasks.logs import event
 
-log = logging.getLogger("galaxy_tasks.tasks")
+log = logging.getLogger("galaxy_tasks.edge.tasks")
 
 
 @signals.celeryd_init.connect
@@ -21,9 +22,16 @@ def _check_configuration(**_: Any) -> None:
     """A worker whose configuration is wrong (an unknown param, a bad value, a key given
     twice) stops at once, saying why, instead of reporting `ready` and failing each job."""
     try:
-        context.current()
+        runtime.context()
     except (ConfigError, ValueError) as exc:
         raise SystemExit(f"galaxy-tasks worker: {exc}") from None
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _redact_logs(**_: Any) -> None:
+    """Every handler Celery has just installed redacts passwords, whoever logs through it."""
+    logs.install(config.load().log_level)
 
 
 @signals.worker_init.connect
@@ -43,18 +51,26 @@ def _consume_host_queues(sender: Any = None, instance: Any = None, **_: Any) -> 
     own host (kill, status), which only it can act on."""
     queues = instance.app.amqp.queues
     consumed = list(queues.consume_from or queues)
-    for extra in messages.with_host_queues(consumed)[len(consumed):]:
+    for extra in messages.with_host_queues(runtime.context(), consumed)[len(consumed):]:
         queues.select_add(queues[extra])  # declared as a publisher declares it (its queue type too)
 
 
 @signals.worker_ready.connect
 def _recover(sender: Any = None, **_: Any) -> None:
+    consuming.remember(consumed_queues())
     recover(consumed_queues())
 
 
 @signals.worker_shutdown.connect
 def _shutdown(**_: Any) -> None:
     runtime.close_runners()
+    messages.flush_broadcasts()
+
+
+@signals.worker_process_shutdown.connect
+def _process_shutdown(**_: Any) -> None:
+    """A pool process ends: what its threads still hold to send goes first."""
+    runtime.flush_sends()
 
 
 def consumed_queues() -> set[str]:
@@ -64,11 +80,11 @@ def consumed_queues() -> set[str]:
 
 def recover(queues: Iterable[str]) -> None:
     """Re-drive what this worker serves: unfinished steps, and the runners' launched jobs."""
-    ctx = context.current()
+    ctx = runtime.context()
     queues = set(queues)
     if ctx.settings.steps_queue in queues:
         plan = lifecycle.startup(ctx)
-        messages.dispatch(plan)
+        messages.carry_out(ctx, plan.effects)
         event(log, "recovered_steps", prepare=len(plan.prepare), launch=len(plan.launch))
     for name, destination in ctx.routing.destinations.items():
         if destination.queue in queues:

@@ -1,4 +1,4 @@
-"""The supervision of holding workers (galaxy_tasks/holders.py), with real child processes."""
+"""The supervision of holding workers (galaxy_tasks/child_workers.py), with real child processes."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from galaxy_tasks import cli, config, holders, routing
+from galaxy_tasks import child_workers, cli, config, routing
 from galaxy_tasks.context import Context
 from galaxy_tasks.store import Store
 from tests.support.processes import alive
@@ -26,13 +26,13 @@ def wait_for(predicate, timeout: float = 15) -> None:
 
 
 def test_node_names_are_stable_and_follow_the_parent():
-    assert holders.node_name(None, "drmaa") == "drmaa@%h"
-    assert holders.node_name("all@%h", "drmaa") == "all-drmaa@%h"
-    assert holders.node_name("main", "mesos") == "main-mesos"
+    assert child_workers.node_name(None, "drmaa") == "drmaa@%h"
+    assert child_workers.node_name("all@%h", "drmaa") == "all-drmaa@%h"
+    assert child_workers.node_name("main", "mesos") == "main-mesos"
 
 
 def test_the_child_command_is_the_documented_worker():
-    argv = holders.command("drmaa", ["drmaa", "drmaa.big"], "all-drmaa@%h", "INFO")
+    argv = child_workers.command("drmaa", ["drmaa", "drmaa.big"], "all-drmaa@%h", "INFO")
     assert argv[1:] == ["-m", "celery", "-A", "workers.drmaa", "worker", "-Q", "drmaa,drmaa.big",
                         "-n", "all-drmaa@%h", "--loglevel", "INFO"]
 
@@ -59,12 +59,12 @@ def test_queues_split_between_this_worker_and_the_holding_ones(tmp_path):
     settings = config.load({"GALAXY_TASKS_HOME": str(tmp_path), "GALAXY_TASKS_JOB_CONF": str(conf)})
     ctx = Context(settings, Store(settings.database_url), routing.load(settings.job_conf))
     plain, held = cli._queues_by_worker(ctx)
-    assert plain == ["galaxy_tasks", "local", "local.big"]
+    assert plain == ["galaxy_tasks", "galaxy_tasks.ends", "local", "local.big"]
     assert held == {"drmaa": ["drmaa", "drmaa.big"], "mesos": ["mesos"]}
 
 
 def test_a_child_that_dies_is_restarted_and_stop_ends_every_child():
-    supervisor = holders.Supervisor({"one": SLEEPER, "two": SLEEPER})
+    supervisor = child_workers.Supervisor({"one": SLEEPER, "two": SLEEPER})
     supervisor.start()
     try:
         wait_for(lambda: all(c.proc is not None for c in supervisor.children))
@@ -83,7 +83,7 @@ def test_a_child_outliving_the_stop_timeout_is_killed(tmp_path):
     ready = tmp_path / "ready"
     stubborn = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                                       f"open({str(ready)!r}, 'w').close(); time.sleep(120)"]
-    supervisor = holders.Supervisor({"stubborn": stubborn})
+    supervisor = child_workers.Supervisor({"stubborn": stubborn})
     supervisor.start()
     wait_for(lambda: ready.exists())  # its handler is installed
     started = time.monotonic()
@@ -95,7 +95,7 @@ def test_a_child_outliving_the_stop_timeout_is_killed(tmp_path):
 def test_a_child_ends_when_its_supervisor_is_killed(tmp_path):
     """stop_with_supervisor in the child: SIGTERM from the kernel when the parent dies."""
     pid_file = tmp_path / "child.pid"
-    child = (f"import os, time; from galaxy_tasks.holders import stop_with_supervisor; stop_with_supervisor(); "
+    child = (f"import os, time; from galaxy_tasks.child_workers import stop_with_supervisor; stop_with_supervisor(); "
              f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)")
     parent = subprocess.Popen([sys.executable, "-c", (
         "import os, subprocess, sys, time; "
@@ -112,9 +112,9 @@ def test_a_child_ends_when_its_supervisor_is_killed(tmp_path):
 
 
 def test_a_child_whose_supervisor_is_already_gone_stops_at_once():
-    result = subprocess.run([sys.executable, "-c", "from galaxy_tasks.holders import stop_with_supervisor; "
+    result = subprocess.run([sys.executable, "-c", "from galaxy_tasks.child_workers import stop_with_supervisor; "
                              "stop_with_supervisor(); print('ran on')"],
-                            env={**os.environ, holders.SUPERVISOR_ENV: "1"}, capture_output=True, text=True,
+                            env={**os.environ, child_workers.SUPERVISOR_ENV: "1"}, capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 1 and "ran on" not in result.stdout
     assert "the supervising galaxy-tasks worker has gone" in result.stderr

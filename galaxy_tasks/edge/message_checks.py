@@ -5,7 +5,8 @@ is not the protocol's `[args, kwargs, embed]` makes the default strategy raise, 
 logs "Unrecoverable error" and exits, and the message, restored, kills the next worker too.
 `strategy` checks the message first and drops a malformed one with a log line that names
 it; `GuardedTask` checks each argument against the step's own annotations before the step
-runs, and refuses (logs, acknowledges, does nothing) a message whose arguments are wrong.
+runs, and refuses (logs, acknowledges, does nothing) a message whose arguments are wrong,
+or, when messages are signed, one that is not fresh (`security.stale`).
 """
 from __future__ import annotations
 
@@ -19,13 +20,19 @@ from typing import Any, Callable
 from celery import Task
 from celery.worker.strategy import default
 
+from galaxy_tasks.context import Context
+from galaxy_tasks.edge import messages, runtime, security
 from galaxy_tasks.logs import event
 
-log = logging.getLogger("galaxy_tasks.guard")
+log = logging.getLogger("galaxy_tasks.edge.message_checks")
 
 #: a message body larger than this is refused unread: no step needs more (a job spec's
 #: fields are bounded far below it)
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SUBMIT_JOB = "galaxy_tasks.submit_job"
+#: a message the broker gives back this many times (each time the worker that held it died
+#: before acknowledging it) is set aside: it is what kills them
+MAX_RETURNS = 4
 
 
 class MessageRefused(Exception):
@@ -39,6 +46,8 @@ def strategy(task: Task, app: Any, consumer: Any, **options: Any) -> Callable[..
     def guarded(message: Any, body: Any, ack: Callable[..., Any], reject: Callable[..., Any],
                 callbacks: Any, **kwargs: Any) -> Any:
         problem = malformed(message, body)
+        if problem is None and set_aside(runtime.context(), message, body, task.name):
+            return None
         if problem is None:
             try:
                 return handle(message, body, ack, reject, callbacks, **kwargs)
@@ -55,6 +64,12 @@ def malformed(message: Any, body: Any) -> str | None:
     raw = getattr(message, "body", b"")
     if isinstance(raw, (bytes, str)) and len(raw) > MAX_MESSAGE_BYTES:
         return f"body of {len(raw)} bytes (at most {MAX_MESSAGE_BYTES})"
+    found = arguments(message, body)
+    return found if isinstance(found, str) else None
+
+
+def arguments(message: Any, body: Any) -> tuple[list[Any] | tuple[Any, ...], dict[str, Any]] | str:
+    """The message's (args, kwargs), or why it has none a step can take."""
     if body is None:  # not decoded yet: the payload is what will be read
         body = getattr(message, "payload", None)
     if isinstance(body, dict):  # protocol 1, or a hybrid: the arguments are named inside
@@ -69,19 +84,79 @@ def malformed(message: Any, body: Any) -> str | None:
         return f"args must be a list, not {_kind(args)}"
     if not isinstance(kwargs, dict) or not all(isinstance(key, str) for key in kwargs):
         return f"kwargs must be an object with string keys, not {_kind(kwargs)}"
-    return None
+    return args, kwargs
+
+
+def _tell_submitter(ctx: Context, message: Any, body: Any, task: str, reason: str) -> None:
+    """A submit set aside is a job its client would otherwise wait for forever: it hears the
+    job refused, as for a spec refused at accept."""
+    found = arguments(message, body) if task == SUBMIT_JOB else None
+    if found is not None and not isinstance(found, str):
+        _tell(ctx, found[1], task, reason)
+
+
+def _tell(ctx: Context, spec: dict[str, Any], task: str, reason: str) -> None:
+    try:
+        told = messages.tell_refused(ctx, spec, security.signer(), reason)
+    except Exception as exc:  # noqa: BLE001 - telling must never stop the worker
+        event(log, "refusal_not_told", level=logging.WARNING, task=task, error=str(exc))
+        return
+    if told is not None:
+        event(log, "submit_refused", level=logging.ERROR, error=reason[:200], job_id=told[1], told=told[0])
+
+
+def set_aside(ctx: Context, message: Any, body: Any, task: str) -> bool:
+    """Whether the message is set aside, for it has killed the workers that took it (then it
+    is dead-lettered with a log line, and a submit's client hears its job refused)."""
+    returned = killed_too_often(ctx, message, task)
+    if returned is None:
+        return False
+    _refuse(message, task, returned, what="message_dead_lettered")
+    _tell_submitter(ctx, message, body, task, f"set aside: {returned}")
+    return True
+
+
+def killed_too_often(ctx: Context, message: Any, task: str) -> str | None:
+    """Why a returned message is set aside, or None. Only a message the broker gave back
+    (`redelivered`: its worker died holding it) is counted, in the database, so the count
+    survives the workers it kills; a first delivery costs nothing. A count that cannot be
+    kept (the database away) lets the message through: it is not known to be the cause."""
+    if not (getattr(message, "delivery_info", None) or {}).get("redelivered"):
+        return None
+    message_id = str((getattr(message, "headers", None) or {}).get("id") or "")[:255]
+    if not message_id:
+        return None
+    store = ctx.store
+    try:
+        returns = store.count_return(message_id, task)
+        if returns < MAX_RETURNS:
+            return None
+        store.set_aside(message_id)
+    except Exception as exc:  # noqa: BLE001 - counting must never cost a message
+        event(log, "return_not_counted", level=logging.WARNING, task=task, task_id=message_id, error=str(exc))
+        return None
+    return f"given back by the broker {returns} times: each worker that took it died before finishing it"
 
 
 class GuardedTask(Task):
-    """Every step's base: its arguments are checked against the step's annotations."""
+    """Every step's base: a signed message must be fresh (not expired, not taken before),
+    and its arguments are checked against the step's annotations."""
 
-    Strategy = "galaxy_tasks.guard:strategy"
+    Strategy = "galaxy_tasks.edge.message_checks:strategy"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        task_id = getattr(self.request, "id", None)
+        stale = security.stale(runtime.context(), self.request)
+        if stale is not None:
+            _refuse(None, self.name, stale, task_id=task_id, what="message_not_fresh")
+            return None
         try:
             self.check_arguments(args, kwargs)
         except MessageRefused as exc:
-            _refuse(None, self.name, str(exc), task_id=getattr(self.request, "id", None))
+            _refuse(None, self.name, str(exc), task_id=task_id)
+            if self.name == SUBMIT_JOB:  # decoded (and verified, with signing on), so its client
+                # hears it; not a stale one above, whose job may be running
+                _tell(runtime.context(), kwargs, self.name, f"refused: {exc}")
             return None
         return super().__call__(*args, **kwargs)
 
@@ -135,9 +210,9 @@ def conforms(value: Any, hint: Any) -> bool:
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 
-def _refuse(message: Any, task: str, problem: str, task_id: str | None = None) -> None:
+def _refuse(message: Any, task: str, problem: str, task_id: str | None = None, what: str = "message_refused") -> None:
     headers = getattr(message, "headers", None) or {}
-    event(log, "message_refused", level=logging.ERROR, task=task, task_id=task_id or headers.get("id"),
+    event(log, what, level=logging.ERROR, task=task, task_id=task_id or headers.get("id"),
           queue=(getattr(message, "delivery_info", None) or {}).get("routing_key"), problem=problem)
     if message is not None and not getattr(message, "acknowledged", True):
         message.reject(requeue=False)  # dropped (a dead-letter exchange, where the broker has one)

@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from galaxy_tasks import context, events, hooks, lifecycle, messages, runtime  # noqa: F401 - hooks connect signals
-from galaxy_tasks.celery import app
+from galaxy_tasks import context, events, lifecycle
+from galaxy_tasks.edge import hooks, messages, runtime, security  # noqa: F401 - hooks connect signals
+from galaxy_tasks.edge.app import app
 from galaxy_tasks.errors import RunnerError, RunnerUnavailable, SpecError
+from galaxy_tasks.lifecycle import Effects
 from galaxy_tasks.logs import event
 from galaxy_tasks.runners.base import Completion, Tracked
 from galaxy_tasks.spec import parse
-from galaxy_tasks.states import TERMINAL, JobState
+from galaxy_tasks.states import JobState
 from galaxy_tasks.store import TRANSIENT_ERRORS
 from galaxy_tasks.workflows import control, schedule
 
@@ -34,29 +36,34 @@ DB_RETRY = dict(autoretry_for=(*TRANSIENT_ERRORS, RunnerUnavailable), retry_back
 
 @app.task(name="galaxy_tasks.submit_job", **DB_RETRY)
 def submit_job(**spec: Any) -> str | None:
-    """Accept a job spec from a client that does not import this package."""
+    """Accept a job spec from a client that does not import this package. A refused spec
+    records nothing, and its client hears the refusal as the job's end (a `refused` error
+    event to the spec's events queue), never a log line alone."""
+    ctx = runtime.context()
+    signer = security.signer()
     try:
-        job, created = lifecycle.accept(context.current(), parse(spec))
+        accepted = lifecycle.accept(ctx, parse(spec), signer, security.message_job_id(submit_job.request))
     except SpecError as exc:
+        told = messages.tell_refused(ctx, spec, signer, str(exc))
         event(log, "submit_refused", level=logging.ERROR, field=exc.field, error=exc.message,
-              tool_id=spec.get("tool_id") if isinstance(spec.get("tool_id"), str) else None)
+              tool_id=spec.get("tool_id") if isinstance(spec.get("tool_id"), str) else None,
+              job_id=told[1] if told else None, told=told[0] if told else None)
         return None
-    if created:
-        messages.start(job)
-    return job.id
+    messages.carry_out(ctx, accepted.effects)
+    return accepted.job.id
 
 
 @app.task(name="galaxy_tasks.submit_workflow", **DB_RETRY)
 def submit_workflow(workflow: dict[str, Any]) -> str | None:
     """Accept a workflow document (docs/workflows.md) from a client that does not import
     this package; a refused one is logged with the step it names, and nothing recorded."""
+    ctx = runtime.context()
     try:
-        record, created = schedule.submit(context.current(), workflow)
+        record, created = schedule.submit(ctx, workflow, security.message_job_id(submit_workflow.request))
     except SpecError as exc:
         event(log, "workflow_refused", level=logging.ERROR, field=exc.field, error=exc.message)
         return None
-    for job in created:
-        messages.start(job)
+    messages.carry_out(ctx, Effects(start=created))
     return record.id
 
 
@@ -64,18 +71,16 @@ def submit_workflow(workflow: dict[str, Any]) -> str | None:
 def control_workflow(workflow_id: str, action: str) -> bool:
     """pause, resume, cancel or rerun a workflow; False if it is not in a state the action
     applies to (or no such workflow)."""
-    ctx = context.current()
+    ctx = runtime.context()
     try:
         if action == "pause":
             control.pause(ctx, workflow_id)
         elif action == "cancel":
             for cancelled in control.cancel(ctx, workflow_id):
-                if cancelled.stop is not None:
-                    messages.kill(cancelled.stop)
-                messages.wake_jobs(cancelled.woken)
+                messages.carry_out(ctx, cancelled.effects)
         elif action in ("resume", "rerun"):
-            for job in (control.resume if action == "resume" else control.rerun)(ctx, workflow_id):
-                messages.start(job)
+            started = (control.resume if action == "resume" else control.rerun)(ctx, workflow_id)
+            messages.carry_out(ctx, Effects(start=started))
         else:
             raise control.NotMoved(f"unknown workflow action {action!r}")
     except (control.NotMoved, LookupError) as exc:
@@ -87,63 +92,107 @@ def control_workflow(workflow_id: str, action: str) -> bool:
 
 @app.task(name="galaxy_tasks.prepare_job", **DB_RETRY)
 def prepare_job(job_id: str, tool_id: str | None = None) -> bool:
-    ctx = context.current()
-    job = lifecycle.prepare(ctx, job_id)
-    if job is not None and job.state == JobState.OK.value:  # reused: it ended here, not in a finish
-        for created in schedule.after_end(ctx, job):
-            messages.start(created)
-    return job is not None
+    ctx = runtime.context()
+    prepared = lifecycle.prepare(ctx, job_id)
+    messages.carry_out(ctx, prepared.effects)
+    return prepared.job is not None
+
+
+@app.task(name="galaxy_tasks.prepare_jobs", **DB_RETRY)
+def prepare_jobs(job_ids: list[str]) -> int:
+    """prepare_job for each of a batch of new jobs (messages.start_all), each on its own:
+    a job that cannot be prepared fails alone, and a redelivered batch redoes nothing."""
+    ctx = runtime.context()
+    effects = Effects()
+    prepared = 0
+    job_ids = _batch(job_ids, "prepare_jobs")
+    rows = ctx.store.jobs(job_ids)
+    for job_id in job_ids:
+        done = lifecycle.prepare(ctx, job_id, rows.get(job_id))
+        effects += done.effects
+        prepared += bool(done)
+    messages.carry_out(ctx, effects)
+    return prepared
+
+
+@app.task(name="galaxy_tasks.launch_jobs", bind=True, **DB_RETRY)
+def launch_jobs(self: Any, job_ids: list[str]) -> int:
+    """launch_job for each of a batch of prepared jobs, each claimed on its own (a
+    redelivery of this message takes over the launches it had claimed, as launch_job's)."""
+    ctx = runtime.context()
+    effects = Effects()
+    launched = 0
+    for job_id in _batch(job_ids, "launch_jobs"):
+        done = lifecycle.launch_in_turn(ctx, job_id, runtime.runner_for, owner=self.request.id)
+        effects += done.effects
+        launched += bool(done)
+    messages.carry_out(ctx, effects)
+    return launched
+
+
+def _batch(job_ids: list[str], task: str) -> list[str]:
+    """The ids of a batched step's message, at most messages.BATCH of them (a message is
+    untrusted: a longer list is cut there, with a log line)."""
+    if len(job_ids) > messages.BATCH:
+        event(log, "batch_cut", level=logging.WARNING, task=task, ids=len(job_ids), kept=messages.BATCH)
+    return job_ids[:messages.BATCH]
 
 
 @app.task(name="galaxy_tasks.launch_job", bind=True, **DB_RETRY)
 def launch_job(self: Any, job_id: str, tool_id: str | None = None) -> bool:
-    launched = lifecycle.launch(context.current(), job_id, runtime.runner_for, owner=self.request.id)
-    messages.wake_jobs(launched.wake)
+    ctx = runtime.context()
+    launched = lifecycle.launch_in_turn(ctx, job_id, runtime.runner_for, owner=self.request.id)
+    messages.carry_out(ctx, launched.effects)
     return launched.launched
 
 
 @app.task(name="galaxy_tasks.finish_job", **DB_RETRY)
 def finish_job(job_id: str, completion: dict[str, Any], tool_id: str | None = None) -> str | None:
-    finished = runtime.record_end(Completion.from_json({**completion, "job_id": job_id}))
+    finished = runtime.record_end(runtime.context(), Completion.from_json({**completion, "job_id": job_id}))
     return finished.moved.job.state if finished.moved is not None else None
+
+
+@app.task(name="galaxy_tasks.finish_jobs", **DB_RETRY)
+def finish_jobs(completions: list[dict[str, Any]]) -> int:
+    """finish_job for each of several ends a runner saw together (messages.ends_sender); one
+    that is not a completion is skipped with a log line, the others are recorded."""
+    ctx = runtime.context()
+    ends = []
+    for data in completions[:messages.BATCH]:
+        try:
+            ends.append(Completion.from_json(data))
+        except (TypeError, ValueError) as exc:
+            event(log, "end_refused", level=logging.WARNING, error=str(exc)[:200])
+    rows = ctx.store.jobs(end.job_id for end in ends)
+    recorded = 0
+    for end in ends:
+        recorded += runtime.record_end(ctx, end, job=rows.get(end.job_id)).moved is not None
+    return recorded
 
 
 @app.task(name="galaxy_tasks.launch_next", bind=True, **DB_RETRY)
 def launch_next(self: Any, destination: str) -> str | None:
-    """Launch the destination's oldest queued job if this host has room for it (a few
-    tries: another wake-up may have taken the same job a moment before)."""
-    ctx = context.current()
-    runner = runtime.runner_for(destination)
-    for _ in range(3):
-        if not runner.has_room():
-            return None
-        job_id = lifecycle.next_queued(ctx, destination)
-        if job_id is None:
-            return None
-        launched = lifecycle.launch(ctx, job_id, runtime.runner_for, owner=self.request.id)
-        messages.wake_jobs(launched.wake)
-        if launched:
-            return job_id
-    return None
+    """A slot of the destination was freed: launch the waiting job whose turn it is (fair
+    share), if this host has room for it."""
+    ctx = runtime.context()
+    turn = lifecycle.launch_turn(ctx, destination, runtime.runner_for, owner=self.request.id)
+    messages.carry_out(ctx, turn.effects)
+    return turn.started
 
 
 @app.task(name="galaxy_tasks.cancel_job", **DB_RETRY)
 def cancel_job(job_id: str) -> str:
-    ctx = context.current()
-    before, stop, woken = lifecycle.cancel(ctx, job_id)
-    if stop is not None:
-        messages.kill(stop)
-    messages.wake_jobs(woken)
-    if before not in TERMINAL:
-        runtime.after_cancel(ctx, job_id)
-    return before.value
+    ctx = runtime.context()
+    cancelled = lifecycle.cancel(ctx, job_id)
+    messages.carry_out(ctx, cancelled.effects)
+    return cancelled.before.value
 
 
 @app.task(name="galaxy_tasks.kill_job", **DB_RETRY)
 def kill_job(destination: str, job_id: str) -> bool:
     """Stop a cancelled job's process: only a job its row says is cancelled, only through
     the external id its row recorded (a message names no process of its own choosing)."""
-    ctx = context.current()
+    ctx = runtime.context()
     job = ctx.store.job(job_id)
     if job is None or job.state != JobState.DELETED.value or job.destination != destination or not job.external_id:
         event(log, "kill_refused", level=logging.WARNING, job_id=job_id, destination=destination,
@@ -157,11 +206,11 @@ def kill_job(destination: str, job_id: str) -> bool:
 def check_jobs(destination: str, job_ids: list[str]) -> int:
     """Ask a runner about overdue jobs in one call, and record the ends it answers here (its
     own answer, in this process: confirmed)."""
-    ctx = context.current()
+    ctx = runtime.context()
     tracked = _launched(ctx, destination, job_ids, _LAUNCHED)
     ended = [c for c in runtime.runner_for(destination).status(tracked).values() if c is not None]
     for completion in ended:
-        runtime.record_end(completion, confirmed=True)
+        runtime.record_end(ctx, completion, confirmed=True)
     event(log, "reconcile_check", destination=destination, asked=len(tracked), ended=len(ended))
     return len(ended)
 
@@ -170,7 +219,7 @@ def check_jobs(destination: str, job_ids: list[str]) -> int:
 def stop_jobs(destination: str, job_ids: list[str]) -> int:
     """Cancelled jobs looked at again: stop those still running (their kill message may
     have been lost), and stop looking at those that have ended."""
-    ctx = context.current()
+    ctx = runtime.context()
     runner = runtime.runner_for(destination)
     tracked = _launched(ctx, destination, job_ids, frozenset({JobState.DELETED}))
     statuses = runner.status(tracked)
@@ -180,25 +229,23 @@ def stop_jobs(destination: str, job_ids: list[str]) -> int:
             runner.cancel(job)
         except RunnerError as exc:
             event(log, "stop_failed", level=logging.WARNING, job_id=job.job_id, error=str(exc))
-    messages.wake_jobs(lifecycle.stopped(ctx, [t.job_id for t in tracked if statuses.get(t.job_id) is not None]))
+    messages.carry_out(ctx, lifecycle.stopped(ctx, [t.job_id for t in tracked if statuses.get(t.job_id) is not None]))
     event(log, "reconcile_stop", destination=destination, asked=len(tracked), still_running=len(alive))
     return len(alive)
 
 
 @app.task(name="galaxy_tasks.reconcile", **DB_RETRY)
 def reconcile() -> int:
-    ctx = context.current()
+    ctx = runtime.context()
     if not lifecycle.acquire_lease(ctx, "reconcile", ctx.settings.reconcile_interval * 0.8):
         return 0
     plan = lifecycle.overdue(ctx)
-    messages.dispatch(plan)
     unpublished = lifecycle.unpublished(ctx)
     for job in unpublished:
         ctx.announce(job)
-    scheduled = schedule.overdue(ctx)
-    for job in scheduled:
-        messages.start(job)
-    return plan.size + len(unpublished) + len(scheduled)
+    effects = plan.effects + Effects(start=schedule.overdue(ctx))
+    messages.carry_out(ctx, effects)
+    return effects.size + len(unpublished)
 
 
 @app.task(name="galaxy_tasks.announce_jobs", **DB_RETRY)
@@ -206,7 +253,7 @@ def announce_jobs(job_ids: list[str], queue: str) -> int:
     """A client asks what became of its jobs: each known job's current event goes to its own
     events queue (or, if it has none, to `queue`), and an `unknown` event to `queue` for each
     id no job has (the client then submits it again, with the same id)."""
-    ctx = context.current()
+    ctx = runtime.context()
     found = ctx.store.jobs(job_ids[:MAX_ANNOUNCED])
     for job_id in job_ids[:MAX_ANNOUNCED]:
         job = found.get(job_id)

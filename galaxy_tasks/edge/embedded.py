@@ -14,22 +14,21 @@ from typing import Iterator
 
 from celery.beat import EmbeddedService
 
-from galaxy_tasks import context, security
+from galaxy_tasks.edge import hooks, messages, runtime, security
+from galaxy_tasks.edge.app import app
 from galaxy_tasks.store import schema
 
 
 @contextmanager
 def embedded_worker(concurrency: int = 4, reconcile: bool = True) -> Iterator[object]:
     """Run a worker for every queue in this process for the duration of the block."""
-    from galaxy_tasks import hooks, messages, runtime
-    from galaxy_tasks.celery import app
 
-    ctx = context.current()
+    ctx = runtime.context()
     security.undumpable()  # the jobs of this process run as its user
     ctx.settings.home.mkdir(parents=True, exist_ok=True)
     ctx.settings.jobs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     schema.upgrade(ctx.settings.database_url)
-    queues = messages.with_host_queues([ctx.settings.steps_queue] + ctx.routing.queues)
+    queues = messages.with_host_queues(ctx, [ctx.settings.steps_queue] + ctx.routing.queues)
     app.amqp.queues.select(queues)
     ready = threading.Event()
     worker = app.WorkController(

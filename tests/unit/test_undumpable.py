@@ -1,4 +1,4 @@
-"""A process closed with galaxy_tasks.closed is unreadable to another process of its user
+"""A process closed with galaxy_tasks.undumpable is unreadable to another process of its user
 (what a job is to its worker), while an open one is readable: real processes of an
 unprivileged user, as a worker should run (root may read anything)."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.services import unavailable
 
-MODULE = Path(__file__).resolve().parents[2] / "galaxy_tasks" / "closed.py"
+MODULE = Path(__file__).resolve().parents[2] / "galaxy_tasks" / "undumpable.py"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
@@ -22,8 +22,8 @@ def readable_copy():
     """The module, where an unprivileged user can read it (wherever this checkout is)."""
     where = tempfile.mkdtemp(prefix="gt-closed-", dir="/tmp")
     os.chmod(where, 0o755)
-    shutil.copy(MODULE, Path(where) / "closed.py")
-    os.chmod(Path(where) / "closed.py", 0o644)
+    shutil.copy(MODULE, Path(where) / "undumpable.py")
+    os.chmod(Path(where) / "undumpable.py", 0o644)
     yield where
     shutil.rmtree(where)
 
@@ -43,7 +43,7 @@ def readable_by_nobody(pid: int) -> bool:
 def test_a_closed_process_environment_is_unreadable_to_its_own_user(readable_copy):
     if shutil.which("setpriv") is None or not Path(SYSTEM_PYTHON).exists():
         unavailable("setpriv and /usr/bin/python3 are needed (util-linux, python3)")
-    closed = started_as_nobody("from closed import undumpable; import time; "
+    closed = started_as_nobody("from undumpable import undumpable; import time; "
                                "print(undumpable(), flush=True); time.sleep(30)", readable_copy)
     control = started_as_nobody("import time; print('open', flush=True); time.sleep(30)", readable_copy)
     try:

@@ -17,7 +17,8 @@ from types import TracebackType
 from typing import Any
 
 from galaxy_tasks import events
-from galaxy_tasks.celery import app
+from galaxy_tasks.edge import messages
+from galaxy_tasks.edge.app import app
 
 
 class JobEvents:
@@ -40,7 +41,6 @@ class JobEvents:
     def _until_listening(self, timeout: float = 5.0) -> None:
         """Return once the queue hears events: a probe sent now is heard (on Redis the
         subscription is made by the first poll, and events before it are missed)."""
-        from galaxy_tasks import messages
 
         self._probe = uuid.uuid4().hex
         messages.probe_listener(self._probe)

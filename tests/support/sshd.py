@@ -1,0 +1,50 @@
+"""An sshd of the test's own on 127.0.0.1: its own host key, one client key authorized, a
+known_hosts file that holds its host key, so the worker's ssh checks it as in production."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+SSHD = "/usr/sbin/sshd"
+
+
+class Sshd:
+    def __init__(self, where: Path, port: int) -> None:
+        self.where, self.port = where, port
+        where.mkdir(parents=True, exist_ok=True)
+        os.chmod(where, 0o700)
+        self.identity = where / "client_key"
+        self.known_hosts = where / "known_hosts"
+        host_key = where / "host_key"
+        for key in (host_key, self.identity):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        shutil.copy(f"{self.identity}.pub", where / "authorized_keys")
+        self.known_hosts.write_text(f"[127.0.0.1]:{port} {Path(f'{host_key}.pub').read_text()}")
+        config = where / "sshd_config"
+        config.write_text("\n".join([
+            f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}", f"PidFile {where / 'sshd.pid'}",
+            f"AuthorizedKeysFile {where / 'authorized_keys'}", "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no", "UsePAM no", "PermitRootLogin prohibit-password", "StrictModes no",
+            "MaxStartups 100", "MaxSessions 100", "LogLevel ERROR", ""]))
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+        self.log = open(where / "sshd.log", "ab")
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited with {self.proc.returncode}: {(where / 'sshd.log').read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"sshd not listening on port {port}")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.log.close()

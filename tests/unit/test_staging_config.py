@@ -1,0 +1,69 @@
+"""A destination's `shared_filesystem: false` and `staging:` block: checked when the job_conf
+loads, every problem named with its file, line and key."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from galaxy_tasks import routing
+from galaxy_tasks.errors import ConfigError
+from galaxy_tasks.staging.settings import StagingSettings
+
+GOOD = ("    shared_filesystem: false\n    staging:\n      host: submitter.example.org\n      user: galaxy\n"
+        "      identity_file: /etc/galaxy-tasks/staging_key\n      root: /scratch/staged\n      max_bytes: 1000000\n")
+
+
+def _load(tmp_path: Path, destination: str) -> routing.Routing:
+    path = tmp_path / "job_conf.yml"
+    path.write_text("destinations:\n  far:\n    runner: local\n" + destination)
+    return routing.load(path)
+
+
+def _refusal(tmp_path: Path, destination: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, destination)
+    return str(info.value).split(": ", 1)[1]
+
+
+def test_staging_destination_loads_with_its_settings(tmp_path):
+    far = _load(tmp_path, GOOD).destinations["far"]
+    assert far.staging == StagingSettings(host="submitter.example.org", user="galaxy",
+                                          identity_file="/etc/galaxy-tasks/staging_key", root="/scratch/staged",
+                                          max_bytes=1000000)
+
+
+def test_staging_a_destination_shares_a_filesystem_by_default(tmp_path):
+    assert _load(tmp_path, "    max_cores: 2\n").destinations["far"].staging is None
+
+
+def test_staging_block_needs_shared_filesystem_false(tmp_path):
+    assert _refusal(tmp_path, GOOD.replace("false", "true")).startswith(
+        "destinations.far.staging: only a destination with `shared_filesystem: false` stages files")
+
+
+def test_staging_no_shared_filesystem_needs_a_staging_block(tmp_path):
+    assert _refusal(tmp_path, "    shared_filesystem: false\n").startswith(
+        "destinations.far.shared_filesystem: a destination without a shared filesystem needs a `staging:` block")
+
+
+@pytest.mark.parametrize("line, named", [
+    ("      host: submitter.example.org\n", "host"),
+    ("      identity_file: /etc/galaxy-tasks/staging_key\n", "identity_file"),
+    ("      max_bytes: 1000000\n", "max_bytes"),
+])
+def test_staging_required_settings_are_named(tmp_path, line, named):
+    assert _refusal(tmp_path, GOOD.replace(line, "")) == f"destinations.far.staging: needs {named}"
+
+
+@pytest.mark.parametrize("key, value, said", [
+    ("root", "scratch", "'scratch' must be an absolute path"),
+    ("host", "'a b'", "'a b' is not a host name or address"),
+    ("host", "-oProxyCommand=x", "'-oProxyCommand=x' is not a host name or address"),
+    ("user", "-x", "'-x' is not a user name"),
+    ("transfer", "ftp", "must be one of rsync"),
+    ("password", "x", "unknown param"),
+])
+def test_staging_bad_settings_are_refused(tmp_path, key, value, said):
+    kept = "".join(line + "\n" for line in GOOD.splitlines() if not line.startswith(f"      {key}:"))
+    assert said in _refusal(tmp_path, kept + f"      {key}: {value}\n")
