@@ -48,5 +48,8 @@ def test_other_users_jobs_start_before_one_users_earlier_line(make_deployment, t
     overtaking = [h for h in heavy if ready < by_id[h].running_at < started]
     assert by_id[heavy[-1]].running_at > started, "first in, first out would start all of heavy's line first"
     assert len(overtaking) <= 1, f"{len(overtaking)} of heavy's jobs started while the others' three waited"
+    # with two slots two of heavy's jobs start together, and their records may land in
+    # either order; none starts before a job more than a slot's count ahead of it
     starts = [by_id[h].running_at for h in heavy]
-    assert starts == sorted(starts), "heavy's jobs started in the order they were submitted"
+    overtaken = [(i, j) for i in range(len(starts)) for j in range(i + 2, len(starts)) if starts[j] < starts[i]]
+    assert not overtaken, f"heavy's jobs started out of their order: {overtaken}"

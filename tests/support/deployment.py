@@ -69,9 +69,19 @@ class Worker:
             except ProcessLookupError:
                 pass
 
-    def reap(self) -> None:
-        """Wait until the worker, asked to stop, has exited; its log is closed."""
-        self.proc.wait(timeout=30)
+    def reap(self, timeout: float = 30) -> None:
+        """Wait until the worker, asked to stop, has exited; its log is closed. A worker
+        still there after `timeout` seconds is a failure that shows where it hangs: Celery
+        writes every thread's stack to its log on SIGUSR1, then the worker is killed."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGUSR1)
+            time.sleep(2)
+            self.kill()
+            self.handle.close()
+            raise AssertionError(f"the worker did not stop within {timeout} s of SIGTERM; its log ends:\n"
+                                 + self.log.read_text(errors="replace")[-12000:]) from None
         self.handle.close()
 
     def stop(self) -> None:

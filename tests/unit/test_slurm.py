@@ -245,3 +245,13 @@ def test_the_state_file_keeps_port_and_secret_and_is_held_by_one_listener(tmp_pa
     unreadable = ListenerState(path)
     assert (unreadable.port, unreadable.secret) == (None, None)
     unreadable.release()
+
+
+def test_a_memory_kill_the_batch_script_outlived_is_still_for_memory(tmp_path):
+    """Slurm's memory polling SIGKILLs job.sh; the batch script may record its 137 before it
+    is killed in turn, and Slurm then says FAILED with exit code 137 and no signal."""
+    (tmp_path / "j1").mkdir()
+    (tmp_path / "j1" / "slurm.err").write_text("slurmstepd: error: Exceeded job memory limit\n")
+    done = end_of(tmp_path, ended("FAILED", 137, None), recorded=137)
+    assert (done.runner_state, done.exit_code) == ("memory_limit_reached", 137)
+    assert "memory polling" in done.reason

@@ -47,10 +47,12 @@ def completion(job: Tracked, info: SlurmJob, source: str) -> Completion | StoodD
     job_dir = JobDir(Path(job.job_dir))
     if stood_down(info, job_dir.root):
         return STOOD_DOWN
-    if (info.state == "FAILED" and info.signal == signal.SIGKILL and info.end_time
+    recorded = job_dir.recorded_exit_code()
+    # slurmstepd's SIGKILL takes the batch script too, or lets it record job.sh's 137 first
+    killed = info.signal == signal.SIGKILL or 128 + signal.SIGKILL in (recorded, info.exit_code)
+    if (info.state == "FAILED" and killed and info.end_time
             and time.time() - info.end_time < KILL_SETTLES_S and not over_memory(job_dir)):
         return None
-    recorded = job_dir.recorded_exit_code()
     wall = (info.end_time - info.start_time) if info.start_time and info.end_time else None
     signum = info.signal
     if signum is None and recorded is None and info.exit_code is not None and info.exit_code > 128:
@@ -67,7 +69,7 @@ def completion(job: Tracked, info: SlurmJob, source: str) -> Completion | StoodD
     elif state == "OUT_OF_MEMORY":
         reason = "the job went over its memory limit and was killed (out of memory)"
         signum, runner_state = signal.SIGKILL, MEMORY_LIMIT_REACHED
-    elif state == "FAILED" and info.signal == signal.SIGKILL and over_memory(job_dir):
+    elif state == "FAILED" and killed and over_memory(job_dir):
         # jobacct_gather's OverMemoryKill (no cgroups): Slurm says FAILED, slurmstepd wrote why
         reason = "the job went over its memory limit and was killed (Slurm's memory polling)"
         runner_state = MEMORY_LIMIT_REACHED
