@@ -70,7 +70,7 @@ def submit_workflow(workflow: dict[str, Any]) -> str | None:
 @app.task(name="galaxy_tasks.advance_workflow", **DB_RETRY)
 def advance_workflow(workflow_id: str) -> int:
     """A workflow's next scheduling pass, sent by a pass that stopped at its bound
-    (schedule.PASS_MOST elements) with ready elements left; how many jobs it created. A
+    (GALAXY_TASKS_WORKFLOW_PASS_MOST elements) with ready elements left; how many jobs it created. A
     workflow that is not running, or has nothing ready, makes it do nothing."""
     ctx = runtime.context()
     follows = schedule.advance(ctx, workflow_id)

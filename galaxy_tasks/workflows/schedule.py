@@ -5,8 +5,8 @@ records the end), from reconciliation for a workflow whose pass is due (one a cr
 swallowed), and as a continuation (`advance_workflow`) of a pass that stopped at its bound.
 No element is built at submit: a pass finds the ready elements in SQL (each step's elements
 are indexes 0 to its size; one without a row is waiting), computes each one's parameters
-from its step's `fan` and index, and writes at most PASS_MOST elements and their jobs in
-multi-row INSERTs. Each element's job id is derived from (workflow, step, index, run), and
+from its step's `fan` and index, and writes at most GALAXY_TASKS_WORKFLOW_PASS_MOST (1,000)
+elements and their jobs in multi-row INSERTs. Each element's job id is derived from (workflow, step, index, run), and
 an id that exists is skipped, so however many passes race, a job is created once per
 element. A pass that leaves ready elements sends the next one and sets the workflow's
 check_at to now, so reconciliation runs it if that message is lost.
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 
 _NAMESPACE = uuid.UUID("5b0f3d4e-8a57-4c39-9d1e-2f6b7a0c9e11")
 _OK = JobState.OK.value
-#: most elements (and so jobs) one pass creates; ready elements beyond wait for the next pass
-PASS_MOST = 1000
 
 
 def element_job_id(workflow_id: str, step: str, index: int, run: int) -> str:
@@ -107,7 +105,7 @@ def overdue(ctx: Context) -> Effects:
 
 
 def advance(ctx: Context, workflow_id: str, ended: tuple[str, int] | None = None) -> Effects:
-    """One scheduling pass, of at most PASS_MOST elements: the jobs it created (to be
+    """One scheduling pass, of at most `workflow_pass_most` elements: the jobs it created (to be
     started) and, if ready elements are left, the workflow's next pass. `ended`: the (step,
     index) of the element whose job just ended, to look only at what needs it; a pass that
     finds nothing of the workflow left running looks at every step before it ends the
@@ -157,7 +155,7 @@ Planned = list[tuple[StepRecord, ElementRecord]]
 def _ready(ctx: Context, workflow_id: str, steps: list[StepRecord], candidates: list[StepRecord],
            ended: tuple[str, int] | None) -> tuple[Planned, bool]:
     """The elements of `candidates` whose needs have all ended ok and that have no job yet,
-    at most PASS_MOST, and whether more are ready. A step needed whole is done when as many
+    at most `workflow_pass_most`, and whether more are ready. A step needed whole is done when as many
     of its elements' jobs are ok as it has elements; a step needed element by element is
     looked at in SQL, only at the ended index after an end of its element."""
     size = {step.name: step.elements for step in steps}
@@ -168,7 +166,7 @@ def _ready(ctx: Context, workflow_id: str, steps: list[StepRecord], candidates: 
         if whole and any(ctx.store.ok_elements(workflow_id, other) < size[other] for other in whole):
             continue
         source = next((other for other, how in step.needs.items() if how == EACH), None)
-        left = PASS_MOST - len(planned)
+        left = ctx.settings.workflow_pass_most - len(planned)
         if source is None:
             found = ctx.store.waiting_elements(workflow_id, step.name, step.elements, left + 1)
         else:

@@ -1,7 +1,7 @@
 """Workflows with the stub runner on SQLite: a step becomes a job when its inputs exist,
 map, sweep, seeds and reduce, pause, resume, cancel, rerun, a pass lost to a crash made good
 by reconciliation, one job per element however many passes run, and elements made lazily:
-none at submit, at most PASS_MOST per pass, the rest by the passes that continue it."""
+none at submit, at most GALAXY_TASKS_WORKFLOW_PASS_MOST per pass, the rest by the passes that continue it."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -30,9 +30,15 @@ default: stub
 
 
 @pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[Context]:
-    with embedded_context(tmp_path, JOB_CONF) as context:
+def ctx(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Context]:
+    """The embedded context; `pass_most(n)` parametrizes it indirectly: passes of n elements."""
+    settings = {"WORKFLOW_PASS_MOST": str(request.param)} if hasattr(request, "param") else {}
+    with embedded_context(tmp_path, JOB_CONF, **settings) as context:
         yield context
+
+
+def pass_most(most: int) -> pytest.MarkDecorator:
+    return pytest.mark.parametrize("ctx", [most], indirect=True)
 
 
 @pytest.fixture
@@ -83,7 +89,7 @@ def drain(ctx: Context, stub: StubRunner, jobs: list[Job] | Effects, fail: str =
             job = pending.pop(0)
             ran.append(job)
             follows = ended(ctx, stub, job, 1 if fail and fail in job.command else 0)
-        assert len(follows.start) <= schedule.PASS_MOST
+        assert len(follows.start) <= ctx.settings.workflow_pass_most
         pending += follows.start
         passes += follows.advance
     return ran
@@ -143,18 +149,18 @@ def test_map_sweep_and_seeds_make_one_job_per_element_and_a_reduce_gets_them_all
 
 def test_a_workflow_of_thousands_of_seeds_is_accepted_without_its_elements_and_made_a_bounded_pass_at_a_time(ctx):
     """Submit records the workflow and its steps, not 5,000 elements: its first pass writes
-    one chunk and asks for the next pass; no pass creates more than PASS_MOST; the passes
+    one chunk and asks for the next pass; no pass creates more than its bound (1,000); the passes
     driven to the end create each element's job once, and the workflow ends ok when every
     one of them is ok."""
     workflow, follows = schedule.submit(ctx, {"name": "many", "steps": {"s": step("echo ${seed}", seeds=5000)}})
-    assert len(follows.start) == schedule.PASS_MOST and follows.advance == [workflow.id]
-    assert len(ctx.store.elements(workflow.id)) == schedule.PASS_MOST
+    assert len(follows.start) == ctx.settings.workflow_pass_most and follows.advance == [workflow.id]
+    assert len(ctx.store.elements(workflow.id)) == ctx.settings.workflow_pass_most
     assert ctx.store.element_counts(workflow.id) == {"s": {"new": 1000, "waiting": 4000}}
     assert ctx.store.workflow(workflow.id).check_at <= utcnow(), "a lost continuation is reconciliation's"
     created = list(follows.start)
     while follows.advance:
         follows = schedule.advance(ctx, follows.advance[0])
-        assert 0 < len(follows.start) <= schedule.PASS_MOST
+        assert 0 < len(follows.start) <= ctx.settings.workflow_pass_most
         created += follows.start
     assert len(created) == len({job.id for job in created}) == 5000
     assert len({job.command for job in created}) > 4990, "each element its own seed"
@@ -165,10 +171,10 @@ def test_a_workflow_of_thousands_of_seeds_is_accepted_without_its_elements_and_m
     assert not schedule.advance(ctx, workflow.id) and state(ctx, workflow.id) == "ok"
 
 
-def test_seeds_are_the_same_on_every_pass_that_computes_them(ctx, monkeypatch):
+@pass_most(3)
+def test_seeds_are_the_same_on_every_pass_that_computes_them(ctx):
     """An element's parameters are computed from its step and index: a pass that races
     another computes the same seed, and the seed is the one recorded with the element."""
-    monkeypatch.setattr(schedule, "PASS_MOST", 3)
     workflow, follows = schedule.submit(ctx, {"name": "s", "steps": {"s": step("echo ${seed}", seeds=5)}})
     [steps] = [ctx.store.steps(workflow.id)]
     again = [params(steps[0].fan, index)["seed"] for index in range(5)]
@@ -176,10 +182,10 @@ def test_seeds_are_the_same_on_every_pass_that_computes_them(ctx, monkeypatch):
     assert [e.params["seed"] for e in ctx.store.elements(workflow.id)] == again[:3]
 
 
+@pass_most(40)
 def test_two_racing_passes_create_each_job_once(ctx, monkeypatch):
     """A pass that plans its elements while another writes the same ones: the element and
     job ids that exist are skipped, so each element gets one job, made by one of them."""
-    monkeypatch.setattr(schedule, "PASS_MOST", 40)
     workflow, first = schedule.submit(ctx, {"name": "race", "steps": {"s": step("echo ${item}", map=list(range(100)))}})
     create_jobs = ctx.store.create_jobs
     raced: list[Job] = []
@@ -197,8 +203,8 @@ def test_two_racing_passes_create_each_job_once(ctx, monkeypatch):
     assert len(ctx.store.elements(workflow.id)) == 100 and len(ctx.store.recent(limit=1000)) == 100
 
 
-def test_a_foreach_and_a_reduce_over_several_chunks_end_right(ctx, stub, monkeypatch):
-    monkeypatch.setattr(schedule, "PASS_MOST", 7)
+@pass_most(7)
+def test_a_foreach_and_a_reduce_over_several_chunks_end_right(ctx, stub):
     document = {"name": "chunks", "steps": {
         "align": step("align ${item} > o", ["o"], map=[f"s{n}" for n in range(20)]),
         "sort": step("sort ${item} ${steps.align.outputs.o} > s", ["s"], foreach="align"),
@@ -216,10 +222,10 @@ def test_a_foreach_and_a_reduce_over_several_chunks_end_right(ctx, stub, monkeyp
     assert len(ran) == len({j.id for j in ran}) == 43
 
 
-def test_a_workflow_is_not_ended_while_elements_are_still_to_be_written(ctx, stub, monkeypatch):
+@pass_most(2)
+def test_a_workflow_is_not_ended_while_elements_are_still_to_be_written(ctx, stub):
     """Every job written so far ended ok, the next pass's message lost: the pass after the
     last end writes the next elements instead of ending the workflow ok."""
-    monkeypatch.setattr(schedule, "PASS_MOST", 2)
     workflow, follows = schedule.submit(ctx, {"name": "w", "steps": {"s": step("echo ${item}", map=[1, 2, 3, 4, 5])}})
     assert run(ctx, stub, follows.start[0]) == []
     after = ended(ctx, stub, follows.start[1])
@@ -232,8 +238,8 @@ def test_a_workflow_is_not_ended_while_elements_are_still_to_be_written(ctx, stu
     assert state(ctx, workflow.id) == "ok"
 
 
-def test_a_lost_continuation_is_made_good_by_reconciliation(ctx, stub, monkeypatch):
-    monkeypatch.setattr(schedule, "PASS_MOST", 10)
+@pass_most(10)
+def test_a_lost_continuation_is_made_good_by_reconciliation(ctx, stub):
     workflow, follows = schedule.submit(ctx, {"name": "w", "steps": {"s": step("echo ${seed}", seeds=25)}})
     assert follows.advance == [workflow.id]  # the worker was killed before it sent this
     made = schedule.overdue(ctx)
@@ -242,8 +248,8 @@ def test_a_lost_continuation_is_made_good_by_reconciliation(ctx, stub, monkeypat
     assert ctx.store.element_counts(workflow.id) == {"s": {"new": 25}}
 
 
-def test_rerun_of_a_failed_element_in_a_chunked_workflow(ctx, stub, monkeypatch):
-    monkeypatch.setattr(schedule, "PASS_MOST", 4)
+@pass_most(4)
+def test_rerun_of_a_failed_element_in_a_chunked_workflow(ctx, stub):
     document = {"name": "flaky", "steps": {
         "align": step("align ${item} > o", ["o"], map=[f"s{n}" for n in range(11)]),
         "merge": step("merge ${steps.align.outputs.o}", reduce="align"),
