@@ -105,8 +105,8 @@ def overdue(ctx: Context) -> Effects:
 
 
 def advance(ctx: Context, workflow_id: str, ended: tuple[str, int] | None = None) -> Effects:
-    """One scheduling pass, of at most `workflow_pass_most` elements: the jobs it created (to be
-    started) and, if ready elements are left, the workflow's next pass. `ended`: the (step,
+    """One scheduling pass, of at most `workflow_pass_most` elements: the jobs it created
+    (to be started) and, if ready elements are left, the workflow's next pass. `ended`: the (step,
     index) of the element whose job just ended, to look only at what needs it; a pass that
     finds nothing of the workflow left running looks at every step before it ends the
     workflow."""
@@ -132,9 +132,13 @@ def advance(ctx: Context, workflow_id: str, ended: tuple[str, int] | None = None
     return NOTHING
 
 
-#: the steps of recent workflows, and their users: neither changes once recorded
+#: the steps of recent workflows, and their users: neither changes once recorded. A step
+#: keeps its map's values or its sweep's grid (its `fan`), so the cache is bounded by those
+#: values too, not only by workflows.
 _STEPS: OrderedDict[tuple[str, str], tuple[str | None, list[StepRecord]]] = OrderedDict()
 _STEPS_KEPT = 256
+_VALUES_KEPT = 1_000_000
+_values: dict[tuple[str, str], int] = {}
 
 
 def _steps(ctx: Context, workflow_id: str) -> tuple[str | None, list[StepRecord]]:
@@ -144,9 +148,14 @@ def _steps(ctx: Context, workflow_id: str) -> tuple[str | None, list[StepRecord]
         workflow = ctx.store.workflow(workflow_id)
         found = (workflow.user if workflow else None, ctx.store.steps(workflow_id))
         _STEPS[key] = found
-        while len(_STEPS) > _STEPS_KEPT:
-            _STEPS.popitem(last=False)
+        _values[key] = sum(_kept_values(step.fan or {}) for step in found[1])
+        while len(_STEPS) > 1 and (len(_STEPS) > _STEPS_KEPT or sum(_values.values()) > _VALUES_KEPT):
+            _values.pop(_STEPS.popitem(last=False)[0], None)
     return found
+
+
+def _kept_values(fan: Mapping[str, Any]) -> int:
+    return len(fan.get("map", ())) + sum(len(values) for values in fan.get("sweep", {}).values())
 
 
 Planned = list[tuple[StepRecord, ElementRecord]]
@@ -155,9 +164,9 @@ Planned = list[tuple[StepRecord, ElementRecord]]
 def _ready(ctx: Context, workflow_id: str, steps: list[StepRecord], candidates: list[StepRecord],
            ended: tuple[str, int] | None) -> tuple[Planned, bool]:
     """The elements of `candidates` whose needs have all ended ok and that have no job yet,
-    at most `workflow_pass_most`, and whether more are ready. A step needed whole is done when as many
-    of its elements' jobs are ok as it has elements; a step needed element by element is
-    looked at in SQL, only at the ended index after an end of its element."""
+    at most `workflow_pass_most`, and whether more are ready. A step needed whole is done
+    when as many of its elements' jobs are ok as it has elements; a step needed element by
+    element is looked at in SQL, only at the ended index after an end of its element."""
     size = {step.name: step.elements for step in steps}
     fans = {step.name: step.fan or {} for step in steps}
     planned: Planned = []
@@ -181,9 +190,9 @@ def _ready(ctx: Context, workflow_id: str, steps: list[StepRecord], candidates: 
 def _unwritten(workflow_id: str, step: StepRecord, index: int, fans: Mapping[str, Mapping[str, Any]]) -> ElementRecord:
     """An element that has no row yet, computed from its step: its first run."""
     fan = fans[step.name]
-    return ElementRecord(step=step.name, index=index, params=params(fans[fan["foreach"]] if "foreach" in fan else fan,
-                                                                    index),
-                         run=1, job_id=element_job_id(workflow_id, step.name, index, 1), job_state=None, job_dir=None)
+    computed = params(fans[fan["foreach"]] if "foreach" in fan else fan, index)
+    return ElementRecord(step=step.name, index=index, params=computed, run=1,
+                         job_id=element_job_id(workflow_id, step.name, index, 1), job_state=None, job_dir=None)
 
 
 def _create(ctx: Context, workflow_id: str, user: str | None, planned: Planned) -> list[Job]:
