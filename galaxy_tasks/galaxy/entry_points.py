@@ -92,7 +92,7 @@ class Lookouts:
                 except Exception:  # noqa: BLE001 - a database that is away: look again next time
                     log.exception("(%s) could not look for the job's entry points; looking again", job_id)
                 if time.monotonic() >= deadline:
-                    log.warning("(%s) no entry points after %.0f s: stopped looking for them (Galaxy shows "
+                    log.warning("(%s) no entry points after %g s: stopped looking for them (Galaxy shows "
                                 "none for this job while it runs)", job_id, self.bound_s)
                     self.gave_up(job_id)
                     return

@@ -21,6 +21,7 @@ from galaxy_tasks.states import JobState
 from tests.galaxy.api import GalaxyApi
 from tests.galaxy.server import IT_TOOL_PORT, GalaxyServer
 from tests.galaxy.test_galaxy import wait_for_row
+from tests.galaxy.test_production import shown
 from tests.support.deployment import Deployment
 
 pytestmark = pytest.mark.galaxy
@@ -131,10 +132,10 @@ def test_a_running_interactive_tools_entry_point_is_found_and_stopping_it_ends_i
 def test_a_failed_container_monitor_fails_the_job_and_ends_it_in_galaxy_tasks(
         galaxy: GalaxyServer, galaxy_user: GalaxyApi, history: tuple[str, str], tasks: Deployment) -> None:
     history_id, dataset_id = history
-    job_id, _ = galaxy_user.run_tool(history_id, "probe_it_broken_gt", dataset_id)
+    job_id, output_id = galaxy_user.run_tool(history_id, "probe_it_broken_gt", dataset_id)
     ours = galaxy.task_id(job_id)
-    job = galaxy_user.wait_job(job_id, want="error", timeout=90)
-    assert "Monitoring interactive tool entry point failed" in galaxy.admin.job(job_id)["info"], job
+    galaxy_user.wait_job(job_id, want="error", timeout=90)
+    assert shown(galaxy_user, output_id) == "Monitoring interactive tool entry point failed"
     wait_for_row(tasks, ours, {JobState.DELETED}, timeout=90)
     assert stats.read(galaxy.stats_file).get("entry_points_failed", 0) >= 1
 
