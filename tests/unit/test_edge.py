@@ -138,6 +138,27 @@ def test_a_cancel_through_the_client_ends_the_workflow_at_once(ctx):
     drained(ctx.settings.steps_queue, "cluster")
 
 
+def test_a_workflow_larger_than_a_pass_sends_its_next_pass_after_its_first_jobs(tmp_path):
+    """The client's submit, as the submit task's: the first pass's jobs start, and the next
+    pass goes to the steps queue as advance_workflow (the workflow is due at once too, for
+    reconciliation if that message is lost)."""
+    with embedded_context(tmp_path, JOB_CONF, WORKFLOW_PASS_MOST="4") as ctx:
+        drained(ctx.settings.steps_queue, "local", "cluster")
+        workflow = Client(ctx).submit_workflow({"name": "w", "steps": {
+            "s": {"seeds": 10, "spec": {"tool_id": "t", "command": "echo ${seed}"}}}})
+        sent = drained(ctx.settings.steps_queue)
+        assert [task for _q, task, _kw, _ in sent] == ["galaxy_tasks.prepare_jobs", "galaxy_tasks.advance_workflow"]
+        assert len(sent[0][2]["job_ids"]) == 4 and sent[1][2] == {"workflow_id": workflow.id}
+        messages.carry_out(ctx, schedule.advance(ctx, workflow.id))
+        sent = drained(ctx.settings.steps_queue)
+        assert [task for _q, task, _kw, _ in sent] == ["galaxy_tasks.prepare_jobs", "galaxy_tasks.advance_workflow"]
+        messages.carry_out(ctx, schedule.advance(ctx, workflow.id))
+        sent = drained(ctx.settings.steps_queue, "local")
+        assert [task for _q, task, _kw, _ in sent] == ["galaxy_tasks.prepare_jobs"], "the last pass sends no next"
+        assert len(sent[0][2]["job_ids"]) == 2 and len(ctx.store.elements(workflow.id)) == 10
+        drained("local")
+
+
 def test_a_submit_set_aside_for_killing_its_workers_reaches_its_client_as_a_refusal(ctx):
     """A submit whose message the broker gave back MAX_RETURNS times is dead-lettered, and
     its client hears the job refused instead of waiting for it forever."""
