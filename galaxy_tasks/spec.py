@@ -229,7 +229,7 @@ class JobSpec:
                       "back to the client's user at its end (Galaxy's job directory, where the tool writes its "
                       "outputs): absolute and normalised; the privileged helper takes only one under its "
                       "handover_roots, laid out as Galaxy lays out job directories, owned by the worker's user and "
-                      "marked for this job (docs/security.md#jobs-as-the-real-user); only with run_as"))
+                      "marked for this job (docs/security.md#jobs-as-the-real-user); without run_as it means nothing"))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -271,8 +271,6 @@ def parse(data: Any) -> JobSpec:
     for name, factory in _FACTORIES:
         if values[name] is None:
             values[name] = factory()
-    if values["handover_dir"] is not None and values["run_as"] is None:
-        raise SpecError("handover_dir", "only a job that names run_as is given a directory to hand over")
     events = values["events"]
     if events is not None:
         values["events"] = _record(Events, events.__dict__)
