@@ -5,7 +5,7 @@ Run as root (through sudo, with the sudoers lines of docs/security.md), it takes
 from the job's row and the checks below, and anything that does not pass is refused with a
 log line that says why. Actions:
 
-- `start`: a job in `submitting` state. Its directory is handed to the user (group: the
+- `start`: a job in `submitting` or `running` state. Its directory is handed to the user (group: the
   worker's, setgid, so the job's files stay readable by the worker with umask 027), a keeper
   process is left behind to hand the directory back once the job has ended, and this process
   drops every privilege (supplementary groups, gid, uid) and becomes the job script, so the
@@ -57,9 +57,12 @@ log = logging.getLogger("galaxy_tasks.realuser")
 _STARTING = frozenset({JobState.SUBMITTING.value})
 _STARTED = frozenset({JobState.SUBMITTING.value, JobState.RUNNING.value, JobState.DELETED.value})
 #: the states each action needs (a cancel moves the row to deleted before the runner stops it;
-#: a batch job's end is heard, and its directory reclaimed, before the row records it)
+#: a batch job's end is heard, and its directory reclaimed, before the row records it; the
+#: local runner's launch records `running` as soon as it has spawned the helper, which may
+#: read the row after that: job.sh's claim lets one copy of a job run, however often started)
 STATES: dict[str, frozenset[str]] = {
-    "start": _STARTING, "sbatch": _STARTING, "qsub": _STARTING, "handover": _STARTING,
+    "start": _STARTING | {JobState.RUNNING.value}, "sbatch": _STARTING, "qsub": _STARTING,
+    "handover": _STARTING,
     "term": _STARTED, "kill": _STARTED, "scancel": _STARTED, "qdel": _STARTED,
     "reclaim": _STARTED | frozenset(state.value for state in TERMINAL),
 }

@@ -73,6 +73,16 @@ def test_real_user_jobs_run_as_their_own_users(site, runner):
         assert f"event=real_user_reclaimed job_id={launch.job_id}" in log
 
 
+def test_real_user_job_starts_when_its_launch_recorded_it_running_first(site, runner):
+    """The launch records `running` as soon as the runner spawned the helper, which may read
+    the row only after that (a worker's real launch does exactly this)."""
+    local, reports = runner
+    launch = site.job("id -un > who.txt", site.users.alice, state="running")
+    local.submit(launch)
+    assert reports.wait_for(launch.job_id).exit_code == 0, site.refusals()
+    assert (JobDir(launch.job_dir).working / "who.txt").read_text().strip() == site.users.alice
+
+
 def test_real_user_job_cannot_read_another_users_directory_and_is_cancelled(site, runner):
     local, reports = runner
     users = site.users
@@ -171,7 +181,7 @@ REFUSALS = {
     "unknown_job_id": (lambda site: Launch("ru-nosuchjob", site.jobs_root / "ru-nosuchjob", Path("/nonexistent")),
                        "no job 'ru-nosuchjob'"),
     "job_of_another_state": (lambda site: site.job("touch ran", site.users.alice, state="queued"),
-                             "is queued; start needs submitting"),
+                             "is queued; start needs running/submitting"),
 }
 
 
