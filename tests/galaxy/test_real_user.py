@@ -169,7 +169,8 @@ def test_real_user_galaxy_job_runs_as_its_user_and_galaxy_gets_its_directory_bac
         assert (row.state, row.run_as, row.handover_dir) == ("ok", unix_users.alice, str(job_directory))
         # Galaxy's job directory and galaxy-tasks' are Galaxy's (the worker's) user's again
         assert owners(job_directory) == {os.getuid()} and owners(Path(row.job_dir)) == {os.getuid()}
-        assert Path(user_galaxy.admin.dataset_path(output_id)).read_text() == f"{unix_users.alice}\n{INPUT}"
+        dataset = Path(user_galaxy.admin.dataset_path(output_id))  # moved there by Galaxy, as Galaxy's user
+        assert dataset.read_text() == f"{unix_users.alice}\n{INPUT}" and dataset.stat().st_uid == os.getuid()
     medians = {kind: sorted(values)[len(values) // 2] for kind, values in seconds.items()}
     print(f"\nGalaxy run_tool -> ok, median of {ROUNDS}: plain {medians['plain']:.2f} s, "
           f"as the job's user {medians['real_user']:.2f} s")
