@@ -26,11 +26,11 @@ import redis
 
 from galaxy_tasks.states import JobState
 from tests.galaxy.api import GalaxyApi
+from tests.galaxy.conftest import running
 from tests.galaxy.server import REAL_USER_DESTINATION, GalaxyServer, celery_options, own_redis
 from tests.support.deployment import Deployment
 from tests.support.real_user import HELPER, WORKER, Users, needs_root
 from tests.support.redis_server import RedisServer
-from tests.support.services import unavailable
 
 pytestmark = [pytest.mark.galaxy, needs_root]
 
@@ -66,16 +66,7 @@ def user_galaxy(galaxy_venv: Path, user_broker: RedisServer, base: Path) -> Iter
     server = GalaxyServer(galaxy_venv, root, user_broker.url, galaxy_options=options)
     for private in ("config", "signing"):
         os.chmod(root / private, 0o700)
-    try:
-        server.start_celery()
-        server.start()
-    except (RuntimeError, TimeoutError) as exc:
-        server.stop()
-        server.stop_celery()
-        unavailable(f"Galaxy did not start: {exc}")
-    yield server
-    server.stop()
-    server.stop_celery()
+    yield from running(server)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 import pytest
 
@@ -26,7 +26,11 @@ from galaxy_tasks.model import utcnow
 from galaxy_tasks.realuser.handover import galaxy_place
 from galaxy_tasks.runas import mark_for_handover
 from galaxy_tasks.runners.base import Launch
+from galaxy_tasks.runners.local import LocalRunner
 from galaxy_tasks.store import Store, schema
+
+if TYPE_CHECKING:
+    from tests.unit.test_local_runner import Reports
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
 HELPER = [sys.executable, "-m", "galaxy_tasks.realuser.helper"]
@@ -158,6 +162,23 @@ def make_site(users: Users, scheduler_environment: Mapping[str, str] | None = No
     yield Site(base, jobs_root, config, log_file, store, users, handover_root)
     store.dispose()
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def site(unix_users: Users) -> Iterator[Site]:
+    """A deployment of the helper (a scheduler's tests make one with its environment)."""
+    yield from make_site(unix_users)
+
+
+@pytest.fixture
+def local_as_user(site: Site) -> Iterator[tuple[LocalRunner, Reports]]:
+    """A local runner whose jobs with run_as start through the site's helper, and its reports."""
+    from tests.unit.test_local_runner import Reports
+
+    reports = Reports()
+    runner = LocalRunner({"kill_grace_s": 1.0, "run_as_command": site.command}, reports)
+    yield runner, reports
+    runner.close()
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:

@@ -11,7 +11,7 @@ import shutil
 import stat
 import subprocess
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 from sqlalchemy import text
@@ -21,24 +21,9 @@ from galaxy_tasks.jobdir import JobDir
 from galaxy_tasks.realuser.handover import galaxy_place
 from galaxy_tasks.realuser.helper import REFUSED
 from galaxy_tasks.runas import HANDOVER_MARK, mark_for_handover
-from galaxy_tasks.runners.local import LocalRunner
 from galaxy_tasks.spec import parse
 from galaxy_tasks.states import JobState
-from tests.support.real_user import HELPER, Site, Users, make_site, needs_root, wait_for
-from tests.unit.test_local_runner import Reports
-
-
-@pytest.fixture
-def site(unix_users: Users) -> Iterator[Site]:
-    yield from make_site(unix_users)
-
-
-@pytest.fixture
-def runner(site: Site) -> Iterator[tuple[LocalRunner, Reports]]:
-    reports = Reports()
-    runner = LocalRunner({"kill_grace_s": 1.0, "run_as_command": " ".join([*HELPER, str(site.config)])}, reports)
-    yield runner, reports
-    runner.close()
+from tests.support.real_user import Site, needs_root, wait_for
 
 
 def owners(path: Path) -> set[int]:
@@ -66,8 +51,8 @@ def test_real_user_handover_dir_is_an_absolute_normalised_path():
 
 
 @needs_root
-def test_real_user_declared_directory_is_the_users_while_it_runs_and_back_before_the_end(site, runner):
-    local, reports = runner
+def test_real_user_declared_directory_is_the_users_while_it_runs_and_back_before_the_end(site, local_as_user):
+    local, reports = local_as_user
     users = site.users
     launch, declared = site.declaring(
         "until [ -e go ]; do sleep 0.05; done; id -un > @DECLARED@/outputs/who.txt; echo x > @DECLARED@/made.txt",
@@ -189,8 +174,8 @@ def _job_of(site: Site, declared: Path) -> str:
 
 
 @needs_root
-def test_real_user_local_job_refused_by_the_helper_ends_with_its_reason(site, runner):
-    local, reports = runner
+def test_real_user_local_job_refused_by_the_helper_ends_with_its_reason(site, local_as_user):
+    local, reports = local_as_user
     launch = site.job("touch ran", "root")
     local.submit(launch)
     completion = reports.wait_for(launch.job_id)
