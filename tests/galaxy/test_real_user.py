@@ -29,7 +29,7 @@ from tests.galaxy.api import GalaxyApi
 from tests.galaxy.conftest import running
 from tests.galaxy.server import REAL_USER_DESTINATION, GalaxyServer, celery_options, own_redis
 from tests.support.deployment import Deployment
-from tests.support.real_user import HELPER, WORKER, Users, needs_root
+from tests.support.real_user import HELPER, WORKER, Users, needs_root, wait_for
 from tests.support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.galaxy, needs_root]
@@ -174,7 +174,8 @@ def test_real_user_galaxy_job_is_private_to_its_user_while_it_runs(
     alice.wait_job(job_id, want="running", timeout=120, poll=0.1)
     job_directory = user_galaxy.working_directory(user_galaxy.admin.decode(job_id))
     alice_uid = int(as_user(unix_users.alice, "id", "-u").stdout)
-    assert os.lstat(job_directory).st_uid == alice_uid
+    # (Galaxy hears `running` once the helper was spawned, before it has handed anything over)
+    wait_for(lambda: os.lstat(job_directory).st_uid == alice_uid, 60, "Galaxy's job directory handed to alice")
     assert os.lstat(job_directory).st_mode & 0o007 == 0  # no one else's
     script = next(job_directory.glob("galaxy_*.sh"))
     for argv in (["ls", str(job_directory)], ["cat", str(script)]):
