@@ -12,6 +12,7 @@
         environment: {LC_ALL: C}         # variables every job gets (galaxy-tasks jobs inherit none)
         run_as_real_user: false          # default; true: jobs run as real_system_username says
         real_user_map: {}                # a site's Galaxy user -> Unix user, consulted first
+        entry_points_timeout: 3600       # default; seconds an interactive tool's entry points are looked for
     execution:
       environments:
         tasks:
@@ -30,6 +31,8 @@ id, and learns that it ended from job events read by one consumer thread. There 
 monitor thread: nothing here looks at running jobs in a loop (`check_watched_item` is
 never called; `stats_file` shows the count), so Galaxy's own limits (walltime, output_size,
 a tool's time limit) go to galaxy-tasks with the job, which keeps them (docs/galaxy.md).
+An interactive tool's running job alone gets a lookout that asks Galaxy for its entry points
+until Galaxy has them (galaxy_tasks/galaxy/entry_points.py).
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ from galaxy_tasks import spec as task_spec
 from galaxy_tasks.errors import SpecError
 from galaxy_tasks.galaxy import settings as runner_settings
 from galaxy_tasks.galaxy.client import TaskClient
+from galaxy_tasks.galaxy.entry_points import Lookouts
 from galaxy_tasks.galaxy.events import Delivery, EventConsumer, JobEvent
 from galaxy_tasks.galaxy.spec import (
     GalaxyJob,
@@ -89,6 +93,9 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
         self._consumer: EventConsumer | None = None
         self._event_queues: list[queue.SimpleQueue] = []
         self._event_threads: list[threading.Thread] = []
+        self.lookouts = Lookouts(bound_s=self.settings.entry_points_timeout,
+                                 gave_up=lambda task_id: self.stats.bump("entry_points_gave_up"),
+                                 counted=lambda looking: self.stats.set("looking_for_entry_points", looking))
         log.info("galaxy-tasks runner: broker %s, steps queue %s, events %s", self.settings.safe_broker_url,
                  self.settings.steps_queue, self.settings.events_queue if self.settings.events else "off")
 
@@ -155,6 +162,8 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
         self._watch(external_id, job_wrapper)
         self.stats.bump("recovered")
         log.info("(%s/%s) recovered: watching for its events", job.id, external_id)
+        if job.state == model.Job.states.RUNNING:
+            self._look_for_entry_points(external_id, job_wrapper)
         if self.settings.events:
             with self._lock:
                 self._to_announce.add(external_id)
@@ -167,6 +176,7 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
     def shutdown(self) -> None:
         if self._consumer is not None:
             self._consumer.stop()
+        self.lookouts.stop_all()
         for work in self._event_queues:
             work.put(_STOP)
         for thread in self._event_threads:
@@ -229,8 +239,11 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
             self._resend(job_wrapper, event.job_id)
         elif event.terminal:
             self._end(job_wrapper, event)
-        elif galaxy_state(event.state) == model.Job.states.RUNNING and job.state == model.Job.states.QUEUED:
-            job_wrapper.change_state(model.Job.states.RUNNING)
+        elif galaxy_state(event.state) == model.Job.states.RUNNING and job.state in (model.Job.states.QUEUED,
+                                                                                      model.Job.states.RUNNING):
+            if job.state == model.Job.states.QUEUED:
+                job_wrapper.change_state(model.Job.states.RUNNING)
+            self._look_for_entry_points(event.job_id, job_wrapper)
         elif (galaxy_state(event.state) == model.Job.states.QUEUED == job.state and event.reason
               and job.info != event.reason):
             # why it waits (a slot, a concurrency limit), as Galaxy's job info
@@ -315,6 +328,38 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
                 with self._lock:
                     self._to_announce |= ids
 
+    # -- interactive tools -------------------------------------------------------------------
+
+    def _look_for_entry_points(self, task_id: str, job_wrapper: Any) -> None:
+        """A running job of an interactive tool: look for its entry points at once, and
+        again until Galaxy has them (what Galaxy's runners do from their monitor loops)."""
+        if not getattr(job_wrapper.tool, "produces_entry_points", False):
+            return
+        if self.lookouts.start(task_id, lambda: self._entry_points_found(task_id, job_wrapper)):
+            log.debug("(%s/%s) looking for its entry points", job_wrapper.job_id, task_id)
+
+    def _entry_points_found(self, task_id: str, job_wrapper: Any) -> bool:
+        """One look, on the job's lookout thread; True when there is nothing more to look
+        for. A job whose container monitor failed is failed by Galaxy, as with its own
+        runners, and ended in galaxy-tasks (its tool would otherwise run on, unreachable)."""
+        with self.app.model.session():
+            if job_wrapper.get_job().state != model.Job.states.RUNNING:  # stopped, or ended
+                return True
+            if not job_wrapper.check_for_entry_points():
+                return False
+            failed = job_wrapper.get_job().state == model.Job.states.ERROR
+        if failed:
+            self.stats.bump("entry_points_failed")
+            try:
+                self.client.cancel(task_id)
+            except Exception:
+                log.exception("(%s/%s) could not cancel the job whose container monitor failed",
+                              job_wrapper.job_id, task_id)
+        else:
+            self.stats.bump("entry_points_configured")
+            log.info("(%s/%s) entry points configured", job_wrapper.job_id, task_id)
+        return True
+
     def _ignored(self, event: JobEvent) -> None:
         log.debug("ignored galaxy-tasks event %s/%s seq %s", event.job_id, event.state, event.seq)
         self.stats.bump("events_ignored")
@@ -391,6 +436,7 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
         self.stats.set("watching", watching)
 
     def _forget(self, task_id: str) -> None:
+        self.lookouts.stop(task_id)
         with self._lock:
             self._wrappers.pop(task_id, None)
             self._applied.pop(task_id, None)

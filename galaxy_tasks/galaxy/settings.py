@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from kombu.utils.url import maybe_sanitize_url
 
+from galaxy_tasks.galaxy.entry_points import BOUND_S
 from galaxy_tasks.names import USER_NAME
 from galaxy_tasks.spec import ENV_NAME
 
@@ -41,6 +42,8 @@ class RunnerSettings:
     run_as_real_user: bool = False
     #: a site's own mapping of Galaxy users (email or username) to Unix users, consulted first
     real_user_map: Mapping[str, str] = field(default_factory=dict)
+    #: seconds a running interactive tool's entry points are looked for before giving up
+    entry_points_timeout: int = BOUND_S
 
     @property
     def safe_broker_url(self) -> str:
@@ -85,6 +88,7 @@ def from_kwargs(kwargs: Mapping[str, Any], server_name: str) -> RunnerSettings:
         submit_retries=_count(kwargs, "submit_retries", 3),
         run_as_real_user=_bool(kwargs, "run_as_real_user", False),
         real_user_map=_user_map(kwargs.get("real_user_map")),
+        entry_points_timeout=_count(kwargs, "entry_points_timeout", BOUND_S),
     )
 
 

@@ -10,8 +10,10 @@ restarted and renamed one by one.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -33,6 +35,14 @@ FAIL = "echo 'about to fail' >&2; exit 3"
 LEDGER_CAT = "echo '$output' >> @ROOT@/ledger && until [ -e @ROOT@/gate ]; do sleep 0.2; done && cat '$input' > '$output'"
 #: who ran the tool, and what it read
 WHOAMI = "id -un > '$output' && cat '$input' >> '$output'"
+#: the port of the interactive tools' one entry point, inside their (absent) container
+IT_TOOL_PORT = 8765
+#: an interactive tool: serves its input on a free port and, once @ROOT@/it_gate exists,
+#: says where in container_runtime.json as Galaxy's container monitor would (it_serve.py)
+IT_SERVE = (f"{shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).with_name('it_serve.py')))} "
+            f"{IT_TOOL_PORT} '$input' @ROOT@/it_gate")
+#: an interactive tool whose container monitor failed, as Galaxy's records it
+IT_BROKEN = "echo 'no port mapping for the container' > ../container_monitor_exception.txt && sleep 600"
 #: tool id -> (command, environment: None is Galaxy's local runner, the default)
 TOOLS = {
     "probe_cat": (CAT, None),
@@ -58,7 +68,11 @@ TOOLS = {
     "probe_whoami_gt": (WHOAMI, "gt_fast"),
     "probe_whoami_user": (WHOAMI, "gt_user"),
     "probe_gated_whoami_user": ("until [ -e @ROOT@/gate ]; do sleep 0.1; done && " + WHOAMI, "gt_user"),
+    "probe_it_gt": (IT_SERVE, "gt_fast"),
+    "probe_it_broken_gt": (IT_BROKEN, "gt_fast"),
 }
+#: the interactive tools among TOOLS (Galaxy's `tool_type="interactive"`, one entry point)
+INTERACTIVE = ("probe_it_gt", "probe_it_broken_gt")
 #: tool id -> the <requirements> of its XML (a tool's own time limit, which Galaxy's runners keep)
 REQUIREMENTS = {"probe_tpv_timelimit": '<resource type="timelimit">3</resource>'}
 #: the galaxy-tasks destination TPV sends probe_tpv and probe_tpv_gpu to (docs/galaxy.md#tpv)
@@ -153,9 +167,14 @@ def own_redis(directory: Path) -> Iterator[RedisServer]:
 
 def tool_xml(tool_id: str, command: str) -> str:
     requirements = REQUIREMENTS.get(tool_id, "")
+    interactive = tool_id in INTERACTIVE
+    tool_type = ' tool_type="interactive"' if interactive else ""
+    entry_points = (f'<entry_points><entry_point name="{tool_id} page" requires_domain="False">'
+                    f"<port>{IT_TOOL_PORT}</port></entry_point></entry_points>") if interactive else ""
     return textwrap.dedent(f"""\
-        <tool id="{tool_id}" name="{tool_id}" version="0.1.0" profile="21.05">
+        <tool id="{tool_id}" name="{tool_id}" version="0.1.0" profile="21.05"{tool_type}>
             <requirements>{requirements}</requirements>
+            {entry_points}
             <command><![CDATA[{command}]]></command>
             <inputs><param name="input" type="data" format="txt,tabular" label="Input"/></inputs>
             <outputs><data name="output" format="txt"/></outputs>
@@ -201,6 +220,16 @@ class GalaxyServer:
     def gate(self) -> Path:
         """probe_ledger_gt's command waits until this file exists."""
         return self.root / "gate"
+
+    @property
+    def it_gate(self) -> Path:
+        """probe_it_gt says where it serves (container_runtime.json) once this file exists."""
+        return self.root / "it_gate"
+
+    @property
+    def interactivetools_map(self) -> Path:
+        """The map Galaxy keeps for its interactive tools proxy (entry point -> host, port)."""
+        return self.data_dir / "interactivetools_map.sqlite"
 
     def _signing_keys(self) -> dict[str, str]:
         """A key, its certificate and a store trusting it, shared by the gt_signed runner
@@ -341,6 +370,9 @@ class GalaxyServer:
             "enable_mulled_containers": False,
             "involucro_auto_init": False,
             "tool_data_table_config_path": str(config / "tool_data_table_conf.xml"),
+            # interactive tools (the proxy itself is not started: its map is read by tests)
+            "interactivetools_enable": True,
+            "interactivetools_map": str(self.interactivetools_map),
             **galaxy_options,
         }
         self.database_connection = galaxy["database_connection"]

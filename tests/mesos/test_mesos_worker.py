@@ -208,7 +208,8 @@ def test_worker_restart_keeps_the_framework_and_jobs_complete_across_it(mesos):
     master = mesos.master
     first_id = (mesos.home / "mesos" / "mesos.framework_id").read_text().strip()
     across = mesos.submit("sleep 10; echo done > out.txt", "m_across", "--output", "out.txt")
-    while_down = mesos.submit("sleep 4; echo early", "m_early")
+    gate = mesos.home / "gate-early"  # held open until the worker is gone, however slow the host
+    while_down = mesos.submit(f"until [ -e {gate} ]; do sleep 0.05; done; echo early", "m_early")
     for job_id in (across, while_down):
         mesos.wait_task(job_id, "TASK_RUNNING")
 
@@ -217,6 +218,7 @@ def test_worker_restart_keeps_the_framework_and_jobs_complete_across_it(mesos):
     assert master.calls_of("TEARDOWN") == []
     master.wait_for(lambda: any(f["id"] == first_id and not f["connected"] for f in master.state()["frameworks"]),
                     what="the master notices the scheduler is gone, and keeps its framework")
+    gate.touch()
     mesos.wait_task(while_down, "TASK_FINISHED")  # ends while no scheduler is subscribed
     assert mesos.d.job(while_down).state == "running"
 

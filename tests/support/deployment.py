@@ -177,8 +177,9 @@ class Deployment:
         raise TimeoutError(f"{what} not reached in {timeout} s; worker logs:\n{self.logs()[-4000:]}")
 
     def wait_terminal(self, job_ids: list[str], timeout: float = 60) -> list[Job]:
-        def done() -> bool:
-            return all(JobState(self.job(j).state) in TERMINAL for j in job_ids)
+        def done() -> bool:  # a job sent by send_task may not be recorded yet
+            found = [self.store.job(j) for j in job_ids]
+            return all(job is not None and JobState(job.state) in TERMINAL for job in found)
 
         self.wait_until(done, timeout, f"terminal state of {len(job_ids)} jobs")
         return [self.job(j) for j in job_ids]

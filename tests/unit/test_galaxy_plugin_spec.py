@@ -40,7 +40,7 @@ def job(**overrides) -> GalaxyJob:
 
 def test_the_package_imports_without_galaxy() -> None:
     code = ("import sys, galaxy_tasks.galaxy, galaxy_tasks.galaxy.spec, galaxy_tasks.galaxy.events, "
-            "galaxy_tasks.galaxy.client, galaxy_tasks.galaxy.settings; "
+            "galaxy_tasks.galaxy.client, galaxy_tasks.galaxy.settings, galaxy_tasks.galaxy.entry_points; "
             "sys.exit('galaxy' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
