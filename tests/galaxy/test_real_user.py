@@ -171,18 +171,20 @@ def test_real_user_galaxy_job_is_private_to_its_user_while_it_runs(
         user_galaxy: GalaxyServer, history, unix_users: Users, user_tasks: Deployment) -> None:
     alice, alice_history, alice_data = history[unix_users.alice]
     job_id, output_id = alice.run_tool(alice_history, "probe_gated_whoami_user", alice_data)
-    alice.wait_job(job_id, want="running", timeout=120, poll=0.1)
-    job_directory = user_galaxy.working_directory(user_galaxy.admin.decode(job_id))
-    alice_uid = int(as_user(unix_users.alice, "id", "-u").stdout)
-    # (Galaxy hears `running` once the helper was spawned, before it has handed anything over)
-    wait_for(lambda: os.lstat(job_directory).st_uid == alice_uid, 60, "Galaxy's job directory handed to alice")
-    assert os.lstat(job_directory).st_mode & 0o007 == 0  # no one else's
-    script = next(job_directory.glob("galaxy_*.sh"))
-    for argv in (["ls", str(job_directory)], ["cat", str(script)]):
-        bob = as_user(unix_users.bob, *argv)
-        assert bob.returncode != 0 and "Permission denied" in bob.stderr, bob
-    assert as_user(unix_users.alice, "cat", str(script)).returncode == 0
-    user_galaxy.gate.touch()
+    try:
+        alice.wait_job(job_id, want="running", timeout=120, poll=0.1)
+        job_directory = user_galaxy.working_directory(user_galaxy.admin.decode(job_id))
+        alice_uid = int(as_user(unix_users.alice, "id", "-u").stdout)
+        # (Galaxy hears `running` once the helper was spawned, before it has handed anything over)
+        wait_for(lambda: os.lstat(job_directory).st_uid == alice_uid, 60, "Galaxy's job directory handed to alice")
+        assert os.lstat(job_directory).st_mode & 0o007 == 0  # no one else's
+        script = next(job_directory.glob("galaxy_*.sh"))
+        for argv in (["ls", str(job_directory)], ["cat", str(script)]):
+            bob = as_user(unix_users.bob, *argv)
+            assert bob.returncode != 0 and "Permission denied" in bob.stderr, bob
+        assert as_user(unix_users.alice, "cat", str(script)).returncode == 0
+    finally:  # the job ends whatever happened (a job of alice's left running keeps her account)
+        user_galaxy.gate.touch()
     try:
         alice.wait_job(job_id, want="ok", timeout=120, poll=0.1)
     finally:
