@@ -55,8 +55,9 @@ def test_real_user_declared_directory_is_the_users_while_it_runs_and_back_before
     local, reports = local_as_user
     users = site.users
     launch, declared = site.declaring(
-        "until [ -e go ]; do sleep 0.05; done; id -un > @DECLARED@/outputs/who.txt; echo x > @DECLARED@/made.txt",
-        users.alice, 42)
+        "until [ -e go ]; do sleep 0.05; done; id -un > @DECLARED@/outputs/who.txt; "
+        # enough files that the keeper's hand-back takes a while after the job's exit
+        "mkdir @DECLARED@/many && cd @DECLARED@/many && seq 3000 | xargs touch", users.alice, 42)
     local.submit(launch)
     alice = pwd.getpwnam(users.alice).pw_uid
     wait_for(lambda: os.lstat(declared).st_uid == alice, 30, "the declared directory handed over")
