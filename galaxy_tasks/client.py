@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import builtins
+import logging
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -12,11 +13,15 @@ from galaxy_tasks.context import Context
 from galaxy_tasks.edge import messages, runtime
 from galaxy_tasks.edge.listen import JobEvents
 from galaxy_tasks.errors import NotSent, SpecError, UnknownJob
+from galaxy_tasks.lifecycle import Effects
+from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job, StateChange, WorkflowRecord
 from galaxy_tasks.spec import JobSpec, parse
 from galaxy_tasks.states import TERMINAL, JobState
 from galaxy_tasks.workflows import control, schedule
 from galaxy_tasks.workflows.states import ENDED
+
+log = logging.getLogger(__name__)
 
 #: what a publish raises when the broker cannot be reached
 BROKER_ERRORS = (OSError, OperationalError)
@@ -138,8 +143,8 @@ class Client:
     def submit_workflow(self, document: Mapping[str, Any]) -> WorkflowRecord:
         """Check, record and start a workflow; a refused one raises WorkflowError (a
         SpecError naming the step) and records nothing."""
-        workflow, created = schedule.submit(self.ctx, document)
-        self._start(created)
+        workflow, follows = schedule.submit(self.ctx, document)
+        self._follow(follows)
         return workflow
 
     def workflow(self, workflow_id: str) -> WorkflowRecord:
@@ -167,19 +172,23 @@ class Client:
 
     def element_states(self, workflow_id: str) -> dict[str, str]:
         """`step[index]` -> the state of its job (`waiting`: not yet created)."""
-        return {f"{e.step}[{e.index}]": e.job_state or "waiting" for e in self.ctx.store.elements(workflow_id)}
+        states = {f"{e.step}[{e.index}]": e.job_state or "waiting" for e in self.ctx.store.elements(workflow_id)}
+        for step in self.ctx.store.steps(workflow_id):
+            for index in range(step.elements):
+                states.setdefault(f"{step.name}[{index}]", "waiting")
+        return states
 
     def pause_workflow(self, workflow_id: str) -> None:
         control.pause(self.ctx, workflow_id)
 
     def resume_workflow(self, workflow_id: str) -> None:
-        self._start(control.resume(self.ctx, workflow_id))
+        self._follow(control.resume(self.ctx, workflow_id))
 
     def rerun_workflow(self, workflow_id: str) -> int:
         """Rerun what failed or was cancelled; returns how many jobs started at once."""
-        created = control.rerun(self.ctx, workflow_id)
-        self._start(created)
-        return len(created)
+        follows = control.rerun(self.ctx, workflow_id)
+        self._follow(follows)
+        return len(follows.start)
 
     def cancel_workflow(self, workflow_id: str) -> int:
         """Cancel the workflow and its jobs not yet ended; returns how many were cancelled."""
@@ -212,6 +221,15 @@ class Client:
                 quiet = 1.0 if got else RECHECK_S
                 if got:
                     time.sleep(REFRESH_S)
+
+    def _follow(self, follows: Effects) -> None:
+        """A workflow pass's jobs started, and its next pass sent if it left ready elements
+        (a next pass not sent is reconciliation's: the pass made the workflow due)."""
+        self._start(builtins.list(follows.start))
+        try:
+            messages.carry_out(self.ctx, Effects(advance=follows.advance))
+        except BROKER_ERRORS as exc:
+            event(log, "workflow_pass_not_sent", level=logging.WARNING, workflow_id=follows.advance[0], error=str(exc))
 
     def _start(self, created: builtins.list[Job]) -> None:
         try:

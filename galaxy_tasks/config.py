@@ -35,9 +35,11 @@ MIN_VISIBILITY_TIMEOUT = 60
 #: outlast the longest countdown a message waits out (60 s: a resubmission's delay)
 MIN_MESSAGE_TTL = 120.0
 
-#: the largest bound an operator may give a workflow's jobs: each element is a row written in
-#: the task that accepts the workflow (20,000 take about 10 s and 80 MiB there)
+#: the largest bound an operator may give a workflow's jobs: no element is built at submit,
+#: but each becomes a row and a job, and status, rerun and a reduce's pass read them all
 MAX_WORKFLOW_JOBS = 100_000
+#: the most elements an operator may let one workflow pass write (what one task writes)
+MAX_PASS_MOST = 10_000
 
 #: variables whose values are secrets: `galaxy-tasks config` says only whether they are set
 SECRET_VARIABLES = frozenset({"FLOWER_BASIC_AUTH"})
@@ -77,6 +79,7 @@ class Settings:
     signing_cert_store: str
     message_ttl: float
     workflow_max_jobs: int
+    workflow_pass_most: int
     log_level: str
 
     @property
@@ -119,6 +122,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     workflow_max_jobs = int(number("WORKFLOW_MAX_JOBS", int))
     if workflow_max_jobs > MAX_WORKFLOW_JOBS:
         raise ValueError(f"{PREFIX}WORKFLOW_MAX_JOBS must be at most {MAX_WORKFLOW_JOBS}, not {workflow_max_jobs}")
+    workflow_pass_most = int(number("WORKFLOW_PASS_MOST", int))
+    if not 1 <= workflow_pass_most <= MAX_PASS_MOST:
+        raise ValueError(f"{PREFIX}WORKFLOW_PASS_MOST must be 1 to {MAX_PASS_MOST}, not {workflow_pass_most}")
     job_conf = _raw("JOB_CONF", env)
     return Settings(
         home=home,
@@ -145,5 +151,6 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         signing_cert_store=_raw("SIGNING_CERT_STORE", env),
         message_ttl=message_ttl,
         workflow_max_jobs=workflow_max_jobs,
+        workflow_pass_most=workflow_pass_most,
         log_level=_raw("LOG_LEVEL", env),
     )

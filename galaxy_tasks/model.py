@@ -154,6 +154,9 @@ class Job:
     output_size_bytes: int | None = field(default=None, metadata=sql(BigInteger))
     gpus: int | None = field(default=None, metadata=sql(Integer))
     native_specification: str | None = field(default=None, metadata=sql(Text))
+    # a client's directory the job's user is given with the job's own (Galaxy's job directory);
+    # the privileged helper reads it here
+    handover_dir: str | None = field(default=None, metadata=sql(Text))
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Job:
@@ -282,9 +285,11 @@ workflow_changes = history(workflows, "workflow_id")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepRecord:
-    """A step's row: its job spec template, how many elements it has, and the steps it needs
-    (`needs`: step name -> "each" (the element of the same index) or "all"). The fields are
-    the columns of `gt_workflow_step`."""
+    """A step's row: its job spec template, how many elements it has, the steps it needs
+    (`needs`: step name -> "each" (the element of the same index) or "all"), and what its
+    elements' parameters are computed from (`fan`, see workflows.document.params; None for a
+    workflow recorded before elements were made lazily, whose element rows all exist). The
+    fields are the columns of `gt_workflow_step`."""
 
     workflow_id: str = field(metadata=sql(String(36), ForeignKey(workflows.c.id, ondelete="CASCADE"),
                                           primary_key=True))
@@ -293,6 +298,7 @@ class StepRecord:
     elements: int = field(metadata=sql(Integer))
     spec: dict[str, Any] = field(metadata=sql(JSON))
     needs: dict[str, str] = field(metadata=sql(JSON))
+    fan: dict[str, Any] | None = field(default=None, metadata=sql(JSON))
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> StepRecord:
@@ -302,8 +308,9 @@ class StepRecord:
 workflow_steps = Table("gt_workflow_step", metadata, *columns(StepRecord))
 
 #: one element of a step: its parameters and the id its job has (or will have) in this run
-#: of it; the job's row, once it exists, is the element's state. The primary key is the
-#: element, and the job id is derived from it: a job is never created twice for one element.
+#: of it; the job's row, once it exists, is the element's state. A pass writes it with its
+#: first job (an element without a row is waiting). The primary key is the element, and the
+#: job id is derived from it: a job is never created twice for one element.
 workflow_elements = Table(
     "gt_workflow_element", metadata,
     Column("workflow_id", String(36), ForeignKey("gt_workflow.id", ondelete="CASCADE"), primary_key=True),

@@ -61,7 +61,11 @@ def carry_out(ctx: Context, effects: Effects) -> None:
         # a workflow's pass creates each element's job once, whoever runs it: a repeated
         # pass (a redelivered finish) starts nothing twice
         crash_point("workflow-pass", ended.id)  # the end recorded, its dependents not yet created
-        start_all(ctx, schedule.after_end(ctx, ended))
+        carry_out(ctx, schedule.after_end(ctx, ended))
+    for workflow_id in effects.advance:
+        # lost with its worker, the workflow's check_at (set by the pass) is due: reconciliation
+        # runs the next pass instead
+        send("advance_workflow", ctx.settings.steps_queue, workflow_id=workflow_id)
 
 
 def start_all(ctx: Context, jobs: Sequence[Job]) -> None:

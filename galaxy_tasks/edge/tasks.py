@@ -59,12 +59,23 @@ def submit_workflow(workflow: dict[str, Any]) -> str | None:
     this package; a refused one is logged with the step it names, and nothing recorded."""
     ctx = runtime.context()
     try:
-        record, created = schedule.submit(ctx, workflow, security.message_job_id(submit_workflow.request))
+        record, follows = schedule.submit(ctx, workflow, security.message_job_id(submit_workflow.request))
     except SpecError as exc:
         event(log, "workflow_refused", level=logging.ERROR, field=exc.field, error=exc.message)
         return None
-    messages.carry_out(ctx, Effects(start=created))
+    messages.carry_out(ctx, follows)
     return record.id
+
+
+@app.task(name="galaxy_tasks.advance_workflow", **DB_RETRY)
+def advance_workflow(workflow_id: str) -> int:
+    """A workflow's next scheduling pass, sent by a pass that stopped at its bound
+    (GALAXY_TASKS_WORKFLOW_PASS_MOST elements) with ready elements left; how many jobs it created. A
+    workflow that is not running, or has nothing ready, makes it do nothing."""
+    ctx = runtime.context()
+    follows = schedule.advance(ctx, workflow_id)
+    messages.carry_out(ctx, follows)
+    return len(follows.start)
 
 
 @app.task(name="galaxy_tasks.control_workflow", **DB_RETRY)
@@ -79,8 +90,7 @@ def control_workflow(workflow_id: str, action: str) -> bool:
             for cancelled in control.cancel(ctx, workflow_id):
                 messages.carry_out(ctx, cancelled.effects)
         elif action in ("resume", "rerun"):
-            started = (control.resume if action == "resume" else control.rerun)(ctx, workflow_id)
-            messages.carry_out(ctx, Effects(start=started))
+            messages.carry_out(ctx, (control.resume if action == "resume" else control.rerun)(ctx, workflow_id))
         else:
             raise control.NotMoved(f"unknown workflow action {action!r}")
     except (control.NotMoved, LookupError) as exc:
@@ -243,7 +253,7 @@ def reconcile() -> int:
     unpublished = lifecycle.unpublished(ctx)
     for job in unpublished:
         ctx.announce(job)
-    effects = plan.effects + Effects(start=schedule.overdue(ctx))
+    effects = plan.effects + schedule.overdue(ctx)
     messages.carry_out(ctx, effects)
     return effects.size + len(unpublished)
 

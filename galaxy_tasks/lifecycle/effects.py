@@ -2,9 +2,10 @@
 
 A lifecycle step decides; it never sends. Each step's result carries an `Effects`: the
 chains to start, the launches to try, the destinations whose freed slot may take their next
-job, the running jobs to stop, the overdue jobs to ask their runner about, and the workflow
-passes to run. The edge's one interpreter (`galaxy_tasks.edge.messages.carry_out`) turns it
-into messages, whoever ran the step: a task, the client, the embedded mode, a test.
+job, the running jobs to stop, the overdue jobs to ask their runner about, the workflow
+passes to run, and the workflows whose bounded pass left ready work for the next one. The
+edge's one interpreter (`galaxy_tasks.edge.messages.carry_out`) turns it into messages,
+whoever ran the step: a task, the client, the embedded mode, a test.
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ class Effects:
     recheck_stopped: Mapping[str, Sequence[Tracked]] = field(default_factory=dict)
     #: ended or cancelled jobs of a workflow: the workflow's pass runs for each
     passes: Sequence[Job] = ()
+    #: workflows whose pass stopped at its bound with ready elements left: their next pass
+    advance: Sequence[str] = ()
 
     def __add__(self, other: Effects) -> Effects:
         return Effects(
@@ -51,17 +54,18 @@ class Effects:
             check=_joined(self.check, other.check),
             recheck_stopped=_joined(self.recheck_stopped, other.recheck_stopped),
             passes=[*self.passes, *other.passes],
+            advance=[*self.advance, *other.advance],
         )
 
     def __bool__(self) -> bool:
-        return any((self.start, self.start_later, self.launch, self.wake, self.stop, self.passes,
+        return any((self.start, self.start_later, self.launch, self.wake, self.stop, self.passes, self.advance,
                     any(self.check.values()), any(self.recheck_stopped.values())))
 
     @property
     def size(self) -> int:
         """How many things follow (a reconciliation pass reports it)."""
         return (len(self.start) + len(self.start_later) + len(self.launch) + len(self.wake) + len(self.stop)
-                + len(self.passes) + sum(len(v) for v in self.check.values())
+                + len(self.passes) + len(self.advance) + sum(len(v) for v in self.check.values())
                 + sum(len(v) for v in self.recheck_stopped.values()))
 
 

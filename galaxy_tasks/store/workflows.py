@@ -1,7 +1,10 @@
-"""Workflows' SQL: a workflow recorded whole, its compare-and-set moves with history, its
-elements read with their jobs' states, and many jobs created at once, each at most once."""
+"""Workflows' SQL: a workflow recorded with its steps, its compare-and-set moves with
+history, its elements read with their jobs' states (an element without a row is waiting),
+the waiting ones found a bounded number at a time, and many elements and jobs created at
+once, each at most once."""
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Sequence
 
@@ -21,12 +24,13 @@ from galaxy_tasks.model import (
     workflow_steps,
     workflows,
 )
-from galaxy_tasks.states import ACTIVE
+from galaxy_tasks.states import ACTIVE, JobState
 from galaxy_tasks.store.base import StoreBase
 
 #: rows per INSERT of a workflow's elements or jobs (one statement, many rows)
 BATCH = 500
 _ACTIVE = sorted(s.value for s in ACTIVE)
+_OK = JobState.OK.value
 _ELEMENTS = (select(workflow_elements.c.step, workflow_elements.c.index, workflow_elements.c.params,
                     workflow_elements.c.run, workflow_elements.c.job_id, jobs.c.state.label("job_state"),
                     jobs.c.job_dir)
@@ -34,22 +38,13 @@ _ELEMENTS = (select(workflow_elements.c.step, workflow_elements.c.index, workflo
 
 
 class Workflows(StoreBase):
-    def create_workflow(self, values: dict[str, Any], steps: Sequence[dict[str, Any]],
-                        elements: Iterable[dict[str, Any]]) -> None:
-        """The workflow, its first history row, its steps and every element, all or nothing
-        (elements in multi-row INSERTs of BATCH)."""
+    def create_workflow(self, values: dict[str, Any], steps: Sequence[dict[str, Any]]) -> None:
+        """The workflow, its first history row and its steps, all or nothing (its elements
+        are written by the passes that create their jobs)."""
         with self._transaction() as connection:
             connection.execute(insert(workflows), [values])
             self._log(connection, values["id"], None, values["state"], values["created_at"], None)
             connection.execute(insert(workflow_steps), list(steps))
-            batch: list[dict[str, Any]] = []
-            for element in elements:
-                batch.append(element)
-                if len(batch) == BATCH:
-                    connection.execute(insert(workflow_elements), batch)
-                    batch = []
-            if batch:
-                connection.execute(insert(workflow_elements), batch)
 
     def workflow(self, workflow_id: str) -> WorkflowRecord | None:
         with self._reading() as connection:
@@ -79,17 +74,69 @@ class Workflows(StoreBase):
             return connection.scalar(select(workflows.c.state).where(workflows.c.id == workflow_id))
 
     def elements(self, workflow_id: str, steps: Iterable[str] | None = None,
-                 index: int | None = None) -> list[ElementRecord]:
-        """The elements of a workflow (or of some of its steps, or only those of one index),
-        each with its job's state."""
+                 indexes: Sequence[int] | None = None) -> list[ElementRecord]:
+        """The element rows of a workflow (or of some of its steps, or only those of some
+        indexes), each with its job's state."""
         query = _ELEMENTS.where(workflow_elements.c.workflow_id == workflow_id)
         if steps is not None:
             query = query.where(workflow_elements.c.step.in_(list(steps)))
-        if index is not None:
-            query = query.where(workflow_elements.c.index == index)
+        if indexes is not None:
+            query = query.where(workflow_elements.c.index.in_(list(indexes)))
         with self._reading() as connection:
             return [ElementRecord(**row) for row in connection.execute(
                 query.order_by(workflow_elements.c.step, workflow_elements.c.index)).mappings()]
+
+    def ok_elements(self, workflow_id: str, step: str) -> int:
+        """How many of a step's elements have a job that ended ok (the step is done when
+        they are as many as its elements)."""
+        with self._reading() as connection:
+            return int(connection.scalar(
+                select(func.count()).select_from(workflow_elements.join(jobs, jobs.c.id == workflow_elements.c.job_id))
+                .where(workflow_elements.c.workflow_id == workflow_id, workflow_elements.c.step == step,
+                       jobs.c.state == _OK)) or 0)
+
+    def waiting_elements(self, workflow_id: str, step: str, size: int,
+                         limit: int) -> list[tuple[int, ElementRecord | None]]:
+        """At most `limit` elements of a step (indexes 0 to `size`) that have no job yet, in
+        index order, each with its row if it has one (None: not yet written)."""
+        mine = and_(workflow_elements.c.workflow_id == workflow_id, workflow_elements.c.step == step)
+        with self._reading() as connection:
+            count, last = connection.execute(select(func.count(), func.max(workflow_elements.c.index))
+                                             .where(mine)).one()
+            found: list[tuple[int, ElementRecord | None]] = [
+                (row["index"], ElementRecord(**row)) for row in connection.execute(
+                    _ELEMENTS.where(mine, jobs.c.id.is_(None)).order_by(workflow_elements.c.index).limit(limit))
+                .mappings()]
+            if not count or last == count - 1:  # the rows are a prefix: passes write them in index order
+                unwritten: Iterable[int] = range(count, min(size, count + limit))
+            else:
+                written = set(connection.scalars(select(workflow_elements.c.index).where(mine)))
+                unwritten = itertools.islice((index for index in range(size) if index not in written), limit)
+        found += [(index, None) for index in unwritten]
+        return sorted(found, key=lambda pair: pair[0])[:limit]
+
+    def waiting_after(self, workflow_id: str, step: str, size: int, limit: int, source: str,
+                      only: int | None = None) -> list[tuple[int, ElementRecord | None]]:
+        """As waiting_elements, for a step that needs `source` element by element: only the
+        elements whose element of `source` (of the same index) ended ok; with `only`, only
+        that index."""
+        produced = workflow_elements.alias("produced")
+        produced_job = jobs.alias("produced_job")
+        mine = workflow_elements.alias("mine")
+        query = (select(produced.c.index, mine.c.step, mine.c.params, mine.c.run, mine.c.job_id)
+                 .select_from(produced.join(produced_job, produced_job.c.id == produced.c.job_id)
+                              .outerjoin(mine, and_(mine.c.workflow_id == produced.c.workflow_id,
+                                                    mine.c.step == step, mine.c.index == produced.c.index))
+                              .outerjoin(jobs, jobs.c.id == mine.c.job_id))
+                 .where(produced.c.workflow_id == workflow_id, produced.c.step == source,
+                        produced_job.c.state == _OK, produced.c.index < size, jobs.c.id.is_(None))
+                 .order_by(produced.c.index).limit(limit))
+        if only is not None:
+            query = query.where(produced.c.index == only)
+        with self._reading() as connection:
+            return [(index, None if step_name is None else ElementRecord(
+                step=step_name, index=index, params=params, run=run, job_id=job_id, job_state=None, job_dir=None))
+                for index, step_name, params, run, job_id in connection.execute(query)]
 
     def element_of(self, job_id: str) -> tuple[str, str, int] | None:
         """The workflow, step and element index whose job this is."""
@@ -100,7 +147,8 @@ class Workflows(StoreBase):
         return (row[0], row[1], row[2]) if row is not None else None
 
     def element_counts(self, workflow_id: str) -> dict[str, dict[str, int]]:
-        """Per step, how many elements are in each state ("waiting": no job yet)."""
+        """Per step, how many elements are in each state ("waiting": no job yet, or no row
+        yet)."""
         query = (select(workflow_elements.c.step, jobs.c.state, func.count())
                  .select_from(workflow_elements.outerjoin(jobs, jobs.c.id == workflow_elements.c.job_id))
                  .where(workflow_elements.c.workflow_id == workflow_id)
@@ -109,15 +157,26 @@ class Workflows(StoreBase):
         with self._reading() as connection:
             for step, state, count in connection.execute(query):
                 counts.setdefault(step, {})[state or "waiting"] = int(count)
+            sizes = connection.execute(select(workflow_steps.c.name, workflow_steps.c.elements)
+                                       .where(workflow_steps.c.workflow_id == workflow_id)
+                                       .order_by(workflow_steps.c.position)).all()
+        for step, size in sizes:
+            per = counts.setdefault(step, {})
+            if unwritten := size - sum(per.values()):
+                per["waiting"] = per.get("waiting", 0) + unwritten
         return counts
 
-    def create_jobs(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+    def create_jobs(self, rows: Sequence[dict[str, Any]], elements: Sequence[dict[str, Any]] = ()) -> set[str]:
         """Insert these jobs and their first history rows, skipping any whose id exists (a
-        pass that raced another, or ran again after a crash): the ids created now."""
+        pass that raced another, or ran again after a crash): the ids created now. A
+        workflow's pass gives the jobs' elements too (in the same order), each written with
+        its job unless its row exists."""
         created: set[str] = set()
         for start in range(0, len(rows), BATCH):
             chunk = rows[start:start + BATCH]
             with self._transaction() as connection:
+                if elements:
+                    connection.execute(self._insert_elements(elements[start:start + BATCH]))
                 statement = self._insert_new(chunk)
                 ids = {row[0] for row in connection.execute(statement)}
                 history = [{"job_id": r["id"], "from_state": None, "to_state": r["state"], "at": r["created_at"],
@@ -126,6 +185,11 @@ class Workflows(StoreBase):
                     connection.execute(insert(state_changes), history)
             created |= ids
         return created
+
+    def _insert_elements(self, rows: Sequence[dict[str, Any]]) -> Any:
+        dialect = postgresql if self._pg else sqlite
+        return dialect.insert(workflow_elements).values(list(rows)).on_conflict_do_nothing(
+            index_elements=["workflow_id", "step", "index"])
 
     def _insert_new(self, rows: Sequence[dict[str, Any]]) -> Any:
         dialect = postgresql if self._pg else sqlite

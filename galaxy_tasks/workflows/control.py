@@ -9,8 +9,9 @@ from galaxy_tasks.context import Context
 from galaxy_tasks.errors import UnknownJob
 from galaxy_tasks.lifecycle.cancel import Cancelled
 from galaxy_tasks.lifecycle.cancel import cancel as cancel_job
+from galaxy_tasks.lifecycle.effects import Effects
 from galaxy_tasks.logs import event
-from galaxy_tasks.model import Job, WorkflowRecord, utcnow
+from galaxy_tasks.model import WorkflowRecord, utcnow
 from galaxy_tasks.states import JobState
 from galaxy_tasks.workflows.schedule import advance, element_job_id
 from galaxy_tasks.workflows.states import WorkflowState, sources
@@ -44,8 +45,8 @@ def pause(ctx: Context, workflow_id: str) -> None:
     _move(ctx, workflow_id, WorkflowState.PAUSED, "paused")
 
 
-def resume(ctx: Context, workflow_id: str) -> list[Job]:
-    """Back to running, and a pass over every step: the jobs it created."""
+def resume(ctx: Context, workflow_id: str) -> Effects:
+    """Back to running, and a pass over every step: what follows it."""
     return advance(ctx, _move(ctx, workflow_id, WorkflowState.RUNNING, "resumed", only_from=WorkflowState.PAUSED))
 
 
@@ -55,10 +56,11 @@ def cancel(ctx: Context, workflow_id: str) -> list[Cancelled]:
     return [cancel_job(ctx, job_id) for job_id in ctx.store.active_workflow_jobs(found)]
 
 
-def rerun(ctx: Context, workflow_id: str) -> list[Job]:
+def rerun(ctx: Context, workflow_id: str) -> Effects:
     """Run again the elements whose job failed or was cancelled (each gets a new job, in
     the next run of the element), and so what depends on them; elements that ended ok
-    keep their jobs and outputs."""
+    keep their jobs and outputs, elements never created are created by the passes as for
+    a first run. What follows its first pass."""
     workflow = find(ctx, workflow_id)
     if workflow.state not in (WorkflowState.ERROR.value, WorkflowState.CANCELLED.value):
         raise NotMoved(f"workflow {workflow.id} is {workflow.state}: only a failed or cancelled workflow is rerun")

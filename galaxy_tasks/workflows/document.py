@@ -2,9 +2,9 @@
 `WorkflowError` that names the step, and nothing is recorded for it."""
 from __future__ import annotations
 
-import itertools
-import random
+import hashlib
 import re
+import secrets
 import shlex
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -22,8 +22,8 @@ PLACEHOLDER = re.compile(r"\$\{(?:steps\.(?P<step>[A-Za-z0-9_-]+)\.outputs\.(?P<
 MAX_ELEMENTS = 10_000
 MAX_STEPS = 200
 #: most jobs one workflow may make, all steps together, unless the deployment says otherwise
-#: (GALAXY_TASKS_WORKFLOW_MAX_JOBS): each is a row written in the task that accepts the
-#: workflow, 20,000 take about 10 s and 80 MiB there
+#: (GALAXY_TASKS_WORKFLOW_MAX_JOBS): no element is built at submit, but every one becomes
+#: a row and a job, a pass at a time
 MAX_WORKFLOW_ELEMENTS = 20_000
 STEP_KEYS = frozenset({"spec", "map", "sweep", "seeds", "foreach", "reduce", "after"})
 FAN_OUT = ("map", "sweep", "seeds", "foreach")
@@ -45,8 +45,17 @@ class Step:
     spec: dict[str, Any]
     #: the steps this one needs: "each" (the element of the same index) or "all"
     needs: dict[str, str]
-    #: each element's parameters: `item`, `params`, `seed` (what its placeholders become)
-    elements: list[dict[str, Any]]
+    #: how many elements it has (found before anything is built)
+    size: int
+    #: what its elements' parameters are computed from, one index at a time (`params`):
+    #: {"map": [...]}, {"sweep": {...}}, {"seeds": n, "salt": ...}, {"foreach": step} (the
+    #: step whose parameters it keeps, itself no foreach) or {} (one element)
+    fan: dict[str, Any]
+
+    @property
+    def fanned(self) -> bool:
+        """Whether it has elements of its own (a map of one value still has)."""
+        return bool(self.fan)
 
 
 @dataclass(frozen=True)
@@ -60,8 +69,9 @@ class Workflow:
 
 
 def parse_workflow(data: Any, max_jobs: int = MAX_WORKFLOW_ELEMENTS) -> Workflow:
-    """Check a workflow document and expand its steps into elements; each step's size is
-    checked, alone and added to the others' (at most `max_jobs`), before it is built."""
+    """Check a workflow document and find each step's size, checked alone and added to the
+    others' (at most `max_jobs`) before anything of it is built; no element is kept (a
+    pass computes each from its step's `fan` and index, see `params`)."""
     if not isinstance(data, Mapping):
         raise WorkflowError("workflow", f"must be an object, not {type(data).__name__}")
     unknown = set(data) - {"id", "name", "user", "steps"}
@@ -183,8 +193,7 @@ def _order(raw: dict[str, dict[str, Any]]) -> list[str]:
 def _build(name: str, body: dict[str, Any], built: dict[str, Step]) -> Step:
     where = f"steps.{name}"
     spec = dict(body["spec"])
-    elements = _elements(where, body, built)
-    fanned = [key for key in FAN_OUT if key in body]
+    size, fan = _fan(where, body, built)
     needs: dict[str, str] = {}
     for other in body["reduce"] + body["after"]:
         needs[other] = ALL
@@ -198,31 +207,28 @@ def _build(name: str, body: dict[str, Any], built: dict[str, Step]) -> Step:
             raise WorkflowError(f"{where}.spec", f"refers to output {output!r} of step {other!r}, which declares "
                                                  f"only {producer.spec.get('outputs') or []}")
         if other not in needs:
-            if _fans_out(producer):
+            if producer.fanned:
                 raise WorkflowError(f"{where}.spec", f"refers to step {other!r}, which has "
-                                                     f"{len(producer.elements)} elements: name it in foreach or "
-                                                     "reduce")
+                                                     f"{producer.size} elements: name it in foreach or reduce")
             needs[other] = ALL
-    sample = elements[0] | {"index": 0}
-    _check_placeholders(where, spec, sample, fanned)
-    # every element whose values reach its spec is checked here, at submit: an item like
-    # `../../x` in an output must refuse the workflow, not fail its job once recorded
+    root = built[fan["foreach"]].fan if "foreach" in fan else fan
+    _check_placeholders(where, spec, params(root, 0) | {"index": 0})
+    # every element whose values reach its spec is checked here, at submit, one at a time
+    # (none is kept): an item like `../../x` in an output must refuse the workflow, not fail
+    # its job once recorded
     varied = any(m["word"] == "item" or m["param"] for text in _strings(spec) for m in PLACEHOLDER.finditer(text))
-    for index, element in enumerate(elements if varied else elements[:1]):
+    for index in range(size if varied else 1):
+        element = params(root, index)
         try:
             parse(render(spec, element | {"index": index}, lambda step, output: [f"/{step}/{output}"]))
         except SpecError as exc:
             at = f" (element {index}: {_shown(element)})" if index else ""
             raise WorkflowError(f"{where}.spec.{exc.field}", exc.message + at) from None
-    return Step(name, spec, needs, elements)
+    return Step(name, spec, needs, size, fan)
 
 
 def _shown(element: Mapping[str, Any]) -> str:
-    return ", ".join(f"{key}={value!r}" for key, value in element.items() if key != "fanned")
-
-
-def _fans_out(step: Step) -> bool:
-    return len(step.elements) != 1 or step.elements[0].get("fanned", False)
+    return ", ".join(f"{key}={value!r}" for key, value in element.items())
 
 
 def _size(where: str, body: dict[str, Any], built: dict[str, Step]) -> int:
@@ -245,7 +251,7 @@ def _size(where: str, body: dict[str, Any], built: dict[str, Step]) -> int:
         size = count if isinstance(count, int) and not isinstance(count, bool) else 1
         key = "seeds"
     elif "foreach" in body:
-        return len(built[body["foreach"]].elements)
+        return built[body["foreach"]].size
     else:
         return 1
     if size > MAX_ELEMENTS:
@@ -253,14 +259,16 @@ def _size(where: str, body: dict[str, Any], built: dict[str, Step]) -> int:
     return max(size, 1)
 
 
-def _elements(where: str, body: dict[str, Any], built: dict[str, Step]) -> list[dict[str, Any]]:
+def _fan(where: str, body: dict[str, Any], built: dict[str, Step]) -> tuple[int, dict[str, Any]]:
+    """The step's size and what its elements are computed from, its values checked (its
+    size was checked by _size before)."""
     if "map" in body:
         items = body["map"]
         if not isinstance(items, list) or not items:
             raise WorkflowError(f"{where}.map", "must be a non-empty list of values")
         if not all(isinstance(item, (str, int, float)) and not isinstance(item, bool) for item in items):
             raise WorkflowError(f"{where}.map", "each value must be a string or a number")
-        return _bounded(where, "map", [{"item": str(item), "fanned": True} for item in items])
+        return len(items), {"map": [str(item) for item in items]}
     if "sweep" in body:
         grid = body["sweep"]
         if not isinstance(grid, Mapping) or not grid:
@@ -275,29 +283,38 @@ def _elements(where: str, body: dict[str, Any], built: dict[str, Step]) -> list[
         size = 1
         for values in grid.values():
             size *= len(values)
-        if size > MAX_ELEMENTS:
-            raise WorkflowError(f"{where}.sweep", f"has {size} combinations, more than {MAX_ELEMENTS}")
-        names = list(grid)
-        return [{"params": dict(zip(names, map(str, combination))), "fanned": True}
-                for combination in itertools.product(*(grid[n] for n in names))]
+        return size, {"sweep": {name: [str(v) for v in values] for name, values in grid.items()}}
     if "seeds" in body:
         count = body["seeds"]
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise WorkflowError(f"{where}.seeds", "must be a whole number of seeds, at least 1")
-        draw = random.SystemRandom()
-        return _bounded(where, "seeds", [{"seed": str(draw.randrange(2**31)), "fanned": True} for _ in range(count)])
+        return count, {"seeds": count, "salt": secrets.token_hex(16)}
     if "foreach" in body:
-        return [dict(element, fanned=True) for element in built[body["foreach"]].elements]
-    return [{}]
+        source = built[body["foreach"]]
+        return source.size, {"foreach": source.fan.get("foreach", source.name)}
+    return 1, {}
 
 
-def _bounded(where: str, key: str, elements: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    if len(elements) > MAX_ELEMENTS:
-        raise WorkflowError(f"{where}.{key}", f"has {len(elements)} elements, more than {MAX_ELEMENTS}")
-    return elements
+def params(fan: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """The parameters of element `index` of a step whose elements are computed from `fan`
+    (a foreach step's: its source's fan): what its `${item}`, `${params.*}` and `${seed}`
+    become. The same on every pass: nothing here is drawn, a seed is derived from the salt
+    drawn once at submit."""
+    if "map" in fan:
+        return {"item": fan["map"][index]}
+    if "sweep" in fan:
+        chosen: dict[str, str] = {}
+        for name, values in reversed(list(fan["sweep"].items())):  # the last varies fastest
+            index, at = divmod(index, len(values))
+            chosen[name] = values[at]
+        return {"params": {name: chosen[name] for name in fan["sweep"]}}
+    if "seeds" in fan:
+        digest = hashlib.sha256(f"{fan['salt']}/{index}".encode()).digest()
+        return {"seed": str(int.from_bytes(digest[:4], "big") % 2**31)}
+    return {}
 
 
-def _check_placeholders(where: str, spec: Mapping[str, Any], sample: Mapping[str, Any], fanned: list[str]) -> None:
+def _check_placeholders(where: str, spec: Mapping[str, Any], sample: Mapping[str, Any]) -> None:
     for text in _strings(spec):
         for m in PLACEHOLDER.finditer(text):
             if m["word"] in ("item", "seed") and m["word"] not in sample:

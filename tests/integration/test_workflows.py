@@ -1,6 +1,7 @@
 """Workflows through real worker processes on Redis and PostgreSQL: a diamond with a map and
 a reduce runs to its end with independent steps in parallel, a failed element is rerun
-alone, and a client of the task contract submits a workflow by task name."""
+alone, a client of the task contract submits a workflow by task name, and a workflow larger
+than a pass is made a bounded pass at a time, each pass sending the next."""
 from __future__ import annotations
 
 import json
@@ -149,3 +150,29 @@ def test_a_hundred_byte_workflow_asking_for_a_billion_seeds_is_refused_at_once(d
     assert deployment.store.recent_workflows() == []
     again = deployment.submit("true", "after")
     assert deployment.wait_terminal([again])[0].state == "ok", "the worker serves on"
+
+
+def test_a_workflow_larger_than_a_pass_is_made_a_pass_at_a_time_each_sending_the_next(make_deployment, tmp_path):
+    """Passes of 3 elements: the submit writes 3 of the map's 8, each pass that leaves ready
+    elements sends advance_workflow for the next (reconciliation, 300 s away here, has no
+    part in it); the foreach and the reduce follow, and each element's job is made once."""
+    deployment = make_deployment(GALAXY_TASKS_WORKFLOW_PASS_MOST="3")
+    deployment.worker()
+    document = tmp_path / "wf.json"
+    document.write_text(json.dumps({"name": "passes", "steps": {
+        "make": {"map": list(range(8)), "spec": {"tool_id": "make", "command": "echo ${item} > n", "outputs": ["n"]}},
+        "double": {"foreach": "make", "spec": {
+            "tool_id": "double", "command": "echo $((2 * $(cat ${steps.make.outputs.n}))) > d", "outputs": ["d"]}},
+        "sum": {"reduce": "double", "spec": {
+            "tool_id": "sum", "command": "cat ${steps.double.outputs.d} | awk '{s += $1} END {print s}' > s",
+            "outputs": ["s"]}},
+    }}))
+    submitted = deployment.cli("workflow", "submit", str(document))
+    assert submitted.returncode == 0, submitted.stderr
+    done = _wait(deployment, submitted.stdout.strip(), {"ok", "error"}, timeout=60)
+    assert done["state"] == "ok" and done["states"] == {"ok": 17}, done
+    jobs = deployment.jobs()
+    assert len(jobs) == len({j.id for j in jobs}) == 17
+    [total] = [j for j in jobs if j.tool_id == "sum"]
+    assert (Path(total.job_dir) / "working" / "s").read_text().strip() == str(2 * sum(range(8)))
+    assert deployment.logs().count("galaxy_tasks.advance_workflow") >= 2

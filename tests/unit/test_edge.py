@@ -112,7 +112,8 @@ TWO_STEPS = {"name": "two", "steps": {
 
 def test_the_end_of_a_workflow_job_starts_its_dependent_once_however_often_it_is_heard(ctx):
     stub = StubRunner(ctx.routing.destinations["cluster"].params, lambda completion: None, destination="cluster")
-    _workflow, [first] = schedule.submit(ctx, TWO_STEPS)
+    _workflow, follows = schedule.submit(ctx, TWO_STEPS)
+    [first] = follows.start
     assert lifecycle.prepare(ctx, first.id) and lifecycle.launch(ctx, first.id, lambda _name: stub, owner="m")
     row = ctx.store.job(first.id)
     (Path(row.job_dir) / "working" / "o").write_text("1\n")

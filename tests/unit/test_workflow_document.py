@@ -134,10 +134,14 @@ def test_the_workflow_bound_is_the_deployments_and_is_checked_before_anything_is
         assert ctx.store.recent_workflows() == [] and ctx.store.recent() == []
         workflow, created = schedule.submit(ctx, {"name": "w", "steps": {"a": step(seeds=40),
                                                                         "b": step(map=list(range(10)))}})
-        assert len(created) == 50
+        assert len(created.start) == 50
     assert config.load({}).workflow_max_jobs == 20_000
     with pytest.raises(ValueError, match="WORKFLOW_MAX_JOBS must be at most 100000"):
         config.load({"GALAXY_TASKS_WORKFLOW_MAX_JOBS": "200000"})
+    assert config.load({}).workflow_pass_most == 1000
+    for most in ("0", "10001"):
+        with pytest.raises(ValueError, match="WORKFLOW_PASS_MOST must be"):
+            config.load({"GALAXY_TASKS_WORKFLOW_PASS_MOST": most})
 
 
 def test_every_element_is_checked_at_submit(tmp_path):
