@@ -154,6 +154,9 @@ class Job:
     output_size_bytes: int | None = field(default=None, metadata=sql(BigInteger))
     gpus: int | None = field(default=None, metadata=sql(Integer))
     native_specification: str | None = field(default=None, metadata=sql(Text))
+    # a client's directory the job's user is given with the job's own (Galaxy's job directory);
+    # the privileged helper reads it here
+    handover_dir: str | None = field(default=None, metadata=sql(Text))
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Job:

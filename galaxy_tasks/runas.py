@@ -23,6 +23,9 @@ MAX_ARGUMENTS_BYTES = 64 * 1024
 MAX_ARGUMENTS = 256
 #: the helper's exit status for a refusal
 REFUSED = 77
+#: the file in a client's directory (a spec's `handover_dir`) that names the one job it may be
+#: handed over for: written by the client, as the directory's owner, before it submits the job
+HANDOVER_MARK = ".galaxy-tasks-job"
 
 
 def write_arguments(job_dir: Path, arguments: Sequence[str]) -> None:
@@ -50,3 +53,9 @@ def read_arguments(job_dir: Path) -> list[str]:
     if len(arguments) > MAX_ARGUMENTS:
         raise ValueError(f"{job_dir / ARGUMENTS} holds more than {MAX_ARGUMENTS} arguments")
     return arguments
+
+
+def mark_for_handover(directory: Path, job_id: str) -> None:
+    """Say, as the directory's owner, that `directory` may be handed to the user of job
+    `job_id` (and of no other job) while it runs."""
+    write_file(directory / HANDOVER_MARK, f"{job_id}\n", 0o644)

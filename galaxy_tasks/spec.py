@@ -78,6 +78,12 @@ def _path(value: str) -> str:
     return _clean(value)
 
 
+def _absolute(value: str) -> str:
+    if not posixpath.isabs(_path(value)) or posixpath.normpath(value) != value:
+        raise _Refused(f"{value!r} is not an absolute, normalised path")
+    return value
+
+
 def _relative(value: str) -> str:
     normal = posixpath.normpath(_path(value))
     if posixpath.isabs(value) or normal == ".." or normal.startswith("../"):
@@ -130,6 +136,8 @@ JobIdText = Annotated[str, StringConstraints(strict=True, pattern=JOB_ID_PATTERN
 QueueText = Annotated[str, StringConstraints(strict=True, pattern=_QUEUE_NAME + "$")]
 NativeText = Annotated[str, StringConstraints(strict=True, max_length=MAX_NATIVE), AfterValidator(_nonblank),
                       Field(json_schema_extra={"pattern": "\\S", **_NO_NUL})]
+AbsolutePath = Annotated[str, StringConstraints(strict=True, max_length=MAX_PATH), AfterValidator(_absolute),
+                         Field(json_schema_extra={"pattern": "^/", **_NO_NUL})]
 UserNameText = Annotated[str, StringConstraints(strict=True, pattern=USER_NAME_PATTERN + "$")]
 
 
@@ -216,6 +224,12 @@ class JobSpec:
         NativeText, "the job's own scheduler options in the scheduler's words (Galaxy's and TPV's "
                     "`native_specification`: sbatch's for Slurm, qsub's for Grid Engine); each option must be one its "
                     "destination's `allow_native` lists, and each value 1-255 letters, digits or _.,:+=@/%*[]-"))
+    handover_dir: str | None = field(default=None, metadata=wire(
+        AbsolutePath, "a directory of the client's that a job with run_as is given while it runs, and that comes "
+                      "back to the client's user at its end (Galaxy's job directory, where the tool writes its "
+                      "outputs): absolute and normalised; the privileged helper takes only one under its "
+                      "handover_roots, laid out as Galaxy lays out job directories, owned by the worker's user and "
+                      "marked for this job (docs/security.md#jobs-as-the-real-user); without run_as it means nothing"))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -42,6 +42,7 @@ import os
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from galaxy import model
@@ -65,6 +66,7 @@ from galaxy_tasks.galaxy.spec import (
 )
 from galaxy_tasks.galaxy.states import UNKNOWN, fail_message, galaxy_runner_state, galaxy_state
 from galaxy_tasks.galaxy.stats import Stats
+from galaxy_tasks.runas import mark_for_handover
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,8 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
             self.write_executable_script(ajs.job_file, script, job_io=job_wrapper.job_io)
             spec = self._spec(job_wrapper, ajs)
             task_spec.parse(spec)  # what galaxy-tasks would refuse is refused here, before sending
+            if "handover_dir" in spec:  # Galaxy's job directory may be handed to the job's user, for this job only
+                mark_for_handover(Path(spec["handover_dir"]), spec["id"])
         except (MappingError, SpecError) as exc:
             ajs.fail_message = f"galaxy-tasks cannot run this job: {exc}"
             ajs.stop_job = False
@@ -370,6 +374,7 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
     def _galaxy_job(self, job_wrapper: Any, ajs: AsynchronousJobState) -> GalaxyJob:
         job = job_wrapper.get_job()
         destination = job_wrapper.job_destination
+        run_as = self._run_as(job_wrapper, job)
         return GalaxyJob(
             server_name=self.settings.server_name,
             job_id=job.id,
@@ -384,7 +389,8 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
             params=dict(destination.params or {}),
             env=tuple(destination.env or ()),
             limits=self._limits(job_wrapper),
-            run_as=self._run_as(job_wrapper, job),
+            run_as=run_as,
+            handover_dir=os.path.normpath(job_wrapper.working_directory) if run_as else None,
         )
 
     def _limits(self, job_wrapper: Any) -> GalaxyLimits:

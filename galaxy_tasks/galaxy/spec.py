@@ -58,6 +58,8 @@ class GalaxyJob:
     env: tuple[Mapping[str, Any], ...] = ()  # the destination's `env:` entries
     limits: GalaxyLimits = field(default_factory=GalaxyLimits)
     run_as: str | None = None  # the Unix user the job runs as (`real_system_user`); None: galaxy-tasks' own
+    #: Galaxy's job directory, handed to that user while the job runs (only with run_as)
+    handover_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,7 @@ def to_spec(job: GalaxyJob, *, environment: Mapping[str, str] | None = None,
         "destination": _destination(job.params),
         "environment": dict(environment or {}),
         "run_as": job.run_as,
+        "handover_dir": job.handover_dir if job.run_as else None,
     }
     if events_queue:
         spec["events"] = {"queue": events_queue, "client_id": job.server_name[:MAX_TEXT]}

@@ -5,7 +5,7 @@ Run as root (through sudo, with the sudoers lines of docs/security.md), it takes
 from the job's row and the checks below, and anything that does not pass is refused with a
 log line that says why. Actions:
 
-- `start`: a job in `submitting` state. Its directory is handed to the user (group: the
+- `start`: a job in `submitting` or `running` state. Its directory is handed to the user (group: the
   worker's, setgid, so the job's files stay readable by the worker with umask 027), a keeper
   process is left behind to hand the directory back once the job has ended, and this process
   drops every privilege (supplementary groups, gid, uid) and becomes the job script, so the
@@ -23,6 +23,9 @@ log line that says why. Actions:
   directory is handed to the user as for `start`, and nothing is run.
 - `reclaim`: hand a job's directory back to the worker once its end is known (a batch job
   ended, or a keeper was killed).
+
+A job whose row declares a directory of its client's (`handover_dir`: Galaxy's job directory)
+has that directory handed over and back with its own, only under the rules of `handover`.
 """
 from __future__ import annotations
 
@@ -42,8 +45,10 @@ from galaxy_tasks.errors import ConfigError
 from galaxy_tasks.jobdir import JobDir
 from galaxy_tasks.logs import event
 from galaxy_tasks.names import JOB_ID, USER_NAME, external_name
+from galaxy_tasks.realuser import handover
+from galaxy_tasks.realuser.handover import Declared
 from galaxy_tasks.realuser.record import JobRecord, read_job
-from galaxy_tasks.runas import REFUSED, read_arguments
+from galaxy_tasks.runas import HANDOVER_MARK, REFUSED, read_arguments
 from galaxy_tasks.states import TERMINAL, JobState
 from galaxy_tasks.yamlconf import read
 
@@ -52,9 +57,12 @@ log = logging.getLogger("galaxy_tasks.realuser")
 _STARTING = frozenset({JobState.SUBMITTING.value})
 _STARTED = frozenset({JobState.SUBMITTING.value, JobState.RUNNING.value, JobState.DELETED.value})
 #: the states each action needs (a cancel moves the row to deleted before the runner stops it;
-#: a batch job's end is heard, and its directory reclaimed, before the row records it)
+#: a batch job's end is heard, and its directory reclaimed, before the row records it; the
+#: local runner's launch records `running` as soon as it has spawned the helper, which may
+#: read the row after that: job.sh's claim lets one copy of a job run, however often started)
 STATES: dict[str, frozenset[str]] = {
-    "start": _STARTING, "sbatch": _STARTING, "qsub": _STARTING, "handover": _STARTING,
+    "start": _STARTING | {JobState.RUNNING.value}, "sbatch": _STARTING, "qsub": _STARTING,
+    "handover": _STARTING,
     "term": _STARTED, "kill": _STARTED, "scancel": _STARTED, "qdel": _STARTED,
     "reclaim": _STARTED | frozenset(state.value for state in TERMINAL),
 }
@@ -63,7 +71,10 @@ STATES: dict[str, frozenset[str]] = {
 PROGRAMS = {"sbatch": "/usr/bin/sbatch", "qsub": "/usr/bin/qsub", "scancel": "/usr/bin/scancel",
             "qdel": "/usr/bin/qdel"}
 _CONFIG_KEYS = {"database_url", "jobs_root", "allowed_group", "min_uid", "log_file", "programs",
-                "scheduler_environment"}
+                "scheduler_environment", "handover_roots"}
+#: the actions that hand a job's directories over (the declared one must carry the job's mark)
+#: or back
+_HANDING = frozenset({"start", "sbatch", "qsub", "handover"})
 #: what the job script may be given of the caller's environment: the limits it applies to itself
 _LIMITS = ("GT_RLIMIT_AS_KB", "GT_RLIMIT_FSIZE")
 
@@ -84,6 +95,8 @@ class Config:
     programs: Mapping[str, str] = field(default_factory=lambda: dict(PROGRAMS))
     #: what the scheduler commands need of the environment (SGE_ROOT, SLURM_CONF, ...)
     scheduler_environment: Mapping[str, str] = field(default_factory=dict)
+    #: where a job's declared directory (`handover_dir`) may be; none: such jobs are refused
+    handover_roots: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,7 @@ class Checked:
     worker_uid: int
     worker_gid: int
     identity: tuple[int, int]  # the directory's (device, inode) when it was checked
+    declared: Declared | None = None  # the client's directory handed over with it
 
 
 def load_config(path: Path) -> Config:
@@ -125,7 +139,19 @@ def load_config(path: Path) -> Config:
     if relative := [path for path in programs.values() if not os.path.isabs(path)]:
         raise Refused(f"programs must be absolute paths, not {relative}")
     return Config(str(data["database_url"]), root, str(data["allowed_group"]), min_uid,
-                  Path(str(log_file)) if log_file else None, programs, _text_mapping(data, "scheduler_environment"))
+                  Path(str(log_file)) if log_file else None, programs, _text_mapping(data, "scheduler_environment"),
+                  _roots(data.get("handover_roots")))
+
+
+def _roots(value: object) -> tuple[Path, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise Refused("handover_roots must be a list of directories")
+    roots = tuple(Path(item) for item in value)
+    if wrong := [str(root) for root in roots if not root.is_absolute() or os.path.normpath(root) != str(root)]:
+        raise Refused(f"handover_roots must be absolute, normalised paths, not {wrong}")
+    return roots
 
 
 def _text_mapping(data: dict, key: str) -> dict[str, str]:
@@ -165,7 +191,42 @@ def check(config: Config, job_id: str, action: str) -> Checked:
                       f"neither the worker's nor {user.pw_name}'s")
     if JobDir(expected).own_token() != job.token:
         raise Refused(f"job {job_id}'s directory {expected} belongs to another job (its token differs)")
-    return Checked(job, user, expected, root_info.st_uid, root_info.st_gid, (info.st_dev, info.st_ino))
+    declared = _declared(config, job, user, root_info.st_uid, marked=action in _HANDING) \
+        if action in _HANDING or action == "reclaim" else None
+    return Checked(job, user, expected, root_info.st_uid, root_info.st_gid, (info.st_dev, info.st_ino), declared)
+
+
+def _declared(config: Config, job: JobRecord, user: pwd.struct_passwd, worker_uid: int, *,
+              marked: bool) -> Declared | None:
+    """The job's declared directory (`handover_dir`), if it has one, checked by the rules of
+    `handover`; to be handed over it must carry the job's mark (a reclaim takes back what the
+    user holds there, whatever the user made of the mark)."""
+    if job.handover_dir is None:
+        return None
+    named = f"job {job.id}'s declared directory {job.handover_dir}"
+    if not config.handover_roots:
+        raise Refused(f"{named}: the helper's configuration names no handover_roots")
+    try:
+        root, parts = handover.place(job.handover_dir, config.handover_roots)
+    except ValueError as exc:
+        raise Refused(f"job {job.id}'s declared directory: {exc}") from None
+    _trusted_path(root, what="the handover root")
+    root_info = os.lstat(root)
+    if not stat.S_ISDIR(root_info.st_mode) or root_info.st_uid != worker_uid or root_info.st_mode & 0o022:
+        raise Refused(f"the handover root {root} is not a directory of the worker's (uid {worker_uid}) alone")
+    try:
+        fd = handover.open_declared(root, parts, worker_uid)
+        try:
+            info = os.fstat(fd)
+            if info.st_uid not in (worker_uid, user.pw_uid):
+                raise ValueError(f"it is owned by uid {info.st_uid}, neither the worker's nor {user.pw_name}'s")
+            if marked:
+                handover.check_mark(fd, Path(job.handover_dir), job.id, worker_uid)
+        finally:
+            os.close(fd)
+    except ValueError as exc:
+        raise Refused(f"{named}: {exc}") from None
+    return Declared(Path(job.handover_dir), root, parts, (info.st_dev, info.st_ino))
 
 
 def _allowed_user(config: Config, job: JobRecord) -> pwd.struct_passwd:
@@ -217,10 +278,10 @@ def _no_link(path: Path, named: str) -> os.stat_result:
 
 
 def hand_over(checked: Checked) -> None:
-    """The job's directory to its user: every entry the worker owns becomes the user's,
+    """The job's directories to its user: every entry the worker owns becomes the user's,
     with the worker's group able to read it; directories setgid, so the job's own files
-    take the worker's group."""
-    for fd, info in _entries(checked):
+    take the worker's group. The mark of a declared directory stays the worker's."""
+    for fd, info in _trees(checked):
         if info.st_uid != checked.worker_uid:
             continue
         os.fchown(fd, checked.user.pw_uid, checked.worker_gid)
@@ -230,36 +291,57 @@ def hand_over(checked: Checked) -> None:
 
 
 def hand_back(checked: Checked) -> int:
-    """An ended job's directory back to the worker: what the job's user owns there."""
+    """An ended job's directories back to the worker: what the job's user owns there."""
     count = 0
-    for fd, info in _entries(checked):
+    for fd, info in _trees(checked):
         if info.st_uid == checked.user.pw_uid:
             os.fchown(fd, checked.worker_uid, checked.worker_gid)
             count += 1
     return count
 
 
-def _entries(checked: Checked) -> Iterator[tuple[int, os.stat_result]]:
-    """The job's directory and every directory and regular file in it, each as a descriptor
-    opened without following a symlink (anywhere: each is opened relative to its directory's
-    descriptor, so a directory swapped for a symlink mid-walk leads nowhere) and its status.
-    A file with other hard links is left out: its other name is not the job's to give away."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    root = os.open(checked.job_dir, flags | os.O_DIRECTORY)
+_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _trees(checked: Checked) -> Iterator[tuple[int, os.stat_result]]:
+    """Every entry that changes hands: the declared directory's first, the job directory's
+    last, so a runner that finds the job directory back knows that all of it is back."""
+    declared = checked.declared
+    if declared is not None:
+        try:
+            fd = handover.open_declared(declared.root, declared.parts, checked.worker_uid)
+        except ValueError as exc:
+            raise Refused(f"job {checked.job.id}'s declared directory: {exc}") from None
+        yield from _entries(fd, declared.identity, f"job {checked.job.id}'s declared directory {declared.path}",
+                            keep=frozenset({HANDOVER_MARK}))
+    yield from _entries(os.open(checked.job_dir, _FLAGS | os.O_DIRECTORY), checked.identity,
+                        f"job {checked.job.id}'s directory {checked.job_dir}")
+
+
+def _entries(root: int, identity: tuple[int, int], named: str,
+             keep: frozenset[str] = frozenset()) -> Iterator[tuple[int, os.stat_result]]:
+    """The directory `root` (a descriptor, closed here) and every directory and regular file
+    in it but those named in `keep`, each as a descriptor opened without following a symlink
+    (anywhere: each is opened relative to its directory's descriptor, so a directory swapped
+    for a symlink mid-walk leads nowhere) and its status. A file with other hard links is left
+    out: its other name is not the job's to give away."""
     try:
         info = os.fstat(root)
-        if (info.st_dev, info.st_ino) != checked.identity:
-            raise Refused(f"job {checked.job.id}'s directory {checked.job_dir} was replaced after it was checked")
-        yield from _below(root, flags, depth=0)
+        if (info.st_dev, info.st_ino) != identity:
+            raise Refused(f"{named} was replaced after it was checked")
+        yield from _below(root, _FLAGS, depth=0, keep=keep)
         yield root, info  # last: the directory changes hands once everything in it has
     finally:
         os.close(root)
 
 
-def _below(directory: int, flags: int, depth: int) -> Iterator[tuple[int, os.stat_result]]:
+def _below(directory: int, flags: int, depth: int,
+           keep: frozenset[str] = frozenset()) -> Iterator[tuple[int, os.stat_result]]:
     if depth > 64:
         raise Refused("the job's directory is nested more than 64 levels deep")
     for name in os.listdir(directory):
+        if name in keep:
+            continue
         try:
             fd = os.open(name, flags, dir_fd=directory)
         except OSError:  # a symlink (ELOOP), a socket, or gone: nothing to hand over
@@ -313,6 +395,7 @@ def start(checked: Checked, log_file: Path | None) -> None:
     env.update({name: os.environ[name] for name in _LIMITS if os.environ.get(name, "").isdigit()})
     user = checked.user
     event(log, "real_user_start", job_id=checked.job.id, user=user.pw_name, uid=user.pw_uid, pid=os.getpid())
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # where the helper's words went is the caller's, not the job's
     os.execve("/bin/sh", ["/bin/sh", str(checked.job_dir / "job.sh")], env)  # noqa: S606 - the job script
 
 

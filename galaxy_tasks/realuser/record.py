@@ -1,5 +1,6 @@
-"""The one row the privileged helper reads: a job's id, state, directory, token, user and
-attempt, through the database's own DB-API driver (sqlite3, psycopg2) and one SELECT.
+"""The one row the privileged helper reads: a job's id, state, directory, token, user, attempt
+and the client's directory it hands over, through the database's own DB-API driver (sqlite3,
+psycopg2) and one SELECT.
 
 Not through the store: SQLAlchemy and the model took most of the helper's start (about half a
 second of every start, and the helper starts at least twice for each job run as its user;
@@ -25,6 +26,7 @@ class JobRecord:
     token: str | None
     run_as: str | None
     attempt: int
+    handover_dir: str | None
 
 
 COLUMNS = tuple(f.name for f in fields(JobRecord))

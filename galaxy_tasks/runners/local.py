@@ -11,6 +11,7 @@ long as any of its processes lives. A launch that finds every slot taken raises 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import resource
 import shlex
@@ -25,15 +26,21 @@ from typing import Any, Callable, NamedTuple, Sequence, cast
 
 from galaxy_tasks.errors import RunnerError, RunnerFull
 from galaxy_tasks.jobdir import CLAIMED_EXIT_CODE, JobDir, script_environment
+from galaxy_tasks.runas import REFUSED
 from galaxy_tasks.runners import memlimit
-from galaxy_tasks.runners.asuser import call_helper, run_as_command_param
+from galaxy_tasks.runners.asuser import call_helper, give_back, handed_over, run_as_command_param
 from galaxy_tasks.runners.base import Completion, Launch, Report, Runner, Tracked, signal_name
 from galaxy_tasks.runners.deadlines import Deadlines
 from galaxy_tasks.runners.exitwatch import Exit, ExitWatcher
 from galaxy_tasks.runners.params import param
 
+log = logging.getLogger(__name__)
+
 #: the job's descriptor of its slot file (see `_take_slot`)
 SLOT_FD = 9
+#: how long the end of a job run as its user waits for the helper's keeper to hand its
+#: directories back (it wakes with the same exit) before asking the helper itself
+HAND_BACK_WAIT_S = 2.0
 _DEVNULL_ACTIONS = [
     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
     (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
@@ -52,6 +59,7 @@ class _Watched(NamedTuple):
     memory_mb: int | None = None  # the memory limit the job runs under (None: none)
     cgroup: Path | None = None  # the job's memory cgroup, where it has one
     token: str | None = None  # the job directory's token when the job was started or followed
+    helper_said: int | None = None  # what the privileged helper wrote (its stderr), for a job run as its user
 
 
 @dataclass(frozen=True)
@@ -104,11 +112,17 @@ class LocalRunner(Runner):
         argv = self._command(launch)
         slot = self._take_slot()
         actions = _DEVNULL_ACTIONS if slot is None else [*_DEVNULL_ACTIONS, (os.POSIX_SPAWN_DUP2, slot, SLOT_FD)]
+        # the helper's words (why it refused) in a file of no name, read at the job's end
+        helper_said = _unnamed_file() if launch.run_as is not None else None
+        if helper_said is not None:
+            actions = [*actions, (os.POSIX_SPAWN_DUP2, helper_said, 2)]
         env, memory_mb, cgroup = self._limits(launch)
         started = time.time()  # before the spawn: the job's wall time is never under its own
         try:
             pid = os.posix_spawnp(argv[0], argv, env, setsid=True, file_actions=actions)
         except OSError as exc:
+            if helper_said is not None:
+                os.close(helper_said)
             raise RunnerError(f"cannot start the job script: {exc}") from exc
         finally:
             if slot is not None:
@@ -118,7 +132,7 @@ class LocalRunner(Runner):
         floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         external_id = self._external_id(pid)
         self._watch(pid, _Watched(launch.job_id, job_dir, started, floor, external_id, memory_mb, cgroup,
-                                  job_dir.own_token()), child=True)
+                                  job_dir.own_token(), helper_said), child=True)
         if launch.walltime_s:
             self._end_at(started + launch.walltime_s, pid, external_id, job_dir)
         return external_id
@@ -323,7 +337,8 @@ class LocalRunner(Runner):
         return watcher.watch(pid, tag, child=child)
 
     def _on_exit(self, exit: Exit, tag: object) -> None:
-        job_id, job_dir, started, rss_floor, external_id, memory_mb, cgroup, token = cast(_Watched, tag)
+        job_id, job_dir, started, rss_floor, external_id, memory_mb, cgroup, token, helper_said = cast(_Watched, tag)
+        refusal = _refusal(helper_said, exit) if helper_said is not None else None
         with self._lock:
             self._watching.discard(exit.pid)
             out_of_time = exit.pid in self._walltime_killed
@@ -347,8 +362,12 @@ class LocalRunner(Runner):
             runner_state, reason = "memory_limit_reached", f"the job reached its memory limit{limit}"
         elif memory_mb and recorded not in (None, 0) and memlimit.said_out_of_memory(job_dir.tail("stderr", 8192)):
             runner_state, reason = "memory_limit_reached", f"the job ran out of memory (limit {memory_mb} MB)"
+        if refusal is not None and recorded is None:
+            reason = refusal
         if cgroup is not None and cgroup.exists():
             memlimit.Cgroups.remove(cgroup)
+        if self.params.run_as_command and handed_over(job_dir.root):
+            self._take_back(job_id, job_dir)
         self.ended(
             Completion(
                 job_id,
@@ -364,6 +383,20 @@ class LocalRunner(Runner):
             job_dir.root,
             token,
         )
+
+    def _take_back(self, job_id: str, job_dir: JobDir) -> None:
+        """A job run as its user: its directories (and the one its client declared, Galaxy's
+        job directory, whose outputs the client reads as its own user once it hears of the
+        end) back before its end is reported. The helper's keeper, woken by the same exit,
+        hands the job directory back last; if it has not within HAND_BACK_WAIT_S (killed, or a
+        host far too busy), the helper's reclaim does it."""
+        deadline = time.monotonic() + HAND_BACK_WAIT_S
+        while handed_over(job_dir.root) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        try:
+            give_back(self.params.run_as_command, job_id, job_dir.root)
+        except RunnerError as exc:
+            log.warning("job %s: its directories are not back: %s", job_id, exc)
 
     def _kill_hard(self, pid: int, started: int | None, job_dir: JobDir) -> None:
         """SIGKILL for the group SIGTERM was sent to (checked then to be the job's), if it is
@@ -453,6 +486,27 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
+
+
+def _unnamed_file() -> int:
+    """A file of the worker's that no other process can open by name (O_TMPFILE)."""
+    return os.open(tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+
+
+def _refusal(helper_said: int, exit: Exit) -> str | None:
+    """Why the privileged helper refused to start the job, from what it wrote (its refusal's
+    `reason=`), if it did; the file is closed here."""
+    try:
+        if exit.exit_code != REFUSED:
+            return None
+        text = os.pread(helper_said, 8192, 0).decode(errors="replace").strip().splitlines()
+    finally:
+        os.close(helper_said)
+    said = text[-1] if text else ""
+    reason = said.partition(" reason=")[2] or said
+    if reason.startswith('"') and reason.endswith('"'):
+        reason = reason[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    return f"the privileged helper refused to start the job: {reason or 'it said nothing'}"
 
 
 def _wait_for_claim(job_dir: JobDir, timeout: float = 2.0) -> int | None:

@@ -36,8 +36,13 @@ def galaxy(galaxy_venv: Path, galaxy_broker: RedisServer,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[GalaxyServer]:
     """A running Galaxy; a test may kill it and start it again on the same data. Metadata is
     set in the job unless a tool's environment says `metadata_strategy: directory_celery`."""
-    server = GalaxyServer(galaxy_venv, tmp_path_factory.mktemp("galaxy"), galaxy_broker.url,
-                          galaxy_options=celery_options(galaxy_broker.url, metadata_strategy="directory"))
+    yield from running(GalaxyServer(galaxy_venv, tmp_path_factory.mktemp("galaxy"), galaxy_broker.url,
+                                    galaxy_options=celery_options(galaxy_broker.url, metadata_strategy="directory")))
+
+
+def running(server: GalaxyServer) -> Iterator[GalaxyServer]:
+    """A Galaxy and its Celery worker started (the test skipped, or failed under CI, if it
+    does not start), then stopped."""
     server.start_celery()
     try:
         server.start()

@@ -33,6 +33,8 @@ FAIL = "echo 'about to fail' >&2; exit 3"
 #: a command that records each run in the ledger, then waits for the gate (files in the
 #: server's root, @ROOT@ in a command)
 LEDGER_CAT = "echo '$output' >> @ROOT@/ledger && until [ -e @ROOT@/gate ]; do sleep 0.2; done && cat '$input' > '$output'"
+#: who ran the tool, and what it read
+WHOAMI = "id -un > '$output' && cat '$input' >> '$output'"
 #: the port of the interactive tools' one entry point, inside their (absent) container
 IT_TOOL_PORT = 8765
 #: an interactive tool: serves its input on a free port and, once @ROOT@/it_gate exists,
@@ -63,6 +65,9 @@ TOOLS = {
     "probe_tpv": (CAT, "tpv_dispatcher"),
     "probe_tpv_gpu": (CAT, "tpv_dispatcher"),
     "probe_tpv_timelimit": ("sleep 600 && cat '$input' > '$output'", "gt_fast"),
+    "probe_whoami_gt": (WHOAMI, "gt_fast"),
+    "probe_whoami_user": (WHOAMI, "gt_user"),
+    "probe_gated_whoami_user": ("until [ -e @ROOT@/gate ]; do sleep 0.1; done && " + WHOAMI, "gt_user"),
     "probe_it_gt": (IT_SERVE, "gt_fast"),
     "probe_it_broken_gt": (IT_BROKEN, "gt_fast"),
 }
@@ -115,6 +120,10 @@ SGE_DESTINATION = "sge"
 #: the walltime of gt_short, whose resubmit rule sends a job that reached it to gt_long
 SHORT_WALLTIME_S = 2
 CONTRACT_EVENTS_QUEUE = "galaxy.main.contract"
+#: the plugin runner whose jobs run as their Galaxy user's Unix user (gt_user), its events
+#: queue, and the galaxy-tasks destination it sends them to (its run_as_command: the helper)
+REAL_USER_EVENTS_QUEUE = "galaxy.main.real_user"
+REAL_USER_DESTINATION = "local_user"
 #: the pool Galaxy's job handler processes attach to (the name Galaxy looks for)
 HANDLER_POOL = "job-handlers"
 #: jobs one handler takes from the database at a time: a burst is spread over the handlers
@@ -189,6 +198,7 @@ class GalaxyServer:
         self.stats_file = root / ("gt-stats-{server_name}.json" if handlers else "gt-stats.json")
         self.contract_stats_file = root / "gt-contract-stats.json"
         self.signed_stats_file = root / "gt-signed-stats.json"
+        self.real_user_stats_file = root / "gt-real-user-stats.json"
         self.signed_broker_url = f"{broker_url.rsplit('/', 1)[0]}/{SIGNED_BROKER_DB}"
         self.signing = self._signing_keys()
         self.log = root / "galaxy.log"
@@ -274,6 +284,13 @@ class GalaxyServer:
                 signing_cert: {self.signing["signing_cert"]}
                 signing_cert_store: {self.signing["signing_cert_store"]}
                 stats_file: {self.signed_stats_file}{instance}
+              gt_user:
+                load: galaxy_tasks.galaxy.runner:GalaxyTasksJobRunner
+                workers: 1
+                broker_url: {self.broker_url}
+                events_queue: {REAL_USER_EVENTS_QUEUE}
+                run_as_real_user: true
+                stats_file: {self.real_user_stats_file}{instance}
             execution:
               default: local_env
               environments:
@@ -302,6 +319,10 @@ class GalaxyServer:
                 gt_long:
                   runner: gt
                   galaxy_tasks_walltime: 600
+                  metadata_strategy: directory_celery
+                gt_user:
+                  runner: gt_user
+                  galaxy_tasks_destination: {REAL_USER_DESTINATION}
                   metadata_strategy: directory_celery
                 gt_signed_env:
                   runner: gt_signed

@@ -23,6 +23,7 @@ from tests.galaxy.server import IT_TOOL_PORT, GalaxyServer
 from tests.galaxy.test_galaxy import wait_for_row
 from tests.galaxy.test_production import shown
 from tests.support.deployment import Deployment
+from tests.support.processes import alive
 
 pytestmark = pytest.mark.galaxy
 
@@ -137,6 +138,8 @@ def test_a_failed_container_monitor_fails_the_job_and_ends_it_in_galaxy_tasks(
     galaxy_user.wait_job(job_id, want="error", timeout=90)
     assert shown(galaxy_user, output_id) == "Monitoring interactive tool entry point failed"
     wait_for_row(tasks, ours, {JobState.DELETED}, timeout=90)
+    pid = int((Path(tasks.job(ours).job_dir) / "claim").read_text().split()[0])
+    wait(lambda: not alive(pid), 30, "the job's process gone", poll=0.2)
     assert stats.read(galaxy.stats_file).get("entry_points_failed", 0) >= 1
 
 
@@ -156,5 +159,8 @@ def test_a_restarted_galaxy_looks_again_for_its_running_interactive_tools_entry_
     print(f"\nafter a restart, entry point configured {seconds:.3f} s after container_runtime.json was written")
     assert seconds < FOUND_WITHIN_S
     assert tasks.history(ours).count(JobState.RUNNING) == 1, "the tool ran once"
+    port = json.loads(runtime.read_text())[str(IT_TOOL_PORT)]["port"]
+    assert serves(port) == PAGE
     galaxy_user.cancel(job_id)
     wait_for_row(tasks, ours, {JobState.DELETED}, timeout=90)
+    wait(lambda: serves(port) is None, 30, "the tool's server gone")

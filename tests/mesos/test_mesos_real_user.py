@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import pwd
-from typing import Iterator
 
 import pytest
 
@@ -20,10 +19,7 @@ from galaxy_tasks.jobdir import JobDir  # noqa: E402
 from galaxy_tasks.runners.base import Launch, Tracked  # noqa: E402
 from tests.support.real_user import (  # noqa: E402
     GATED,
-    Site,
-    Users,
     handed_back,
-    make_site,
     needs_root,
     owned_by_the_worker,
     print_medians,
@@ -32,11 +28,6 @@ from tests.support.real_user import (  # noqa: E402
 )
 
 pytestmark = [pytest.mark.mesos, needs_root]
-
-
-@pytest.fixture
-def site(unix_users: Users) -> Iterator[Site]:
-    yield from make_site(unix_users)
 
 
 def task_users(master, launch: Launch) -> list[str | None]:

@@ -235,7 +235,8 @@ def test_memory_limit_kill_by_polling_without_cgroups(runner, events, make_launc
         done = runner.status([tracked(launch, external_id)])[launch.job_id]
         assert done.runner_state == MEMORY_LIMIT_REACHED and "polling" in done.reason
         assert done.signal == signal.SIGKILL and done.source == "reconcile"
-        assert events.of(launch.job_id) == []  # the batch script was killed before it could say a word
+        # the batch script is killed too, or lives just long enough to announce the same end
+        assert all(e.runner_state == MEMORY_LIMIT_REACHED for e in events.of(launch.job_id))
         assert "exceeded memory limit" in (launch.job_dir / "slurm.err").read_text()
     finally:
         back = subprocess.run([str(REPO / "ops" / "slurm-up.sh")], capture_output=True, text=True, timeout=600,

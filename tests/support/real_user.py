@@ -16,15 +16,21 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 import pytest
 
 from galaxy_tasks import jobdir
 from galaxy_tasks.jobdir import JobDir, job_environment
 from galaxy_tasks.model import utcnow
+from galaxy_tasks.realuser.handover import galaxy_place
+from galaxy_tasks.runas import mark_for_handover
 from galaxy_tasks.runners.base import Launch
+from galaxy_tasks.runners.local import LocalRunner
 from galaxy_tasks.store import Store, schema
+
+if TYPE_CHECKING:
+    from tests.unit.test_local_runner import Reports
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
 HELPER = [sys.executable, "-m", "galaxy_tasks.realuser.helper"]
@@ -87,6 +93,7 @@ class Site:
     log_file: Path
     store: Store
     users: Users
+    handover_root: Path  # where a job's declared directory may be (the configuration's handover_roots)
 
     @property
     def command(self) -> str:
@@ -94,7 +101,7 @@ class Site:
         return " ".join([*HELPER, str(self.config)])
 
     def job(self, command: str, user: str | None, *, state: str = "submitting", job_dir: Path | None = None,
-            walltime_s: int | None = None) -> Launch:
+            walltime_s: int | None = None, handover_dir: Path | None = None) -> Launch:
         """A job's row and directory, as prepare and the launch's claim leave them."""
         job_id = f"ru{uuid.uuid4().hex[:12]}"
         root = job_dir or self.jobs_root / job_id
@@ -105,13 +112,24 @@ class Site:
         now = utcnow()
         assert self.store.create(dict(id=job_id, tool_id="t", command=command, destination="local", queue="local",
                                       state=state, job_dir=str(root), token=token, run_as=user, created_at=now,
-                                      updated_at=now))
+                                      updated_at=now, handover_dir=str(handover_dir) if handover_dir else None))
         return Launch(job_id=job_id, job_dir=root, script=created.script, walltime_s=walltime_s, run_as=user)
 
     def helper(self, action: str, job_id: str) -> subprocess.CompletedProcess[str]:
         """The helper as the worker's sudo rule runs it: root, the configuration, an action, a job id."""
         return subprocess.run([*HELPER, str(self.config), action, job_id], capture_output=True, text=True,
                               timeout=60)
+
+    def declaring(self, command: str, user: str | None, number: int) -> tuple[Launch, Path]:
+        """A job that declares a directory laid out and marked as Galaxy's plugin leaves job
+        `number`'s: the worker's, under the handover root, with an outputs/ directory and a file
+        (@DECLARED@ in the command is its path)."""
+        path = self.handover_root.joinpath(*galaxy_place(str(number)))
+        (path / "outputs").mkdir(parents=True)
+        (path / "galaxy.sh").write_text("made by the client\n")
+        launch = self.job(command.replace("@DECLARED@", str(path)), user, handover_dir=path)
+        mark_for_handover(path, launch.job_id)
+        return launch, path
 
     def refusals(self) -> list[str]:
         return [line for line in self.log_file.read_text().splitlines() if "refused" in line]
@@ -128,6 +146,8 @@ def make_site(users: Users, scheduler_environment: Mapping[str, str] | None = No
     schema.upgrade(url)
     log_file = base / "run-as.log"
     config = base / "run-as.yml"
+    handover_root = base / "client-jobs"
+    handover_root.mkdir(mode=0o755)
     environment = "".join(f"  {name}: {value}\n" for name, value in (scheduler_environment or {}).items())
     config.write_text(textwrap.dedent(f"""\
         database_url: {url}
@@ -135,12 +155,30 @@ def make_site(users: Users, scheduler_environment: Mapping[str, str] | None = No
         allowed_group: {users.group}
         min_uid: 1000
         log_file: {log_file}
+        handover_roots: [{handover_root}]
         """) + (f"scheduler_environment:\n{environment}" if environment else ""))
     os.chmod(config, 0o600)
     store = Store(url)
-    yield Site(base, jobs_root, config, log_file, store, users)
+    yield Site(base, jobs_root, config, log_file, store, users, handover_root)
     store.dispose()
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def site(unix_users: Users) -> Iterator[Site]:
+    """A deployment of the helper (a scheduler's tests make one with its environment)."""
+    yield from make_site(unix_users)
+
+
+@pytest.fixture
+def local_as_user(site: Site) -> Iterator[tuple[LocalRunner, Reports]]:
+    """A local runner whose jobs with run_as start through the site's helper, and its reports."""
+    from tests.unit.test_local_runner import Reports
+
+    reports = Reports()
+    runner = LocalRunner({"kill_grace_s": 1.0, "run_as_command": site.command}, reports)
+    yield runner, reports
+    runner.close()
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:

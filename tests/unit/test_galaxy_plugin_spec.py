@@ -266,6 +266,12 @@ def test_real_user_a_site_mapping_comes_first_and_a_bad_name_is_named() -> None:
     assert "run_as" not in to_spec(job())  # a runner not set to run jobs as their user asks for none
 
 
+def test_real_user_job_declares_galaxys_job_directory_to_hand_over() -> None:
+    made = task_spec.parse(to_spec(job(run_as="alice", handover_dir="/srv/galaxy/jobs/000/7")))
+    assert (made.run_as, made.handover_dir) == ("alice", "/srv/galaxy/jobs/000/7")
+    assert "handover_dir" not in to_spec(job(handover_dir="/srv/galaxy/jobs/000/7"))  # nobody to hand it to
+
+
 def test_real_user_settings_are_off_by_default_and_a_bad_map_is_refused() -> None:
     made = settings.from_kwargs({"broker_url": "redis://x"}, "main")
     assert (made.run_as_real_user, made.real_user_map) == (False, {})

@@ -13,7 +13,6 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -26,9 +25,7 @@ from galaxy_tasks.runners.local import LocalRunner
 from tests.support.real_user import (
     HELPER,
     Site,
-    Users,
     handed_back,
-    make_site,
     needs_root,
     wait_for,
 )
@@ -37,21 +34,8 @@ from tests.unit.test_local_runner import Reports
 pytestmark = needs_root
 
 
-@pytest.fixture
-def site(unix_users: Users) -> Iterator[Site]:
-    yield from make_site(unix_users)
-
-
-@pytest.fixture
-def runner(site: Site) -> Iterator[tuple[LocalRunner, Reports]]:
-    reports = Reports()
-    runner = LocalRunner({"kill_grace_s": 1.0, "run_as_command": " ".join([*HELPER, str(site.config)])}, reports)
-    yield runner, reports
-    runner.close()
-
-
-def test_real_user_jobs_run_as_their_own_users(site, runner):
-    local, reports = runner
+def test_real_user_jobs_run_as_their_own_users(site, local_as_user):
+    local, reports = local_as_user
     users = site.users
     launches = {user: site.job("id -un > who.txt; id -G >> who.txt; echo made > out.txt", user)
                 for user in (users.alice, users.bob)}
@@ -73,8 +57,18 @@ def test_real_user_jobs_run_as_their_own_users(site, runner):
         assert f"event=real_user_reclaimed job_id={launch.job_id}" in log
 
 
-def test_real_user_job_cannot_read_another_users_directory_and_is_cancelled(site, runner):
-    local, reports = runner
+def test_real_user_job_starts_when_its_launch_recorded_it_running_first(site, local_as_user):
+    """The launch records `running` as soon as the runner spawned the helper, which may read
+    the row only after that (a worker's real launch does exactly this)."""
+    local, reports = local_as_user
+    launch = site.job("id -un > who.txt", site.users.alice, state="running")
+    local.submit(launch)
+    assert reports.wait_for(launch.job_id).exit_code == 0, site.refusals()
+    assert (JobDir(launch.job_dir).working / "who.txt").read_text().strip() == site.users.alice
+
+
+def test_real_user_job_cannot_read_another_users_directory_and_is_cancelled(site, local_as_user):
+    local, reports = local_as_user
     users = site.users
     alice = site.job("echo secret > secret.txt; exec sleep 60", users.alice)
     alice_id = local.submit(alice)
@@ -94,8 +88,8 @@ def test_real_user_job_cannot_read_another_users_directory_and_is_cancelled(site
     wait_for(lambda: handed_back(alice.job_dir), 10, "alice's directory handed back")
 
 
-def test_real_user_walltime_kill_and_the_helpers_own_signal(site, runner):
-    local, reports = runner
+def test_real_user_walltime_kill_and_the_helpers_own_signal(site, local_as_user):
+    local, reports = local_as_user
     late = site.job("exec sleep 60", site.users.alice, walltime_s=1)
     local.submit(late)
     completion = reports.wait_for(late.job_id, timeout=15)
@@ -171,7 +165,7 @@ REFUSALS = {
     "unknown_job_id": (lambda site: Launch("ru-nosuchjob", site.jobs_root / "ru-nosuchjob", Path("/nonexistent")),
                        "no job 'ru-nosuchjob'"),
     "job_of_another_state": (lambda site: site.job("touch ran", site.users.alice, state="queued"),
-                             "is queued; start needs submitting"),
+                             "is queued; start needs running/submitting"),
 }
 
 
@@ -196,10 +190,10 @@ def test_real_user_helper_refuses_a_configuration_others_may_write(site):
     assert result.returncode == REFUSED and "writable by root alone" in result.stderr, result.stderr
 
 
-def test_real_user_overhead_of_the_privileged_step(site, runner, capsys):
+def test_real_user_overhead_of_the_privileged_step(site, local_as_user, capsys):
     """Submit to running (the job's claim) with and without the helper, interleaved in one
     run; prints both medians (docs/security.md quotes them)."""
-    local, reports = runner
+    local, reports = local_as_user
     plain_runner = LocalRunner({"kill_grace_s": 1.0}, reports)
     times: dict[str, list[float]] = {"plain": [], "real_user": []}
     try:

@@ -35,14 +35,14 @@ def test_real_user_record_is_the_row_the_store_wrote(database):
     try:
         assert store.create(dict(id="rec1", tool_id="t", command="true", destination="local", queue="local",
                                  state="running", job_dir="/jobs/rec1", token="abc", run_as="alice", attempt=2,
-                                 created_at=now, updated_at=now))
+                                 handover_dir="/galaxy/jobs/000/7", created_at=now, updated_at=now))
         job = store.job("rec1")
     finally:
         store.dispose()
     assert job is not None
     record = read_job(database, "rec1")
     assert record == JobRecord(id="rec1", state="running", job_dir="/jobs/rec1", token="abc", run_as="alice",
-                               attempt=2)
+                               attempt=2, handover_dir="/galaxy/jobs/000/7")
     assert asdict(record) == {name: getattr(job, name) for name in asdict(record)}  # the model's columns
     assert read_job(database, "nosuchjob") is None
 

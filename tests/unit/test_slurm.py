@@ -253,5 +253,5 @@ def test_a_memory_kill_the_batch_script_outlived_is_still_for_memory(tmp_path):
     (tmp_path / "j1").mkdir()
     (tmp_path / "j1" / "slurm.err").write_text("slurmstepd: error: Exceeded job memory limit\n")
     done = end_of(tmp_path, ended("FAILED", 137, None), recorded=137)
-    assert (done.runner_state, done.exit_code) == ("memory_limit_reached", 137)
+    assert (done.runner_state, done.signal, done.exit_code) == ("memory_limit_reached", signal.SIGKILL, 137)
     assert "memory polling" in done.reason

@@ -107,6 +107,7 @@ FIELD_VALUES = {
     "gpus": whole_numbers,
     "native_specification": st.one_of(json_values, texts),
     "output_size_bytes": whole_numbers,
+    "handover_dir": st.one_of(json_values, texts),
 }
 
 
@@ -133,6 +134,7 @@ FIELD_GOOD = {
     "gpus": st.integers(min_value=1, max_value=2**31 - 1),
     "native_specification": st.text(min_size=1, max_size=30).filter(lambda s: s.strip()),
     "output_size_bytes": st.integers(min_value=1, max_value=2**63 - 1),
+    "handover_dir": st.from_regex(r"/[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,3}", fullmatch=True),
 }
 
 
@@ -275,6 +277,7 @@ FIELD_VALID = {
     "gpus": st.integers(min_value=1, max_value=2**31 - 1),
     "native_specification": safe_nonblank,
     "output_size_bytes": st.integers(min_value=1, max_value=2**63 - 1),
+    "handover_dir": st.from_regex(r"/[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,3}", fullmatch=True),
 }
 
 

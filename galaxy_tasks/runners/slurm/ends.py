@@ -72,7 +72,7 @@ def completion(job: Tracked, info: SlurmJob, source: str) -> Completion | StoodD
     elif state == "FAILED" and killed and over_memory(job_dir):
         # jobacct_gather's OverMemoryKill (no cgroups): Slurm says FAILED, slurmstepd wrote why
         reason = "the job went over its memory limit and was killed (Slurm's memory polling)"
-        runner_state = MEMORY_LIMIT_REACHED
+        signum, runner_state = signal.SIGKILL, MEMORY_LIMIT_REACHED
     elif state == "NODE_FAIL":
         reason = "the node running the job failed (Slurm NODE_FAIL)"
         exit_code, runner_state = recorded, cluster
