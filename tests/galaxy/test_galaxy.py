@@ -116,6 +116,9 @@ def test_galaxy_marks_the_job_ok_from_its_event(galaxy: GalaxyServer, galaxy_use
     galaxy_user.wait_job(job_id, want="ok", timeout=90)
     assert galaxy_user.dataset_text(output_id) == "probe header\nhello from the test\n"
     assert stats.read(galaxy.stats_file).get("check_watched_item", 0) == 0
+    # cleanup_job: never (this Galaxy's), GALAXY_TASKS_CLEANUP_JOB unset (never): both kept
+    assert galaxy.working_directory(galaxy.admin.decode(job_id)).is_dir()
+    assert (Path(tasks.job(galaxy.task_id(job_id)).job_dir) / "job.sh").exists()
 
 
 def test_a_failing_tool_ends_in_error_in_galaxy(galaxy_user: GalaxyApi, history: tuple[str, str],

@@ -51,7 +51,8 @@ def handlers_galaxy(galaxy_venv: Path, handlers_broker: RedisServer,
     """A web process, two job handler processes (handler0, handler1) and Galaxy's Celery
     worker on PostgreSQL (several processes write at once, which SQLite refuses)."""
     database = create_database()
-    options = {**celery_options(handlers_broker.url), "database_connection": database}
+    options = {**celery_options(handlers_broker.url), "database_connection": database,
+               "cleanup_job": "always"}  # a production site's disks: the session Galaxy keeps every directory
     server = GalaxyServer(galaxy_venv, tmp_path_factory.mktemp("galaxy-handlers"), handlers_broker.url,
                           galaxy_options=options, handlers=True)
     try:
@@ -84,7 +85,7 @@ def history(handlers_user: GalaxyApi) -> tuple[str, str]:
 @pytest.fixture
 def handlers_tasks(make_deployment, handlers_broker: RedisServer) -> Deployment:
     redis.Redis.from_url(handlers_broker.url).flushdb()
-    deployment = make_deployment(broker=handlers_broker.url)
+    deployment = make_deployment(broker=handlers_broker.url, GALAXY_TASKS_CLEANUP_JOB="always")
     deployment.worker("galaxy_tasks,local")
     return deployment
 
@@ -200,5 +201,11 @@ def test_handlers_end_many_trivial_jobs_ok_with_no_monitor_calls(
     figures = counters()
     assert {name: f.get("check_watched_item", 0) for name, f in figures.items()} == dict.fromkeys(alive, 0)
     assert sum(f.get("finished", 0) for f in figures.values()) - finished_before == MANY, "each finished once"
+    # cleanup_job: always in Galaxy, GALAXY_TASKS_CLEANUP_JOB=always in galaxy-tasks: both
+    # directories of every job are gone once its end was recorded and delivered
+    task_dirs = [Path(handlers_tasks.job(galaxy.task_id(job_id)).job_dir) for job_id in job_ids]
+    galaxy_dirs = [galaxy.working_directory(galaxy.admin.decode(job_id)) for job_id in job_ids]
+    handlers_tasks.wait_until(lambda: not any(d.exists() for d in task_dirs + galaxy_dirs), 60,
+                              "every job's directories removed")
     print(f"\n{MANY} trivial jobs over two handlers: all ok in {seconds:.1f} s; per handler {dict(owners)}; "
           f"counters {figures}")
