@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import SpecError
+from galaxy_tasks.faults import crash_point
 from galaxy_tasks.lifecycle.accept import job_values
 from galaxy_tasks.lifecycle.cancel import cancel
 from galaxy_tasks.lifecycle.effects import NOTHING, Effects
@@ -61,6 +62,7 @@ def submit(ctx: Context, data: Any, unnamed_id: str | None = None) -> tuple[Work
                   check_at=now + timedelta(seconds=ctx.settings.check_after))
     steps = [dict(workflow_id=workflow_id, name=step.name, position=position, elements=step.size,
                   spec=step.spec, needs=step.needs, fan=step.fan) for position, step in enumerate(workflow.steps)]
+    crash_point("workflow-submit", workflow_id)  # checked, not yet recorded
     try:
         ctx.store.create_workflow(values, steps)
     except IntegrityError:

@@ -150,23 +150,31 @@ def test_a_worker_with_an_invalid_job_conf_refuses_to_start(deployment, tmp_path
         assert "kill_grace_s" in result.stderr and " ready." not in result.stdout + result.stderr, command
 
 
-def test_a_message_that_keeps_killing_its_worker_is_set_aside(make_deployment, make_broker):
+def test_a_message_that_keeps_killing_its_worker_is_set_aside(make_deployment, make_broker, tmp_path):
     """Whatever makes a message kill the worker that takes it, the broker gives it back to
     the next one; after a few such returns it is dead-lettered with a log line naming it,
-    and the worker that meets it serves on instead of dying too."""
+    and the worker that meets it serves on instead of dying too. Here the step SIGKILLs its
+    own process (a crash point) in every worker that runs it, as a message that drives its
+    worker out of memory would, however fast the host."""
     from galaxy_tasks.edge.message_checks import MAX_RETURNS
 
     deployment = make_deployment(broker=make_broker("rabbitmq"))  # gives a dead consumer's message back at once
-    heavy = {"id": "heavy", "name": "heavy", "steps": {"s": {"seeds": 10_000, "spec": {"tool_id": "t",
-                                                                                       "command": "true"}}}}
-    worker = deployment.worker("galaxy_tasks,local", "k0@%h", "--pool", "solo")
-    send(deployment, "submit_workflow", workflow=heavy)
+    fatal = {"id": "fatal", "name": "fatal", "steps": {"s": {"spec": {"tool_id": "t", "command": "true"}}}}
+
+    def crashing(n: int) -> dict[str, str]:  # a crash point fires once per marker directory
+        markers = tmp_path / f"markers-{n}"
+        markers.mkdir()
+        return {"GALAXY_TASKS_CRASH_POINTS": "workflow-submit", "GALAXY_TASKS_CRASH_DIR": str(markers)}
+
+    worker = deployment.worker("galaxy_tasks,local", "k0@%h", "--pool", "solo", env=crashing(0))
+    send(deployment, "submit_workflow", workflow=fatal)
     for kill in range(MAX_RETURNS):
-        deployment.wait_until(lambda: b"submit_workflow[" in worker.log.read_bytes(), timeout=30,
-                              what=f"delivery {kill + 1} taken")
-        worker.kill()  # as the kernel's OOM killer would, in the middle of the step
+        deployment.wait_until(lambda: worker.proc.poll() is not None, timeout=30,
+                              what=f"delivery {kill + 1} killing its worker")
+        assert b"submit_workflow[" in worker.log.read_bytes()
         # (not waited for: the message it is given back comes before its "ready")
-        worker = deployment.worker("galaxy_tasks,local", f"k{kill + 1}@%h", "--pool", "solo", wait=False)
+        worker = deployment.worker("galaxy_tasks,local", f"k{kill + 1}@%h", "--pool", "solo", wait=False,
+                                   env=crashing(kill + 1))
     deployment.wait_until(lambda: b"event=message_dead_lettered" in worker.log.read_bytes(), timeout=30,
                           what="the message set aside")
     line = next(line for line in worker.log.read_text().splitlines() if "message_dead_lettered" in line)
