@@ -52,6 +52,12 @@ class RunnerUnavailable(GalaxyTasksError, RuntimeError):
     of the job: the step is retried, and the job is not failed."""
 
 
+class StagingUnreachable(RunnerUnavailable):
+    """The submitter's host cannot be reached for now (connection refused, timed out, reset):
+    a stage-in is retried as any step whose runner is unavailable, and a stage-out by the
+    next status check; the job is not failed for the network's fault."""
+
+
 class NotSent(GalaxyTasksError):
     """A job was recorded but its first message could not be sent (the broker is down): it
     is sent from the database later (a starting steps worker, reconciliation), so the

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from galaxy_tasks.errors import StagingError
+from galaxy_tasks.errors import StagingError, StagingUnreachable
 from galaxy_tasks.staging.settings import StagingSettings
 
 #: seconds without progress before rsync gives up (a stalled connection)
@@ -26,6 +26,11 @@ IO_TIMEOUT_S = 120
 COMMAND_TIMEOUT_S = 3600
 #: seconds an idle shared ssh connection stays open
 CONTROL_PERSIST_S = 60
+#: what ssh and rsync say when the network, not the set-up, is at fault (lower case): such a
+#: failure is tried again later; any other (a refused key, a changed host key) fails the job
+UNREACHABLE = ("connection refused", "connection timed out", "operation timed out", "no route to host",
+               "network is unreachable", "connection reset", "connection closed", "broken pipe",
+               "kex_exchange_identification", "ssh_exchange_identification", "timeout in data send/receive")
 
 # prints "<size> <sha256>" of each regular file it is given (a link is followed: an input
 # is whatever its path names on the submitter's host), or "missing"
@@ -121,7 +126,10 @@ class Rsync:
             raise StagingError(f"{command[0]} failed: {exc}") from None
         if done.returncode != 0:
             said = " ".join(done.stderr.split())[-500:]
-            raise StagingError(f"{Path(command[0]).name} exited with {done.returncode}: {said}")
+            failed = f"{Path(command[0]).name} exited with {done.returncode}: {said}"
+            if any(words in said.lower() for words in UNREACHABLE):
+                raise StagingUnreachable(f"the submitter's host cannot be reached for now: {failed}")
+            raise StagingError(failed)
         return done.stdout
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from galaxy_tasks import jobdir
-from galaxy_tasks.errors import RunnerError, RunnerFull, StagingError
+from galaxy_tasks.errors import RunnerError, RunnerFull, StagingError, StagingUnreachable
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.jobdir import HashBudget, JobDir
 from galaxy_tasks.logs import event
@@ -178,9 +178,11 @@ class StagedRunner(Runner):
         self._senders.submit(send)
 
     def _stage_out_logged(self, job_id: str) -> bool:
+        """Whether the job's files are home; if not, the next status check or a restart
+        tries again (the submitter's host unreachable for a while included)."""
         try:
             self.stage_out(job_id)
-        except (StagingError, OSError, ValueError) as exc:  # tried again by the next status check or restart
+        except (StagingError, StagingUnreachable, OSError, ValueError) as exc:
             event(log, "stage_out_failed", level=logging.WARNING, job_id=job_id, error=str(exc))
             return False
         return True

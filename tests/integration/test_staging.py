@@ -167,6 +167,27 @@ def test_staging_input_missing_on_submitter_ends_error(site: Site):
     assert job.reason == f"input not found on the submitter's host: {gone}"
 
 
+def test_staging_submitter_unreachable_for_a_while_delays_the_job_and_never_fails_it(site: Site):
+    """The submitter's sshd down when the job is staged in: the launch is retried (the
+    network's fault, not the job's) and the job runs once, ok, when the host is back. A
+    refused key or a changed host key, by contrast, fails the job at once."""
+    site.staging_worker("stager@%h")
+    data = site.input("later.txt", b"arrived late\n")
+    site.sshd.close()
+    try:
+        job_id = site.submit(f"cat {_q(data)} > copy.txt", [data], ["copy.txt"])
+        site.deployment.wait_until(lambda: "StagingUnreachable" in site.deployment.logs(), 60,
+                                   "a stage-in retried while the submitter is unreachable")
+        waiting = site.deployment.job(job_id)
+        assert JobState(waiting.state) not in TERMINAL, waiting.reason
+    finally:
+        site.sshd.start()
+    job = site.deployment.wait_terminal([job_id], timeout=180)[0]
+    assert job.state == JobState.OK.value, (job.reason, site.deployment.logs()[-3000:])
+    assert (site.working(job_id) / "copy.txt").read_bytes() == b"arrived late\n"
+    assert site.deployment.history(job_id).count(JobState.RUNNING) == 1
+
+
 def test_staging_cancel_stops_the_staged_job(site: Site):
     """A cancel reaches the job where it runs, in the staging worker's directory: it stops,
     and its end (what it left) still comes home."""

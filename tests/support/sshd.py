@@ -31,20 +31,27 @@ class Sshd:
             "KbdInteractiveAuthentication no", "UsePAM no", "PermitRootLogin prohibit-password", "StrictModes no",
             "MaxStartups 100", "MaxSessions 100", "LogLevel ERROR", ""]))
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-        self.log = open(where / "sshd.log", "ab")
-        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=self.log, stderr=subprocess.STDOUT)
+        self.config = config
+        self.start()
+
+    def start(self) -> None:
+        """The listener, once it accepts connections."""
+        self.log = open(self.where / "sshd.log", "ab")
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"sshd exited with {self.proc.returncode}: {(where / 'sshd.log').read_text()}")
+                raise RuntimeError(f"sshd exited with {self.proc.returncode}: {(self.where / 'sshd.log').read_text()}")
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError(f"sshd not listening on port {port}")
+        raise RuntimeError(f"sshd not listening on port {self.port}")
 
     def close(self) -> None:
+        """The listener stops (sessions already open live on, as with a real sshd)."""
         self.proc.terminate()
         self.proc.wait(timeout=10)
         self.log.close()

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from galaxy_tasks import routing
-from galaxy_tasks.errors import ConfigError
+from galaxy_tasks.errors import ConfigError, RunnerUnavailable, StagingError, StagingUnreachable
+from galaxy_tasks.staging.rsync import Rsync
 from galaxy_tasks.staging.settings import StagingSettings
 
 GOOD = ("    shared_filesystem: false\n    staging:\n      host: submitter.example.org\n      user: galaxy\n"
@@ -67,3 +68,20 @@ def test_staging_required_settings_are_named(tmp_path, line, named):
 def test_staging_bad_settings_are_refused(tmp_path, key, value, said):
     kept = "".join(line + "\n" for line in GOOD.splitlines() if not line.startswith(f"      {key}:"))
     assert said in _refusal(tmp_path, kept + f"      {key}: {value}\n")
+
+
+@pytest.mark.parametrize("said, later", [
+    ("ssh: connect to host 127.0.0.1 port 2299: Connection refused", True),
+    ("ssh: connect to host far.example.org port 22: Connection timed out", True),
+    ("kex_exchange_identification: read: Connection reset by peer", True),
+    ("Host key verification failed.", False),
+    ("root@127.0.0.1: Permission denied (publickey).", False),
+])
+def test_staging_an_unreachable_submitter_is_tried_later_a_refused_login_fails_the_job(said, later):
+    """The network's fault is retried (RunnerUnavailable); a refused key or a changed host
+    key is the set-up's, and fails the job with ssh's words."""
+    failing = ["sh", "-c", f"echo '{said}' >&2; exit 255"]
+    with pytest.raises(StagingUnreachable if later else StagingError) as raised:
+        Rsync._run(failing, None)
+    assert isinstance(raised.value, StagingUnreachable) == later and said in str(raised.value)
+    assert isinstance(raised.value, RunnerUnavailable) == later
