@@ -53,13 +53,23 @@ class Site:
                           'case "$last" in *:*) ;; *) find "$last" -type f -exec sh -c \'printf X >> "$1"\' sh {} \\; ;;'
                           ' esac\n')
         tamper.chmod(0o755)
+        # the same on the way home: one byte more in each output that reaches the submitter's
+        # .stage-out/, each time it is sent (the worker's namespace hides the jobs root: the
+        # submitter's side is reached as this test's process sees it)
+        tamper_out = tmp / "rsync-tamper-out"
+        tamper_out.write_text('#!/bin/sh\n/usr/bin/rsync "$@" || exit $?\nfor last; do :; done\n'
+                              f'case "$last" in *:*/.stage-out/) d="/proc/{os.getpid()}/root${{last#*:}}working"; '
+                              '[ -d "$d" ] && '
+                              'find "$d" -type f -exec sh -c \'printf X >> "$1"\' sh {} \\; ;; esac\nexit 0\n')
+        tamper_out.chmod(0o755)
         conf = tmp / "job_conf.yml"
         conf.write_text("destinations:\n" + "".join(
             f"  {name}:\n    runner: local\n    queue: {name}\n    shared_filesystem: false\n"
             f"    staging:\n      host: 127.0.0.1\n      port: {PORT}\n      identity_file: {sshd.identity}\n"
             f"      known_hosts: {sshd.known_hosts}\n      root: {tmp / 'staged' / name}\n"
             f"      max_bytes: {2 << 30}\n{extra}"
-            for name, extra in (("staged", ""), ("tampered", f"      rsync: {tamper}\n")))
+            for name, extra in (("staged", ""), ("tampered", f"      rsync: {tamper}\n"),
+                                ("tampered_out", f"      rsync: {tamper_out}\n")))
             + "  plain:\n    runner: local\n    queue: plain\ndefault: staged\n")
         self.deployment = make_deployment(GALAXY_TASKS_JOB_CONF=str(conf), GALAXY_TASKS_CRASH_DIR=str(tmp), **env)
         # the submitter's own worker also serves `plain`, a destination that shares its files
@@ -67,7 +77,7 @@ class Site:
 
     def staging_worker(self, name: str, **env: str):
         hide = 'mount -t tmpfs hidden "$1" && mount -t tmpfs hidden "$2" && shift 2 && exec "$@"'
-        return self.deployment.worker("staged,tampered", name, env=env, prefix=[
+        return self.deployment.worker("staged,tampered,tampered_out", name, env=env, prefix=[
             "unshare", "--mount", "--propagation", "private", "--", "sh", "-c", hide, "sh",
             str(self.jobs), str(self.inputs)])
 
@@ -156,6 +166,20 @@ def test_staging_tampered_transfer_is_caught(site: Site):
     assert job.state == JobState.ERROR.value
     assert "input arrived other than it left" in (job.reason or "") and a in (job.reason or "")
     assert not (site.working(job_id) / "out.txt").exists()
+
+
+def test_staging_output_tampered_on_its_way_home_is_never_taken_for_it(site: Site):
+    """An output that reaches the submitter other than it left (one byte more, every time it
+    is sent) never moves into place: after the resends the job ends error naming it, and the
+    end itself still comes home."""
+    site.staging_worker("stager@%h")
+    job_id = site.submit("echo made > out.txt && echo done", [], ["out.txt"], destination="tampered_out")
+    job = site.deployment.wait_terminal([job_id], timeout=120)[0]
+    assert job.state == JobState.ERROR.value
+    assert job.reason == "declared output not produced: out.txt", job.reason
+    assert not (site.working(job_id) / "out.txt").exists()
+    assert job.stdout_tail == "done\n"
+    assert "stage_out_rejected" in site.deployment.logs()
 
 
 def test_staging_input_missing_on_submitter_ends_error(site: Site):
