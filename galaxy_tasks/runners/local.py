@@ -393,6 +393,8 @@ class LocalRunner(Runner):
         deadline = time.monotonic() + HAND_BACK_WAIT_S
         while handed_over(job_dir.root) and time.monotonic() < deadline:
             time.sleep(0.01)
+        if not handed_over(job_dir.root):  # the keeper gives the job directory back last
+            return
         try:
             give_back(self.params.run_as_command, job_id, job_dir.root)
         except RunnerError as exc:
