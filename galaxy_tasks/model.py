@@ -157,6 +157,9 @@ class Job:
     # a client's directory the job's user is given with the job's own (Galaxy's job directory);
     # the privileged helper reads it here
     handover_dir: str | None = field(default=None, metadata=sql(Text))
+    # what a destination without a shared filesystem sends home and rewrites (docs/staging.md)
+    returns: list[str] | None = field(default=None, metadata=sql(JSON))
+    rewrite: list[str] | None = field(default=None, metadata=sql(JSON))
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Job:

@@ -108,4 +108,5 @@ def _rebuild(ctx: Context, job: Job) -> Rebuild | None:
     local = jobdir.JobDir(Path(destination.staging.root) / job.id)
     return Rebuild(command=job.command, environment=environment(ctx, job, destination, local),
                    setup_file=job.environment_setup_file, token=job.token or "",
-                   inputs=tuple(job.inputs or ()), outputs=tuple(job.outputs or ()))
+                   inputs=tuple(job.inputs or ()), outputs=tuple(job.outputs or ()),
+                   returns=tuple(job.returns or ()), rewrite=tuple(job.rewrite or ()))
