@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from galaxy_tasks import jobdir
 from galaxy_tasks.context import Context
+from galaxy_tasks.errors import ConfigError
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.lifecycle import reuse
 from galaxy_tasks.lifecycle.changes import move
@@ -15,6 +16,7 @@ from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job
 from galaxy_tasks.routing import Destination
 from galaxy_tasks.runners.base import Launch, Rebuild
+from galaxy_tasks.staging import tokens
 from galaxy_tasks.states import JobState
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,8 @@ def prepare(ctx: Context, job_id: str, job: Job | None = None) -> Prepared:
             raise LookupError(f"destination {job.destination!r} is no longer configured")
         jobdir.create(root, job.command, environment(ctx, job, destination, jobdir.JobDir(root)),
                       job.environment_setup_file, token=job.token)
-    except (OSError, LookupError) as exc:
+        staging_tokens = _staging_tokens(ctx, job, destination)
+    except (OSError, LookupError, ConfigError) as exc:
         failed = move(ctx, job_id, JobState.ERROR, reason=f"prepare failed: {exc}", sources=_NEW)
         event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
         return Prepared(None, failed.job if failed is not None else None)
@@ -61,10 +64,21 @@ def prepare(ctx: Context, job_id: str, job: Job | None = None) -> Prepared:
     key = reuse.provenance_key(ctx, job) if job.reuse else None
     if key is not None and (reused := reuse.reuse_earlier(ctx, job, jobdir.JobDir(root), key)) is not None:
         return Prepared(reused)
-    moved = move(ctx, job_id, JobState.QUEUED, sources=_NEW, job_dir=str(root), provenance=key)
+    moved = move(ctx, job_id, JobState.QUEUED, sources=_NEW, job_dir=str(root), provenance=key,
+                 staging_tokens=staging_tokens)
     if moved:
         event(log, "state_change", job_id=job_id, to=JobState.QUEUED, queue=job.queue)
     return Prepared(moved.job if moved is not None else None)
+
+
+def _staging_tokens(ctx: Context, job: Job, destination: Destination) -> dict[str, str] | None:
+    """The http transfer's tokens for a job of a destination that uses it, minted here on the
+    submitter's side (the far worker, which reads them with the row, holds no secret)."""
+    if destination.staging is None or destination.staging.transfer != "http":
+        return None
+    settings = ctx.settings
+    return tokens.for_job(settings.staging_secret, job.id, job.token or "", settings.staging_token_ttl_in,
+                          settings.staging_token_ttl_out)
 
 
 def environment(ctx: Context, job: Job, destination: Destination, job_dir: jobdir.JobDir) -> dict[str, str]:
@@ -108,4 +122,5 @@ def _rebuild(ctx: Context, job: Job) -> Rebuild | None:
     local = jobdir.JobDir(Path(destination.staging.root) / job.id)
     return Rebuild(command=job.command, environment=environment(ctx, job, destination, local),
                    setup_file=job.environment_setup_file, token=job.token or "",
-                   inputs=tuple(job.inputs or ()), outputs=tuple(job.outputs or ()))
+                   inputs=tuple(job.inputs or ()), outputs=tuple(job.outputs or ()),
+                   credentials=dict(job.staging_tokens or {}))
