@@ -116,7 +116,7 @@ class Http:
                                  headers=headers)
         if response.status != 206:  # the whole file (a server that does not resume, or nothing kept)
             digest, have = hashlib.sha256(), 0
-        with open(part, "ab" if have else "wb") as out:
+        with response, open(part, "ab" if have else "wb") as out:
             os.fchmod(out.fileno(), 0o600)
             try:
                 while chunk := response.read(CHUNK):
@@ -155,6 +155,9 @@ class Http:
         connection = self._connection()
         url = f"{self.base}{API}/{urllib.parse.quote(self.job_id)}/{where}"
         try:
+            connection.connect()  # within connect_timeout_s; then IO_TIMEOUT_S without progress
+            if connection.sock is not None:
+                connection.sock.settimeout(IO_TIMEOUT_S)
             connection.request(method, url, body=body, headers={**(headers or {}), "Authorization": f"Bearer {token}"})
             response = connection.getresponse()
         except ssl.SSLCertVerificationError as exc:  # the set-up's fault, not the network's
@@ -170,7 +173,7 @@ class Http:
         raise StagingError(f"the staging server refused {what} ({response.status}): {said}")
 
     def _connection(self) -> http.client.HTTPConnection:
-        timeout = max(self.settings.connect_timeout_s, IO_TIMEOUT_S)
+        timeout = self.settings.connect_timeout_s
         if self.secure:
             return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.context)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
