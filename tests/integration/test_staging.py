@@ -328,13 +328,17 @@ def test_staging_cancel_stops_the_staged_job(site: Site):
 
 
 @pytest.mark.faults
-def test_staging_worker_killed_during_stage_out(site: Site):
+@pytest.mark.parametrize("destination", ["staged", "http"])
+def test_staging_worker_killed_during_stage_out(site: Site, destination: str):
     """The staging worker SIGKILLed after the outputs are home but before the end is: the job
     is not recorded meanwhile; a restarted worker sends everything again, and the job ends
-    once, ok, with whole outputs."""
+    once, ok, with whole outputs (over rsync and over http)."""
+    if destination == "http":
+        site.staging_server()
     first = site.staging_worker("stager1@%h", GALAXY_TASKS_CRASH_POINTS="stage_out")
     big, big_sha = site.big_input("big.bin")
-    job_id = site.submit(f"cp {_q(big)} big.out && echo small > small.out", [big], ["big.out", "small.out"])
+    job_id = site.submit(f"cp {_q(big)} big.out && echo small > small.out", [big], ["big.out", "small.out"],
+                         destination=destination)
     marker = site.tmp / f"crashed-stage_out-{job_id}"
     site.deployment.wait_until(marker.exists, 180, "the crash during stage-out")
     first.kill()
@@ -351,27 +355,34 @@ def test_staging_worker_killed_during_stage_out(site: Site):
 
 
 @pytest.mark.faults
-def test_staging_worker_killed_during_stage_in(tmp_path: Path, make_deployment, sshd: Sshd):
+@pytest.mark.parametrize("destination", ["staged", "http"])
+def test_staging_worker_killed_during_stage_in(tmp_path: Path, make_deployment, sshd: Sshd, destination: str):
     """The whole staging worker SIGKILLed after its inputs arrived but before they were
     checked: once the launch lease is up, reconciliation takes the launch over on a
     restarted worker, which checks what arrived (fetching again whatever is not whole), and
-    the job runs once, on whole inputs."""
+    the job runs once, on whole inputs (over rsync and over http)."""
     site = Site(tmp_path, make_deployment, sshd, GALAXY_TASKS_RECONCILE_INTERVAL="1", GALAXY_TASKS_LAUNCH_LEASE="3",
                 GALAXY_TASKS_CHECK_AFTER="3", GALAXY_TASKS_CHECK_AFTER_MAX="5")
-    site.deployment.beat()
-    first = site.staging_worker("stager1@%h", GALAXY_TASKS_CRASH_POINTS="stage_in")
-    big, big_sha = site.big_input("big.bin")
-    job_id = site.submit(f"sha256sum < {_q(big)} > big.sha && echo once >> runs.txt", [big], ["big.sha", "runs.txt"])
-    token = site.deployment.job(job_id).token
-    site.deployment.wait_until((site.tmp / f"crashed-stage_in-{token}").exists, 180, "the crash during stage-in")
-    first.kill()
-    site.staging_worker("stager2@%h")
-    job = site.deployment.wait_terminal([job_id], timeout=240)[0]
-    assert job.state == JobState.OK.value, job.reason
-    assert (site.working(job_id) / "big.sha").read_text().split()[0] == big_sha
-    assert (site.working(job_id) / "runs.txt").read_text() == "once\n"
-    history = site.deployment.history(job_id)
-    assert history.count(JobState.RUNNING) == 1 and sum(state in TERMINAL for state in history) == 1, history
+    try:
+        if destination == "http":
+            site.staging_server()
+        site.deployment.beat()
+        first = site.staging_worker("stager1@%h", GALAXY_TASKS_CRASH_POINTS="stage_in")
+        big, big_sha = site.big_input("big.bin")
+        job_id = site.submit(f"sha256sum < {_q(big)} > big.sha && echo once >> runs.txt", [big],
+                             ["big.sha", "runs.txt"], destination=destination)
+        token = site.deployment.job(job_id).token
+        site.deployment.wait_until((site.tmp / f"crashed-stage_in-{token}").exists, 180, "the crash during stage-in")
+        first.kill()
+        site.staging_worker("stager2@%h")
+        job = site.deployment.wait_terminal([job_id], timeout=240)[0]
+        assert job.state == JobState.OK.value, job.reason
+        assert (site.working(job_id) / "big.sha").read_text().split()[0] == big_sha
+        assert (site.working(job_id) / "runs.txt").read_text() == "once\n"
+        history = site.deployment.history(job_id)
+        assert history.count(JobState.RUNNING) == 1 and sum(state in TERMINAL for state in history) == 1, history
+    finally:
+        site.close()
 
 
 def test_staging_overhead_of_a_small_job(site: Site):
