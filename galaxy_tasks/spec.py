@@ -138,6 +138,7 @@ NativeText = Annotated[str, StringConstraints(strict=True, max_length=MAX_NATIVE
                       Field(json_schema_extra={"pattern": "\\S", **_NO_NUL})]
 AbsolutePath = Annotated[str, StringConstraints(strict=True, max_length=MAX_PATH), AfterValidator(_absolute),
                          Field(json_schema_extra={"pattern": "^/", **_NO_NUL})]
+AbsolutePaths = Annotated[list[AbsolutePath], Field(max_length=MAX_PATHS), AfterValidator(_paths_total)]
 UserNameText = Annotated[str, StringConstraints(strict=True, pattern=USER_NAME_PATTERN + "$")]
 
 
@@ -196,6 +197,16 @@ class JobSpec:
     outputs: list[str] = field(default_factory=list, metadata=wire(
         Outputs, "paths relative to the job directory that must exist after the command ran, or the job ends "
                  f"`error`; once normalised they must stay inside it (at most {MAX_PATHS_TOTAL} characters in all)"))
+    returns: list[str] = field(default_factory=list, metadata=wire(
+        AbsolutePaths, "absolute, normalised paths of the client's (files or directories) that a job on a "
+                       "destination without a shared filesystem sends home after it ran, whatever it left there (a "
+                       "directory: every regular file below it that it changed or made); elsewhere they mean "
+                       "nothing (docs/staging.md#galaxy-jobs)"))
+    rewrite: list[str] = field(default_factory=list, metadata=wire(
+        AbsolutePaths, "absolute, normalised paths of staged text files (a directory: the files below it) whose "
+                       "copies, on a destination without a shared filesystem, name the staged copies: each path of "
+                       "an input, a return and the job directory in them is rewritten as in the command; elsewhere "
+                       "they mean nothing"))
     cores: int = field(default=1, metadata=wire(Whole, "cores the job needs (GALAXY_SLOTS); default 1"))
     memory_mb: int | None = field(default=None, metadata=wire(
         Whole, "memory the job needs, in MB (GALAXY_MEMORY_MB)"))
@@ -301,6 +312,9 @@ def _spec_error(errors: list[ErrorDetails]) -> SpecError:
     return SpecError(_field_name(error["loc"]), _message(error))
 
 
+_PATH_LISTS = ("inputs", "outputs", "returns", "rewrite")
+
+
 def _field_name(loc: tuple[int | str, ...]) -> str:
     if not loc:
         return "spec"
@@ -308,7 +322,7 @@ def _field_name(loc: tuple[int | str, ...]) -> str:
     for part in loc[1:]:
         if part == "[key]":
             continue
-        name += f"[{part}]" if isinstance(part, int) and loc[0] in ("inputs", "outputs") else f".{part}"
+        name += f"[{part}]" if isinstance(part, int) and loc[0] in _PATH_LISTS else f".{part}"
     return name
 
 
@@ -332,7 +346,7 @@ def _message(error: ErrorDetails) -> str:
                 "digit")
     if top == "id":
         return "must be 1-36 letters, digits, '-' or '_', starting with a letter or digit"
-    if top in ("inputs", "outputs"):
+    if top in _PATH_LISTS:
         if len(loc) == 1:
             return f"has {len(value)} paths, more than {MAX_PATHS}" if kind == "too_long" else \
                 f"must be a list of paths, not {type(value).__name__}"

@@ -114,30 +114,26 @@ def prepare_jobs(job_ids: list[str]) -> int:
     a job that cannot be prepared fails alone, and a redelivered batch redoes nothing."""
     ctx = runtime.context()
     effects = Effects()
-    prepared = 0
-    job_ids = _batch(job_ids, "prepare_jobs")
-    rows = ctx.store.jobs(job_ids)
-    for job_id in job_ids:
-        done = lifecycle.prepare(ctx, job_id, rows.get(job_id))
-        effects += done.effects
-        prepared += bool(done)
+    done = lifecycle.prepare_many(ctx, _batch(job_ids, "prepare_jobs")).values()
+    for prepared in done:
+        effects += prepared.effects
     messages.carry_out(ctx, effects)
-    return prepared
+    return sum(map(bool, done))
 
 
 @app.task(name="galaxy_tasks.launch_jobs", bind=True, **DB_RETRY)
 def launch_jobs(self: Any, job_ids: list[str]) -> int:
-    """launch_job for each of a batch of prepared jobs, each claimed on its own (a
-    redelivery of this message takes over the launches it had claimed, as launch_job's)."""
+    """launch_job for each of a batch of prepared jobs, claimed together where nothing is
+    shared out (a redelivery of this message takes over the launches it had claimed, as
+    launch_job's)."""
     ctx = runtime.context()
     effects = Effects()
-    launched = 0
-    for job_id in _batch(job_ids, "launch_jobs"):
-        done = lifecycle.launch_in_turn(ctx, job_id, runtime.runner_for, owner=self.request.id)
-        effects += done.effects
-        launched += bool(done)
+    done = lifecycle.launch_all_in_turn(ctx, _batch(job_ids, "launch_jobs"), runtime.runner_for,
+                                        owner=self.request.id).values()
+    for launched in done:
+        effects += launched.effects
     messages.carry_out(ctx, effects)
-    return launched
+    return sum(map(bool, done))
 
 
 def _batch(job_ids: list[str], task: str) -> list[str]:

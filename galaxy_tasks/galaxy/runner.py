@@ -62,6 +62,7 @@ from galaxy_tasks.galaxy.spec import (
     galaxy_job_id,
     real_system_user,
     to_spec,
+    tool_files,
     walltime,
 )
 from galaxy_tasks.galaxy.states import UNKNOWN, fail_message, galaxy_runner_state, galaxy_state
@@ -391,6 +392,7 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
             limits=self._limits(job_wrapper),
             run_as=run_as,
             handover_dir=os.path.normpath(job_wrapper.working_directory) if run_as else None,
+            **_staged_files(job_wrapper, ajs),
         )
 
     def _limits(self, job_wrapper: Any) -> GalaxyLimits:
@@ -451,6 +453,40 @@ class GalaxyTasksJobRunner(AsynchronousJobRunner):
             wrapper = self.app.job_manager.job_handler.job_queue.job_wrapper(job, use_persisted_destination=True)
             self._watch(task_id, wrapper)
         return wrapper
+
+
+def _staged_files(job_wrapper: Any, ajs: AsynchronousJobState) -> dict[str, Any]:
+    """What a destination without a shared filesystem stages of this job: Galaxy's job
+    directory, the inputs' files, where the outputs go, the tool's files and Galaxy's files
+    that name paths (docs/staging.md#galaxy-jobs)."""
+    working = os.path.abspath(job_wrapper.working_directory)
+    outputs: list[str] = []
+    for path in job_wrapper.job_io.get_output_fnames():
+        outputs += [path.real_path, path.false_extra_files_path]
+    tool_script = os.path.join(working, "tool_script.sh")
+    configs = [tool_script, os.path.join(working, "configs"), *job_wrapper.extra_filenames]
+    tool = job_wrapper.tool
+    tool_dir = os.path.abspath(str(tool.tool_dir)) if tool is not None and tool.tool_dir else None
+    required = getattr(tool, "required_files", None)
+    return dict(
+        working_directory=working,
+        input_files=tuple(os.path.abspath(path) for path in job_wrapper.job_io.get_input_fnames()),
+        output_files=tuple(os.path.abspath(path) for path in outputs if path),
+        tool_files=tuple(tool_files(tool_dir, required.find_required_files(tool_dir) if required and tool_dir else None,
+                                    _texts([ajs.job_file, tool_script]))),
+        config_files=tuple(os.path.abspath(path) for path in configs),
+    )
+
+
+def _texts(paths: list[str]) -> list[str]:
+    found = []
+    for path in paths:
+        try:
+            with open(path, errors="replace") as handle:
+                found.append(handle.read(1 << 20))
+        except OSError:
+            pass
+    return found
 
 
 def _spec_file(job_wrapper: Any) -> str:

@@ -6,13 +6,14 @@ everything that decides what galaxy-tasks is asked to run is here, testable with
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from galaxy_tasks.names import JOB_ID, USER_NAME
-from galaxy_tasks.spec import MAX_TEXT
+from galaxy_tasks.spec import MAX_PATHS, MAX_PATHS_TOTAL, MAX_TEXT
 
 #: destination params read, first match wins (Galaxy's own runners and TPV use these names)
 CORES_PARAMS = ("galaxy_tasks_cores", "cores", "local_slots", "GALAXY_SLOTS")
@@ -60,6 +61,15 @@ class GalaxyJob:
     run_as: str | None = None  # the Unix user the job runs as (`real_system_user`); None: galaxy-tasks' own
     #: Galaxy's job directory, handed to that user while the job runs (only with run_as)
     handover_dir: str | None = None
+    #: what a destination without a shared filesystem stages (docs/staging.md#galaxy-jobs), all
+    #: absolute: Galaxy's job directory, the input datasets' files (their metadata files and
+    #: extra files directories too), where the outputs go, the tool's files the job reads, and
+    #: Galaxy's files that name paths (the tool script, config files)
+    working_directory: str | None = None
+    input_files: tuple[str, ...] = ()
+    output_files: tuple[str, ...] = ()
+    tool_files: tuple[str, ...] = ()
+    config_files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -205,7 +215,40 @@ def to_spec(job: GalaxyJob, *, environment: Mapping[str, str] | None = None,
     }
     if events_queue:
         spec["events"] = {"queue": events_queue, "client_id": job.server_name[:MAX_TEXT]}
+    spec.update(staged_files(job))
     return {k: v for k, v in spec.items() if v is not None}
+
+
+def staged_files(job: GalaxyJob) -> dict[str, list[str]]:
+    """The job's files as a destination without a shared filesystem stages them: Galaxy's
+    job directory, the inputs and the tool's files go in; the job directory and the outputs
+    come home; the job script and Galaxy's files that name paths are rewritten to name the
+    staged copies. Declared for every job (only galaxy-tasks' routing knows where it runs);
+    none if they pass the spec's bounds, and such a job cannot run on a staging destination."""
+    if not job.working_directory:
+        return {}
+    files = {
+        "inputs": _unique([job.working_directory, *job.input_files, *job.tool_files]),
+        "returns": _unique([job.working_directory, *job.output_files]),
+        "rewrite": _unique([job.job_file, *job.config_files]),
+    }
+    if any(len(paths) > MAX_PATHS or sum(map(len, paths)) > MAX_PATHS_TOTAL for paths in files.values()):
+        return {}
+    return files
+
+
+def tool_files(tool_dir: str | None, required: Iterable[str] | None, texts: Iterable[str]) -> list[str]:
+    """The tool's files a job reads: those its `required_files` name, else (a tool that
+    names none) its whole directory if the job's scripts mention it (Pulsar's rule too)."""
+    if not tool_dir:
+        return []
+    if required is not None:
+        return [posixpath.normpath(posixpath.join(tool_dir, path)) for path in required]
+    return [tool_dir] if any(tool_dir in text for text in texts) else []
+
+
+def _unique(paths: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(posixpath.normpath(path) for path in paths if path and posixpath.isabs(path)))
 
 
 def _destination(params: Mapping[str, Any]) -> str | None:

@@ -7,7 +7,7 @@ from galaxy_tasks.lifecycle.cancel import Cancelled, cancel
 from galaxy_tasks.lifecycle.effects import NOTHING, Effects, ToStop
 from galaxy_tasks.lifecycle.finish import Finished, finish
 from galaxy_tasks.lifecycle.launch import launch
-from galaxy_tasks.lifecycle.prepare import launch_for, prepare
+from galaxy_tasks.lifecycle.prepare import launch_for, prepare, prepare_many
 from galaxy_tasks.lifecycle.reconcile import (
     Plan,
     acquire_lease,
@@ -21,6 +21,7 @@ from galaxy_tasks.lifecycle.reconcile import (
 from galaxy_tasks.lifecycle.turns import (
     Turn,
     Wait,
+    launch_all_in_turn,
     launch_in_turn,
     launch_turn,
     load_of,
@@ -30,6 +31,7 @@ from galaxy_tasks.lifecycle.turns import (
 
 __all__ = ["NOTHING", "Cancelled", "Effects", "Finished", "Plan", "ToStop", "Turn", "Wait", "accept", "accept_many",
            "acquire_lease",
-           "cancel", "finish", "held_by", "launch", "launch_for", "launch_in_turn", "launch_turn", "load_of",
-           "next_queued", "overdue", "prepare", "refusal_address", "startup", "stopped", "tracked", "unpublished",
-           "why_waiting"]
+           "cancel", "finish", "held_by", "launch", "launch_all_in_turn", "launch_for",
+           "launch_in_turn", "launch_turn", "load_of",
+           "next_queued", "overdue", "prepare", "prepare_many", "refusal_address", "startup", "stopped", "tracked",
+           "unpublished", "why_waiting"]

@@ -12,14 +12,16 @@ job of the destination ends, launches the one whose turn it is (turns.py: fair s
 from __future__ import annotations
 
 import logging
+import math
+import time
 from datetime import timedelta
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import RunnerError, RunnerFull
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.lifecycle import limits
-from galaxy_tasks.lifecycle.changes import move
+from galaxy_tasks.lifecycle.changes import move, move_many
 from galaxy_tasks.lifecycle.effects import Effects
 from galaxy_tasks.lifecycle.limits import move_giving_back
 from galaxy_tasks.lifecycle.prepare import launch_for
@@ -57,40 +59,89 @@ def launch(ctx: Context, job_id: str, runner_for: Callable[[str], Runner], owner
     job, passed_on = _claim(ctx, job_id, owner, ctx.settings.launch_lease)
     if job is None:
         return Launched(False, passed_on)
+    return _launch_claimed(ctx, [job], runner_for)[job_id]
+
+
+def launch_many(ctx: Context, jobs: Sequence[Job], runner_for: Callable[[str], Runner],
+                owner: str | None = None) -> dict[str, Launched]:
+    """`launch` for a batch of QUEUED jobs (their rows as read together) on destinations
+    where no limit is counted: one statement claims them all and one records them running;
+    each is handed to its runner on its own. A job the batch did not claim (another message
+    took it a moment before), or one still to hand over when half the lease has passed (a
+    slow runner), goes the way of `launch`, which says whose it is or claims it afresh."""
+    lease_s = ctx.settings.launch_lease
+    claimed = move_many(ctx, {job.id: {} for job in jobs}, JobState.SUBMITTING, JobState.QUEUED, owner=owner,
+                        check_at=utcnow() + timedelta(seconds=lease_s))
+    done = _launch_claimed(ctx, [moved.job for moved in claimed.values()], runner_for,
+                           until=time.monotonic() + lease_s / 2)
+    for job in jobs:
+        if job.id not in done:
+            done[job.id] = launch(ctx, job.id, runner_for, owner)
+    return done
+
+
+def _launch_claimed(ctx: Context, jobs: Sequence[Job], runner_for: Callable[[str], Runner],
+                    until: float = math.inf) -> dict[str, Launched]:
+    """Jobs this call claimed (SUBMITTING), each handed to its runner (until the monotonic
+    time `until`: the rest are left out of the result); those it started recorded RUNNING
+    together."""
+    done: dict[str, Launched] = {}
+    started: dict[str, dict[str, Any]] = {}
+    runners: dict[str, Runner] = {}
+    for job in jobs:
+        if time.monotonic() > until:
+            break
+        handed = _hand_over(ctx, job, runner_for)
+        if isinstance(handed, Launched):
+            done[job.id] = handed
+            continue
+        external_id, runner, walltime_s = handed
+        runners[job.id] = runner
+        # a job with a walltime is looked at soon after it, whichever process keeps its deadline
+        check_s = min(ctx.settings.check_after, walltime_s + WALLTIME_MARGIN_S) if walltime_s \
+            else ctx.settings.check_after
+        started[job.id] = {"external_id": external_id, "check_at": utcnow() + timedelta(seconds=check_s)}
+    running = move_many(ctx, started, JobState.RUNNING, JobState.SUBMITTING)
+    for job_id, recorded in started.items():
+        if job_id in running:
+            event(log, "state_change", job_id=job_id, to=JobState.RUNNING, external_id=recorded["external_id"])
+            done[job_id] = Launched(True, [])
+            continue
+        after = ctx.store.job(job_id)
+        if after is not None and after.state == JobState.DELETED.value:
+            # cancelled while we were launching: stop what we started (its end gives its places back)
+            runners[job_id].cancel(Tracked(job_id, recorded["external_id"], launch_for(ctx, after).job_dir))
+        done[job_id] = Launched(False, [])
+    return done
+
+
+def _hand_over(ctx: Context, job: Job,
+               runner_for: Callable[[str], Runner]) -> Launched | tuple[str, Runner, int | None]:
+    """A claimed job to its runner: (its external id, the runner, its walltime), or what
+    became of it when the runner did not take it (back in line, or failed)."""
     if job.destination not in ctx.routing.destinations:
         why = f"destination {job.destination!r} is no longer configured"
         _, woken = move_giving_back(ctx, job, JobState.ERROR, reason=why, sources=_SUBMITTING)
-        event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=why)
+        event(log, "state_change", job_id=job.id, to=JobState.ERROR, reason=why)
         return Launched(False, woken)
     runner = runner_for(job.destination)
     launch = launch_for(ctx, job)
     try:
         if launch.run_as is not None and not runner.runs_as_user:
-            raise RunnerError(f"job {job_id} runs as {launch.run_as}, but the {runner.name} runner of destination "
+            raise RunnerError(f"job {job.id} runs as {launch.run_as}, but the {runner.name} runner of destination "
                               f"{job.destination!r} cannot start a job as its user")
         external_id = runner.submit(launch)
-        crash_point("launch", job_id)
+        crash_point("launch", job.id)
     except RunnerFull as exc:
         # back in line, holding no place; the end of a running job of this destination wakes it
         _, woken = move_giving_back(ctx, job, JobState.QUEUED, sources=_SUBMITTING, waiting_on=None)
-        event(log, "launch_deferred", job_id=job_id, destination=job.destination, reason=str(exc))
+        event(log, "launch_deferred", job_id=job.id, destination=job.destination, reason=str(exc))
         return Launched(False, woken)
     except RunnerError as exc:
         _, woken = move_giving_back(ctx, job, JobState.ERROR, reason=str(exc), sources=_SUBMITTING)
-        event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
+        event(log, "state_change", job_id=job.id, to=JobState.ERROR, reason=str(exc))
         return Launched(False, woken)
-    # a job with a walltime is looked at soon after it, whichever process keeps its deadline
-    check_s = min(ctx.settings.check_after, launch.walltime_s + WALLTIME_MARGIN_S) if launch.walltime_s \
-        else ctx.settings.check_after
-    if move(ctx, job_id, JobState.RUNNING, sources=_SUBMITTING, external_id=external_id,
-            check_at=utcnow() + timedelta(seconds=check_s)):
-        event(log, "state_change", job_id=job_id, to=JobState.RUNNING, external_id=external_id)
-        return Launched(True, [])
-    after = ctx.store.job(job_id)
-    if after is not None and after.state == JobState.DELETED.value:
-        # cancelled while we were launching: stop what we started (its end gives its places back)
-        runner.cancel(Tracked(job_id, external_id, launch_for(ctx, after).job_dir))
-    return Launched(False, [])
+    return external_id, runner, launch.walltime_s
 
 
 def _claim(ctx: Context, job_id: str, owner: str | None, lease_s: float) -> tuple[Job | None, list[tuple[str, str]]]:

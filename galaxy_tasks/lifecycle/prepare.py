@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from galaxy_tasks import jobdir
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import ConfigError
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.lifecycle import reuse
-from galaxy_tasks.lifecycle.changes import move
+from galaxy_tasks.lifecycle.changes import move, move_many
 from galaxy_tasks.lifecycle.effects import Effects
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job
@@ -45,9 +45,37 @@ def prepare(ctx: Context, job_id: str, job: Job | None = None) -> Prepared:
     """Write the job directory and move NEW -> QUEUED (or, a job that allows reuse whose
     result an earlier job computed, NEW -> OK: see `reuse`). `job`: its row as a batch read
     it (the move checks the state again)."""
-    job = job if job is not None and job.id == job_id else ctx.store.job(job_id)
-    if job is None or job.state != JobState.NEW.value:
-        return Prepared(None)
+    return prepare_many(ctx, [job_id], {job_id: job} if job is not None and job.id == job_id else None)[job_id]
+
+
+def prepare_many(ctx: Context, job_ids: Sequence[str], rows: Mapping[str, Job] | None = None) -> dict[str, Prepared]:
+    """`prepare` for a batch of new jobs, each on its own (one that cannot be prepared fails
+    alone) up to the move, which is one statement for all (`rows`: theirs, read together)."""
+    found = rows if rows is not None else ctx.store.jobs(job_ids)
+    done: dict[str, Prepared] = {}
+    ready: dict[str, dict[str, Any]] = {}
+    for job_id in dict.fromkeys(job_ids):
+        job = found.get(job_id)
+        if job is None or job.state != JobState.NEW.value:
+            done[job_id] = Prepared(None)
+            continue
+        written = _write(ctx, job)
+        if isinstance(written, Prepared):
+            done[job_id] = written
+        else:
+            ready[job_id] = written
+    moved = move_many(ctx, ready, JobState.QUEUED, JobState.NEW)
+    for job_id in ready:
+        got = moved.get(job_id)
+        if got is not None:
+            event(log, "state_change", job_id=job_id, to=JobState.QUEUED, queue=got.job.queue)
+        done[job_id] = Prepared(got.job if got is not None else None)
+    return done
+
+
+def _write(ctx: Context, job: Job) -> Prepared | dict[str, Any]:
+    """The job's directory; then what its move to QUEUED records, or, for a job that ends
+    here (reused, or failed to prepare), what became of it."""
     destination = ctx.routing.destinations.get(job.destination)
     root = ctx.settings.jobs_dir / job.id
     try:
@@ -57,23 +85,19 @@ def prepare(ctx: Context, job_id: str, job: Job | None = None) -> Prepared:
                       job.environment_setup_file, token=job.token)
         staging_tokens = _staging_tokens(ctx, job, destination)
     except (OSError, LookupError, ConfigError) as exc:
-        failed = move(ctx, job_id, JobState.ERROR, reason=f"prepare failed: {exc}", sources=_NEW)
-        event(log, "state_change", job_id=job_id, to=JobState.ERROR, reason=str(exc))
+        failed = move(ctx, job.id, JobState.ERROR, reason=f"prepare failed: {exc}", sources=_NEW)
+        event(log, "state_change", job_id=job.id, to=JobState.ERROR, reason=str(exc))
         return Prepared(None, failed.job if failed is not None else None)
-    crash_point("prepare", job_id)
+    crash_point("prepare", job.id)
     key = reuse.provenance_key(ctx, job) if job.reuse else None
     if key is not None and (reused := reuse.reuse_earlier(ctx, job, jobdir.JobDir(root), key)) is not None:
         return Prepared(reused)
-    moved = move(ctx, job_id, JobState.QUEUED, sources=_NEW, job_dir=str(root), provenance=key,
-                 staging_tokens=staging_tokens)
-    if moved:
-        event(log, "state_change", job_id=job_id, to=JobState.QUEUED, queue=job.queue)
-    return Prepared(moved.job if moved is not None else None)
+    return {"job_dir": str(root), "provenance": key, "staging_tokens": staging_tokens}
 
 
-def _staging_tokens(ctx: Context, job: Job, destination: Destination) -> dict[str, str] | None:
-    """The http transfer's tokens for a job of a destination that uses it, minted here on the
-    submitter's side (the far worker, which reads them with the row, holds no secret)."""
+def _staging_tokens(ctx: Context, job: Job, destination: Destination) -> str | None:
+    """The http transfer's tokens (JSON) for a job of a destination that uses it, minted here
+    on the submitter's side (the far worker, which reads them with the row, holds no secret)."""
     if destination.staging is None or destination.staging.transfer != "http":
         return None
     settings = ctx.settings
@@ -123,4 +147,5 @@ def _rebuild(ctx: Context, job: Job) -> Rebuild | None:
     return Rebuild(command=job.command, environment=environment(ctx, job, destination, local),
                    setup_file=job.environment_setup_file, token=job.token or "",
                    inputs=tuple(job.inputs or ()), outputs=tuple(job.outputs or ()),
-                   credentials=dict(job.staging_tokens or {}))
+                   returns=tuple(job.returns or ()), rewrite=tuple(job.rewrite or ()),
+                   credentials=tokens.parse(job.staging_tokens))

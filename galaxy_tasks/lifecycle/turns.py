@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 from galaxy_tasks.context import Context
+from galaxy_tasks.lifecycle import limits
 from galaxy_tasks.lifecycle.effects import Effects
-from galaxy_tasks.lifecycle.launch import Launched, launch
+from galaxy_tasks.lifecycle.launch import Launched, launch, launch_many
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job
 from galaxy_tasks.routing import Destination, Load
@@ -83,6 +84,23 @@ def launch_in_turn(ctx: Context, job_id: str, runner_for: Callable[[str], Runner
         return Launched(False, [])
     turn = launch_turn(ctx, job.destination, runner_for, owner)
     return Launched(turn.started == job_id, turn.wake)
+
+
+def launch_all_in_turn(ctx: Context, job_ids: Sequence[str], runner_for: Callable[[str], Runner],
+                       owner: str | None = None) -> dict[str, Launched]:
+    """`launch_in_turn` for each job of a batch's message; the QUEUED jobs of destinations
+    with no slots to share and no limit to count are claimed and recorded running together
+    (launch_many), the others each on its own."""
+    together: list[Job] = []
+    if not limits.counted(ctx):
+        rows = ctx.store.jobs(job_ids)
+        together = [job for job in rows.values()
+                    if job.state == JobState.QUEUED.value and job.destination not in ctx.routing.limited]
+    done = launch_many(ctx, together, runner_for, owner) if together else {}
+    for job_id in dict.fromkeys(job_ids):
+        if job_id not in done:
+            done[job_id] = launch_in_turn(ctx, job_id, runner_for, owner)
+    return done
 
 
 def _no_slot(ctx: Context, job: Job) -> None:

@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 class Rebuild:
     """What a worker that shares no filesystem with the submitter rebuilds a job's directory
     from on its own side (galaxy_tasks.staging): the job's command and environment as its
-    prepare wrote them, its token, and the files that travel."""
+    prepare wrote them, its token, and the files that travel: `inputs` in, `outputs` (below
+    the job's working directory) and `returns` (the client's own paths) home, and the staged
+    files to `rewrite` so they name the copies."""
 
     command: str
     environment: Mapping[str, str]
@@ -38,6 +40,8 @@ class Rebuild:
     token: str
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
+    returns: tuple[str, ...] = ()
+    rewrite: tuple[str, ...] = ()
     #: what the transfer needs to reach the submitter for this job (http's tokens)
     credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
 

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from galaxy_tasks import jobdir
 from galaxy_tasks.errors import StagingError, StagingUnreachable
+from galaxy_tasks.staging.rsync import DIRECTORY
 from galaxy_tasks.staging.settings import StagingSettings
 from galaxy_tasks.staging.tokens import IN, OUT
 
@@ -55,20 +56,22 @@ class Http:
         return Http(self.settings, job_id, credentials, self.context)
 
     def digests(self, paths: Sequence[str]) -> dict[str, tuple[int, str] | None]:
-        """Each input's size and sha256 on the submitter's host (None: no such file)."""
+        """Each input's size and sha256 on the submitter's host; a directory is DIRECTORY,
+        and each file and directory below it is there too (None: no such file)."""
         if not paths:
             return {}
         answer = self._json("GET", "inputs", IN, what="the job's inputs")
-        listed = {entry["path"]: entry for entry in answer.get("inputs", [])
-                  if isinstance(entry, dict) and isinstance(entry.get("path"), str)}
         found: dict[str, tuple[int, str] | None] = {}
-        for path in paths:
-            entry = listed.get(path)
-            if entry is None:
-                raise StagingError(f"the staging server does not list {path} among the job's inputs")
+        for entry in answer.get("inputs", []):
+            path = entry.get("path") if isinstance(entry, dict) else None
+            if not isinstance(path, str) or not any(path == p or path.startswith(p.rstrip("/") + "/") for p in paths):
+                continue
             size, digest = entry.get("size"), entry.get("sha256")
-            found[path] = (size, digest) if isinstance(size, int) and size >= 0 and isinstance(digest, str) \
-                and len(digest) == 64 else None
+            found[path] = DIRECTORY if entry.get("directory") is True else (size, digest) \
+                if isinstance(size, int) and size >= 0 and isinstance(digest, str) and len(digest) == 64 else None
+        unanswered = [path for path in paths if path not in found]
+        if unanswered:
+            raise StagingError(f"the staging server does not list {', '.join(unanswered)} among the job's inputs")
         self._expected.update(found)
         return found
 
@@ -89,10 +92,11 @@ class Http:
                 self._request("PUT", "stage-out/" + urllib.parse.quote(relative), OUT, relative,
                               body=source, headers={"Content-Length": str(size)}).read()
 
-    def commit(self, remote_root: str, files: Sequence[tuple[str, str]], last: bool = False) -> list[str]:
-        """Move each (relative path, sha256) from the job's staging area into place if it
-        arrived whole; the paths that did not (removed, never taken for the file). `last`:
-        then the staging area goes, if every file was whole."""
+    def commit(self, remote_root: str, files: Sequence[tuple[str, str, str]], last: bool = False) -> list[str]:
+        """Move each (path in the job's staging area, sha256, its place: relative to the job's
+        directory, or one of the job's returns) into place if it arrived whole; the paths
+        that did not (removed, never taken for the file). `last`: then the staging area
+        goes, if every file was whole."""
         answer = self._json("POST", "commit", OUT, what="the commit of the job's files",
                             body={"files": [list(pair) for pair in files], "last": last})
         rejected = answer.get("rejected")

@@ -32,25 +32,34 @@ UNREACHABLE = ("connection refused", "connection timed out", "operation timed ou
                "network is unreachable", "connection reset", "connection closed", "broken pipe",
                "kex_exchange_identification", "ssh_exchange_identification", "timeout in data send/receive")
 
-# prints "<size> <sha256>" of each regular file it is given (a link is followed: an input
-# is whatever its path names on the submitter's host), or "missing"
-_DIGESTS = r"""for f; do
-  if [ -f "$f" ]; then s=$(stat -L -c %s -- "$f") && h=$(sha256sum < "$f") || exit 3; echo "$s ${h%% *}"
-  else echo missing; fi
+# prints a NUL-ended record for each path it is given: "F <size> <sha256> <path>" for a
+# regular file (a link is followed: an input is whatever its path names on the submitter's
+# host), for a directory the same of each file below it and "D - - <path>" of it and each
+# directory below it, "missing - - <path>" for anything else
+_DIGESTS = r"""one='for f; do s=$(stat -L -c %s -- "$f") && h=$(sha256sum < "$f") || exit 3
+printf "F %s %s %s\0" "$s" "${h%% *}" "$f"; done'
+for a; do
+  if [ -d "$a" ]; then
+    find -L "$a" \( -type d -printf 'D - - %p\0' \) -o \( -type f -exec sh -c "$one" sh {} + \) || exit 3
+  elif [ -f "$a" ]; then sh -c "$one" sh "$a" || exit 3
+  else printf 'missing - - %s\0' "$a"; fi
 done"""
+
+#: what `digests` says of a directory
+DIRECTORY = (-1, "")
 
 #: where files sent home wait, inside the submitter's job directory, until they are checked
 STAGE_OUT = ".stage-out"
 
-# in the job directory $1: each file of .stage-out/ whose sha256 is the one given moves into
-# place; each that is not is removed and its name printed. $2 = 1: then .stage-out/ goes, if
-# every file was whole
+# in the job directory $1: each file of .stage-out/ whose sha256 is the one given moves to its
+# place (relative to $1, or absolute); each that is not is removed and its name printed.
+# $2 = 1: then .stage-out/ goes, if every file was whole
 _COMMIT = r"""cd -- "$1" || exit 3; clear=$2; bad=; shift 2
-while [ $# -gt 1 ]; do
-  f=$1; want=$2; shift 2
+while [ $# -gt 2 ]; do
+  f=$1; want=$2; to=$3; shift 3
   got=$(sha256sum < ".stage-out/$f" 2>/dev/null) || got=
   if [ "${got%% *}" = "$want" ]; then
-    mkdir -p -- "$(dirname -- "$f")" && mv -f -- ".stage-out/$f" "$f" || exit 4
+    mkdir -p -- "$(dirname -- "$to")" && mv -f -- ".stage-out/$f" "$to" || exit 4
   else rm -f -- ".stage-out/$f"; printf '%s\n' "$f"; bad=1; fi
 done
 if [ "$clear" = 1 ] && [ -z "$bad" ]; then rm -rf .stage-out; fi"""
@@ -82,16 +91,22 @@ class Rsync:
         return command
 
     def digests(self, paths: Sequence[str]) -> dict[str, tuple[int, str] | None]:
-        """Each file's size and sha256 on the submitter's host (None: no such file)."""
+        """Each file's size and sha256 on the submitter's host; a directory is DIRECTORY,
+        and each file and directory below it is there too (None: no such file)."""
         if not paths:
             return {}
-        lines = self._remote(_DIGESTS, *paths).splitlines()
-        if len(lines) != len(paths):
-            raise StagingError(f"the submitter's host answered {len(lines)} digests for {len(paths)} files")
         found: dict[str, tuple[int, str] | None] = {}
-        for path, line in zip(paths, lines):
-            size, _, digest = line.partition(" ")
-            found[path] = (int(size), digest) if size.isdigit() and len(digest) == 64 else None
+        for record in self._remote(_DIGESTS, *paths).split("\0")[:-1]:
+            kind, size, digest, path = (record.split(" ", 3) + ["", "", ""])[:4]
+            if kind == "F" and size.isdigit() and len(digest) == 64:
+                found[path] = (int(size), digest)
+            elif kind == "D":
+                found[path] = DIRECTORY
+            else:
+                found[path] = None
+        unanswered = [path for path in paths if path not in found]
+        if unanswered:
+            raise StagingError(f"the submitter's host did not answer for {', '.join(unanswered)}")
         return found
 
     def fetch(self, paths: Sequence[str], into: Path) -> None:
@@ -102,12 +117,13 @@ class Rsync:
         """Files below the local `root` to the same relative paths below `remote_dir`."""
         self._rsync(relatives, f"{root}/", f"{self.target}:{remote_dir}/")
 
-    def commit(self, remote_root: str, files: Sequence[tuple[str, str]], last: bool = False) -> list[str]:
-        """Move each (relative path, sha256) from `remote_root`/.stage-out into place if it
-        arrived whole; the paths that did not (removed, never taken for the file). `last`:
-        then .stage-out itself goes, if every file was whole."""
-        pairs = [part for pair in files for part in pair]
-        return self._remote(_COMMIT, remote_root, "1" if last else "0", *pairs).splitlines()
+    def commit(self, remote_root: str, files: Sequence[tuple[str, str, str]], last: bool = False) -> list[str]:
+        """Move each (path relative to `remote_root`/.stage-out, sha256, its place: relative to
+        `remote_root` or absolute) into place if it arrived whole; the paths that did not
+        (removed, never taken for the file). `last`: then .stage-out itself goes, if every
+        file was whole."""
+        parts = [part for triple in files for part in triple]
+        return self._remote(_COMMIT, remote_root, "1" if last else "0", *parts).splitlines()
 
     def _remote(self, script: str, *args: str) -> str:
         command = " ".join(["sh", "-c", shlex.quote(script), "sh", *map(shlex.quote, args)])

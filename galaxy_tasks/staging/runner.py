@@ -17,7 +17,9 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -31,7 +33,7 @@ from galaxy_tasks.jobdir import HashBudget, JobDir
 from galaxy_tasks.logs import event
 from galaxy_tasks.runners.base import Completion, Launch, Rebuild, Report, Runner, Tracked
 from galaxy_tasks.staging.http import Http
-from galaxy_tasks.staging.rsync import STAGE_OUT, Rsync
+from galaxy_tasks.staging.rsync import DIRECTORY, STAGE_OUT, Rsync
 from galaxy_tasks.staging.settings import StagingSettings
 from galaxy_tasks.staging.tokens import OUT
 
@@ -44,6 +46,8 @@ INPUTS = "inputs"
 SEND_ATTEMPTS = 3
 #: a staged-out job's remains are removed from the staging root after this long
 KEEP_S = 24 * 3600.0
+#: the largest staged file rewritten to name the copies (a job script, a config file)
+MAX_REWRITE_BYTES = 16 << 20
 
 
 class StagedRunner(Runner):
@@ -107,7 +111,7 @@ class StagedRunner(Runner):
     def _stage_in(self, launch: Launch, local: JobDir) -> None:
         rebuild = launch.rebuild
         assert rebuild is not None
-        relative = [path for path in rebuild.inputs if not os.path.isabs(path)]
+        relative = [path for path in (*rebuild.inputs, *rebuild.returns, *rebuild.rewrite) if not os.path.isabs(path)]
         if relative:
             raise RunnerError(f"input {relative[0]!r} is not an absolute path: a destination without a shared "
                               "filesystem stages only absolute paths")
@@ -117,16 +121,21 @@ class StagedRunner(Runner):
         missing = [path for path, found in wanted.items() if found is None]
         if missing:
             raise StagingError(f"input not found on the submitter's host: {', '.join(missing)}")
-        need = sum(found[0] for found in wanted.values() if found is not None)
+        need = sum(found[0] for found in wanted.values() if found is not None and found != DIRECTORY)
         self._make_room(launch.job_id, need)
         moves = {str(launch.job_dir): str(local.root),
-                 **{path: str(local.root / INPUTS / path.lstrip("/")) for path in rebuild.inputs}}
+                 **{path: str(local.root / _copy(path)) for path in (*rebuild.inputs, *rebuild.returns)}}
         jobdir.create(local.root, _rewrite(rebuild.command, moves),
                       {name: _rewrite(value, moves) for name, value in rebuild.environment.items()},
                       rebuild.setup_file, token=rebuild.token)
         self._fetch(transfer, rebuild, local, wanted)
+        for path in rebuild.returns:  # where the job writes what goes home
+            (local.root / _copy(path)).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        rewritten = _rewrite_files(local.root, rebuild.rewrite, moves)
+        came_in = {_copy(path): found[1] for path, found in wanted.items() if found is not None and found != DIRECTORY}
         jobdir.write_file(local.root / STATE_FILE, json.dumps(
             {"remote": str(launch.job_dir), "outputs": list(rebuild.outputs), "token": rebuild.token,
+             "returns": list(rebuild.returns), "came_in": came_in, "rewritten": rewritten,
              "credentials": {OUT: rebuild.credentials[OUT]} if OUT in rebuild.credentials else {}}), 0o600)
         event(log, "staged_in", job_id=launch.job_id, files=len(wanted), bytes=need,
               seconds=round(time.monotonic() - started, 3))
@@ -136,16 +145,19 @@ class StagedRunner(Runner):
         """The inputs into `inputs/`, each checked against its size and sha256 on the
         submitter's host; a copy left whole by an earlier try is kept."""
         inputs, part = local.root / INPUTS, local.root / (INPUTS + ".part")
-        if inputs.is_dir() and not _mismatched(inputs, wanted):
+        files = {path: found for path, found in wanted.items() if found != DIRECTORY}
+        if inputs.is_dir() and not _mismatched(inputs, files):
             return
         if inputs.is_dir() and not part.exists():
             inputs.rename(part)  # rsync sends only what differs
         shutil.rmtree(inputs, ignore_errors=True)
         part.mkdir(mode=0o700, exist_ok=True)
-        if wanted:
-            transfer.fetch(list(wanted), part)
+        if files:
+            transfer.fetch(list(files), part)
+        for path in wanted.keys() - files.keys():  # a directory input's directories, empty ones too
+            (part / path.lstrip("/")).mkdir(mode=0o700, parents=True, exist_ok=True)
         crash_point("stage_in", rebuild.token)  # fetched, not yet checked
-        bad = _mismatched(part, wanted)
+        bad = _mismatched(part, files)
         if bad:
             shutil.rmtree(part, ignore_errors=True)
             raise StagingError(f"input arrived other than it left the submitter's host (size or sha256 differ): "
@@ -208,14 +220,22 @@ class StagedRunner(Runner):
         if (local.root / _SENT).exists():
             return
         transfer = self.transfer.bound(job_id, state.get("credentials") or {})
-        outputs = [f"{local.working.name}/{path}" for path in state.get("outputs") or []]
+        # each file sent and the place it moves to on the submitter's side
+        places = {f"{local.working.name}/{path}": f"{local.working.name}/{path}" for path in state.get("outputs") or []}
+        rewritten, came_in = set(state.get("rewritten") or ()), state.get("came_in") or {}
+        places.update((path, "/" + path[len(INPUTS) + 1:]) for path in _returned(local.root, state.get("returns") or ())
+                      if path not in rewritten)
         ends = [path.name for path in (local.stdout, local.stderr, local.end_note_file, local.exit_code_file)]
         # no link followed: a link the job left as an output is not sent, and so not produced
-        digests = {path: found for path in outputs + ends if (found := _digest(local.root, path)) is not None}
+        digests = {path: found for path in [*places, *ends] if (found := _digest(local.root, path)) is not None}
+        for path in [path for path in digests if came_in.get(path) == digests[path]]:
+            del digests[path]  # a staged file the job left as it came: already home
+        places.update((path, path) for path in ends)
         transfer.send(local.root, list(digests), f"{remote}/{STAGE_OUT}")
-        left_out = self._commit(transfer, local.root, remote, digests, [path for path in outputs if path in digests])
+        left_out = self._commit(transfer, local.root, remote, digests, places,
+                                [path for path in places if path in digests and path not in ends])
         crash_point("stage_out", job_id)  # the outputs home, the end not yet
-        if self._commit(transfer, local.root, remote, digests, [path for path in ends if path in digests],
+        if self._commit(transfer, local.root, remote, digests, places, [path for path in ends if path in digests],
                         last=True):
             raise StagingError(f"the end of job {job_id} did not arrive whole on the submitter's host")
         jobdir.write_file(local.root / _SENT, "", 0o600)
@@ -224,17 +244,17 @@ class StagedRunner(Runner):
         event(log, "staged_out", job_id=job_id, files=len(digests), left_out=left_out or None,
               seconds=round(time.monotonic() - started, 3))
 
-    def _commit(self, transfer: Rsync | Http, root: Path, remote: str, digests: dict[str, str], paths: list[str],
-                last: bool = False) -> list[str]:
-        """Move these sent files into place once checked, sending again those that arrived
-        other than they left; the ones that never arrived whole (`last`: the staging area
-        is removed once all did)."""
-        pending = transfer.commit(remote, [(path, digests[path]) for path in paths], last)
+    def _commit(self, transfer: Rsync | Http, root: Path, remote: str, digests: dict[str, str],
+                places: dict[str, str], paths: list[str], last: bool = False) -> list[str]:
+        """Move these sent files to their places once checked, sending again those that
+        arrived other than they left; the ones that never arrived whole (`last`: the
+        staging area is removed once all did)."""
+        pending = transfer.commit(remote, [(path, digests[path], places[path]) for path in paths], last)
         for _ in range(SEND_ATTEMPTS - 1):
             if not pending:
                 break
             transfer.send(root, pending, f"{remote}/{STAGE_OUT}")
-            pending = transfer.commit(remote, [(path, digests[path]) for path in pending], last)
+            pending = transfer.commit(remote, [(path, digests[path], places[path]) for path in pending], last)
         if pending:
             event(log, "stage_out_rejected", level=logging.WARNING, files=pending)
         return pending
@@ -258,12 +278,55 @@ _SENT = "staged-out"
 _LOCKS = ".locks"
 
 
+def _copy(path: str) -> str:
+    """Where the local copy of a submitter's absolute path is, relative to the job's directory."""
+    return f"{INPUTS}/{path.lstrip('/')}"
+
+
 def _rewrite(text: str, moves: dict[str, str]) -> str:
-    """`text` with each submitter's path replaced by its local copy (longest first, so a
-    path is never cut by one that is its prefix)."""
-    for old in sorted(moves, key=len, reverse=True):
-        text = text.replace(old, moves[old])
-    return text
+    """`text` with each submitter's path replaced by its local copy: a whole path only (not
+    one that is the end of a longer path, nor the start of a longer name; a directory's
+    path followed by more of the path is), the longest first."""
+    if not moves:
+        return text
+    olds = "|".join(re.escape(old) for old in sorted(moves, key=len, reverse=True))
+    return re.sub(rf"(?<![\w./-])({olds})(?![\w.-])", lambda found: moves[found[1]], text)
+
+
+def _rewrite_files(root: Path, paths: Sequence[str], moves: dict[str, str]) -> list[str]:
+    """Rewrite the staged copies of these files (a directory: the files below it) as the
+    command is; the ones rewritten, relative to `root` (they never go home). A path that
+    was not staged has nothing to rewrite."""
+    done = []
+    for path in paths:
+        copy = root / _copy(path)
+        found = [copy] if copy.is_file() else sorted(copy.rglob("*")) if copy.is_dir() else []
+        for file in found:
+            if file.is_symlink() or not file.is_file():
+                continue
+            if file.stat().st_size > MAX_REWRITE_BYTES:
+                raise StagingError(f"{path} is larger than {MAX_REWRITE_BYTES} bytes: too large to rewrite")
+            text = file.read_bytes().decode("utf-8", "surrogateescape")
+            new = _rewrite(text, moves)
+            if new != text:
+                file.write_bytes(new.encode("utf-8", "surrogateescape"))
+            done.append(str(file.relative_to(root)))
+    return done
+
+
+def _returned(root: Path, returns: Sequence[str]) -> list[str]:
+    """The regular files the job left at its returns' copies (a directory: below it, no
+    link followed), relative to `root`."""
+    found = []
+    for path in returns:
+        copy = root / _copy(path)
+        if copy.is_file() and not copy.is_symlink():
+            found.append(_copy(path))
+        elif copy.is_dir() and not copy.is_symlink():
+            for base, _dirs, files in os.walk(copy):
+                found += [str(Path(base, name).relative_to(root)) for name in sorted(files)
+                          if stat.S_ISREG(os.lstat(os.path.join(base, name)).st_mode)]
+    return found
 
 
 def _digest(root: Path, relative: str) -> str | None:

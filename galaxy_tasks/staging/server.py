@@ -11,6 +11,7 @@ written.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -54,6 +55,9 @@ class Job(Protocol):
     @property
     def inputs(self) -> list[str]: ...
 
+    @property
+    def returns(self) -> list[str] | None: ...
+
 
 #: a job's row by its id (the store's `job`: the caller hands the door to SQL in)
 Lookup = Callable[[str], "Job | None"]
@@ -94,6 +98,20 @@ def _walk(root_fd: int, parts: list[str], create: bool) -> int:
     return fd
 
 
+def _file_entry(path: str) -> dict[str, Any]:
+    """An input file's size and sha256 (None for both: not a regular file, or unreadable)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return {"path": path, "size": None, "sha256": None}
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        return {"path": path, "size": os.fstat(fd).st_size if regular else None,
+                "sha256": _sha256(fd) if regular else None}
+    finally:
+        os.close(fd)
+
+
 def _sha256(fd: int) -> str:
     """The sha256 of an open file, however large (the worker bounds what it stages)."""
     return HashBudget(bytes_left=1 << 62, deadline=float("inf")).digest(fd, 0) or ""
@@ -124,26 +142,33 @@ class Jobs:
         return job
 
     def listing(self, job: Job) -> list[dict[str, Any]]:
-        """Each declared input's size and sha256 (None where it is not a regular file)."""
-        found = []
+        """Each declared input's size and sha256 (None where it is not a regular file); a
+        directory's entry says so, followed by each directory and regular file below it (a
+        link followed, as an input is whatever its path names)."""
+        found: list[dict[str, Any]] = []
         for path in job.inputs or []:
-            size: int | None = None
-            digest: str | None = None
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-            except OSError:
-                fd = -1
-            if fd >= 0:
-                try:
-                    if stat.S_ISREG(os.fstat(fd).st_mode):
-                        size, digest = os.fstat(fd).st_size, _sha256(fd)
-                finally:
-                    os.close(fd)
-            found.append({"path": path, "size": size, "sha256": digest})
+            if not os.path.isdir(path):
+                found.append(_file_entry(path))
+                continue
+            seen: set[tuple[int, int]] = set()
+            for base, dirs, files in os.walk(path, followlinks=True):
+                where = os.stat(base)
+                if (where.st_dev, where.st_ino) in seen:  # a link back up: walked once
+                    dirs.clear()
+                    continue
+                seen.add((where.st_dev, where.st_ino))
+                dirs.sort()
+                found.append({"path": base, "directory": True})
+                found += [entry for name in sorted(files)
+                          if (entry := _file_entry(os.path.join(base, name)))["sha256"] is not None]
         return found
 
     def open_input(self, job: Job, path: str) -> int:
-        if path not in (job.inputs or []):
+        """One of the job's inputs, or a file below one that is a directory, opened."""
+        declared = job.inputs or []
+        below = os.path.normpath(path) == path and any(path.startswith(d.rstrip("/") + "/") for d in declared
+                                                       if os.path.isdir(d))
+        if path not in declared and not below:
             raise Refused(HTTPStatus.FORBIDDEN, f"{path!r} is not one of the job's inputs")
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -186,15 +211,20 @@ class Jobs:
         finally:
             os.close(where)
 
-    def commit(self, job: Job, files: list[tuple[str, str]], last: bool) -> list[str]:
-        """Each file of `.stage-out/` whose sha256 is the one given moved into place, the
-        others removed and named; with `last`, `.stage-out/` goes if every file was whole."""
+    def commit(self, job: Job, files: list[tuple[str, str, str]], last: bool) -> list[str]:
+        """Each file of `.stage-out/` whose sha256 is the one given moved to its place (below
+        the job directory, or one of the paths the job returns to), the others removed and
+        named; with `last`, `.stage-out/` goes if every file was whole."""
         root = os.open(str(job.job_dir), _DIR)
         rejected = []
         try:
-            for path, want in files:
-                if not self._commit_one(root, relative(path), want):
-                    rejected.append(path)
+            for path, want, place in files:
+                target, name = self._place(root, job, place)
+                try:
+                    if not _commit_one(root, relative(path), want, target, name):
+                        rejected.append(path)
+                finally:
+                    os.close(target)
         finally:
             os.close(root)
         if last and not rejected:
@@ -202,31 +232,73 @@ class Jobs:
         return rejected
 
     @staticmethod
-    def _commit_one(root: int, parts: list[str], want: str) -> bool:
+    def _place(root: int, job: Job, place: str) -> tuple[int, str]:
+        """The directory (opened) and name a file moves to: relative, below the job directory;
+        absolute, one of the job's returns or below one that is a directory (no link
+        followed below the declared path)."""
+        if not place.startswith("/"):
+            parts = relative(place)
+            return _walk(root, parts[:-1], create=True), parts[-1]
+        relative(place[1:])  # a plain path: no `..`, no empty part
+        for declared in job.returns or []:
+            declared = declared.rstrip("/")
+            if place == declared:
+                parent, name = os.path.split(place)
+                os.makedirs(parent, mode=0o700, exist_ok=True)
+                return os.open(parent, _DIR & ~os.O_NOFOLLOW), name
+            if place.startswith(declared + "/"):
+                os.makedirs(declared, mode=0o700, exist_ok=True)
+                base = os.open(declared, _DIR & ~os.O_NOFOLLOW)
+                try:
+                    parts = place[len(declared) + 1:].split("/")
+                    return _walk(base, parts[:-1], create=True), parts[-1]
+                finally:
+                    os.close(base)
+        raise Refused(HTTPStatus.FORBIDDEN, f"{place!r} is not inside the job's directory or one of its returns")
+
+
+def _commit_one(root: int, parts: list[str], want: str, target: int, name: str) -> bool:
+    try:
+        source = _walk(root, [STAGE_OUT, *parts[:-1]], create=False)
+    except Refused:
+        return False
+    try:
         try:
-            source = _walk(root, [STAGE_OUT, *parts[:-1]], create=False)
-        except Refused:
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=source)
+        except OSError:
             return False
         try:
-            try:
-                fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=source)
-            except OSError:
-                return False
-            try:
-                whole = stat.S_ISREG(os.fstat(fd).st_mode) and _sha256(fd) == want
-            finally:
-                os.close(fd)
-            if not whole:
+            whole = stat.S_ISREG(os.fstat(fd).st_mode) and _sha256(fd) == want
+            if whole:
+                _move(fd, source, parts[-1], target, name)
+            else:
                 os.unlink(parts[-1], dir_fd=source)
-                return False
-            target = _walk(root, parts[:-1], create=True)
-            try:
-                os.replace(parts[-1], parts[-1], src_dir_fd=source, dst_dir_fd=target)
-            finally:
-                os.close(target)
-            return True
+            return whole
         finally:
-            os.close(source)
+            os.close(fd)
+    finally:
+        os.close(source)
+
+
+def _move(fd: int, source: int, old: str, target: int, name: str) -> None:
+    """Rename into place, or (another filesystem) copy under a temporary name, then rename."""
+    try:
+        os.replace(old, name, src_dir_fd=source, dst_dir_fd=target)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    temporary = f".{name[:200]}.{secrets.token_hex(6)}.commit"
+    out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                  dir_fd=target)
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        while chunk := os.read(fd, CHUNK):
+            os.write(out, chunk)
+    finally:
+        os.close(out)
+    os.replace(temporary, name, src_dir_fd=target, dst_dir_fd=target)
+    os.unlink(old, dir_fd=source)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -270,11 +342,11 @@ class Handler(BaseHTTPRequestHandler):
                 asked = json.loads(self.rfile.read(self._length(MAX_JSON)))
                 files = asked.get("files") if isinstance(asked, dict) else None
                 if not isinstance(files, list) or not all(
-                        isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) for x in f) for f in files):
-                    raise Refused(HTTPStatus.BAD_REQUEST, "a commit is {\"files\": [[path, sha256], ...], \"last\": "
-                                                          "bool}")
-                self._json({"rejected": self.server.jobs.commit(job, [(p, h) for p, h in files],
-                                                                asked.get("last") is True)})
+                        isinstance(f, list) and len(f) in (2, 3) and all(isinstance(x, str) for x in f) for f in files):
+                    raise Refused(HTTPStatus.BAD_REQUEST, "a commit is {\"files\": [[path, sha256, place], ...], "
+                                                          "\"last\": bool}")
+                self._json({"rejected": self.server.jobs.commit(job, [(f[0], f[1], f[-1] if len(f) == 3 else f[0])
+                                                                      for f in files], asked.get("last") is True)})
             else:
                 raise Refused(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not served here")
         except Refused as refused:

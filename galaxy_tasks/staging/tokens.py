@@ -85,8 +85,18 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def for_job(secret: str, job_id: str, dir_token: str, ttl_in_s: float, ttl_out_s: float) -> dict[str, str]:
-    """A job's two tokens, as prepare keeps them with its row."""
+def for_job(secret: str, job_id: str, dir_token: str, ttl_in_s: float, ttl_out_s: float) -> str:
+    """A job's two tokens, as prepare keeps them with its row (JSON)."""
     signing_key = key(secret)
-    return {IN: mint(signing_key, job_id, dir_token, IN, ttl_in_s),
-            OUT: mint(signing_key, job_id, dir_token, OUT, ttl_out_s)}
+    return json.dumps({IN: mint(signing_key, job_id, dir_token, IN, ttl_in_s),
+                       OUT: mint(signing_key, job_id, dir_token, OUT, ttl_out_s)})
+
+
+def parse(kept: str | None) -> dict[str, str]:
+    """A job's tokens as its row keeps them (none for a job whose destination does not use
+    http, or a value that is not what `for_job` wrote)."""
+    try:
+        found = json.loads(kept) if kept else {}
+    except ValueError:
+        return {}
+    return {d: found[d] for d in DIRECTIONS if isinstance(found, dict) and isinstance(found.get(d), str)}

@@ -7,9 +7,10 @@ BEGIN/COMMIT. Elsewhere (SQLite) the same two statements run in a transaction.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
-from sqlalchemy import String, bindparam, case, insert, select, update
+from sqlalchemy import String, bindparam, case, column, func, insert, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Executable
@@ -86,6 +87,56 @@ class Moves(StoreBase):
         set the time the job reached the state (queued_at, running_at); a woken job keeps
         the time it was first queued."""
         allowed = sources_of(target) if sources is None else sources
+        assignments = self._assignments(target, reason, stamp, values)
+        columns = tuple(assignments)
+        params = {f"v_{name}": value for name, value in assignments.items()}
+        params.update(job_id=job_id, c_reason=reason)
+        if connection is not None:
+            return self._move_on(connection, target, allowed, columns, params)
+        with self._writing() as writing:
+            return self._move_on(writing, target, allowed, columns, params)
+
+    def move_many(
+        self,
+        moves: Mapping[str, Mapping[str, Any]],
+        target: JobState,
+        source: JobState,
+        **values: Any,
+    ) -> dict[str, Moved]:
+        """`move` for many jobs from one `source` state: each job in `moves` (id -> its own
+        values; every job gives the same names) that is in `source` moves to `target` with
+        those and the common `values`. Each job moves at most once, as with `move`; the jobs
+        that were not in `source` are left out of the result. On PostgreSQL one statement
+        moves them all and writes their history rows."""
+        if not moves:
+            return {}
+        assignments = self._assignments(target, None, True, values)
+        own = tuple(next(iter(moves.values())))
+        for name in own:
+            assignments.pop(name, None)
+        columns = tuple(assignments)
+        params: dict[str, Any] = {f"v_{name}": value for name, value in assignments.items()}
+        params.update(current=source.value, c_reason=None)
+        if self._pg:
+            params["ids"] = list(moves)
+            for name in own:
+                params[f"p_{name}"] = [given[name] for given in moves.values()]
+            with self._writing() as connection:
+                rows = connection.execute(self._statement(("many", columns, own), _pg_move_many, columns, own),
+                                          params).mappings().all()
+            return {row["id"]: Moved(source, Job.from_row(row)) for row in rows}
+        moved: dict[str, Moved] = {}
+        with self._writing() as connection:
+            for job_id, given in moves.items():
+                shape = columns + tuple(given)
+                job = self._move_once(connection, shape, {**params, **{f"v_{k}": v for k, v in given.items()},
+                                                          "job_id": job_id})
+                if job is not None:
+                    moved[job_id] = Moved(source, job)
+        return moved
+
+    def _assignments(self, target: JobState, reason: str | None, stamp: bool,
+                     values: Mapping[str, Any]) -> dict[str, Any]:
         now = utcnow()
         assignments: dict[str, Any] = {"state": target.value, "updated_at": now}
         if reason is not None or target in _ENDS_WAITING:
@@ -97,13 +148,7 @@ class Moves(StoreBase):
         else:
             assignments.update(check_at=now + timedelta(seconds=self.check_after), checks=0)
         assignments.update(values)  # given values win (a cancel keeps a check on what it stops)
-        columns = tuple(assignments)
-        params = {f"v_{name}": value for name, value in assignments.items()}
-        params.update(job_id=job_id, c_reason=reason)
-        if connection is not None:
-            return self._move_on(connection, target, allowed, columns, params)
-        with self._writing() as writing:
-            return self._move_on(writing, target, allowed, columns, params)
+        return assignments
 
     def _move_on(self, connection: Connection, target: JobState, allowed: frozenset[JobState],
                  columns: tuple[str, ...], params: dict[str, Any]) -> Moved | None:
@@ -171,6 +216,27 @@ def _pg_move(columns: tuple[str, ...]) -> Executable:
     moved = _update(columns).returning(*jobs.c).cte("moved")
     logged = insert(state_changes).from_select(_CHANGE_COLUMNS, select(
         moved.c.id, bindparam("current", type_=String), moved.c.state, moved.c.updated_at,
+        bindparam("c_reason", type_=state_changes.c.reason.type),
+    )).cte("logged")
+    return select(moved).add_cte(logged)
+
+
+def _pg_move_many(columns: tuple[str, ...], own: tuple[str, ...]) -> Executable:
+    """_pg_move for a batch: the ids and each job's own values come as arrays, unnested into
+    rows the UPDATE joins on (UPDATE ... FROM unnest(...)); one history row per job moved."""
+    given = func.unnest(bindparam("ids", type_=ARRAY(String)),
+                        *(bindparam(f"p_{name}", type_=ARRAY(jobs.c[name].type)) for name in own)) \
+        .table_valued(column("id", String), *(column(name, jobs.c[name].type) for name in own)) \
+        .render_derived(name="given")
+    current = bindparam("current", type_=String)
+    values: dict[str, Any] = {name: bindparam(f"v_{name}", type_=jobs.c[name].type) for name in columns}
+    values.update({name: given.c[name] for name in own})
+    values["event_seq"] = jobs.c.event_seq + 1
+    values["unpublished_at"] = case((jobs.c.events_queue.is_(None), None), else_=values["updated_at"])
+    moved = (update(jobs).where(jobs.c.id == given.c.id, jobs.c.state == current).values(values)
+             .returning(*jobs.c).cte("moved"))
+    logged = insert(state_changes).from_select(_CHANGE_COLUMNS, select(
+        moved.c.id, current, moved.c.state, moved.c.updated_at,
         bindparam("c_reason", type_=state_changes.c.reason.type),
     )).cte("logged")
     return select(moved).add_cte(logged)

@@ -43,6 +43,10 @@ IT_SERVE = (f"{shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).with
             f"{IT_TOOL_PORT} '$input' @ROOT@/it_gate")
 #: an interactive tool whose container monitor failed, as Galaxy's records it
 IT_BROKEN = "echo 'no port mapping for the container' > ../container_monitor_exception.txt && sleep 600"
+#: its input upper-cased, then how many entries the job saw in Galaxy's files directory (a job
+#: on a destination without a shared filesystem sees none: it reads and writes staged copies)
+UPPER_SEEN = ("tr '[:lower:]' '[:upper:]' < '$input' > '$output' && "
+              "echo \"seen `ls -A @ROOT@/data/objects | wc -l`\" >> '$output'")
 #: tool id -> (command, environment: None is Galaxy's local runner, the default)
 TOOLS = {
     "probe_cat": (CAT, None),
@@ -70,6 +74,7 @@ TOOLS = {
     "probe_gated_whoami_user": ("until [ -e @ROOT@/gate ]; do sleep 0.1; done && " + WHOAMI, "gt_user"),
     "probe_it_gt": (IT_SERVE, "gt_fast"),
     "probe_it_broken_gt": (IT_BROKEN, "gt_fast"),
+    "probe_upper_staged": (UPPER_SEEN, "gt_staged"),
 }
 #: the interactive tools among TOOLS (Galaxy's `tool_type="interactive"`, one entry point)
 INTERACTIVE = ("probe_it_gt", "probe_it_broken_gt")
@@ -115,6 +120,8 @@ REFUSED_DESTINATION = "nowhere"
 #: the second plugin runner: events on, a steps queue no galaxy-tasks worker serves, so a
 #: test can play galaxy-tasks' side of the job-event contract (tests/galaxy/test_event_contract.py)
 CONTRACT_STEPS_QUEUE = "galaxy_tasks_contract"
+#: the galaxy-tasks destination without a shared filesystem that gt_staged names
+STAGED_DESTINATION = "staged"
 #: the galaxy-tasks destination of the tool routed to Grid Engine (sge_env)
 SGE_DESTINATION = "sge"
 #: the walltime of gt_short, whose resubmit rule sends a job that reached it to gt_long
@@ -319,6 +326,10 @@ class GalaxyServer:
                 gt_long:
                   runner: gt
                   galaxy_tasks_walltime: 600
+                  metadata_strategy: directory_celery
+                gt_staged:
+                  runner: gt
+                  galaxy_tasks_destination: {STAGED_DESTINATION}
                   metadata_strategy: directory_celery
                 gt_user:
                   runner: gt_user

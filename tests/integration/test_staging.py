@@ -22,8 +22,7 @@ import pytest
 
 from galaxy_tasks.states import TERMINAL, JobState
 from tests.support.redis_server import free_port
-from tests.support.services import require
-from tests.support.sshd import SSHD, Sshd
+from tests.support.sshd import Sshd, own_sshd
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("staging")]
 
@@ -36,14 +35,7 @@ SECRET = "a staging secret that only the submitter's side holds"
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory: pytest.TempPathFactory):
-    if os.geteuid() != 0:
-        require("root (the worker's mount namespace, an sshd that logs the test's user in)", PermissionError())
-    for program in (SSHD, "/usr/bin/rsync", "/usr/bin/unshare"):
-        if not os.access(program, os.X_OK):
-            require(f"{program} (apt-get install openssh-server rsync util-linux)", FileNotFoundError(program))
-    server = Sshd(tmp_path_factory.mktemp("sshd"), PORT)
-    yield server
-    server.close()
+    yield from own_sshd(tmp_path_factory.mktemp("sshd"), PORT)
 
 
 class Site:
@@ -246,6 +238,36 @@ def test_staging_inputs_in_outputs_home(site: Site):
     assert not (site.jobs / job_id / ".stage-out").exists()
     assert site.deployment.history(job_id).count(JobState.OK) == 1
     _figures(site, job_id, big)
+
+
+@pytest.mark.parametrize("destination", ["staged", "http"])
+def test_staging_directory_in_files_home_at_their_own_paths_and_rewritten_copies(site: Site, destination: str):
+    """A directory input (a file in it, an empty directory), a return at the submitter's own
+    path and the directory itself returned, a script declared for rewriting: the job runs the
+    rewritten copy against the staged copies; what it made comes home where the submitter
+    named it, what it left as it came and the rewritten script do not (over rsync and http)."""
+    if destination == "http":
+        site.staging_server()
+    site.staging_worker("stager@%h")
+    tree = site.inputs / "tree"
+    data = site.input("tree/data/x.txt", b"in a directory\n")
+    (tree / "empty").mkdir()
+    result = site.inputs / "results" / "out.txt"
+    script = site.input("tree/run.sh", (
+        f"cat {_q(data)} > {_q(str(result))}\n[ -d {_q(str(tree / 'empty'))} ] && echo there > {_q(str(tree / 'made.txt'))}\n"
+        f"echo {_q(str(tree))} > {_q(str(tree / 'where.txt'))}\n").encode())
+    before = (Path(data).stat().st_ino, Path(script).read_bytes())
+    job_id = site.deployment.submit_many([{
+        "tool_id": "staged_tool", "command": f"sh {_q(script)}", "inputs": [str(tree)],
+        "returns": [str(tree), str(result)], "rewrite": [script], "destination": destination}])[0]
+    job = site.deployment.wait_terminal([job_id], timeout=120)[0]
+    assert job.state == JobState.OK.value, (job.reason, site.deployment.logs()[-3000:])
+    assert result.read_bytes() == b"in a directory\n"
+    assert (tree / "made.txt").read_text() == "there\n"
+    # it ran where the submitter's directory is not: the script named the worker's copy
+    assert (tree / "where.txt").read_text().strip() not in ("", str(tree))
+    assert (Path(data).stat().st_ino, Path(script).read_bytes()) == before  # neither sent home
+    assert not (site.jobs / job_id / ".stage-out").exists()
 
 
 def test_staging_missing_output_ends_error_naming_it(site: Site):
@@ -456,7 +478,7 @@ def test_staging_http_inputs_in_outputs_home(site: Site):
     assert job.stdout_tail == "ran\n"
     assert not (site.jobs / job_id / ".stage-out").exists()
     assert site.deployment.history(job_id).count(JobState.OK) == 1
-    tokens = site.deployment.job(job_id).staging_tokens
+    tokens = json.loads(site.deployment.job(job_id).staging_tokens or "{}")
     assert tokens and set(tokens) == {"in", "out"}
     seen = (working / "env.txt").read_text() + (site.jobs / job_id / "job.sh").read_text()
     assert not any(token in seen for token in tokens.values()) and SECRET not in seen
@@ -504,7 +526,7 @@ def test_staging_http_token_of_one_job_cannot_reach_another(site: Site):
     job_b = site.submit(f"cat {_q(theirs)}", [theirs], [], destination="http")
     site.deployment.wait_until(lambda: all(site.deployment.job(j).staging_tokens for j in (job_a, job_b)), 60,
                                "both jobs prepared")
-    tokens = site.deployment.job(job_a).staging_tokens
+    tokens = json.loads(site.deployment.job(job_a).staging_tokens)
 
     def ask(method: str, path: str, token: str, body: bytes | None = None) -> tuple[int, str]:
         answer = _request(site.http_port, method, path, body, {"Authorization": f"Bearer {token}",
@@ -532,6 +554,10 @@ def test_staging_http_token_of_one_job_cannot_reach_another(site: Site):
     status, said = ask("POST", f"/v1/jobs/{job_a}/commit", tokens["out"],
                        json.dumps({"files": [[f"../{job_b}/job.sh", "0" * 64]], "last": False}).encode())
     assert status == 403, said
+    for place in (str(site.jobs / job_b / "x"), "/etc/x", str(site.jobs / job_a / ".." / job_b / "x")):
+        status, said = ask("POST", f"/v1/jobs/{job_a}/commit", tokens["out"],
+                           json.dumps({"files": [["working/x", "0" * 64, place]], "last": False}).encode())
+        assert status == 403, (place, said)
     # its own staging area it may write, and commit into place once the hash matches
     (site.jobs / job_a / ".stage-out" / "working").unlink()
     assert ask("PUT", f"/v1/jobs/{job_a}/stage-out/working/x", tokens["out"], b"x")[0] == 200

@@ -8,6 +8,9 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
+
+from tests.support.services import require
 
 SSHD = "/usr/sbin/sshd"
 
@@ -55,3 +58,16 @@ class Sshd:
         self.proc.terminate()
         self.proc.wait(timeout=10)
         self.log.close()
+
+
+def own_sshd(where: Path, port: int) -> Iterator[Sshd]:
+    """A module's sshd on `port` (the test skipped, or failed under CI, without root, sshd,
+    rsync or unshare: the worker's mount namespace needs root), closed after."""
+    if os.geteuid() != 0:
+        require("root (the worker's mount namespace, an sshd that logs the test's user in)", PermissionError())
+    for program in (SSHD, "/usr/bin/rsync", "/usr/bin/unshare"):
+        if not os.access(program, os.X_OK):
+            require(f"{program} (apt-get install openssh-server rsync util-linux)", FileNotFoundError(program))
+    server = Sshd(where, port)
+    yield server
+    server.close()

@@ -23,6 +23,7 @@ from galaxy_tasks.galaxy.spec import (
     resources,
     task_job_id,
     to_spec,
+    tool_files,
     walltime,
     walltime_seconds,
 )
@@ -280,3 +281,37 @@ def test_real_user_settings_are_off_by_default_and_a_bad_map_is_refused() -> Non
     assert (made.run_as_real_user, made.real_user_map) == (True, {"alice@example.org": "asmith"})
     with pytest.raises(settings.SettingsError, match="real_user_map: 'eve@example.org' maps to 'root; rm'"):
         settings.from_kwargs({"broker_url": "redis://x", "real_user_map": {"eve@example.org": "root; rm"}}, "main")
+
+
+def staged_job(**overrides) -> GalaxyJob:
+    values = dict(working_directory="/g/jobs/000/42", input_files=("/g/objects/in.dat", "/g/objects/in_files"),
+                  output_files=("/g/objects/out.dat", "/g/objects/out_files"), tool_files=("/tools/bwa",),
+                  config_files=("/g/jobs/000/42/tool_script.sh", "/g/jobs/000/42/configs"))
+    return job(**{**values, **overrides})
+
+
+def test_staging_a_galaxy_job_declares_its_files_for_a_destination_without_a_shared_filesystem():
+    spec = to_spec(staged_job())
+    assert spec["inputs"] == ["/g/jobs/000/42", "/g/objects/in.dat", "/g/objects/in_files", "/tools/bwa"]
+    assert spec["returns"] == ["/g/jobs/000/42", "/g/objects/out.dat", "/g/objects/out_files"]
+    assert spec["rewrite"] == ["/g/jobs/000/42/galaxy_42.sh", "/g/jobs/000/42/tool_script.sh",
+                               "/g/jobs/000/42/configs"]
+    parsed = task_spec.parse(spec)  # galaxy-tasks takes them
+    assert (parsed.inputs, parsed.returns, parsed.rewrite) == (spec["inputs"], spec["returns"], spec["rewrite"])
+
+
+def test_staging_galaxy_files_past_the_specs_bounds_are_not_declared():
+    many = tuple(f"/g/objects/{n}.dat" for n in range(task_spec.MAX_PATHS))
+    spec = to_spec(staged_job(input_files=many))
+    assert not {"inputs", "returns", "rewrite"} & spec.keys()
+    task_spec.parse(spec)  # the job still runs where the files are shared
+
+
+@pytest.mark.parametrize("required, texts, found", [
+    (["scripts/run.py", "data/../ref.txt"], [], ["/tools/bwa/scripts/run.py", "/tools/bwa/ref.txt"]),
+    ([], ["python /tools/bwa/run.py"], []),  # required_files that name none: none
+    (None, ["python /tools/bwa/run.py"], ["/tools/bwa"]),
+    (None, ["cat /data/in.txt"], []),
+])
+def test_staging_tool_files_are_the_required_ones_or_the_directory_the_scripts_name(required, texts, found):
+    assert tool_files("/tools/bwa", required, texts) == found

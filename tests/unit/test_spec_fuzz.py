@@ -108,6 +108,8 @@ FIELD_VALUES = {
     "native_specification": st.one_of(json_values, texts),
     "output_size_bytes": whole_numbers,
     "handover_dir": st.one_of(json_values, texts),
+    "returns": path_lists,
+    "rewrite": path_lists,
 }
 
 
@@ -135,6 +137,8 @@ FIELD_GOOD = {
     "native_specification": st.text(min_size=1, max_size=30).filter(lambda s: s.strip()),
     "output_size_bytes": st.integers(min_value=1, max_value=2**63 - 1),
     "handover_dir": st.from_regex(r"/[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,3}", fullmatch=True),
+    "returns": st.lists(st.from_regex(r"/[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,3}", fullmatch=True), max_size=3),
+    "rewrite": st.lists(st.from_regex(r"/[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,3}", fullmatch=True), max_size=3),
 }
 
 
@@ -278,6 +282,8 @@ FIELD_VALID = {
     "native_specification": safe_nonblank,
     "output_size_bytes": st.integers(min_value=1, max_value=2**63 - 1),
     "handover_dir": st.from_regex(r"/[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,3}", fullmatch=True),
+    "returns": st.lists(st.from_regex(r"/[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,3}", fullmatch=True), max_size=3),
+    "rewrite": st.lists(st.from_regex(r"/[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,3}", fullmatch=True), max_size=3),
 }
 
 

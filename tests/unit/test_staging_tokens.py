@@ -32,7 +32,7 @@ def _job(job_id: str, token: str) -> Job:
 
 
 def test_staging_token_grants_its_job_and_direction():
-    minted = tokens.for_job(SECRET, "job-a", "dir-a", 60, 600)
+    minted = tokens.parse(tokens.for_job(SECRET, "job-a", "dir-a", 60, 600))
     assert tokens.check(KEY, minted["in"], "in") == tokens.Claim("job-a", "dir-a", "in")
     assert tokens.check(KEY, minted["out"], "out") == tokens.Claim("job-a", "dir-a", "out")
 
@@ -56,7 +56,7 @@ def test_staging_token_expired_is_refused_naming_its_setting():
 
 
 def test_staging_token_of_the_other_direction_is_refused():
-    minted = tokens.for_job(SECRET, "job-a", "dir-a", 60, 60)
+    minted = tokens.parse(tokens.for_job(SECRET, "job-a", "dir-a", 60, 60))
     with pytest.raises(tokens.TokenRefused, match="for 'in', not 'out'"):
         tokens.check(KEY, minted["in"], "out")
     with pytest.raises(tokens.TokenRefused, match="for 'out', not 'in'"):

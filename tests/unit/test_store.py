@@ -253,6 +253,52 @@ def test_concurrent_conflicting_ends_have_one_terminal_state(ctx):
     assert [row for row in history(ctx, job_id) if row[0] == "running"] == [("running", job.state)]
 
 
+# -- move_many: a batch's moves in one statement ------------------------------------------
+
+
+def test_move_many_moves_each_job_in_the_source_once_with_its_own_values(ctx):
+    first, second, ahead = new_job(ctx), new_job(ctx), new_job(ctx)
+    move(ctx, ahead, S.QUEUED, job_dir="/jobs/ahead")
+    given = {job_id: {"job_dir": f"/jobs/{job_id}"} for job_id in (first, second, ahead, "no-such-job")}
+    moved = ctx.store.move_many(given, S.QUEUED, S.NEW)
+    assert sorted(moved) == sorted([first, second])
+    for job_id in (first, second):
+        assert moved[job_id].before is S.NEW
+        job = moved[job_id].job
+        assert (job.state, job.job_dir) == ("queued", f"/jobs/{job_id}")
+        assert job.event_seq == ctx.store.job(ahead).event_seq  # counted as one move counts it
+        assert job.queued_at is not None and job.check_at is not None
+        assert ctx.store.job(job_id) == job
+        assert history(ctx, job_id) == [(None, "new"), ("new", "queued")]
+    assert ctx.store.job(ahead).job_dir == "/jobs/ahead"
+    assert history(ctx, ahead) == [(None, "new"), ("new", "queued")]
+    assert ctx.store.move_many(given, S.QUEUED, S.NEW) == {}
+
+
+def test_move_many_sets_common_values_and_moves_only_from_its_source(ctx):
+    queued = new_job(ctx)
+    move(ctx, queued, S.QUEUED)
+    still_new = new_job(ctx)
+    moved = ctx.store.move_many({queued: {}, still_new: {}}, S.SUBMITTING, S.QUEUED, owner="message-1")
+    assert list(moved) == [queued]
+    assert moved[queued].job.owner == "message-1" and moved[queued].job.state == "submitting"
+    assert ctx.store.job(still_new).state == "new"
+
+
+def test_concurrent_batches_move_each_job_once(ctx):
+    ids = [new_job(ctx) for _ in range(20)]
+    for job_id in ids:
+        move(ctx, job_id, S.QUEUED)
+    results = run_threads(4, lambda i: ctx.store.move_many(
+        {job_id: {"external_id": f"ext-{i}"} for job_id in (ids if i % 2 else ids[::-1])}, S.RUNNING, S.QUEUED))
+    winners = [job_id for result in results for job_id in result]
+    assert sorted(winners) == sorted(ids)
+    for result in results:
+        for job_id, moved in result.items():
+            assert ctx.store.job(job_id).external_id == moved.job.external_id
+            assert history(ctx, job_id).count(("queued", "running")) == 1
+
+
 # -- claim_stale ------------------------------------------------------------------------
 
 

@@ -1,20 +1,20 @@
 """the http staging transfer's tokens of a job, minted at prepare
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0014
+Revises: 0013
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013"
-down_revision = "0012"
+revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
     with op.batch_alter_table("gt_job") as batch_op:
-        batch_op.add_column(sa.Column("staging_tokens", sa.JSON(none_as_null=True), nullable=True))
+        batch_op.add_column(sa.Column("staging_tokens", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:

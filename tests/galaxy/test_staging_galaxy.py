@@ -1,0 +1,108 @@
+"""A real Galaxy's job on a galaxy-tasks destination without a shared filesystem
+(`pytest -k staging`): Galaxy's environment gt_staged sends probe_upper_staged to the
+galaxy-tasks destination `staged` (`shared_filesystem: false`, metadata set in Galaxy's
+Celery worker), whose worker runs in a mount namespace of its own where Galaxy's datasets,
+Galaxy's job directories and galaxy-tasks' jobs root are empty tmpfs. The plugin declares
+the job's files; the worker fetches them over this module's sshd (port 2298; 2299 is
+tests/integration/test_staging.py's), runs Galaxy's job script against the staged copies
+and sends the outputs home before Galaxy hears that the job ended.
+
+One Galaxy start for the module; a galaxy-tasks deployment per test.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import redis
+
+from galaxy_tasks.states import JobState
+from tests.galaxy.api import GalaxyApi
+from tests.galaxy.conftest import running
+from tests.galaxy.server import STAGED_DESTINATION, GalaxyServer, celery_options, own_redis
+from tests.support.deployment import Deployment
+from tests.support.redis_server import RedisServer
+from tests.support.sshd import Sshd, own_sshd
+
+pytestmark = [pytest.mark.galaxy, pytest.mark.xdist_group("staging_galaxy")]
+
+PORT = 2298
+TEXT = "far from Galaxy\nand back again\n"
+
+
+@pytest.fixture(scope="module")
+def staging_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    yield from own_sshd(tmp_path_factory.mktemp("staging-sshd"), PORT)
+
+
+@pytest.fixture(scope="module")
+def staging_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from own_redis(tmp_path_factory.mktemp("staging-broker"))
+
+
+@pytest.fixture(scope="module")
+def staging_galaxy(galaxy_venv: Path, staging_broker: RedisServer,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[GalaxyServer]:
+    server = GalaxyServer(galaxy_venv, tmp_path_factory.mktemp("staging-galaxy"), staging_broker.url,
+                          galaxy_options=celery_options(staging_broker.url))
+    yield from running(server)
+
+
+@pytest.fixture(scope="module")
+def staging_user(staging_galaxy: GalaxyServer) -> GalaxyApi:
+    return staging_galaxy.admin.user_api("staging@example.org")
+
+
+@pytest.fixture
+def staged_tasks(make_deployment, staging_broker: RedisServer, staging_galaxy: GalaxyServer, staging_sshd: Sshd,
+                 tmp_path: Path) -> Deployment:
+    """galaxy-tasks on Galaxy's broker: a steps worker that sees everything (Galaxy's side),
+    and the staging destination's worker, which sees none of Galaxy's data."""
+    redis.Redis.from_url(staging_broker.url).flushdb()
+    conf = tmp_path / "job_conf.yml"
+    conf.write_text(
+        f"destinations:\n  local:\n    runner: local\n  {STAGED_DESTINATION}:\n    runner: local\n"
+        f"    queue: {STAGED_DESTINATION}\n    shared_filesystem: false\n    staging:\n      host: 127.0.0.1\n"
+        f"      port: {PORT}\n      identity_file: {staging_sshd.identity}\n"
+        f"      known_hosts: {staging_sshd.known_hosts}\n      root: {tmp_path / 'staged'}\n"
+        f"      max_bytes: {1 << 30}\ndefault: local\n")
+    deployment = make_deployment(broker=staging_broker.url, GALAXY_TASKS_JOB_CONF=str(conf))
+    deployment.worker("galaxy_tasks,galaxy_tasks.ends,local", "steps@%h")
+    hidden = [Path(deployment.env["GALAXY_TASKS_JOBS_DIR"]), staging_galaxy.data_dir / "objects",
+              staging_galaxy.data_dir / "jobs_directory"]
+    for path in hidden:
+        path.mkdir(parents=True, exist_ok=True)
+    hide = " && ".join(f'mount -t tmpfs hidden "${n}"' for n in range(1, len(hidden) + 1))
+    deployment.worker(STAGED_DESTINATION, "stager@%h", prefix=[
+        "unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+        f'{hide} && shift {len(hidden)} && exec "$@"', "sh", *map(str, hidden)])
+    return deployment
+
+
+def test_staging_galaxy_job_without_a_shared_filesystem_produces_the_right_dataset(
+        staging_galaxy: GalaxyServer, staging_user: GalaxyApi, staged_tasks: Deployment) -> None:
+    history_id = staging_user.history("staging")
+    dataset_id = staging_user.upload(history_id, TEXT)
+    job_id, output_id = staging_user.run_tool(history_id, "probe_upper_staged", dataset_id)
+    try:
+        staging_user.wait_job(job_id, want="ok", timeout=240, poll=0.2)
+    except (AssertionError, TimeoutError) as exc:
+        info = staging_user.call("GET", f"/api/datasets/{output_id}")["misc_info"]
+        raise AssertionError(f"{exc}\nGalaxy says: {info}\ngalaxy-tasks' workers:\n{staged_tasks.logs()[-4000:]}"
+                             f"\nGalaxy's log ends:\n{staging_galaxy.tail(3000)}") from None
+    # the job read the staged copy of its input and wrote a copy of its output, where
+    # Galaxy's files directory is empty; the output came home whole
+    assert staging_user.dataset_text(output_id) == TEXT.upper() + "seen 0\n"
+    row = staged_tasks.job(staging_galaxy.task_id(job_id))
+    assert (row.destination, JobState(row.state)) == (STAGED_DESTINATION, JobState.OK)
+    # the metadata was set on Galaxy's side, from the dataset that came home
+    assert staging_user.call("GET", f"/api/datasets/{output_id}")["metadata_data_lines"] == 3
+    number = staging_galaxy.admin.decode(job_id)
+    working = staging_galaxy.working_directory(number)
+    # Galaxy's job script still names Galaxy's own paths (the worker rewrote only its copy),
+    # and what the job wrote in Galaxy's job directory came home
+    assert f"cd {working}\n" in (working / f"galaxy_{number}.sh").read_text()
+    assert (working / f"galaxy_{number}.ec").read_text().strip() == "0"
+    assert (working / "outputs" / "tool_stdout").exists()
+    assert not list(Path(row.job_dir).glob(".stage-out"))
