@@ -11,6 +11,7 @@ One Galaxy start for the module; a galaxy-tasks deployment per test.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -29,6 +30,8 @@ pytestmark = [pytest.mark.galaxy, pytest.mark.xdist_group("staging_galaxy")]
 
 PORT = 2298
 TEXT = "far from Galaxy\nand back again\n"
+#: jobs of each kind for the figures
+ROUNDS = 3
 
 
 @pytest.fixture(scope="module")
@@ -80,17 +83,31 @@ def staged_tasks(make_deployment, staging_broker: RedisServer, staging_galaxy: G
     return deployment
 
 
-def test_staging_galaxy_job_without_a_shared_filesystem_produces_the_right_dataset(
-        staging_galaxy: GalaxyServer, staging_user: GalaxyApi, staged_tasks: Deployment) -> None:
+@pytest.fixture(scope="module")
+def staging_history(staging_user: GalaxyApi) -> tuple[str, str]:
+    """A history holding one text dataset."""
     history_id = staging_user.history("staging")
-    dataset_id = staging_user.upload(history_id, TEXT)
-    job_id, output_id = staging_user.run_tool(history_id, "probe_upper_staged", dataset_id)
+    return history_id, staging_user.upload(history_id, TEXT)
+
+
+def run(galaxy: GalaxyServer, user: GalaxyApi, tasks: Deployment, history: tuple[str, str],
+        tool_id: str) -> tuple[str, str, float]:
+    """The tool run on the history's dataset until its job is ok: job and output ids, seconds."""
+    started = time.monotonic()
+    job_id, output_id = user.run_tool(history[0], tool_id, history[1])
     try:
-        staging_user.wait_job(job_id, want="ok", timeout=240, poll=0.2)
+        user.wait_job(job_id, want="ok", timeout=240, poll=0.1)
     except (AssertionError, TimeoutError) as exc:
-        info = staging_user.call("GET", f"/api/datasets/{output_id}")["misc_info"]
-        raise AssertionError(f"{exc}\nGalaxy says: {info}\ngalaxy-tasks' workers:\n{staged_tasks.logs()[-4000:]}"
-                             f"\nGalaxy's log ends:\n{staging_galaxy.tail(3000)}") from None
+        info = user.call("GET", f"/api/datasets/{output_id}")["misc_info"]
+        raise AssertionError(f"{exc}\nGalaxy says: {info}\ngalaxy-tasks' workers:\n{tasks.logs()[-4000:]}"
+                             f"\nGalaxy's log ends:\n{galaxy.tail(3000)}") from None
+    return job_id, output_id, time.monotonic() - started
+
+
+def test_staging_galaxy_job_without_a_shared_filesystem_produces_the_right_dataset(
+        staging_galaxy: GalaxyServer, staging_user: GalaxyApi, staging_history: tuple[str, str],
+        staged_tasks: Deployment) -> None:
+    job_id, output_id, _ = run(staging_galaxy, staging_user, staged_tasks, staging_history, "probe_upper_staged")
     # the job read the staged copy of its input and wrote a copy of its output, where
     # Galaxy's files directory is empty; the output came home whole
     assert staging_user.dataset_text(output_id) == TEXT.upper() + "seen 0\n"
@@ -106,3 +123,20 @@ def test_staging_galaxy_job_without_a_shared_filesystem_produces_the_right_datas
     assert (working / f"galaxy_{number}.ec").read_text().strip() == "0"
     assert (working / "outputs" / "tool_stdout").exists()
     assert not list(Path(row.job_dir).glob(".stage-out"))
+
+
+def test_staging_galaxy_figures_submit_to_ok_staged_and_shared(
+        staging_galaxy: GalaxyServer, staging_user: GalaxyApi, staging_history: tuple[str, str],
+        staged_tasks: Deployment) -> None:
+    """Galaxy's run_tool to ok, a staged job beside one on a destination that shares
+    Galaxy's files (both through galaxy-tasks, metadata in Galaxy's Celery worker)."""
+    seconds: dict[str, list[float]] = {"staged": [], "shared": []}
+    for _ in range(ROUNDS):
+        for kind, tool_id in (("staged", "probe_upper_staged"), ("shared", "probe_whoami_gt")):
+            job_id, _, took = run(staging_galaxy, staging_user, staged_tasks, staging_history, tool_id)
+            seconds[kind].append(took)
+            assert staged_tasks.job(staging_galaxy.task_id(job_id)).destination == (
+                STAGED_DESTINATION if kind == "staged" else "local")
+    medians = {kind: sorted(values)[len(values) // 2] for kind, values in seconds.items()}
+    print(f"\nGalaxy run_tool -> ok, median of {ROUNDS}: staged {medians['staged']:.2f} s, "
+          f"shared {medians['shared']:.2f} s")
