@@ -112,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     beat = sub.add_parser("beat", help="start Celery beat, which schedules reconciliation")
     beat.set_defaults(handler=_beat)
 
+    staging = sub.add_parser("staging-server", help="serve the http staging transfer: jobs' inputs to far workers, "
+                                                    "their files back (docs/staging.md)")
+    staging.set_defaults(handler=_staging_server)
+
     db = sub.add_parser("db", help="database schema")
     db.add_argument("action", choices=["upgrade", "current"])
     db.set_defaults(handler=_db)
@@ -443,6 +447,24 @@ def _beat(args: argparse.Namespace, extra: list[str]) -> int:
 
     config.load().home.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule there
     app.start(["beat", *extra])
+    return 0
+
+
+def _staging_server(args: argparse.Namespace, _extra: list[str]) -> int:
+    from galaxy_tasks.logs import event, install
+    from galaxy_tasks.staging import server
+    from galaxy_tasks.store import Store
+
+    settings = config.load()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    install(settings.log_level)
+    serving = server.build(settings, Store(settings.database_url, settings.check_after).job)
+    event(logging.getLogger("galaxy_tasks.staging"), "staging_server_listening", address=settings.staging_listen,
+          https=bool(settings.staging_cert))
+    try:
+        serving.serve_forever()
+    finally:
+        serving.server_close()
     return 0
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Mapping
@@ -42,7 +42,7 @@ MAX_WORKFLOW_JOBS = 100_000
 MAX_PASS_MOST = 10_000
 
 #: variables whose values are secrets: `galaxy-tasks config` says only whether they are set
-SECRET_VARIABLES = frozenset({"FLOWER_BASIC_AUTH"})
+SECRET_VARIABLES = frozenset({"FLOWER_BASIC_AUTH", "STAGING_SECRET"})
 
 
 def _raw(name: str, environ: Mapping[str, str]) -> str:
@@ -81,6 +81,12 @@ class Settings:
     workflow_max_jobs: int
     workflow_pass_most: int
     log_level: str
+    staging_secret: str = field(default="", repr=False)
+    staging_token_ttl_in: float = 604800.0
+    staging_token_ttl_out: float = 2592000.0
+    staging_listen: str = "127.0.0.1:8780"
+    staging_cert: str = ""
+    staging_key: str = ""
 
     @property
     def embedded(self) -> bool:
@@ -153,4 +159,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         workflow_max_jobs=workflow_max_jobs,
         workflow_pass_most=workflow_pass_most,
         log_level=_raw("LOG_LEVEL", env),
+        staging_secret=_raw("STAGING_SECRET", env),
+        staging_token_ttl_in=number("STAGING_TOKEN_TTL_IN"),
+        staging_token_ttl_out=number("STAGING_TOKEN_TTL_OUT"),
+        staging_listen=_raw("STAGING_LISTEN", env),
+        staging_cert=_raw("STAGING_CERT", env),
+        staging_key=_raw("STAGING_KEY", env),
     )

@@ -160,6 +160,9 @@ class Job:
     # what a destination without a shared filesystem sends home and rewrites (docs/staging.md)
     returns: list[str] | None = field(default=None, metadata=sql(JSON))
     rewrite: list[str] | None = field(default=None, metadata=sql(JSON))
+    # the http staging transfer's tokens (JSON: {"in": ..., "out": ...}), minted at prepare on
+    # the submitter's side; the far worker reads them here (never shown, logged or in a job's files)
+    staging_tokens: str | None = field(default=None, repr=False, metadata=sql(Text))
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Job:

@@ -392,6 +392,8 @@ def _staging(given: Any, here: Where, runner: str) -> StagingSettings | None:
     settings = runner_params.load(StagingSettings, given.staging.model_dump(exclude_unset=True), where)
     if missing := settings.missing():
         raise where.error(f"needs {', '.join(missing)}")
+    if misplaced := settings.misplaced():
+        raise where.error(f"{', '.join(misplaced)} not used by `transfer: {settings.transfer}`")
     return settings
 
 

@@ -7,6 +7,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 from galaxy_tasks import jobdir
 from galaxy_tasks.context import Context
+from galaxy_tasks.errors import ConfigError
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.lifecycle import reuse
 from galaxy_tasks.lifecycle.changes import move, move_many
@@ -15,6 +16,7 @@ from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job
 from galaxy_tasks.routing import Destination
 from galaxy_tasks.runners.base import Launch, Rebuild
+from galaxy_tasks.staging import tokens
 from galaxy_tasks.states import JobState
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,8 @@ def _write(ctx: Context, job: Job) -> Prepared | dict[str, Any]:
             raise LookupError(f"destination {job.destination!r} is no longer configured")
         jobdir.create(root, job.command, environment(ctx, job, destination, jobdir.JobDir(root)),
                       job.environment_setup_file, token=job.token)
-    except (OSError, LookupError) as exc:
+        staging_tokens = _staging_tokens(ctx, job, destination)
+    except (OSError, LookupError, ConfigError) as exc:
         failed = move(ctx, job.id, JobState.ERROR, reason=f"prepare failed: {exc}", sources=_NEW)
         event(log, "state_change", job_id=job.id, to=JobState.ERROR, reason=str(exc))
         return Prepared(None, failed.job if failed is not None else None)
@@ -89,7 +92,17 @@ def _write(ctx: Context, job: Job) -> Prepared | dict[str, Any]:
     key = reuse.provenance_key(ctx, job) if job.reuse else None
     if key is not None and (reused := reuse.reuse_earlier(ctx, job, jobdir.JobDir(root), key)) is not None:
         return Prepared(reused)
-    return {"job_dir": str(root), "provenance": key}
+    return {"job_dir": str(root), "provenance": key, "staging_tokens": staging_tokens}
+
+
+def _staging_tokens(ctx: Context, job: Job, destination: Destination) -> str | None:
+    """The http transfer's tokens (JSON) for a job of a destination that uses it, minted here
+    on the submitter's side (the far worker, which reads them with the row, holds no secret)."""
+    if destination.staging is None or destination.staging.transfer != "http":
+        return None
+    settings = ctx.settings
+    return tokens.for_job(settings.staging_secret, job.id, job.token or "", settings.staging_token_ttl_in,
+                          settings.staging_token_ttl_out)
 
 
 def environment(ctx: Context, job: Job, destination: Destination, job_dir: jobdir.JobDir) -> dict[str, str]:
@@ -134,4 +147,5 @@ def _rebuild(ctx: Context, job: Job) -> Rebuild | None:
     return Rebuild(command=job.command, environment=environment(ctx, job, destination, local),
                    setup_file=job.environment_setup_file, token=job.token or "",
                    inputs=tuple(job.inputs or ()), outputs=tuple(job.outputs or ()),
-                   returns=tuple(job.returns or ()), rewrite=tuple(job.rewrite or ()))
+                   returns=tuple(job.returns or ()), rewrite=tuple(job.rewrite or ()),
+                   credentials=tokens.parse(job.staging_tokens))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -42,6 +42,8 @@ class Rebuild:
     outputs: tuple[str, ...] = ()
     returns: tuple[str, ...] = ()
     rewrite: tuple[str, ...] = ()
+    #: what the transfer needs to reach the submitter for this job (http's tokens)
+    credentials: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import stat
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from galaxy_tasks.errors import StagingError, StagingUnreachable
 from galaxy_tasks.staging.settings import StagingSettings
@@ -72,6 +72,10 @@ class Rsync:
         self.settings = settings
         self.target = f"{settings.user}@{settings.host}" if settings.user else settings.host
         self.control_dir = _control_dir()
+
+    def bound(self, job_id: str, credentials: Mapping[str, str]) -> Rsync:
+        """The same transfer for any job: ssh's key is the destination's, not the job's."""
+        return self
 
     def ssh_command(self) -> list[str]:
         """ssh with the destination's key only, in batch mode, host keys always checked."""

@@ -32,8 +32,10 @@ from galaxy_tasks.faults import crash_point
 from galaxy_tasks.jobdir import HashBudget, JobDir
 from galaxy_tasks.logs import event
 from galaxy_tasks.runners.base import Completion, Launch, Rebuild, Report, Runner, Tracked
+from galaxy_tasks.staging.http import Http
 from galaxy_tasks.staging.rsync import DIRECTORY, STAGE_OUT, Rsync
 from galaxy_tasks.staging.settings import StagingSettings
+from galaxy_tasks.staging.tokens import OUT
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +56,11 @@ class StagedRunner(Runner):
     name = "staged"
 
     def __init__(self, build: Callable[[Report], Runner], report: Report, settings: StagingSettings,
-                 transfer: Rsync | None = None) -> None:
+                 transfer: Rsync | Http | None = None) -> None:
         """`build(report)` makes the wrapped runner, which reports through the stage-out."""
         self.settings = settings
         self.root = Path(settings.root)
-        self.transfer = transfer or Rsync(settings)
+        self.transfer = transfer or (Http(settings) if settings.transfer == "http" else Rsync(settings))
         self.report = report
         self._senders = ThreadPoolExecutor(2, thread_name_prefix="stage-out")
         self.inner = build(self._send_then_report)
@@ -114,7 +116,8 @@ class StagedRunner(Runner):
             raise RunnerError(f"input {relative[0]!r} is not an absolute path: a destination without a shared "
                               "filesystem stages only absolute paths")
         started = time.monotonic()
-        wanted = self.transfer.digests(rebuild.inputs)
+        transfer = self.transfer.bound(launch.job_id, rebuild.credentials)
+        wanted = transfer.digests(rebuild.inputs)
         missing = [path for path, found in wanted.items() if found is None]
         if missing:
             raise StagingError(f"input not found on the submitter's host: {', '.join(missing)}")
@@ -125,18 +128,20 @@ class StagedRunner(Runner):
         jobdir.create(local.root, _rewrite(rebuild.command, moves),
                       {name: _rewrite(value, moves) for name, value in rebuild.environment.items()},
                       rebuild.setup_file, token=rebuild.token)
-        self._fetch(rebuild, local, wanted)
+        self._fetch(transfer, rebuild, local, wanted)
         for path in rebuild.returns:  # where the job writes what goes home
             (local.root / _copy(path)).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         rewritten = _rewrite_files(local.root, rebuild.rewrite, moves)
         came_in = {_copy(path): found[1] for path, found in wanted.items() if found is not None and found != DIRECTORY}
         jobdir.write_file(local.root / STATE_FILE, json.dumps(
             {"remote": str(launch.job_dir), "outputs": list(rebuild.outputs), "token": rebuild.token,
-             "returns": list(rebuild.returns), "came_in": came_in, "rewritten": rewritten}), 0o600)
+             "returns": list(rebuild.returns), "came_in": came_in, "rewritten": rewritten,
+             "credentials": {OUT: rebuild.credentials[OUT]} if OUT in rebuild.credentials else {}}), 0o600)
         event(log, "staged_in", job_id=launch.job_id, files=len(wanted), bytes=need,
               seconds=round(time.monotonic() - started, 3))
 
-    def _fetch(self, rebuild: Rebuild, local: JobDir, wanted: dict[str, tuple[int, str] | None]) -> None:
+    def _fetch(self, transfer: Rsync | Http, rebuild: Rebuild, local: JobDir,
+               wanted: dict[str, tuple[int, str] | None]) -> None:
         """The inputs into `inputs/`, each checked against its size and sha256 on the
         submitter's host; a copy left whole by an earlier try is kept."""
         inputs, part = local.root / INPUTS, local.root / (INPUTS + ".part")
@@ -148,7 +153,7 @@ class StagedRunner(Runner):
         shutil.rmtree(inputs, ignore_errors=True)
         part.mkdir(mode=0o700, exist_ok=True)
         if files:
-            self.transfer.fetch(list(files), part)
+            transfer.fetch(list(files), part)
         for path in wanted.keys() - files.keys():  # a directory input's directories, empty ones too
             (part / path.lstrip("/")).mkdir(mode=0o700, parents=True, exist_ok=True)
         crash_point("stage_in", rebuild.token)  # fetched, not yet checked
@@ -214,6 +219,7 @@ class StagedRunner(Runner):
         remote, started = state["remote"], time.monotonic()
         if (local.root / _SENT).exists():
             return
+        transfer = self.transfer.bound(job_id, state.get("credentials") or {})
         # each file sent and the place it moves to on the submitter's side
         places = {f"{local.working.name}/{path}": f"{local.working.name}/{path}" for path in state.get("outputs") or []}
         rewritten, came_in = set(state.get("rewritten") or ()), state.get("came_in") or {}
@@ -225,11 +231,12 @@ class StagedRunner(Runner):
         for path in [path for path in digests if came_in.get(path) == digests[path]]:
             del digests[path]  # a staged file the job left as it came: already home
         places.update((path, path) for path in ends)
-        self.transfer.send(local.root, list(digests), f"{remote}/{STAGE_OUT}")
-        left_out = self._commit(local.root, remote, digests, places, [path for path in places
-                                                                      if path in digests and path not in ends])
+        transfer.send(local.root, list(digests), f"{remote}/{STAGE_OUT}")
+        left_out = self._commit(transfer, local.root, remote, digests, places,
+                                [path for path in places if path in digests and path not in ends])
         crash_point("stage_out", job_id)  # the outputs home, the end not yet
-        if self._commit(local.root, remote, digests, places, [path for path in ends if path in digests], last=True):
+        if self._commit(transfer, local.root, remote, digests, places, [path for path in ends if path in digests],
+                        last=True):
             raise StagingError(f"the end of job {job_id} did not arrive whole on the submitter's host")
         jobdir.write_file(local.root / _SENT, "", 0o600)
         shutil.rmtree(local.root / INPUTS, ignore_errors=True)
@@ -237,17 +244,17 @@ class StagedRunner(Runner):
         event(log, "staged_out", job_id=job_id, files=len(digests), left_out=left_out or None,
               seconds=round(time.monotonic() - started, 3))
 
-    def _commit(self, root: Path, remote: str, digests: dict[str, str], places: dict[str, str], paths: list[str],
-                last: bool = False) -> list[str]:
+    def _commit(self, transfer: Rsync | Http, root: Path, remote: str, digests: dict[str, str],
+                places: dict[str, str], paths: list[str], last: bool = False) -> list[str]:
         """Move these sent files to their places once checked, sending again those that
         arrived other than they left; the ones that never arrived whole (`last`: the
         staging area is removed once all did)."""
-        pending = self.transfer.commit(remote, [(path, digests[path], places[path]) for path in paths], last)
+        pending = transfer.commit(remote, [(path, digests[path], places[path]) for path in paths], last)
         for _ in range(SEND_ATTEMPTS - 1):
             if not pending:
                 break
-            self.transfer.send(root, pending, f"{remote}/{STAGE_OUT}")
-            pending = self.transfer.commit(remote, [(path, digests[path], places[path]) for path in pending], last)
+            transfer.send(root, pending, f"{remote}/{STAGE_OUT}")
+            pending = transfer.commit(remote, [(path, digests[path], places[path]) for path in pending], last)
         if pending:
             event(log, "stage_out_rejected", level=logging.WARNING, files=pending)
         return pending

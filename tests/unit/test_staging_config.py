@@ -8,6 +8,7 @@ import pytest
 
 from galaxy_tasks import routing
 from galaxy_tasks.errors import ConfigError, RunnerUnavailable, StagingError, StagingUnreachable
+from galaxy_tasks.runners.params import describe
 from galaxy_tasks.staging.rsync import Rsync
 from galaxy_tasks.staging.settings import StagingSettings
 
@@ -62,7 +63,7 @@ def test_staging_required_settings_are_named(tmp_path, line, named):
     ("host", "'a b'", "'a b' is not a host name or address"),
     ("host", "-oProxyCommand=x", "'-oProxyCommand=x' is not a host name or address"),
     ("user", "-x", "'-x' is not a user name"),
-    ("transfer", "ftp", "must be one of rsync"),
+    ("transfer", "ftp", "must be one of rsync, http"),
     ("password", "x", "unknown param"),
 ])
 def test_staging_bad_settings_are_refused(tmp_path, key, value, said):
@@ -85,3 +86,40 @@ def test_staging_an_unreachable_submitter_is_tried_later_a_refused_login_fails_t
         Rsync._run(failing, None)
     assert isinstance(raised.value, StagingUnreachable) == later and said in str(raised.value)
     assert isinstance(raised.value, RunnerUnavailable) == later
+
+
+HTTP = ("    shared_filesystem: false\n    staging:\n      transfer: http\n"
+        "      url: https://submitter.example.org:8443\n      ca_file: /etc/galaxy-tasks/ca.pem\n"
+        "      root: /scratch/staged\n      max_bytes: 1000000\n")
+
+
+def test_staging_http_destination_loads_with_its_settings(tmp_path):
+    far = _load(tmp_path, HTTP).destinations["far"]
+    assert far.staging == StagingSettings(transfer="http", url="https://submitter.example.org:8443",
+                                          ca_file="/etc/galaxy-tasks/ca.pem", root="/scratch/staged",
+                                          max_bytes=1000000)
+
+
+def test_staging_http_needs_its_url_and_no_ssh_settings(tmp_path):
+    assert _refusal(tmp_path, HTTP.replace("      url: https://submitter.example.org:8443\n", "")) == \
+        "destinations.far.staging: needs url"
+    assert _refusal(tmp_path, HTTP + "      identity_file: /etc/key\n") == \
+        "destinations.far.staging: identity_file not used by `transfer: http`"
+    assert _refusal(tmp_path, GOOD + "      url: http://x.example.org\n") == \
+        "destinations.far.staging: url not used by `transfer: rsync`"
+
+
+@pytest.mark.parametrize("url", ["ftp://x.example.org", "https://user:pw@x.example.org", "x.example.org",
+                                 "https://x.example.org/?a=1"])
+def test_staging_http_bad_url_is_refused(tmp_path, url):
+    assert "is not an http:// or https:// URL" in _refusal(
+        tmp_path, HTTP.replace("https://submitter.example.org:8443", url))
+
+
+def test_staging_settings_table_in_the_docs_follows_the_code():
+    """docs/staging.md's table of the `staging:` block is the dataclass's own: every setting,
+    its type, default and meaning."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "staging.md").read_text()
+    for name, kind, default, doc in describe(StagingSettings):
+        shown = "(none)" if default in (None, "") else f"`{default}`"
+        assert f"| `{name}` | {kind} | {shown} | {doc} |" in text, name
