@@ -81,6 +81,7 @@ TOOLS = {
     "probe_it_broken_gt": (IT_BROKEN, "gt_fast"),
     "probe_upper_staged": (UPPER_SEEN, "gt_staged"),
     "probe_config_staged": (CONFIG_THEN_NOTE, "gt_staged"),
+    "probe_upper_staged_wd": (UPPER_SEEN, "gt_staged_wd"),
 }
 #: tool id -> the <configfiles> of its XML
 CONFIGFILES = {"probe_config_staged": f"<configfile name=\"script\"><![CDATA[{CONFIG_SCRIPT}]]></configfile>"}
@@ -342,6 +343,11 @@ class GalaxyServer:
                   runner: gt
                   galaxy_tasks_destination: {STAGED_DESTINATION}
                   metadata_strategy: directory_celery
+                gt_staged_wd:
+                  runner: gt
+                  galaxy_tasks_destination: {STAGED_DESTINATION}
+                  metadata_strategy: directory_celery
+                  outputs_to_working_directory: true
                 gt_user:
                   runner: gt_user
                   galaxy_tasks_destination: {REAL_USER_DESTINATION}

@@ -104,10 +104,14 @@ def run(galaxy: GalaxyServer, user: GalaxyApi, tasks: Deployment, history: tuple
     return job_id, output_id, time.monotonic() - started
 
 
+@pytest.mark.parametrize("tool_id", ["probe_upper_staged", "probe_upper_staged_wd"])
 def test_staging_galaxy_job_without_a_shared_filesystem_produces_the_right_dataset(
         staging_galaxy: GalaxyServer, staging_user: GalaxyApi, staging_history: tuple[str, str],
-        staged_tasks: Deployment) -> None:
-    job_id, output_id, _ = run(staging_galaxy, staging_user, staged_tasks, staging_history, "probe_upper_staged")
+        staged_tasks: Deployment, tool_id: str) -> None:
+    """The tool writes its output where Galaxy's datasets are (probe_upper_staged) or, with
+    `outputs_to_working_directory: true` (probe_upper_staged_wd), in Galaxy's job directory,
+    whence Galaxy's finish moves it."""
+    job_id, output_id, _ = run(staging_galaxy, staging_user, staged_tasks, staging_history, tool_id)
     # the job read the staged copy of its input and wrote a copy of its output, where
     # Galaxy's files directory is empty; the output came home whole
     assert staging_user.dataset_text(output_id) == TEXT.upper() + "seen 0\n"
@@ -122,6 +126,8 @@ def test_staging_galaxy_job_without_a_shared_filesystem_produces_the_right_datas
     assert f"cd {working}\n" in (working / f"galaxy_{number}.sh").read_text()
     assert (working / f"galaxy_{number}.ec").read_text().strip() == "0"
     assert (working / "outputs" / "tool_stdout").exists()
+    if tool_id == "probe_upper_staged_wd":  # the tool wrote in Galaxy's job directory, not in its datasets
+        assert f"'{working}/outputs/dataset_" in (working / "tool_script.sh").read_text()
     assert not list(Path(row.job_dir).glob(".stage-out"))
 
 
