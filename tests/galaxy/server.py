@@ -47,6 +47,11 @@ IT_BROKEN = "echo 'no port mapping for the container' > ../container_monitor_exc
 #: on a destination without a shared filesystem sees none: it reads and writes staged copies)
 UPPER_SEEN = ("tr '[:lower:]' '[:upper:]' < '$input' > '$output' && "
               "echo \"seen `ls -A @ROOT@/data/objects | wc -l`\" >> '$output'")
+#: a config file that upper-cases the input, run by a tool that then adds a file of its own
+#: directory (what a destination without a shared filesystem stages and rewrites)
+CONFIG_SCRIPT = "tr '[:lower:]' '[:upper:]' < '$input'"
+TOOL_NOTE = "staged_note.txt"
+CONFIG_THEN_NOTE = f"sh '$script' > '$output' && cat '$__tool_directory__/{TOOL_NOTE}' >> '$output'"
 #: tool id -> (command, environment: None is Galaxy's local runner, the default)
 TOOLS = {
     "probe_cat": (CAT, None),
@@ -75,7 +80,10 @@ TOOLS = {
     "probe_it_gt": (IT_SERVE, "gt_fast"),
     "probe_it_broken_gt": (IT_BROKEN, "gt_fast"),
     "probe_upper_staged": (UPPER_SEEN, "gt_staged"),
+    "probe_config_staged": (CONFIG_THEN_NOTE, "gt_staged"),
 }
+#: tool id -> the <configfiles> of its XML
+CONFIGFILES = {"probe_config_staged": f"<configfile name=\"script\"><![CDATA[{CONFIG_SCRIPT}]]></configfile>"}
 #: the interactive tools among TOOLS (Galaxy's `tool_type="interactive"`, one entry point)
 INTERACTIVE = ("probe_it_gt", "probe_it_broken_gt")
 #: tool id -> the <requirements> of its XML (a tool's own time limit, which Galaxy's runners keep)
@@ -174,6 +182,7 @@ def own_redis(directory: Path) -> Iterator[RedisServer]:
 
 def tool_xml(tool_id: str, command: str) -> str:
     requirements = REQUIREMENTS.get(tool_id, "")
+    configfiles = f"<configfiles>{CONFIGFILES[tool_id]}</configfiles>" if tool_id in CONFIGFILES else ""
     interactive = tool_id in INTERACTIVE
     tool_type = ' tool_type="interactive"' if interactive else ""
     entry_points = (f'<entry_points><entry_point name="{tool_id} page" requires_domain="False">'
@@ -183,6 +192,7 @@ def tool_xml(tool_id: str, command: str) -> str:
             <requirements>{requirements}</requirements>
             {entry_points}
             <command><![CDATA[{command}]]></command>
+            {configfiles}
             <inputs><param name="input" type="data" format="txt,tabular" label="Input"/></inputs>
             <outputs><data name="output" format="txt"/></outputs>
         </tool>
@@ -254,6 +264,7 @@ class GalaxyServer:
         tools = self.root / "tools"
         for directory in (config, tools, self.data_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        (tools / TOOL_NOTE).write_text("a file of the tool's own\n")
         for tool_id, (command, _) in TOOLS.items():
             (tools / f"{tool_id}.xml").write_text(tool_xml(tool_id, command.replace("@ROOT@", str(self.root))))
         entries = "\n".join(f'    <tool file="{tools / f"{t}.xml"}"/>' for t in TOOLS)

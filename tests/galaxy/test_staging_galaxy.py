@@ -2,7 +2,7 @@
 (`pytest -k staging`): Galaxy's environment gt_staged sends probe_upper_staged to the
 galaxy-tasks destination `staged` (`shared_filesystem: false`, metadata set in Galaxy's
 Celery worker), whose worker runs in a mount namespace of its own where Galaxy's datasets,
-Galaxy's job directories and galaxy-tasks' jobs root are empty tmpfs. The plugin declares
+Galaxy's job directories, its tools' directory and galaxy-tasks' jobs root are empty tmpfs. The plugin declares
 the job's files; the worker fetches them over this module's sshd (port 2298; 2299 is
 tests/integration/test_staging.py's), runs Galaxy's job script against the staged copies
 and sends the outputs home before Galaxy hears that the job ended.
@@ -21,7 +21,7 @@ import redis
 from galaxy_tasks.states import JobState
 from tests.galaxy.api import GalaxyApi
 from tests.galaxy.conftest import running
-from tests.galaxy.server import STAGED_DESTINATION, GalaxyServer, celery_options, own_redis
+from tests.galaxy.server import STAGED_DESTINATION, TOOL_NOTE, GalaxyServer, celery_options, own_redis
 from tests.support.deployment import Deployment
 from tests.support.redis_server import RedisServer
 from tests.support.sshd import Sshd, own_sshd
@@ -73,7 +73,7 @@ def staged_tasks(make_deployment, staging_broker: RedisServer, staging_galaxy: G
     deployment = make_deployment(broker=staging_broker.url, GALAXY_TASKS_JOB_CONF=str(conf))
     deployment.worker("galaxy_tasks,galaxy_tasks.ends,local", "steps@%h")
     hidden = [Path(deployment.env["GALAXY_TASKS_JOBS_DIR"]), staging_galaxy.data_dir / "objects",
-              staging_galaxy.data_dir / "jobs_directory"]
+              staging_galaxy.data_dir / "jobs_directory", staging_galaxy.root / "tools"]
     for path in hidden:
         path.mkdir(parents=True, exist_ok=True)
     hide = " && ".join(f'mount -t tmpfs hidden "${n}"' for n in range(1, len(hidden) + 1))
@@ -123,6 +123,15 @@ def test_staging_galaxy_job_without_a_shared_filesystem_produces_the_right_datas
     assert (working / f"galaxy_{number}.ec").read_text().strip() == "0"
     assert (working / "outputs" / "tool_stdout").exists()
     assert not list(Path(row.job_dir).glob(".stage-out"))
+
+
+def test_staging_galaxy_tool_with_a_config_file_and_a_file_of_its_own(
+        staging_galaxy: GalaxyServer, staging_user: GalaxyApi, staging_history: tuple[str, str],
+        staged_tasks: Deployment) -> None:
+    """Galaxy's config file (which names the input dataset) is rewritten to name the staged
+    copy, and the tool's directory, which the tool script names, travels with the job."""
+    _, output_id, _ = run(staging_galaxy, staging_user, staged_tasks, staging_history, "probe_config_staged")
+    assert staging_user.dataset_text(output_id) == TEXT.upper() + (staging_galaxy.root / "tools" / TOOL_NOTE).read_text()
 
 
 def test_staging_galaxy_figures_submit_to_ok_staged_and_shared(
