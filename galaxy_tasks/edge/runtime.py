@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any
+from typing import Any, Sequence
 
 from galaxy_tasks import config, lifecycle, routing
 from galaxy_tasks.context import Context
 from galaxy_tasks.edge import messages
-from galaxy_tasks.lifecycle import Finished
+from galaxy_tasks.lifecycle import Effects, Finished
 from galaxy_tasks.model import Job
 from galaxy_tasks.runners import Runner
 from galaxy_tasks.runners.base import Completion, Report
@@ -131,4 +131,15 @@ def record_end(ctx: Context, completion: Completion, confirmed: bool = False, jo
     this process (`confirmed`): a reconciliation check, a runner whose events are durable."""
     finished = lifecycle.finish(ctx, completion, confirmed, job)
     messages.carry_out(ctx, finished.effects)
+    return finished
+
+
+def record_ends(ctx: Context, ends: Sequence[tuple[Completion, Job | None]]) -> list[Finished]:
+    """`record_end` for several ends heard together (the finish step's batch), each with its
+    row as read together; what follows from them all is sent together."""
+    finished = lifecycle.finish_many(ctx, ends)
+    effects = Effects()
+    for each in finished:
+        effects += each.effects
+    messages.carry_out(ctx, effects)
     return finished

@@ -170,10 +170,8 @@ def finish_jobs(completions: list[dict[str, Any]]) -> int:
         except (TypeError, ValueError) as exc:
             event(log, "end_refused", level=logging.WARNING, error=str(exc)[:200])
     rows = ctx.store.jobs(end.job_id for end in ends)
-    recorded = 0
-    for end in ends:
-        recorded += runtime.record_end(ctx, end, job=rows.get(end.job_id)).moved is not None
-    return recorded
+    return sum(finished.moved is not None
+               for finished in runtime.record_ends(ctx, [(end, rows.get(end.job_id)) for end in ends]))
 
 
 @app.task(name="galaxy_tasks.launch_next", bind=True, **DB_RETRY)

@@ -5,7 +5,7 @@ edge's one interpreter sends them: policy lives here, sending there."""
 from galaxy_tasks.lifecycle.accept import accept, accept_many, refusal_address
 from galaxy_tasks.lifecycle.cancel import Cancelled, cancel
 from galaxy_tasks.lifecycle.effects import NOTHING, Effects, ToStop
-from galaxy_tasks.lifecycle.finish import Finished, finish
+from galaxy_tasks.lifecycle.finish import Finished, finish, finish_many
 from galaxy_tasks.lifecycle.launch import launch
 from galaxy_tasks.lifecycle.prepare import launch_for, prepare, prepare_many
 from galaxy_tasks.lifecycle.reconcile import (
@@ -31,7 +31,7 @@ from galaxy_tasks.lifecycle.turns import (
 
 __all__ = ["NOTHING", "Cancelled", "Effects", "Finished", "Plan", "ToStop", "Turn", "Wait", "accept", "accept_many",
            "acquire_lease",
-           "cancel", "finish", "held_by", "launch", "launch_all_in_turn", "launch_for",
+           "cancel", "finish", "finish_many", "held_by", "launch", "launch_all_in_turn", "launch_for",
            "launch_in_turn", "launch_turn", "load_of",
            "next_queued", "overdue", "prepare", "prepare_many", "refusal_address", "startup", "stopped", "tracked",
            "unpublished", "why_waiting"]

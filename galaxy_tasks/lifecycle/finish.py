@@ -7,11 +7,13 @@ import signal
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 from galaxy_tasks.context import Context
 from galaxy_tasks.faults import crash_point
 from galaxy_tasks.jobdir import EndNote, JobDir, new_token
+from galaxy_tasks.lifecycle import limits
+from galaxy_tasks.lifecycle.changes import move_many
 from galaxy_tasks.lifecycle.effects import Effects
 from galaxy_tasks.lifecycle.limits import move_giving_back, release
 from galaxy_tasks.logs import event
@@ -73,8 +75,41 @@ def finish(ctx: Context, completion: Completion, confirmed: bool = False, job: J
     changes nothing, and the job is looked at by reconciliation soon instead. `job`: its row
     as a batch read it (the move checks the state again)."""
     job = job if job is not None and job.id == completion.job_id else ctx.store.job(completion.job_id)
-    if job is None:
-        return Finished(None, None)
+    return finish_many(ctx, [(completion, job)], confirmed)[0]
+
+
+def finish_many(ctx: Context, ends: Sequence[tuple[Completion, Job | None]],
+                confirmed: bool = False) -> list[Finished]:
+    """`finish` for several ends heard together, each with its row as read together: each is
+    checked and decided on its own; the plain ends (no resubmission, no place to give back)
+    are then recorded with one statement per state they reach (store.move_many)."""
+    found: list[Finished | _Plain] = []
+    for completion, job in ends:
+        if job is None or job.id != completion.job_id:
+            found.append(Finished(None, None))
+            continue
+        checked = _checked(ctx, completion, confirmed, job)
+        found.append(checked if isinstance(checked, Finished) else _record(ctx, job, *checked))
+    plain = [entry for entry in found if isinstance(entry, _Plain)]
+    recorded: dict[str, Moved] = {}
+    for state, source in dict.fromkeys((entry.state, JobState(entry.job.state)) for entry in plain):
+        recorded.update(move_many(ctx, {entry.job.id: {**entry.values, "reason": entry.reason} for entry in plain
+                                        if (entry.state, JobState(entry.job.state)) == (state, source)},
+                                  state, source))
+    # one read as SUBMITTING whose launch was recorded meanwhile moves on its own, from
+    # RUNNING; a second end of one job in the batch finds it ended
+    return [entry if isinstance(entry, Finished) else _recorded(
+        ctx, entry, *((recorded.pop(entry.job.id), []) if entry.job.id in recorded else _alone(ctx, entry)))
+        for entry in found]
+
+
+def _alone(ctx: Context, end: _Plain) -> tuple[Moved | None, list[tuple[str, str]]]:
+    return move_giving_back(ctx, end.job, end.state, reason=end.reason, sources=_LAUNCHED, **end.values)
+
+
+def _checked(ctx: Context, completion: Completion, confirmed: bool,
+             job: Job) -> Finished | tuple[JobDir, Completion, EndNote, str | None]:
+    """What the job's directory says of its end, or why nothing is to be recorded."""
     # the process of a destination with job slots ended (a cancelled job's too, whose
     # finish records nothing): its slot is free, so the oldest waiting job may start
     wake = job.destination if job.destination in ctx.routing.limited else None
@@ -92,7 +127,7 @@ def finish(ctx: Context, completion: Completion, confirmed: bool = False, job: J
         ctx.store.recheck(job.id)
         event(log, "completion_unconfirmed", level=logging.WARNING, job_id=job.id, source=completion.source)
         return Finished(None, None)
-    return _record(ctx, job, job_dir, completion, end, wake)
+    return job_dir, completion, end, wake
 
 
 def _ended_before(ctx: Context, job: Job, job_dir: JobDir, completion: Completion,
@@ -156,9 +191,21 @@ def _resubmission(ctx: Context, job: Job, end: EndNote) -> tuple[Resubmission, D
     return (choice, target) if choice is not None and target is not None else None
 
 
+class _Plain(NamedTuple):
+    """An end decided and to be recorded together with others: the job reaches `state`
+    with `values` (the same names for every job)."""
+
+    job: Job
+    state: JobState
+    reason: str | None
+    values: dict[str, Any]
+    wake: str | None
+
+
 def _record(ctx: Context, job: Job, job_dir: JobDir, completion: Completion, end: EndNote,
-            wake: str | None) -> Finished:
-    """Decide how the job ended, then write it: its end, or its next attempt."""
+            wake: str | None) -> Finished | _Plain:
+    """Decide how the job ended, then write it: its next attempt, or an end that gives back
+    places; a plain end is left to be written together with others."""
     stdout, stderr = job_dir.tail("stdout"), job_dir.tail("stderr")
     outcome = _outcome(ctx, job, job_dir, end, stderr)
     if outcome.again is not None:
@@ -173,21 +220,24 @@ def _record(ctx: Context, job: Job, job_dir: JobDir, completion: Completion, end
         max_rss_kb=end.max_rss_kb,
         ended_at=datetime.fromtimestamp(end.ended_at, UTC),
         runner_state=end.runner_state,
-    )
-    if state is JobState.OK and job.outputs:
         # provenance: sizes, and the sha256 a later reuse needs only of a job that allows it
-        values["output_files"] = job_dir.output_digests(job.outputs, hashed=bool(job.reuse))
-    if job.external_id is None and completion.external_id:
-        values["external_id"] = completion.external_id
-    if job.running_at is None:
-        values["running_at"] = job.updated_at  # it ended before its launch was recorded
-    moved, woken = move_giving_back(ctx, job, state, reason=reason, sources=_LAUNCHED, **values)
+        output_files=job_dir.output_digests(job.outputs, hashed=bool(job.reuse))
+        if state is JobState.OK and job.outputs else None,
+        external_id=job.external_id or completion.external_id or None,
+        running_at=job.running_at or job.updated_at,  # (updated_at: it ended before its launch was recorded)
+    )
+    plain = _Plain(job, state, reason, values, wake)
+    return plain if not job.limit_keys and not limits.counted(ctx) else _recorded(ctx, plain, *_alone(ctx, plain))
+
+
+def _recorded(ctx: Context, end: _Plain, moved: Moved | None, woken: list[tuple[str, str]]) -> Finished:
+    """What an end's record led to (`moved` None: the job had moved on meanwhile)."""
     if moved is None:
-        return _raced(ctx, job, wake)
-    crash_point("finish", job.id)  # recorded, but the message not yet acknowledged
-    event(log, "state_change", job_id=job.id, to=state, exit_code=end.exit_code, reason=reason,
-          tool_id=job.tool_id, destination=job.destination)
-    return Finished(moved, wake, woken)
+        return _raced(ctx, end.job, end.wake)
+    crash_point("finish", end.job.id)  # recorded, but the message not yet acknowledged
+    event(log, "state_change", job_id=end.job.id, to=end.state, exit_code=end.values["exit_code"],
+          reason=end.reason, tool_id=end.job.tool_id, destination=end.job.destination)
+    return Finished(moved, end.wake, woken)
 
 
 def _raced(ctx: Context, job: Job, wake: str | None) -> Finished:

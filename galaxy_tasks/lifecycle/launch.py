@@ -72,7 +72,7 @@ def launch_many(ctx: Context, jobs: Sequence[Job], runner_for: Callable[[str], R
     lease_s = ctx.settings.launch_lease
     claimed = move_many(ctx, {job.id: {} for job in jobs}, JobState.SUBMITTING, JobState.QUEUED, owner=owner,
                         check_at=utcnow() + timedelta(seconds=lease_s))
-    done = _launch_claimed(ctx, [moved.job for moved in claimed.values()], runner_for,
+    done = _launch_claimed(ctx, [claimed[job.id].job for job in jobs if job.id in claimed], runner_for,
                            until=time.monotonic() + lease_s / 2)
     for job in jobs:
         if job.id not in done:

@@ -94,8 +94,8 @@ def launch_all_in_turn(ctx: Context, job_ids: Sequence[str], runner_for: Callabl
     together: list[Job] = []
     if not limits.counted(ctx):
         rows = ctx.store.jobs(job_ids)
-        together = [job for job in rows.values()
-                    if job.state == JobState.QUEUED.value and job.destination not in ctx.routing.limited]
+        together = [job for job_id in dict.fromkeys(job_ids) if (job := rows.get(job_id)) is not None
+                    and job.state == JobState.QUEUED.value and job.destination not in ctx.routing.limited]
     done = launch_many(ctx, together, runner_for, owner) if together else {}
     for job_id in dict.fromkeys(job_ids):
         if job_id not in done:

@@ -47,6 +47,7 @@ class Http:
         self.context = context if context is not None or not self.secure else \
             ssl.create_default_context(cafile=settings.ca_file)
         self._expected: dict[str, tuple[int, str] | None] = {}
+        self._executable: dict[str, bool] = {}
 
     def bound(self, job_id: str, credentials: Mapping[str, str]) -> Http:
         """This transfer for one job, with its tokens."""
@@ -67,6 +68,7 @@ class Http:
             if not isinstance(path, str) or not any(path == p or path.startswith(p.rstrip("/") + "/") for p in paths):
                 continue
             size, digest = entry.get("size"), entry.get("sha256")
+            self._executable[path] = entry.get("executable") is True
             found[path] = DIRECTORY if entry.get("directory") is True else (size, digest) \
                 if isinstance(size, int) and size >= 0 and isinstance(digest, str) and len(digest) == 64 else None
         unanswered = [path for path in paths if path not in found]
@@ -88,9 +90,10 @@ class Http:
             if fd is None:
                 continue
             with os.fdopen(fd, "rb") as source:
-                size = os.fstat(source.fileno()).st_size
-                self._request("PUT", "stage-out/" + urllib.parse.quote(relative), OUT, relative,
-                              body=source, headers={"Content-Length": str(size)}).read()
+                found = os.fstat(source.fileno())
+                headers = {"Content-Length": str(found.st_size), "X-Executable": "1" if found.st_mode & 0o100 else "0"}
+                self._request("PUT", "stage-out/" + urllib.parse.quote(relative), OUT, relative, body=source,
+                              headers=headers).read()
 
     def commit(self, remote_root: str, files: Sequence[tuple[str, str, str]], last: bool = False) -> list[str]:
         """Move each (path in the job's staging area, sha256, its place: relative to the job's
@@ -121,7 +124,7 @@ class Http:
         if response.status != 206:  # the whole file (a server that does not resume, or nothing kept)
             digest, have = hashlib.sha256(), 0
         with response, open(part, "ab" if have else "wb") as out:
-            os.fchmod(out.fileno(), 0o600)
+            os.fchmod(out.fileno(), 0o700 if self._executable.get(path) else 0o600)
             try:
                 while chunk := response.read(CHUNK):
                     digest.update(chunk)

@@ -105,9 +105,10 @@ def _file_entry(path: str) -> dict[str, Any]:
     except OSError:
         return {"path": path, "size": None, "sha256": None}
     try:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
-        return {"path": path, "size": os.fstat(fd).st_size if regular else None,
-                "sha256": _sha256(fd) if regular else None}
+        found = os.fstat(fd)
+        regular = stat.S_ISREG(found.st_mode)
+        return {"path": path, "size": found.st_size if regular else None, "sha256": _sha256(fd) if regular else None,
+                "executable": bool(found.st_mode & 0o100)}
     finally:
         os.close(fd)
 
@@ -179,8 +180,9 @@ class Jobs:
             raise Refused(HTTPStatus.NOT_FOUND, f"input {path} is not a regular file")
         return fd
 
-    def receive(self, job: Job, path: str, size: int, read: Callable[[int], bytes]) -> None:
-        """`size` bytes into `.stage-out/<path>`, under a temporary name until all arrived."""
+    def receive(self, job: Job, path: str, size: int, read: Callable[[int], bytes], executable: bool = False) -> None:
+        """`size` bytes into `.stage-out/<path>`, under a temporary name until all arrived
+        (executable by its owner if it was where it came from)."""
         parts = relative(path)
         root = os.open(str(job.job_dir), _DIR)
         try:
@@ -189,8 +191,8 @@ class Jobs:
             os.close(root)
         temporary = f".{parts[-1][:200]}.{secrets.token_hex(6)}.upload"
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=where)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o700 if executable else 0o600, dir_fd=where)
             try:
                 left = size
                 while left:
@@ -335,7 +337,8 @@ class Handler(BaseHTTPRequestHandler):
             elif self.command == "PUT" and what.startswith("stage-out/"):
                 job = self.server.jobs.job(job_id, self.headers.get("Authorization"), tokens.OUT)
                 self.server.jobs.receive(job, urllib.parse.unquote(what.removeprefix("stage-out/")),
-                                         self._length(None), self.rfile.read)
+                                         self._length(None), self.rfile.read,
+                                         executable=self.headers.get("X-Executable") == "1")
                 self._json({})
             elif (self.command, what) == ("POST", "commit"):
                 job = self.server.jobs.job(job_id, self.headers.get("Authorization"), tokens.OUT)

@@ -105,9 +105,10 @@ class Moves(StoreBase):
     ) -> dict[str, Moved]:
         """`move` for many jobs from one `source` state: each job in `moves` (id -> its own
         values; every job gives the same names) that is in `source` moves to `target` with
-        those and the common `values`. Each job moves at most once, as with `move`; the jobs
-        that were not in `source` are left out of the result. On PostgreSQL one statement
-        moves them all and writes their history rows."""
+        those and the common `values` (a job's own `reason` is also its history row's). Each
+        job moves at most once, as with `move`; the jobs that were not in `source` are left
+        out of the result. On PostgreSQL one statement moves them all and writes their
+        history rows."""
         if not moves:
             return {}
         assignments = self._assignments(target, None, True, values)
@@ -130,7 +131,7 @@ class Moves(StoreBase):
             for job_id, given in moves.items():
                 shape = columns + tuple(given)
                 job = self._move_once(connection, shape, {**params, **{f"v_{k}": v for k, v in given.items()},
-                                                          "job_id": job_id})
+                                                          "job_id": job_id, "c_reason": given.get("reason")})
                 if job is not None:
                     moved[job_id] = Moved(source, job)
         return moved
@@ -235,10 +236,9 @@ def _pg_move_many(columns: tuple[str, ...], own: tuple[str, ...]) -> Executable:
     values["unpublished_at"] = case((jobs.c.events_queue.is_(None), None), else_=values["updated_at"])
     moved = (update(jobs).where(jobs.c.id == given.c.id, jobs.c.state == current).values(values)
              .returning(*jobs.c).cte("moved"))
+    reason = moved.c.reason if "reason" in own else bindparam("c_reason", type_=state_changes.c.reason.type)
     logged = insert(state_changes).from_select(_CHANGE_COLUMNS, select(
-        moved.c.id, current, moved.c.state, moved.c.updated_at,
-        bindparam("c_reason", type_=state_changes.c.reason.type),
-    )).cte("logged")
+        moved.c.id, current, moved.c.state, moved.c.updated_at, reason)).cte("logged")
     return select(moved).add_cte(logged)
 
 

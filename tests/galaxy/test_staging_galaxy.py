@@ -2,15 +2,20 @@
 (`pytest -k staging`): Galaxy's environment gt_staged sends probe_upper_staged to the
 galaxy-tasks destination `staged` (`shared_filesystem: false`, metadata set in Galaxy's
 Celery worker), whose worker runs in a mount namespace of its own where Galaxy's datasets,
-Galaxy's job directories, its tools' directory and galaxy-tasks' jobs root are empty tmpfs. The plugin declares
-the job's files; the worker fetches them over this module's sshd (port 2298; 2299 is
-tests/integration/test_staging.py's), runs Galaxy's job script against the staged copies
-and sends the outputs home before Galaxy hears that the job ended.
+Galaxy's job directories, its tools' directory and galaxy-tasks' jobs root are empty tmpfs.
+The plugin declares the job's files; the worker fetches them over this module's sshd (port 2298; 2299 is
+tests/integration/test_staging.py's), or from a staging server of the test's own (http),
+runs Galaxy's job script against the staged copies and sends the outputs home before Galaxy
+hears that the job ended.
 
 One Galaxy start for the module; a galaxy-tasks deployment per test.
 """
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -23,7 +28,7 @@ from tests.galaxy.api import GalaxyApi
 from tests.galaxy.conftest import running
 from tests.galaxy.server import STAGED_DESTINATION, TOOL_NOTE, GalaxyServer, celery_options, own_redis
 from tests.support.deployment import Deployment
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, free_port
 from tests.support.sshd import Sshd, own_sshd
 
 pytestmark = [pytest.mark.galaxy, pytest.mark.xdist_group("staging_galaxy")]
@@ -58,20 +63,34 @@ def staging_user(staging_galaxy: GalaxyServer) -> GalaxyApi:
 
 
 @pytest.fixture
-def staged_tasks(make_deployment, staging_broker: RedisServer, staging_galaxy: GalaxyServer, staging_sshd: Sshd,
-                 tmp_path: Path) -> Deployment:
+def staged_tasks(request: pytest.FixtureRequest, make_deployment, staging_broker: RedisServer,
+                 staging_galaxy: GalaxyServer, staging_sshd: Sshd, tmp_path: Path) -> Iterator[Deployment]:
     """galaxy-tasks on Galaxy's broker: a steps worker that sees everything (Galaxy's side),
-    and the staging destination's worker, which sees none of Galaxy's data."""
+    and the staging destination's worker, which sees none of Galaxy's data. Its files travel
+    by rsync over ssh, or (`http`, an indirect parameter) from a staging server of the test's
+    own; the secret that signs the http tokens is the steps worker's and the server's only."""
+    transfer = getattr(request, "param", "rsync")
     redis.Redis.from_url(staging_broker.url).flushdb()
+    http_port = free_port()
+    how = (f"      transfer: http\n      url: http://127.0.0.1:{http_port}\n" if transfer == "http" else
+           f"      host: 127.0.0.1\n      port: {PORT}\n      identity_file: {staging_sshd.identity}\n"
+           f"      known_hosts: {staging_sshd.known_hosts}\n")
     conf = tmp_path / "job_conf.yml"
     conf.write_text(
         f"destinations:\n  local:\n    runner: local\n  {STAGED_DESTINATION}:\n    runner: local\n"
-        f"    queue: {STAGED_DESTINATION}\n    shared_filesystem: false\n    staging:\n      host: 127.0.0.1\n"
-        f"      port: {PORT}\n      identity_file: {staging_sshd.identity}\n"
-        f"      known_hosts: {staging_sshd.known_hosts}\n      root: {tmp_path / 'staged'}\n"
-        f"      max_bytes: {1 << 30}\ndefault: local\n")
+        f"    queue: {STAGED_DESTINATION}\n    shared_filesystem: false\n    staging:\n{how}"
+        f"      root: {tmp_path / 'staged'}\n      max_bytes: {1 << 30}\ndefault: local\n")
     deployment = make_deployment(broker=staging_broker.url, GALAXY_TASKS_JOB_CONF=str(conf))
-    deployment.worker("galaxy_tasks,galaxy_tasks.ends,local", "steps@%h")
+    secret = {"GALAXY_TASKS_STAGING_SECRET": "the staging secret of the submitter's side alone"}
+    deployment.worker("galaxy_tasks,galaxy_tasks.ends,local", "steps@%h", env=secret)
+    server = None
+    if transfer == "http":
+        server = subprocess.Popen(
+            [sys.executable, "-m", "galaxy_tasks.cli", "staging-server"], start_new_session=True,
+            stdout=open(tmp_path / "staging-server.log", "ab"), stderr=subprocess.STDOUT,
+            env={**deployment.env, **secret, "GALAXY_TASKS_STAGING_LISTEN": f"127.0.0.1:{http_port}"})
+        deployment.wait_until(lambda: b"staging_server_listening" in (tmp_path / "staging-server.log").read_bytes(),
+                              30, "the staging server")
     hidden = [Path(deployment.env["GALAXY_TASKS_JOBS_DIR"]), staging_galaxy.data_dir / "objects",
               staging_galaxy.data_dir / "jobs_directory", staging_galaxy.root / "tools"]
     for path in hidden:
@@ -80,7 +99,10 @@ def staged_tasks(make_deployment, staging_broker: RedisServer, staging_galaxy: G
     deployment.worker(STAGED_DESTINATION, "stager@%h", prefix=[
         "unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
         f'{hide} && shift {len(hidden)} && exec "$@"', "sh", *map(str, hidden)])
-    return deployment
+    yield deployment
+    if server is not None:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +127,7 @@ def run(galaxy: GalaxyServer, user: GalaxyApi, tasks: Deployment, history: tuple
 
 
 @pytest.mark.parametrize("tool_id", ["probe_upper_staged", "probe_upper_staged_wd"])
+@pytest.mark.parametrize("staged_tasks", ["rsync", "http"], indirect=True)
 def test_staging_galaxy_job_without_a_shared_filesystem_produces_the_right_dataset(
         staging_galaxy: GalaxyServer, staging_user: GalaxyApi, staging_history: tuple[str, str],
         staged_tasks: Deployment, tool_id: str) -> None:

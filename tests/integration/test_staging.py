@@ -463,10 +463,12 @@ def test_staging_http_inputs_in_outputs_home(site: Site):
     a = site.input("a.txt", b"first\n")
     b = site.input("sub dir/b.txt", b"second\n")
     big, big_sha = site.big_input("big.bin")
+    script = site.input("run.sh", b"#!/bin/sh\necho ran\n")
+    os.chmod(script, 0o755)  # run as it is: it must arrive executable
     command = (f"cat {_q(a)} {_q(b)} > joined.txt && cp {_q(big)} big.out && mkdir -p sub && "
                f"sha256sum < {_q(big)} > sub/big.sha && ls -A {_q(str(site.inputs))} > seen.txt && env > env.txt && "
-               "echo ran")
-    job_id = site.submit(command, [a, b, big], ["joined.txt", "big.out", "sub/big.sha", "seen.txt", "env.txt"],
+               f"{_q(script)}")
+    job_id = site.submit(command, [a, b, big, script], ["joined.txt", "big.out", "sub/big.sha", "seen.txt", "env.txt"],
                          destination="http")
     job = site.deployment.wait_terminal([job_id], timeout=240)[0]
     assert job.state == JobState.OK.value, (job.reason, site.deployment.logs()[-3000:])

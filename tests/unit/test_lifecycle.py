@@ -232,6 +232,53 @@ def test_the_end_of_a_slotted_job_wakes_its_destination_even_when_cancelled(ctx,
     assert finished.wake == "slotted", "its slot is free: the next waiting job may start"
 
 
+def test_ends_heard_together_are_each_recorded_as_alone(ctx, stubs):
+    """A batch of ends: each job reaches its own state with its own reason and exit code,
+    its history row says why; a job whose row was read before its launch was recorded, and
+    a second end of one job in the same batch, are each recorded once."""
+    ok, failed, missing, early = running(ctx, stubs), running(ctx, stubs), running(ctx, stubs, outputs=["x"]), \
+        running(ctx, stubs)
+    rows = ctx.store.jobs([ok, failed, missing, early])
+    assert ctx.store.move(early, S.SUBMITTING, sources=frozenset({S.RUNNING}))  # as the batch read it...
+    read_early = job(ctx, early)
+    assert ctx.store.move(early, S.RUNNING)  # ...then its launch was recorded
+    stub = stubs["stub"]
+    ends = [(stub.end(ok, exit_code=0), rows[ok]), (stub.end(failed, exit_code=3), rows[failed]),
+            (stub.end(missing, exit_code=0), rows[missing]), (stub.end(early, exit_code=0), read_early),
+            (stub.end(ok, exit_code=0), rows[ok])]
+    finished = lifecycle.finish_many(ctx, ends)
+    assert [f.moved.job.state if f.moved else None for f in finished] == ["ok", "error", "error", "ok", None]
+    assert (job(ctx, failed).reason, job(ctx, failed).exit_code) == ("exit code 3", 3)
+    assert job(ctx, missing).reason == "declared output not produced: x"
+    for job_id in (ok, failed, missing, early):
+        changes = ctx.store.history(job_id)
+        assert [c.to_state for c in changes].count(job(ctx, job_id).state) == 1
+        assert changes[-1].reason == job(ctx, job_id).reason
+    assert job(ctx, ok).running_at is not None and job(ctx, ok).external_id == f"stub-{ok}"
+
+
+def test_a_batch_of_launches_hands_each_job_over_once_and_leaves_the_slotted_to_their_turn(ctx, stubs):
+    plain = [queued(ctx) for _ in range(3)]
+    slotted = [queued(ctx, "slotted") for _ in range(2)]
+    stubs["stub"].fail_next = RunnerError("refused")  # the first hand-over fails that job alone
+    done = lifecycle.launch_all_in_turn(ctx, [*plain, *slotted, plain[1]], stubs.__getitem__, owner="m1")
+    assert [bool(done[job_id]) for job_id in plain] == [False, True, True]
+    assert [job(ctx, job_id).state for job_id in plain] == ["error", "running", "running"]
+    assert stubs["stub"].starts == {plain[1]: 1, plain[2]: 1}
+    assert sum(job(ctx, job_id).state == "running" for job_id in slotted) == 1, "one slot: one turn"
+    assert not any(lifecycle.launch_all_in_turn(ctx, plain, stubs.__getitem__, owner="m2").values())
+    assert states(ctx, plain[2]) == ["new", "queued", "submitting", "running"]
+
+
+def test_a_batch_prepares_each_job_once(ctx):
+    ids = [lifecycle.accept(ctx, parse({"tool_id": "t", "command": "true"}))[0].id for _ in range(3)]
+    first = lifecycle.prepare_many(ctx, [*ids, ids[0], "no-such-job"])
+    assert [bool(first[job_id]) for job_id in ids] == [True, True, True] and not first["no-such-job"]
+    assert all(JobDir(Path(job(ctx, job_id).job_dir)).script.exists() for job_id in ids)
+    assert not any(lifecycle.prepare_many(ctx, ids).values())
+    assert all(states(ctx, job_id) == ["new", "queued"] for job_id in ids)
+
+
 # -- cancel -------------------------------------------------------------------------------
 
 
