@@ -586,3 +586,36 @@ def test_staging_http_server_unreachable_for_a_while_delays_the_job_and_never_fa
     assert job.state == JobState.OK.value, (job.reason, site.deployment.logs()[-3000:])
     assert (site.working(job_id) / "copy.txt").read_bytes() == b"arrived late\n"
     assert site.deployment.history(job_id).count(JobState.RUNNING) == 1
+
+
+def test_staging_http_fetch_resumes_what_a_killed_fetch_left_and_never_keeps_a_wrong_part(site: Site, tmp_path: Path):
+    """What a killed fetch left (`<name>.http-part`) is resumed after, and the whole file is
+    checked: a part that was not right is caught, removed, and the next try fetches the file
+    afresh; a part that was right is kept and only the rest is asked for."""
+    from galaxy_tasks.errors import StagingError
+    from galaxy_tasks.staging.http import PART, Http
+    from galaxy_tasks.staging.settings import StagingSettings
+
+    site.staging_server()
+    big, big_sha = site.big_input("big.bin")
+    job_id = site.submit(f"cat {_q(big)}", [big], [], destination="http")  # no staging worker: it waits
+    site.deployment.wait_until(lambda: site.deployment.job(job_id).staging_tokens is not None, 60, "prepared")
+    settings = StagingSettings(transfer="http", url=f"http://127.0.0.1:{site.http_port}", root=str(tmp_path),
+                               max_bytes=1 << 30)
+    client = Http(settings).bound(job_id, json.loads(site.deployment.job(job_id).staging_tokens))
+    assert client.digests([big])[big] == (BIG_MB << 20, big_sha)
+    into = tmp_path / "copy"
+    copy = into / big.lstrip("/")
+    copy.parent.mkdir(parents=True)
+    part = copy.with_name(copy.name + PART)
+    part.write_bytes(b"not what the submitter holds")
+    with pytest.raises(StagingError, match="input arrived other than it left"):
+        client.fetch([big], into)
+    assert not part.exists() and not copy.exists()
+    half = BIG_MB << 19
+    with open(big, "rb") as source:
+        part.write_bytes(source.read(half))  # the first half, as a killed fetch leaves it
+    with open(big, "r+b") as source:  # the submitter's first half changed since: only a resumed
+        source.write(bytes(half))      # fetch (the second half) still ends the file it listed
+    client.fetch([big], into)
+    assert _sha256(copy) == big_sha and not part.exists()
