@@ -3,6 +3,7 @@ statement on an autocommit connection): accept records a job, every move is a
 compare-and-set."""
 from __future__ import annotations
 
+import random
 import threading
 from datetime import timedelta
 from typing import Iterator
@@ -286,11 +287,14 @@ def test_move_many_sets_common_values_and_moves_only_from_its_source(ctx):
 
 
 def test_concurrent_batches_move_each_job_once(ctx):
-    ids = [new_job(ctx) for _ in range(20)]
+    """Batches that share jobs, each listing them in its own order: every job moves once,
+    and no two batches deadlock (each locks its rows in the order of their ids)."""
+    ids = [new_job(ctx) for _ in range(60)]
     for job_id in ids:
         move(ctx, job_id, S.QUEUED)
-    results = run_threads(4, lambda i: ctx.store.move_many(
-        {job_id: {"external_id": f"ext-{i}"} for job_id in (ids if i % 2 else ids[::-1])}, S.RUNNING, S.QUEUED))
+    orders = [random.Random(seed).sample(ids, len(ids)) for seed in range(6)]
+    results = run_threads(6, lambda i: ctx.store.move_many(
+        {job_id: {"external_id": f"ext-{i}"} for job_id in orders[i]}, S.RUNNING, S.QUEUED))
     winners = [job_id for result in results for job_id in result]
     assert sorted(winners) == sorted(ids)
     for result in results:
