@@ -232,14 +232,15 @@ def _pg_move_many(columns: tuple[str, ...], own: tuple[str, ...]) -> Executable:
     current = bindparam("current", type_=String)
     # the rows are locked in the order of their ids first: two batches that share jobs wait
     # for each other instead of each holding what the other needs (a deadlock)
-    locked = (select(jobs.c.id).where(jobs.c.id == func.any(bindparam("ids", type_=ARRAY(String))),
-                                      jobs.c.state == current)
-              .order_by(jobs.c.id).with_for_update().cte("locked"))
+    ids = jobs.c.id == func.any(bindparam("ids", type_=ARRAY(String)))
+    locked = select(jobs.c.id).where(ids, jobs.c.state == current).order_by(jobs.c.id).with_for_update().cte("locked")
     values: dict[str, Any] = {name: bindparam(f"v_{name}", type_=jobs.c[name].type) for name in columns}
     values.update({name: given.c[name] for name in own})
     values["event_seq"] = jobs.c.event_seq + 1
     values["unpublished_at"] = case((jobs.c.events_queue.is_(None), None), else_=values["updated_at"])
-    moved = (update(jobs).where(jobs.c.id == given.c.id, given.c.id == locked.c.id, jobs.c.state == current)
+    # (the ids again, so the jobs are found by their key whatever the planner guesses of the
+    # unnested rows: a batch never reads the whole table)
+    moved = (update(jobs).where(ids, jobs.c.id == given.c.id, given.c.id == locked.c.id, jobs.c.state == current)
              .values(values).returning(*jobs.c).cte("moved"))
     reason = moved.c.reason if "reason" in own else bindparam("c_reason", type_=state_changes.c.reason.type)
     logged = insert(state_changes).from_select(_CHANGE_COLUMNS, select(
