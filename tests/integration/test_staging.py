@@ -27,7 +27,8 @@ from tests.support.sshd import Sshd, own_sshd
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("staging")]
 
 PORT = 2299
-BIG_MB = 100
+#: the large input and output of a job: a few hundred MB, streamed and hashed on both sides
+BIG_MB = 300
 #: the http transfer's signing secret: the submitter's steps worker and staging server hold it,
 #: the staging worker does not
 SECRET = "a staging secret that only the submitter's side holds"
@@ -216,7 +217,7 @@ def _q(path: str) -> str:
 
 
 def test_staging_inputs_in_outputs_home(site: Site):
-    """Several inputs (one of 100 MB, one in a directory with a space) in, several outputs
+    """Several inputs (one of BIG_MB MiB, one in a directory with a space) in, several outputs
     back: the job ends ok and the submitter's job directory holds the right content."""
     site.staging_worker("stager@%h")
     a = site.input("a.txt", b"first\n")
@@ -429,7 +430,7 @@ def test_staging_overhead_of_a_small_job(site: Site):
 
 
 def _figures(site: Site, job_id: str, big: str, transfer: str = "rsync") -> None:
-    """Staging's throughput for the 100 MB input against plain rsync of the same file over
+    """Staging's throughput for the BIG_MB MiB input against plain rsync of the same file over
     the same sshd and plain cp, printed for docs/staging.md (`pytest -k staging -s`)."""
     logs = site.deployment.logs()
     staged_in = re.search(rf"event=staged_in job_id={job_id} files=\d+ bytes=(\d+) seconds=([\d.]+)", logs)
@@ -447,9 +448,9 @@ def _figures(site: Site, job_id: str, big: str, transfer: str = "rsync") -> None
     mb = int(staged_in.group(1)) / 1e6
     print(f"\nstaging figures ({transfer}): stage-in {mb:.0f} MB in {staged_in.group(2)} s "
           f"({mb / float(staged_in.group(2)):.0f} MB/s, sizes and sha256 checked on both sides); "
-          f"plain rsync of the 100 MB file {plain:.2f} s ({BIG_MB * 1.048576 / plain:.0f} MB/s); "
+          f"plain rsync of the {BIG_MB} MiB file {plain:.2f} s ({BIG_MB * 1.048576 / plain:.0f} MB/s); "
           f"plain cp {copied:.2f} s ({BIG_MB * 1.048576 / copied:.0f} MB/s); "
-          f"stage-out of the outputs (100 MB) {staged_out.group(1)} s")
+          f"stage-out of the outputs ({BIG_MB} MiB and small files) {staged_out.group(1)} s")
 
 
 # -- the http transfer: `galaxy-tasks staging-server` on the submitter's side ------------------
