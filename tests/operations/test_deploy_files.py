@@ -221,6 +221,16 @@ def test_systemd_stops_are_graceful_and_spare_local_jobs():
     assert "-n %i@%%h" in worker, "%h is systemd's home directory specifier: Celery's must be escaped"
 
 
+def test_systemd_ends_worker_runs_ahead_of_the_others():
+    """A job's end is recorded before the steps of a burst take its CPU: the ends worker's
+    unit is the only one with a higher priority."""
+    drop_in = parse_unit(SYSTEMD / "galaxy-tasks-worker@galaxy_tasks.ends.service.d" / "ahead.conf")
+    assert int(drop_in["Service"]["Nice"][-1]) < 0
+    for path in SYSTEMD.rglob("*"):
+        if path.is_file() and path.parent.name != "galaxy-tasks-worker@galaxy_tasks.ends.service.d":
+            assert "Nice=" not in path.read_text(), path
+
+
 def test_systemd_flower_credentials_are_not_in_the_unit():
     text = (SYSTEMD / "galaxy-tasks-flower.service").read_text()
     service = parse_unit(SYSTEMD / "galaxy-tasks-flower.service")["Service"]
