@@ -124,8 +124,9 @@ def test_a_running_interactive_tools_entry_point_is_found_and_stopping_it_ends_i
     assert serves(port) == PAGE
     [point] = entry_points(galaxy_user, job_id)
     assert point["target"].endswith("/"), point
-    figures = stats.read(galaxy.stats_file)
-    assert figures.get("entry_points_configured", 0) >= 1
+    # the plugin counts the entry point a moment after Galaxy shows it configured
+    figures = wait(lambda: (found := stats.read(galaxy.stats_file)).get("entry_points_configured", 0) >= 1 and found,
+                   10, "the entry point counted as configured")
     assert figures.get("looking_for_entry_points") == 0, "nothing looks once Galaxy has the entry point"
     assert figures.get("check_watched_item", 0) == 0
 
