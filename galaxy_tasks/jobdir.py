@@ -4,8 +4,8 @@ The same `job.sh` runs under every runner (a local process, a Grid Engine job, a
 task). It claims the job before running anything (an exclusive create of `claim`), so a
 second copy started by a duplicated submission exits with CLAIMED_EXIT_CODE without running
 the command, and it records the command's exit code. It uses shell builtins only and never
-takes the job's own environment: the command's variables are set in the command's shell
-(`env.sh`), so a job whose environment says `IFS=0` or `PATH=/nowhere` cannot stop its exit
+takes the job's own environment: the command's variables are set in the subshell that
+becomes the command's shell (`env.sh`), so a job whose environment says `IFS=0` or `PATH=/nowhere` cannot stop its exit
 code from being recorded.
 
 A job directory belongs to one row: the token written at prepare (`token`) is in the claim
@@ -352,8 +352,10 @@ def render_script(job_dir: JobDir, token: str) -> str:
         'if [ -n "${GT_RLIMIT_AS_KB:-}" ]; then ulimit -v "$GT_RLIMIT_AS_KB"; fi',
         'if [ -n "${GT_RLIMIT_FSIZE:-}" ]; then ulimit -f "$GT_RLIMIT_FSIZE"; fi',
         f"if cd {q(str(job_dir.working))}; then",
-        f"  /bin/sh -c '. \"$1\" && exec /bin/sh \"$2\"' job {q(str(job_dir.env_script))} "
-        f"{q(str(job_dir.command))} </dev/null >{q(str(job_dir.stdout))} 2>{q(str(job_dir.stderr))}",
+        # a subshell that becomes the command's shell: no `sh -c` started only to read
+        # env.sh (the command's $$ is its own shell's, as a tool's `kill $$` expects)
+        f"  ( . {q(str(job_dir.env_script))} && exec /bin/sh {q(str(job_dir.command))} ) "
+        f"</dev/null >{q(str(job_dir.stdout))} 2>{q(str(job_dir.stderr))}",
         "  rc=$?",
         "else",
         f"  echo '{SCRIPT_REASON_PREFIX}cannot enter the working directory' >{q(str(job_dir.stderr))}; rc=1",
@@ -403,7 +405,7 @@ def create(root: Path, command: str, env: Mapping[str, str], setup_file: str | N
         root.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".new", dir=root.parent))
         try:
-            _write_contents(staging, job_dir, command, env, setup_file, token)
+            _write_contents(staging, job_dir, command, env, setup_file, token, fresh=True)
             os.rename(staging, root)
             return job_dir
         except OSError as exc:
@@ -415,17 +417,31 @@ def create(root: Path, command: str, env: Mapping[str, str], setup_file: str | N
 
 
 def _write_contents(where: Path, job_dir: JobDir, command: str, env: Mapping[str, str], setup_file: str | None,
-                    token: str) -> None:
+                    token: str, fresh: bool = False) -> None:
     """The files of `job_dir`, written in the directory `where` (itself, or the directory
     that becomes it)."""
-    where.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(where, 0o700)
+    if not fresh:
+        where.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(where, 0o700)
     for sub in (job_dir.working, job_dir.tmp):
-        (where / sub.name).mkdir(mode=0o700, exist_ok=True)
-    write_file(where / job_dir.token_file.name, token + "\n", 0o600)
-    write_file(where / job_dir.command.name, command if command.endswith("\n") else command + "\n", 0o600)
-    write_file(where / job_dir.env_script.name, render_env_script(env, setup_file), 0o600)
-    write_file(where / job_dir.script.name, render_script(job_dir, token), 0o700)
+        (where / sub.name).mkdir(mode=0o700, exist_ok=not fresh)
+    # a fresh directory is renamed into place whole: its files need no rename of their own
+    write = _write_new if fresh else write_file
+    write(where / job_dir.token_file.name, token + "\n", 0o600)
+    write(where / job_dir.command.name, command if command.endswith("\n") else command + "\n", 0o600)
+    write(where / job_dir.env_script.name, render_env_script(env, setup_file), 0o600)
+    write(where / job_dir.script.name, render_script(job_dir, token), 0o700)
+
+
+def _write_new(path: Path, text: str, mode: int) -> None:
+    """A file that must not exist yet, in a directory no one else writes."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        data = memoryview(text.encode())
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
 
 
 def _set_aside(root: Path) -> None:

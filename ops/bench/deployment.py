@@ -24,6 +24,14 @@ def _psql(statement: str, check: bool = True) -> None:
     subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", statement], check=check)
 
 
+def _ahead(options: Sequence[str]) -> list[str]:
+    """`nice -n -5` for a worker of the ends queue alone, as its systemd unit runs it
+    (ops/systemd/galaxy-tasks-worker@galaxy_tasks.ends.service.d/ahead.conf), where this
+    process may raise a priority; nothing otherwise."""
+    queues = list(options)[list(options).index("--queues") + 1] if "--queues" in options else None
+    return ["nice", "-n", "-5"] if queues == "galaxy_tasks.ends" and os.geteuid() == 0 else []
+
+
 @contextmanager
 def deployment(work: Path, name: str, redis_db: int, job_conf: Path | None = None,
                workers: Sequence[Sequence[str]] = (("--concurrency", "2"), ("--concurrency", "2")),
@@ -48,8 +56,8 @@ def deployment(work: Path, name: str, redis_db: int, job_conf: Path | None = Non
 
     schema.upgrade(env["GALAXY_TASKS_DATABASE_URL"])
     numbers = range(1, len(workers) + 1)
-    started = [subprocess.Popen([sys.executable, "-m", "galaxy_tasks.cli", "worker", "-n", f"{name}{i}@%h",
-                                 *options, "--loglevel", "INFO"], env=env, cwd=ROOT,
+    started = [subprocess.Popen([*_ahead(options), sys.executable, "-m", "galaxy_tasks.cli", "worker", "-n",
+                                 f"{name}{i}@%h", *options, "--loglevel", "INFO"], env=env, cwd=ROOT,
                                 stdout=open(work / f"worker{i}.log", "wb"), stderr=subprocess.STDOUT,
                                 start_new_session=True) for i, options in zip(numbers, workers)]
     try:
