@@ -96,8 +96,14 @@ def finish_many(ctx: Context, ends: Sequence[tuple[Completion, Job | None]],
         recorded.update(move_many(ctx, {entry.job.id: {**entry.values, "reason": entry.reason} for entry in plain
                                         if (entry.state, JobState(entry.job.state)) == (state, source)},
                                   state, source))
-    # one read as SUBMITTING whose launch was recorded meanwhile moves on its own, from
-    # RUNNING; a second end of one job in the batch finds it ended
+    # those read as SUBMITTING whose launch was recorded meanwhile (a burst's short jobs end
+    # before their batch's RUNNING record): together again, from RUNNING
+    late = [entry for entry in plain if entry.job.id not in recorded and entry.job.state == JobState.SUBMITTING.value]
+    for state in dict.fromkeys(entry.state for entry in late):
+        recorded.update(move_many(ctx, {entry.job.id: {**entry.values, "reason": entry.reason} for entry in late
+                                        if entry.state == state}, state, JobState.RUNNING))
+    # any left moved on otherwise: each on its own; a second end of one job in the batch
+    # finds it ended
     return [entry if isinstance(entry, Finished) else _recorded(
         ctx, entry, *((recorded.pop(entry.job.id), []) if entry.job.id in recorded else _alone(ctx, entry)))
         for entry in found]

@@ -3,6 +3,7 @@ launch, a full or refusing runner, the launch lease, prepare's failures, reconci
 lease. Milliseconds each; the real runners are tested for real in their own tiers."""
 from __future__ import annotations
 
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -255,6 +256,24 @@ def test_ends_heard_together_are_each_recorded_as_alone(ctx, stubs):
         assert [c.to_state for c in changes].count(job(ctx, job_id).state) == 1
         assert changes[-1].reason == job(ctx, job_id).reason
     assert job(ctx, ok).running_at is not None and job(ctx, ok).external_id == f"stub-{ok}"
+
+
+def test_ends_read_before_their_launch_was_recorded_are_recorded_together(ctx, stubs, monkeypatch):
+    """A burst's short jobs end before their batch records them RUNNING: ends read as
+    SUBMITTING whose launch then landed are recorded in one more batch, not one by one."""
+    ids = [running(ctx, stubs) for _ in range(3)]
+    for job_id in ids:
+        assert ctx.store.move(job_id, S.SUBMITTING, sources=frozenset({S.RUNNING}))
+    read_early = ctx.store.jobs(ids)
+    for job_id in ids:
+        assert ctx.store.move(job_id, S.RUNNING)
+    monkeypatch.setattr(sys.modules["galaxy_tasks.lifecycle.finish"], "move_giving_back",
+                        lambda *a, **k: pytest.fail("an end moved alone"))
+    stub = stubs["stub"]
+    finished = lifecycle.finish_many(ctx, [(stub.end(job_id, exit_code=code), read_early[job_id])
+                                           for job_id, code in zip(ids, (0, 1, 0))])
+    assert [f.moved.job.state for f in finished if f.moved] == ["ok", "error", "ok"]
+    assert [states(ctx, job_id)[-2:] for job_id in ids] == [["running", "ok"], ["running", "error"], ["running", "ok"]]
 
 
 def test_a_batch_of_launches_hands_each_job_over_once_and_leaves_the_slotted_to_their_turn(ctx, stubs):
