@@ -17,7 +17,7 @@ from sqlalchemy.sql import Executable
 
 from galaxy_tasks.model import Job, jobs, state_changes, utcnow
 from galaxy_tasks.states import TERMINAL, JobState, sources_of
-from galaxy_tasks.store.base import StoreBase
+from galaxy_tasks.store.base import FOUND_STATE, StoreBase
 
 _STAMPS = {JobState.QUEUED: "queued_at", JobState.RUNNING: "running_at"}
 _CHANGE_COLUMNS = ["job_id", "from_state", "to_state", "at", "reason"]
@@ -233,14 +233,14 @@ def _pg_move_many(columns: tuple[str, ...], own: tuple[str, ...]) -> Executable:
     # the rows are locked in the order of their ids first: two batches that share jobs wait
     # for each other instead of each holding what the other needs (a deadlock)
     ids = jobs.c.id == func.any(bindparam("ids", type_=ARRAY(String)))
-    locked = select(jobs.c.id).where(ids, jobs.c.state == current).order_by(jobs.c.id).with_for_update().cte("locked")
+    locked = select(jobs.c.id).where(ids, FOUND_STATE == current).order_by(jobs.c.id).with_for_update().cte("locked")
     values: dict[str, Any] = {name: bindparam(f"v_{name}", type_=jobs.c[name].type) for name in columns}
     values.update({name: given.c[name] for name in own})
     values["event_seq"] = jobs.c.event_seq + 1
     values["unpublished_at"] = case((jobs.c.events_queue.is_(None), None), else_=values["updated_at"])
     # (the ids again, so the jobs are found by their key whatever the planner guesses of the
     # unnested rows: a batch never reads the whole table)
-    moved = (update(jobs).where(ids, jobs.c.id == given.c.id, given.c.id == locked.c.id, jobs.c.state == current)
+    moved = (update(jobs).where(ids, jobs.c.id == given.c.id, given.c.id == locked.c.id, FOUND_STATE == current)
              .values(values).returning(*jobs.c).cte("moved"))
     reason = moved.c.reason if "reason" in own else bindparam("c_reason", type_=state_changes.c.reason.type)
     logged = insert(state_changes).from_select(_CHANGE_COLUMNS, select(

@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, func, select, update
 
 from galaxy_tasks.model import Job, StateChange, jobs, state_changes, utcnow
 from galaxy_tasks.states import ACTIVE, TERMINAL, JobState
-from galaxy_tasks.store.base import StoreBase
+from galaxy_tasks.store.base import FOUND_STATE, StoreBase
 
 #: rows reconciliation looks at when their check is due: the active ones, and cancelled
 #: ones whose runner may not have stopped them yet
@@ -81,7 +81,7 @@ class Queries(StoreBase):
         """How many of these jobs are in a terminal state."""
         with self._reading() as connection:
             return int(connection.scalar(select(func.count()).select_from(jobs).where(
-                jobs.c.id.in_(job_ids), jobs.c.state.in_([s.value for s in TERMINAL]))) or 0)
+                jobs.c.id.in_(job_ids), FOUND_STATE.in_([s.value for s in TERMINAL]))) or 0)
 
     def take_due(self, now: datetime, limit: int, delay: Callable[[int], float]) -> list[Job]:
         """At most `limit` jobs whose check is due, most overdue first; each one's next check
@@ -115,7 +115,7 @@ class Queries(StoreBase):
         """Cancelled jobs known to have nothing left running: no more looks at them."""
         if job_ids:
             with self._transaction() as connection:
-                connection.execute(update(jobs).where(jobs.c.id.in_(job_ids), jobs.c.state == JobState.DELETED.value)
+                connection.execute(update(jobs).where(jobs.c.id.in_(job_ids), FOUND_STATE == JobState.DELETED.value)
                                    .values(check_at=None))
 
     # -- history ------------------------------------------------------------------------

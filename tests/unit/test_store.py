@@ -11,11 +11,12 @@ from typing import Iterator
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import event
 
 from galaxy_tasks import config, routing
 from galaxy_tasks.context import Context
 from galaxy_tasks.errors import SpecError
-from galaxy_tasks.lifecycle import accept
+from galaxy_tasks.lifecycle import accept, accept_many
 from galaxy_tasks.model import Job, metadata
 from galaxy_tasks.spec import parse
 from galaxy_tasks.states import JobState
@@ -301,6 +302,36 @@ def test_concurrent_batches_move_each_job_once(ctx):
         for job_id, moved in result.items():
             assert ctx.store.job(job_id).external_id == moved.job.external_id
             assert history(ctx, job_id).count(("queued", "running")) == 1
+
+
+@pytest.mark.parametrize("ctx", ["postgresql"], indirect=True)
+def test_a_batch_finds_its_jobs_by_their_ids_whatever_the_statistics_say_of_their_state(ctx):
+    """A burst puts thousands of jobs in one state before PostgreSQL's statistics know it
+    (they say no job is new): a batch move and a count of ended jobs still find their jobs by
+    their ids. The plan that stale statistics favour reads every job in the state through
+    the state's index, once per batch: a 10,000-job burst read every waiting job each time."""
+    for job_id in [new_job(ctx) for _ in range(50)]:
+        move(ctx, job_id, S.QUEUED)
+    single = ctx.store._single
+    with single.connect() as connection:
+        connection.exec_driver_sql("ANALYZE gt_job")
+    burst = [a.job.id for a in accept_many(ctx, [parse({"tool_id": "t", "command": "true"})] * 2000)]
+    sent: list[tuple[str, dict]] = []
+    catch = lambda conn, cursor, statement, params, context, many: sent.append((statement, params))  # noqa: E731
+    event.listen(single, "before_cursor_execute", catch)
+    try:
+        moved = ctx.store.move_many({job_id: {"job_dir": f"/j/{job_id}"} for job_id in burst[:5]}, S.QUEUED, S.NEW)
+        assert len(moved) == 5 and ctx.store.count_ended(burst[:5]) == 0
+    finally:
+        event.remove(single, "before_cursor_execute", catch)
+    plans = []
+    with single.connect() as connection:
+        for statement, params in sent:
+            plans.append("\n".join(connection.exec_driver_sql("EXPLAIN " + statement, params).scalars()))
+    assert len(plans) == 2
+    for plan in plans:
+        assert "gt_job_pkey" in plan, plan
+        assert not any(index in plan for index in ("ix_gt_job_waiting", "ix_gt_job_state_check_at", "ix_gt_job_line")), plan
 
 
 # -- claim_stale ------------------------------------------------------------------------
