@@ -3,7 +3,10 @@ a fixed order, times in ISO 8601, and nothing of the row that is not theirs to s
 from __future__ import annotations
 
 import json
+from dataclasses import FrozenInstanceError, fields
 from datetime import UTC, datetime
+
+import pytest
 
 from galaxy_tasks.model import Job
 
@@ -31,3 +34,16 @@ def test_a_job_as_clients_see_it():
 def test_what_clients_are_not_shown():
     view = finished_job().to_json()
     assert not {"command", "environment", "token", "owner", "check_at", "stdout_tail", "stderr_tail"} & set(view)
+
+
+def test_a_job_read_from_a_row_is_the_job_the_row_holds():
+    """A row of every column becomes the same job __init__ would build (and stays frozen);
+    a row of fewer columns gets the defaults of the others."""
+    job = finished_job()
+    row = {f.name: getattr(job, f.name) for f in fields(Job)}
+    read = Job.from_row(row)
+    assert read == job and read.environment == {"API_KEY": "x"} and read.check_at == AT
+    with pytest.raises(FrozenInstanceError):
+        read.state = "error"  # type: ignore[misc]
+    partial = Job.from_row({k: row[k] for k in ("id", "tool_id", "command", "destination", "queue", "state")})
+    assert partial.id == "j-1" and partial.exit_code is None and partial.cores == 1 and partial.attempt == 1
