@@ -102,12 +102,14 @@ def _launch_claimed(ctx: Context, jobs: Sequence[Job], runner_for: Callable[[str
             else ctx.settings.check_after
         started[job.id] = {"external_id": external_id, "check_at": utcnow() + timedelta(seconds=check_s)}
     running = move_many(ctx, started, JobState.RUNNING, JobState.SUBMITTING)
+    # the others moved on meanwhile: most ended already (a burst's short jobs), some were cancelled
+    moved_on = ctx.store.jobs([job_id for job_id in started if job_id not in running])
     for job_id, recorded in started.items():
         if job_id in running:
             event(log, "state_change", job_id=job_id, to=JobState.RUNNING, external_id=recorded["external_id"])
             done[job_id] = Launched(True, [])
             continue
-        after = ctx.store.job(job_id)
+        after = moved_on.get(job_id)
         if after is not None and after.state == JobState.DELETED.value:
             # cancelled while we were launching: stop what we started (its end gives its places back)
             runners[job_id].cancel(Tracked(job_id, recorded["external_id"], launch_for(ctx, after).job_dir))
