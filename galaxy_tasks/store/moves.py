@@ -118,6 +118,13 @@ class Moves(StoreBase):
         columns = tuple(assignments)
         params: dict[str, Any] = {f"v_{name}": value for name, value in assignments.items()}
         params.update(current=source.value, c_reason=None)
+        if self._pg and len(moves) == 1:  # one job (a quiet moment): the single move's plain statement
+            (job_id, given), = moves.items()
+            params.update({f"v_{name}": value for name, value in given.items()}, job_id=job_id,
+                          c_reason=given.get("reason"))
+            with self._writing() as connection:
+                job = self._move_once(connection, columns + own, params)
+            return {job_id: Moved(source, job)} if job is not None else {}
         if self._pg:
             params["ids"] = list(moves)
             for name in own:

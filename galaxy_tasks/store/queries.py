@@ -34,6 +34,8 @@ class Queries(StoreBase):
         """These jobs by id (unknown ids are left out)."""
         ids = list(job_ids)
         found: dict[str, Job] = {}
+        if not ids:
+            return found
         with self._reading() as connection:
             for start in range(0, len(ids), 1000):
                 for row in connection.execute(select(jobs).where(jobs.c.id.in_(ids[start:start + 1000]))).mappings():
