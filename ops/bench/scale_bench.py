@@ -15,9 +15,11 @@ ends queue with one; job directories removed once each job's end is recorded, as
 - the workers' memory: the largest summed RSS of every worker process, sampled each second,
   against the same before the burst;
 - the database's bytes per job (its size after, less before, over the jobs);
-- rows of gt_job read by sequential scans once every job is recorded and the table analyzed
-  (pg_stat_user_tables): a query that read every job would read about as many rows as there
-  are jobs, each time it ran.
+- rows of gt_job read during the burst, by sequential scans and through each index, per job
+  (the table analyzed before the burst, as a production table is: its statistics say no job
+  is new or queued, and the burst's plans are made on them). A query that found its jobs by
+  reading every job in their state would read about as many entries as there are jobs, at
+  each batch: its count per job would grow with the size.
 """
 from __future__ import annotations
 
@@ -66,6 +68,20 @@ def _pids(pattern: str) -> list[int]:
     return [int(pid) for pid in found]
 
 
+def _workers() -> list[int]:
+    """The workers' processes: the two `galaxy-tasks worker` mains (children of this bench)
+    and their pool processes, not the jobs they start (a job's process matches their
+    command line, and shares their memory, in the moment between its spawn and its exec)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    mains = [pid for pid in _pids("scale[12]@") if parents.get(pid) == os.getpid()]
+    return mains + [pid for pid, parent in parents.items() if parent in mains and pid in set(_pids("scale[12]@"))]
+
+
 def _sql(database: str, query: str) -> str:
     return subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-tAc", query],
                           capture_output=True, text=True, check=True).stdout.strip()
@@ -79,14 +95,20 @@ def run(work: Path, jobs: int) -> dict[str, Any]:
                     settings={"GALAXY_TASKS_CLEANUP_JOB": "always"}) as client:
         store = client.ctx.store
         database = store.engine.url.database or ""
-        workers = _pids("scale[12]@")
+        workers = _workers()
         postgres = _pids(f"postgres: .*postgres {database} ")
         warm = [client.submit({"tool_id": "warm", "command": "true"}).id for _ in range(20)]
         while store.count_ended(warm) != len(warm):
             time.sleep(0.05)
+        # statistics taken before the burst, as a production table's are: they say no job is
+        # new, queued or running, and the burst's plans are made on them
+        _sql(database, "ANALYZE gt_job")
         rss_before = _rss_mb(workers)
         size_before = int(_sql(database, "SELECT pg_database_size(current_database())"))
         scans = "SELECT seq_scan, seq_tup_read FROM pg_stat_user_tables WHERE relname = 'gt_job'"
+        indexes = "SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes WHERE relname = 'gt_job'"
+        scans_before, read_before = map(int, _sql(database, scans).split("|"))
+        index_before = {name: int(n) for name, n in (line.split("|") for line in _sql(database, indexes).splitlines())}
         cpu_before = _cpu_s(workers), _cpu_s(postgres)
         peak = [rss_before]
         each_before = {pid: _rss_mb([pid]) for pid in workers}
@@ -95,7 +117,7 @@ def run(work: Path, jobs: int) -> dict[str, Any]:
 
         def sample() -> None:
             while not done.wait(1.0):
-                found = _pids("scale[12]@")
+                found = _workers()
                 peak.append(_rss_mb(found))
                 for pid in found:
                     each_peak[pid] = max(each_peak.get(pid, 0.0), _rss_mb([pid]))
@@ -108,11 +130,6 @@ def run(work: Path, jobs: int) -> dict[str, Any]:
             ids += [job.id for job in client.submit_many([{"tool_id": "burst", "command": "true"}]
                                                          * min(10_000, jobs - at))]
         submitted_s = time.perf_counter() - started
-        # reads counted once the planner knows the table holds the jobs (a fresh database's
-        # first plans take it for empty and scan it; autovacuum's analyze comes later): what
-        # reads every job from here does so by its plan
-        _sql(database, "ANALYZE gt_job")
-        scans_before, read_before = map(int, _sql(database, scans).split("|"))
         # counted from the history rows, so the wait itself never reads gt_job
         ended = ("SELECT count(*) FROM gt_job_state_change WHERE to_state IN ('ok', 'error', 'deleted') "
                  "AND from_state IS NOT NULL")
@@ -125,9 +142,10 @@ def run(work: Path, jobs: int) -> dict[str, Any]:
         done.set()
         sampler.join()
         postgres = sorted(set(postgres) | set(_pids(f"postgres: .*postgres {database} ")))
-        cpu_after = _cpu_s(_pids("scale[12]@")), _cpu_s(postgres)
+        cpu_after = _cpu_s(_workers()), _cpu_s(postgres)
         size_after = int(_sql(database, "SELECT pg_database_size(current_database())"))
         scans_after, read_after = map(int, _sql(database, scans).split("|"))
+        index_after = {name: int(n) for name, n in (line.split("|") for line in _sql(database, indexes).splitlines())}
         by_state = dict(line.split("|") for line in _sql(
             database, "SELECT state, count(*) FROM gt_job GROUP BY state").splitlines())
     return {
@@ -140,6 +158,9 @@ def run(work: Path, jobs: int) -> dict[str, Any]:
         "db_bytes_per_job": round((size_after - size_before) / jobs),
         "gt_job_seq_scans": scans_after - scans_before,
         "gt_job_rows_seq_read_per_job": round((read_after - read_before) / jobs, 2),
+        "gt_job_index_entries_read_per_job": {name: round((n - index_before.get(name, 0)) / jobs, 1)
+                                              for name, n in sorted(index_after.items())
+                                              if n - index_before.get(name, 0)},
         "states": by_state,
     }
 
