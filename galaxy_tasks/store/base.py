@@ -13,8 +13,9 @@ from galaxy_tasks.store.engines import engine
 #: a job's state, compared on rows found by their ids: an expression no index covers, so a
 #: query that names its jobs reads those and no others. Compared as the column itself, it
 #: let PostgreSQL read every job in that state through the state's index instead, which its
-#: statistics (that lag a burst) said held a handful: each batch of a 10,000-job burst
-#: read every waiting job.
+#: statistics (that lag a burst) said held a handful: each batch of a 10,000-job burst read
+#: every waiting job, and so did a single job's move (its key is unique, but a state said to
+#: hold one row costs the same to the planner).
 FOUND_STATE = jobs.c.state.concat("")
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import and_, case, func, or_, select, update
 from galaxy_tasks.fairshare import Waiting
 from galaxy_tasks.model import Job, jobs, utcnow
 from galaxy_tasks.states import JobState
-from galaxy_tasks.store.base import StoreBase
+from galaxy_tasks.store.base import FOUND_STATE, StoreBase
 
 _RUNNING = [JobState.SUBMITTING.value, JobState.RUNNING.value]
 _WAITING = [JobState.NEW.value, JobState.QUEUED.value, JobState.LIMITED.value]
@@ -89,7 +89,7 @@ class Lines(StoreBase):
         now = utcnow()
         with self._transaction() as connection:
             done = connection.execute(
-                update(jobs).where(and_(jobs.c.id == job_id, jobs.c.state == JobState.QUEUED.value,
+                update(jobs).where(and_(jobs.c.id == job_id, FOUND_STATE == JobState.QUEUED.value,
                                         func.coalesce(jobs.c.reason, "") != reason))
                 .values(reason=reason, updated_at=now, event_seq=jobs.c.event_seq + 1,
                         check_at=now + timedelta(seconds=self.check_after),

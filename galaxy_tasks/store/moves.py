@@ -27,7 +27,7 @@ _ENDS_WAITING = frozenset({JobState.SUBMITTING})
 _ROW = select(jobs).where(jobs.c.id == bindparam("job_id"))
 _STATE = select(jobs.c.state).where(jobs.c.id == bindparam("job_id"))
 _CLAIM_STALE = (update(jobs)
-                .where(jobs.c.id == bindparam("job_id"), jobs.c.state == bindparam("in_state"),
+                .where(jobs.c.id == bindparam("job_id"), FOUND_STATE == bindparam("in_state"),
                        jobs.c.updated_at == bindparam("seen", type_=jobs.c.updated_at.type))
                 .values(updated_at=bindparam("now", type_=jobs.c.updated_at.type)))
 
@@ -216,7 +216,7 @@ def _update(columns: tuple[str, ...]) -> Any:
     values: dict[str, Any] = {name: bindparam(f"v_{name}", type_=jobs.c[name].type) for name in columns}
     values["event_seq"] = jobs.c.event_seq + 1
     values["unpublished_at"] = case((jobs.c.events_queue.is_(None), None), else_=values["updated_at"])
-    return update(jobs).where(jobs.c.id == bindparam("job_id"), jobs.c.state == current).values(values)
+    return update(jobs).where(jobs.c.id == bindparam("job_id"), FOUND_STATE == current).values(values)
 
 
 def _pg_move(columns: tuple[str, ...]) -> Executable:

@@ -110,7 +110,7 @@ class Queries(StoreBase):
     def recheck(self, job_id: str) -> None:
         """Have reconciliation look at this active job at its next pass."""
         with self._transaction() as connection:
-            connection.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.state.in_(_ACTIVE_STATES))
+            connection.execute(update(jobs).where(jobs.c.id == job_id, FOUND_STATE.in_(_ACTIVE_STATES))
                                .values(check_at=utcnow()))
 
     def settle(self, job_ids: list[str]) -> None:
