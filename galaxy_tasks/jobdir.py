@@ -5,8 +5,8 @@ task). It claims the job before running anything (an exclusive create of `claim`
 second copy started by a duplicated submission exits with CLAIMED_EXIT_CODE without running
 the command, and it records the command's exit code. It uses shell builtins only and never
 takes the job's own environment: the command's variables are set in the subshell that
-becomes the command's shell (`env.sh`), so a job whose environment says `IFS=0` or `PATH=/nowhere` cannot stop its exit
-code from being recorded.
+becomes the command's shell (`env.sh`), so a job whose environment says `IFS=0` or
+`PATH=/nowhere` cannot stop its exit code from being recorded.
 
 A job directory belongs to one row: the token written at prepare (`token`) is in the claim
 and the exit code the script writes, and in the end note a runner writes (`ended`), and a

@@ -19,7 +19,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from galaxy_tasks.bench.noop import DONE_QUEUE
 from galaxy_tasks.edge import runtime
@@ -174,13 +174,18 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 
 def _rss(procs: list[subprocess.Popen]) -> int:
+    return rss_kb(proc.pid for proc in procs)
+
+
+def rss_kb(pids: Iterable[int]) -> int:
+    """The summed resident set size, in KiB, of these processes (those gone count nothing)."""
     total = 0
-    for proc in procs:
+    for pid in pids:
         try:
-            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
-        except FileNotFoundError:
+        except OSError:
             pass
     return total
 

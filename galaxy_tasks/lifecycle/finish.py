@@ -7,7 +7,7 @@ import signal
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from galaxy_tasks.context import Context
 from galaxy_tasks.faults import crash_point
@@ -91,22 +91,25 @@ def finish_many(ctx: Context, ends: Sequence[tuple[Completion, Job | None]],
         checked = _checked(ctx, completion, confirmed, job)
         found.append(checked if isinstance(checked, Finished) else _record(ctx, job, *checked))
     plain = [entry for entry in found if isinstance(entry, _Plain)]
-    recorded: dict[str, Moved] = {}
-    for state, source in dict.fromkeys((entry.state, JobState(entry.job.state)) for entry in plain):
-        recorded.update(move_many(ctx, {entry.job.id: {**entry.values, "reason": entry.reason} for entry in plain
-                                        if (entry.state, JobState(entry.job.state)) == (state, source)},
-                                  state, source))
+    recorded = _together(ctx, plain, lambda entry: JobState(entry.job.state))
     # those read as SUBMITTING whose launch was recorded meanwhile (a burst's short jobs end
     # before their batch's RUNNING record): together again, from RUNNING
     late = [entry for entry in plain if entry.job.id not in recorded and entry.job.state == JobState.SUBMITTING.value]
-    for state in dict.fromkeys(entry.state for entry in late):
-        recorded.update(move_many(ctx, {entry.job.id: {**entry.values, "reason": entry.reason} for entry in late
-                                        if entry.state == state}, state, JobState.RUNNING))
+    recorded.update(_together(ctx, late, lambda entry: JobState.RUNNING))
     # any left moved on otherwise: each on its own; a second end of one job in the batch
     # finds it ended
     return [entry if isinstance(entry, Finished) else _recorded(
         ctx, entry, *((recorded.pop(entry.job.id), []) if entry.job.id in recorded else _alone(ctx, entry)))
         for entry in found]
+
+
+def _together(ctx: Context, ends: Sequence[_Plain], source: Callable[[_Plain], JobState]) -> dict[str, Moved]:
+    """Plain ends recorded with one statement per state they reach from their `source`."""
+    recorded: dict[str, Moved] = {}
+    for state, start in dict.fromkeys((end.state, source(end)) for end in ends):
+        recorded.update(move_many(ctx, {end.job.id: {**end.values, "reason": end.reason} for end in ends
+                                        if (end.state, source(end)) == (state, start)}, state, start))
+    return recorded
 
 
 def _alone(ctx: Context, end: _Plain) -> tuple[Moved | None, list[tuple[str, str]]]:

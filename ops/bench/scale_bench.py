@@ -35,6 +35,8 @@ from typing import Any
 
 from deployment import deployment  # ops/bench/deployment.py, beside this script
 
+from galaxy_tasks.bench import rss_kb
+
 REDIS_DB = 12
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -52,15 +54,7 @@ def _cpu_s(pids: list[int]) -> float:
 
 
 def _rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
+    return rss_kb(pids) / 1024
 
 
 def _pids(pattern: str) -> list[int]:
@@ -78,8 +72,9 @@ def _workers() -> list[int]:
             parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-    mains = [pid for pid in _pids("scale[12]@") if parents.get(pid) == os.getpid()]
-    return mains + [pid for pid, parent in parents.items() if parent in mains and pid in set(_pids("scale[12]@"))]
+    named = set(_pids("scale[12]@"))
+    mains = [pid for pid in named if parents.get(pid) == os.getpid()]
+    return mains + [pid for pid, parent in parents.items() if parent in mains and pid in named]
 
 
 def _sql(database: str, query: str) -> str:
