@@ -56,10 +56,15 @@ def launch(ctx: Context, job_id: str, runner_for: Callable[[str], Runner], owner
     """Hand the job to the runner of its destination (`runner_for(destination)`); false if
     it was not this call's to launch. `owner` identifies the message (its redelivery
     carries the same one)."""
-    job, passed_on = _claim(ctx, job_id, owner, ctx.settings.launch_lease)
+    job, passed_on = claim(ctx, job_id, owner)
     if job is None:
         return Launched(False, passed_on)
-    return _launch_claimed(ctx, [job], runner_for)[job_id]
+    return launch_claimed(ctx, job, runner_for)
+
+
+def launch_claimed(ctx: Context, job: Job, runner_for: Callable[[str], Runner]) -> Launched:
+    """The rest of `launch`, for a job `claim` gave this call."""
+    return _launch_claimed(ctx, [job], runner_for)[job.id]
 
 
 def launch_many(ctx: Context, jobs: Sequence[Job], runner_for: Callable[[str], Runner],
@@ -146,9 +151,10 @@ def _hand_over(ctx: Context, job: Job,
     return external_id, runner, launch.walltime_s
 
 
-def _claim(ctx: Context, job_id: str, owner: str | None, lease_s: float) -> tuple[Job | None, list[tuple[str, str]]]:
-    """The job's row if this call now holds its launch. The claim itself returns the row,
-    so the usual launch reads nothing before it."""
+def claim(ctx: Context, job_id: str, owner: str | None) -> tuple[Job | None, list[tuple[str, str]]]:
+    """The job's row if this call now holds its launch (and the jobs a place it gave back
+    wakes). The claim itself returns the row, so the usual launch reads nothing before it."""
+    lease_s = ctx.settings.launch_lease
     # looked at again once the lease is up, not after CHECK_AFTER: a launch whose worker was
     # killed outright (its message waits out the broker's visibility timeout) is taken over then
     passed_on: list[tuple[str, str]] = []

@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 from galaxy_tasks.context import Context
 from galaxy_tasks.lifecycle import limits
 from galaxy_tasks.lifecycle.effects import Effects
-from galaxy_tasks.lifecycle.launch import Launched, launch, launch_many
+from galaxy_tasks.lifecycle.launch import Launched, claim, launch, launch_claimed, launch_many
 from galaxy_tasks.logs import event
 from galaxy_tasks.model import Job
 from galaxy_tasks.routing import Destination, Load
@@ -58,10 +58,15 @@ def launch_turn(ctx: Context, destination: str, runner_for: Callable[[str], Runn
     for _ in range(TRIES):
         if not runner.has_room():
             return Turn(None, wake)
-        job_id = next_queued(ctx, destination)
-        if job_id is None:
-            return Turn(None, wake)
-        launched = launch(ctx, job_id, runner_for, owner)
+        with ctx.store.turn(destination):  # the next turn counts the claim this one made
+            job_id = next_queued(ctx, destination)
+            if job_id is None:
+                return Turn(None, wake)
+            job, passed_on = claim(ctx, job_id, owner)
+        wake += passed_on
+        if job is None:
+            continue
+        launched = launch_claimed(ctx, job, runner_for)
         wake += launched.wake
         if launched:
             return Turn(job_id, wake)

@@ -4,8 +4,13 @@ waiting, not of jobs: the counts come from the index on (destination, state, use
 created_at)."""
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
+import zlib
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 from sqlalchemy import and_, case, func, or_, select, update
 
@@ -18,6 +23,9 @@ _RUNNING = [JobState.SUBMITTING.value, JobState.RUNNING.value]
 _WAITING = [JobState.NEW.value, JobState.QUEUED.value, JobState.LIMITED.value]
 #: finished jobs an estimate of a destination's run time looks at
 RECENT_RUNS = 50
+#: the first key of a turn's advisory lock on PostgreSQL (the second is the destination's)
+_TURN_LOCKS = 0x47540001
+_in_memory_turns = threading.Lock()
 
 
 class Line(NamedTuple):
@@ -39,6 +47,31 @@ class Lines(StoreBase):
                 .where(jobs.c.destination == destination, jobs.c.state == JobState.QUEUED.value)
                 .group_by(jobs.c.user))]
         return Line(running, [w._replace(first=_aware(w.first)) for w in waiting])
+
+    @contextmanager
+    def turn(self, destination: str) -> Iterator[None]:
+        """Held while a destination's next turn is chosen and claimed, by every process: two
+        turns taken at once (two ends recorded together) would both count the line before
+        either claim, and both give the same party its turn. On PostgreSQL an advisory lock
+        of a transaction of its own (gone with its connection if the process dies); on a
+        SQLite file, a lock on a file beside it."""
+        key = zlib.crc32(destination.encode())
+        if self._pg:
+            with self.engine.begin() as connection:
+                connection.execute(select(func.pg_advisory_xact_lock(_TURN_LOCKS, key - 2 ** 31)))
+                yield
+            return
+        database = self.engine.url.database
+        if not database or database == ":memory:":
+            with _in_memory_turns:
+                yield
+            return
+        fd = os.open(f"{database}.turn-{key:08x}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def oldest_of(self, destination: str, user: str | None) -> str | None:
         """The id of `user`'s oldest job waiting (QUEUED) on `destination`."""

@@ -42,14 +42,24 @@ def test_other_users_jobs_start_before_one_users_earlier_line(make_deployment, t
     heavy, others = ids[:30], ids[30:]
     jobs = deployment.wait_terminal(heavy + others, timeout=120)
     assert all(job.state == "ok" for job in jobs)
-    by_id = {job.id: job for job in jobs}
-    # from the moment all three wait (prepared) until the last of them starts
-    ready, started = max(by_id[o].queued_at for o in others), max(by_id[o].running_at for o in others)
-    overtaking = [h for h in heavy if ready < by_id[h].running_at < started]
-    assert by_id[heavy[-1]].running_at > started, "first in, first out would start all of heavy's line first"
-    assert len(overtaking) <= 1, f"{len(overtaking)} of heavy's jobs started while the others' three waited"
-    # with two slots two of heavy's jobs start together, and their records may land in
-    # either order; none starts before a job more than a slot's count ahead of it
-    starts = [by_id[h].running_at for h in heavy]
+    # a turn is the move that takes a waiting job (queued -> submitting); the history's ids
+    # give the order turns were taken in (a job's RUNNING record lands later, and a turn
+    # taken before the others were prepared may land its record after)
+    turn, prepared = {}, {}
+    for change in deployment.store.changes_since(0, heavy + others):
+        if change.to_state == "submitting":
+            turn[change.job_id] = change.id
+        elif change.to_state == "queued":
+            prepared[change.job_id] = change.id
+    # from the moment all three wait until the last of them is taken
+    ready, started = max(prepared[o] for o in others), max(turn[o] for o in others)
+    overtaking = [h for h in heavy if ready < turn[h] < started]
+    assert turn[heavy[-1]] > started, "first in, first out would start all of heavy's line first"
+    # one only: when heavy's two running end together, heavy (none running) and the others
+    # (none) tie, and heavy's waiting job is the older
+    assert len(overtaking) <= 1, f"{len(overtaking)} of heavy's jobs were taken while the others' three waited"
+    # two of heavy's jobs may be taken at once (two slots); none before a job more than a
+    # slot's count ahead of it
+    starts = [turn[h] for h in heavy]
     overtaken = [(i, j) for i in range(len(starts)) for j in range(i + 2, len(starts)) if starts[j] < starts[i]]
     assert not overtaken, f"heavy's jobs started out of their order: {overtaken}"

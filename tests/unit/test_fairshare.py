@@ -3,6 +3,8 @@ job where it waits least: the stub runner's slots on SQLite, each step called as
 message, launch_turn for the wake-up a freed slot sends)."""
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -74,6 +76,37 @@ def test_a_freed_slot_goes_to_the_user_with_fewest_running_and_each_users_order_
     assert end_one(ctx, stub, alice[2]) == alice[3]
     assert end_one(ctx, stub, erin) == dave2
     assert set(stub.running) == {alice[3], dave2}
+
+
+def test_two_turns_taken_at_once_count_each_others_claim(ctx, stub, monkeypatch):
+    alice = [submit(ctx, stub, "alice") for _ in range(4)]
+    dave = submit(ctx, stub, "dave")
+    for job_id in alice[:2]:  # both of alice's ends recorded together, before either turn
+        assert lifecycle.finish(ctx, stub.end(job_id, exit_code=0)).moved is not None
+    # the two turns read the line at the same moment if nothing keeps them apart, and one
+    # goes on only once the other has claimed its job
+    together, line = threading.Barrier(2), ctx.store.line
+
+    def read_line(destination: str):
+        try:
+            second = together.wait(timeout=0.5) == 0
+        except threading.BrokenBarrierError:
+            second = False
+        counted = line(destination)
+        if second:
+            time.sleep(0.3)
+        return counted
+
+    monkeypatch.setattr(ctx.store, "line", read_line)
+    started: list[str | None] = []
+    turns = [threading.Thread(target=lambda: started.append(
+        lifecycle.launch_turn(ctx, "busy", lambda _d: stub, owner=f"next-{n}").started)) for n in range(2)]
+    for thread in turns:
+        thread.start()
+    for thread in turns:
+        thread.join(10)
+    # alice none running and dave none: alice's older job first; then alice holds one, dave none
+    assert sorted(started) == sorted([alice[2], dave]), [user_of(ctx, job_id) for job_id in started]
 
 
 def test_a_share_weighs_the_turns(ctx, stub):

@@ -416,3 +416,30 @@ def test_a_signed_message_id_is_taken_once_and_forgotten_after_its_message_expir
     with store.engine.connect() as connection:
         kept = sorted(row.message_id for row in connection.execute(seen_messages.select()))
     assert kept == ["a" * 32, "c" * 32], "the expired id was dropped, the live ones kept"
+
+
+def test_a_destinations_turn_is_held_by_one_store_at_a_time_and_others_are_not_held_up(ctx):
+    other = Store(ctx.settings.database_url, ctx.settings.check_after)  # another process's store
+    inside, held, waited = threading.Event(), threading.Event(), []
+
+    def second() -> None:
+        inside.wait(5)
+        with other.turn("busy"):
+            waited.append(held.is_set())
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    try:
+        with ctx.store.turn("busy"):
+            inside.set()
+            with other.turn("wide"):  # another destination's turn is not this one's
+                pass
+            thread.join(0.5)
+            assert thread.is_alive() and not waited, "the second took the turn while the first held it"
+            held.set()
+        thread.join(5)
+        assert waited == [True], "the second took the turn once the first let it go"
+    finally:
+        held.set()
+        thread.join(5)
+        other.dispose()
