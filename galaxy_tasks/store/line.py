@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Iterator, NamedTuple
 
 from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy.exc import DBAPIError
 
 from galaxy_tasks.fairshare import Waiting
 from galaxy_tasks.model import Job, jobs, utcnow
@@ -57,9 +58,18 @@ class Lines(StoreBase):
         SQLite file, a lock on a file beside it."""
         key = zlib.crc32(destination.encode())
         if self._pg:
-            with self.engine.begin() as connection:
+            with self.engine.connect() as connection:
                 connection.execute(select(func.pg_advisory_xact_lock(_TURN_LOCKS, key - 2 ** 31)))
-                yield
+                try:
+                    yield
+                finally:
+                    try:
+                        connection.rollback()
+                    except DBAPIError as exc:
+                        # a connection lost by then took the lock with it: the claim made
+                        # under it stands, and the step goes on
+                        if not exc.connection_invalidated:
+                            raise
             return
         database = self.engine.url.database
         if not database or database == ":memory:":

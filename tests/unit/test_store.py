@@ -443,3 +443,26 @@ def test_a_destinations_turn_is_held_by_one_store_at_a_time_and_others_are_not_h
         held.set()
         thread.join(5)
         other.dispose()
+
+
+def test_a_turn_whose_connection_is_lost_while_held_ends_without_an_error_and_frees_the_turn(database_template):
+    url = create_database(template=database_template)
+    store, other = Store(url), Store(url)
+    try:
+        with store.turn("busy"):
+            with other.engine.connect() as connection:  # the database drops the turn's connection
+                connection.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'")
+        done = threading.Event()
+
+        def take() -> None:
+            with other.turn("busy"):
+                done.set()
+
+        thread = threading.Thread(target=take, daemon=True)
+        thread.start()
+        assert done.wait(5), "the lost turn still held its lock"
+        thread.join(5)
+    finally:
+        store.dispose()
+        other.dispose()
+        drop_database(url)
