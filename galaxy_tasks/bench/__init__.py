@@ -18,8 +18,9 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from galaxy_tasks.bench.noop import DONE_QUEUE
 from galaxy_tasks.edge import runtime
@@ -115,25 +116,34 @@ def _noop(queue: str, token: str | None = None) -> Any:
     return app.signature("galaxy_tasks.noop", args=(token,) if token else (), queue=queue, immutable=True)
 
 
-def _bare_chains(count: int) -> float:
-    from celery import chain
+@contextmanager
+def _done_queue() -> Iterator[Any]:
+    """The queue the baseline's last no-op announces itself on, emptied first."""
     from kombu.simple import SimpleQueue
 
     from galaxy_tasks.edge.app import app
 
-    queue = runtime.context().settings.steps_queue
-    token = uuid.uuid4().hex
     with app.connection_for_read() as connection:
         done = SimpleQueue(connection, DONE_QUEUE)
         done.clear()
+        try:
+            yield done
+        finally:
+            done.close()
+
+
+def _bare_chains(count: int) -> float:
+    from celery import chain
+
+    queue = runtime.context().settings.steps_queue
+    token = uuid.uuid4().hex
+    with _done_queue() as done:
         started = time.perf_counter()
         for _ in range(count):
             chain(_noop(queue), _noop(queue), _noop(queue), _noop(queue, token)).apply_async(queue=queue)
         for _ in range(count):
             done.get(block=True, timeout=120).ack()
-        elapsed = time.perf_counter() - started
-        done.close()
-    return elapsed
+        return time.perf_counter() - started
 
 
 def _bare_latency(count: int) -> list[float]:
@@ -141,22 +151,16 @@ def _bare_latency(count: int) -> list[float]:
     at a time: what two Celery hops cost here with no work in them, the floor under a job's
     submit -> running (the submit's hop to prepare, prepare's to launch)."""
     from celery import chain
-    from kombu.simple import SimpleQueue
-
-    from galaxy_tasks.edge.app import app
 
     queue = runtime.context().settings.steps_queue
     delays = []
-    with app.connection_for_read() as connection:
-        done = SimpleQueue(connection, DONE_QUEUE)
-        done.clear()
+    with _done_queue() as done:
         for _ in range(count):
             sent = time.time()
             chain(_noop(queue), _noop(queue, uuid.uuid4().hex)).apply_async(queue=queue)
             message = done.get(block=True, timeout=60)
             message.ack()
             delays.append((message.payload["started"] - sent) * 1000)
-        done.close()
     return delays
 
 

@@ -451,7 +451,9 @@ def test_a_turn_whose_connection_is_lost_while_held_ends_without_an_error_and_fr
     try:
         with store.turn("busy"):
             with other.engine.connect() as connection:  # the database drops the turn's connection
-                connection.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'")
+                connection.exec_driver_sql(  # this database's lock only: the server is shared
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
         done = threading.Event()
 
         def take() -> None:
